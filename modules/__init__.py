@@ -1,0 +1,1 @@
+"""LightningModules, one technique per file; plain nn.Modules live in modules.nets."""

@@ -1,0 +1,125 @@
+"""Turn a composed config into the parts Lightning runs: datamodule, module, callbacks, loggers,
+strategy and trainer. Every part is type-checked before it is built, and a constructor's complaint
+about a value becomes a one-line RecipeError naming the config key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from recipes.checkpoint import RecipeState
+from recipes.errors import RecipeError
+from recipes.validate import check_node
+
+
+def instantiate_part(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` with type checks first and constructor errors reported by key."""
+    check_node(node, key)
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, RecipeError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
+            raise RecipeError(f"{key}: {cause}") from None
+        raise
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    return instantiate_part(cfg.data, "data")
+
+
+def build_module(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
+    """The net sized by the data (input shape, class count), wrapped in the task's LightningModule."""
+    net = instantiate_part(cfg.model, "model", input_shape=list(datamodule.input_shape),
+                           num_classes=datamodule.num_classes)
+    module = instantiate_part(cfg.task, "task", net=net)
+    check_optimizer(module)
+    return module
+
+
+def check_optimizer(module: pl.LightningModule) -> None:
+    """Build the optimizer once now, so a bad learning rate fails at start-up and not mid-run."""
+    try:
+        module.configure_optimizers()
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"task.optimizer / task.scheduler: {err}; use a positive learning rate, e.g. "
+                          "task.optimizer.lr=0.001") from None
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    return [instantiate_part(node, f"callbacks.{name}") for name, node in cfg.get("callbacks", {}).items() if node]
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    return [instantiate_part(node, f"logger.{name}") for name, node in cfg.get("logger", {}).items() if node]
+
+
+def build_strategy(cfg: DictConfig) -> Any:
+    """A Strategy instance for `_target_` configs, else the name Lightning resolves (e.g. 'auto')."""
+    if "_target_" in cfg.strategy:
+        return instantiate_part(cfg.strategy, "strategy")
+    return cfg.strategy.get("name", "auto")
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> pl.Trainer:
+    return instantiate_part(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                            strategy=build_strategy(cfg))
+
+
+def build_test_trainer(cfg: DictConfig, loggers: list[Logger] | tuple = ()) -> pl.Trainer:
+    """One device, whatever the training strategy: a DistributedSampler would pad the test set
+    with duplicates, and the same trainer in recipes.evaluate reproduces the numbers exactly."""
+    trainer_cfg = cfg.trainer
+    return pl.Trainer(
+        accelerator=trainer_cfg.accelerator,
+        devices=1,
+        num_nodes=1,
+        strategy="auto",
+        precision=trainer_cfg.precision,
+        deterministic=trainer_cfg.deterministic,
+        logger=list(loggers) or False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        limit_test_batches=trainer_cfg.get("limit_test_batches") or (1 if trainer_cfg.get("fast_dev_run") else None),
+        default_root_dir=cfg.paths.run_dir if "paths" in cfg else None,
+    )
+
+
+@dataclass
+class Parts:
+    """Everything `trainer.fit` needs, built from one config."""
+
+    datamodule: pl.LightningDataModule
+    module: pl.LightningModule
+    callbacks: list[Callback] = field(default_factory=list)
+    loggers: list[Logger] = field(default_factory=list)
+    trainer: pl.Trainer | None = None
+
+
+def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
+    """All parts of a training run; its checkpoints carry what rebuilds them (RecipeState)."""
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
+    callbacks = [*build_callbacks(cfg), RecipeState(plain_config(cfg), choices, data)]
+    loggers = build_loggers(cfg)
+    for logger in loggers:
+        logger.log_hyperparams(plain_config(cfg))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    return Parts(datamodule, module, callbacks, loggers, trainer)
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain data (what a checkpoint stores to rebuild its module)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

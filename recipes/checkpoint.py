@@ -1,0 +1,100 @@
+"""The checkpoint format: Lightning's checkpoint plus a `recipe` entry holding the resolved config,
+the Hydra group choices, the data shape and the RNG states, all plain data, so checkpoints load
+with `torch.load(weights_only=True)` and rebuild their module from config, never from a pickle."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from recipes.errors import RecipeError
+
+KEY = "recipe"
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG a training step may draw from, as weights_only-safe values."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np_state}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = dict(states["numpy"])
+    np_state["state"] = dict(np_state["state"], key=np.asarray(np_state["state"]["key"], dtype=np.uint32))
+    np.random.set_state(np_state)
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class RecipeState(Callback):
+    """Writes the `recipe` entry into every checkpoint and restores the RNG states on resume, so a
+    resumed run draws the same random numbers as the uninterrupted one would have."""
+
+    def __init__(self, config: dict[str, Any], choices: dict[str, Any], data: dict[str, Any]) -> None:
+        self.entry = {"config": config, "choices": choices, "data": data}
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[KEY] = {**self.entry, "rng": rng_states()}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if KEY in checkpoint and "rng" in checkpoint[KEY]:
+            set_rng_states(checkpoint[KEY]["rng"])
+
+
+def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
+    """`ckpt_path` as given, with `last` meaning this run dir's checkpoints/last.ckpt."""
+    if value in (None, ""):
+        return None
+    if value == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise RecipeError(f"ckpt_path=last: there is no {last}; pass hydra.run.dir=<the run dir to resume>")
+        return str(last)
+    return str(value)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Load a recipes checkpoint with weights_only=True, or fail with one line saying what is wrong."""
+    file = Path(path)
+    if not file.is_file():
+        raise RecipeError(f"ckpt_path={path} does not exist: pass the path of a .ckpt file from a run's checkpoints/")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means "not a loadable checkpoint"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"ckpt_path={path} is not a readable checkpoint ({reason[:160]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or KEY not in ckpt:
+        raise RecipeError(f"ckpt_path={path} was not written by recipes.train (it has no '{KEY}' entry)")
+    return ckpt
+
+
+def model_name(ckpt: dict[str, Any]) -> str:
+    """The model group option (e.g. `mlp`) a checkpoint was trained with."""
+    return str(ckpt[KEY].get("choices", {}).get("model") or ckpt[KEY]["config"]["model"]["_target_"])
+
+
+def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str) -> None:
+    """Fail in one line when the checkpoint's weights do not fit `module` (another net or shape)."""
+    saved, current = ckpt["state_dict"], module.state_dict()
+    missing = sorted(set(current) - set(saved))
+    unexpected = sorted(set(saved) - set(current))
+    reshaped = sorted(k for k in set(saved) & set(current) if tuple(saved[k].shape) != tuple(current[k].shape))
+    if missing or unexpected or reshaped:
+        first = (reshaped or missing or unexpected)[0]
+        detail = (f"{first} has shape {tuple(saved[first].shape)} there but {tuple(current[first].shape)} here"
+                  if reshaped else f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. {first}")
+        raise RecipeError(f"ckpt_path={path} holds a model={model_name(ckpt)} net that does not fit the configured "
+                          f"model ({detail}); use the model settings it was trained with")

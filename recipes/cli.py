@@ -1,0 +1,119 @@
+"""What every entry point shares: Hydra resolvers, a pre-flight check of group overrides, and the
+guard that turns a RecipeError into one line on stderr, a non-zero exit and no half-written run dir."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from recipes.errors import RecipeError
+
+EXIT_BAD_INPUT = 2
+# What Hydra itself puts in a run dir before the task function runs.
+_HYDRA_FILES = {".hydra"}
+
+
+def process_rank() -> int:
+    """Global rank from the launcher's environment (Lightning, torchrun, SLURM); 0 when not distributed."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def _rank_zero_path(path: str) -> str:
+    return path if process_rank() == 0 else os.devnull
+
+
+class _DropTips(logging.Filter):
+    """Lightning advertises a cloud logger at every Trainer start; that line is noise in a recipe run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_libraries() -> None:
+    """Silence advertising and a deprecation warning that Lightning itself triggers under torch 2.14."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def register_resolvers() -> None:
+    """Resolvers used by conf/: ${rank_zero_path:P} is P on rank 0 and the null device elsewhere."""
+    if not OmegaConf.has_resolver("rank_zero_path"):
+        OmegaConf.register_new_resolver("rank_zero_path", _rank_zero_path)
+
+
+def group_options(group: str) -> list[str] | None:
+    """The options of a config group (its YAML files), or None when `group` is not a group."""
+    folder = resources.files("conf").joinpath(group)
+    if not folder.is_dir():
+        return None
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preflight(argv: list[str]) -> None:
+    """Reject an unknown group option (`recipe=nope`) in one line, before Hydra prints a page about it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if "=" in a])
+    except Exception:  # noqa: BLE001 - malformed overrides are Hydra's to report
+        return
+    for override in overrides:
+        group = override.key_or_group
+        if override.is_delete() or group.startswith("hydra") or override.package:
+            continue
+        options = group_options(group)
+        if options is None:
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if isinstance(value, list):  # a list group such as compress=[a,b]
+                bad = [v for v in value if str(v) not in options]
+            else:
+                bad = [] if value is None or str(value) in options else [value]
+            if bad:
+                raise RecipeError(
+                    f"unknown {group} {bad[0]!r} in '{override.input_line}': choose one of {', '.join(options)}"
+                )
+
+
+def _only_hydra_files(run_dir: Path) -> bool:
+    return not run_dir.exists() or all(p.name in _HYDRA_FILES or p.suffix == ".log" for p in run_dir.iterdir())
+
+
+def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) -> Any:
+    """Run `task(cfg)`; on RecipeError print one line, remove a run dir this run created, exit 2."""
+    fresh = run_dir is not None and _only_hydra_files(Path(run_dir))
+    try:
+        return task(cfg)
+    except RecipeError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if fresh and process_rank() == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def run_main(hydra_main: Callable[[], Any]) -> None:
+    """Console-script body: pre-flight the overrides, then hand over to the @hydra.main function."""
+    register_resolvers()
+    quiet_libraries()
+    try:
+        preflight(sys.argv[1:])
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    hydra_main()

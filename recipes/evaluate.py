@@ -1,0 +1,66 @@
+"""`python -m recipes.evaluate ckpt_path=PATH`: rebuild data and module from the checkpoint's saved
+config and print its test metrics, the same numbers recipes.train reported at the end of training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from recipes import cli
+from recipes.build import build_datamodule, build_module, build_test_trainer
+from recipes.checkpoint import KEY, check_compatible, load_checkpoint
+from recipes.results import print_summary
+
+
+def test_metrics(cfg: DictConfig, module: pl.LightningModule, datamodule: Any,
+                 loggers: list[Logger] | tuple = ()) -> dict[str, float]:
+    """Test metrics of `module` on one device: shared by recipes.train and recipes.evaluate."""
+    trainer = build_test_trainer(cfg, loggers)
+    results = trainer.test(module, datamodule=datamodule, verbose=False)
+    return {name: float(value) for name, value in results[0].items()}
+
+
+def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[DictConfig, Any, pl.LightningModule]:
+    """Config, datamodule and weight-loaded module of a checkpoint; `overrides` patch the saved config."""
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = OmegaConf.create(ckpt[KEY]["config"])
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    check_compatible(ckpt, module, ckpt_path)
+    module.load_state_dict(ckpt["state_dict"])
+    return cfg, datamodule, module
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    overrides = {key: value for key, value in (cfg.overrides or {}).items()}
+    saved_cfg, datamodule, module = rebuild(cfg.ckpt_path, overrides)
+    choices = load_checkpoint(cfg.ckpt_path)[KEY].get("choices", {})
+    metrics = test_metrics(saved_cfg, module, datamodule)
+    report = {"recipe": choices.get("recipe"), "task": choices.get("task"), "checkpoint": str(cfg.ckpt_path),
+              "metrics": metrics}
+    print_summary(report, title="evaluate")
+    print(json.dumps(metrics))
+    if cfg.out:
+        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="evaluate")
+def _hydra_main(cfg: DictConfig) -> None:
+    cli.guarded(evaluate, cfg)
+
+
+def main() -> None:
+    cli.run_main(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""results.json: one schema for every run (see DESIGN.md), written atomically by rank 0 only, and the
+one-screen summary printed at the end of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+FILE_NAME = "results.json"
+
+
+def relative(path: str | Path, run_dir: Path) -> str:
+    """A path as stored in results.json: relative to the run dir when inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
+    """Write results.json via a temporary file and a rename, so a reader never sees half a file."""
+    target = run_dir / FILE_NAME
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
+def print_summary(results: dict[str, Any], title: str = "run summary") -> None:
+    """Metrics, checkpoint and run dir on one screen."""
+    table = Table(title=f"{title}: recipe={results.get('recipe')} task={results.get('task')}", show_header=False)
+    for name, value in sorted(results.get("metrics", {}).items()):
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key in ("checkpoint", "fit_seconds", "run_dir"):
+        if key in results:
+            table.add_row(key, str(results[key]))
+    Console().print(table)

@@ -1,0 +1,93 @@
+"""`python -m recipes.train [overrides]`: compose -> build -> fit -> test the best checkpoint ->
+results.json -> summary. The console script `recipes-train` is the same command."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from recipes import cli
+from recipes.build import Parts, build_training
+from recipes.checkpoint import check_compatible, load_checkpoint, resolve_ckpt_path
+from recipes.errors import RecipeError
+from recipes.evaluate import test_metrics
+from recipes.results import print_summary, relative, write_results
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """A strategy that re-runs this script per rank cannot live inside a Hydra multirun."""
+    strategy = cfg.strategy
+    relaunches = "_target_" in strategy and strategy.get("start_method", "popen") == "popen"
+    many = cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1
+    if HydraConfig.get().mode == RunMode.MULTIRUN and relaunches and many:
+        raise RecipeError("a multirun cannot use strategy.start_method=popen (it re-launches the script per rank); "
+                          "use strategy.start_method=spawn (ddp_spawn), or launch each job with torchrun, srun or "
+                          "hydra/launcher=submitit_slurm")
+
+
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best checkpoint the run wrote (by the monitored metric), else last.ckpt, else None."""
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return None
+    return getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "") or None
+
+
+def train(cfg: DictConfig) -> dict[str, Any] | None:
+    """Fit, then (rank 0) test the best weights on one device and write results.json."""
+    run_dir = Path(cfg.paths.run_dir)
+    check_launch(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    choices = dict(HydraConfig.get().runtime.choices)
+    parts: Parts = build_training(cfg, choices)
+    if ckpt_path:
+        check_compatible(load_checkpoint(ckpt_path), parts.module, ckpt_path)
+    trainer = parts.trainer
+    start = time.perf_counter()
+    trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    fit_seconds = time.perf_counter() - start
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Testing runs on rank 0 alone: leave the group so metrics do not wait for other ranks.
+        torch.distributed.destroy_process_group()
+    if not trainer.is_global_zero:
+        return None
+    best = best_checkpoint(trainer)
+    if best:
+        parts.module.load_state_dict(load_checkpoint(best)["state_dict"])
+    metrics = test_metrics(cfg, parts.module, parts.datamodule, parts.loggers)
+    results: dict[str, Any] = {
+        "recipe": choices.get("recipe"),
+        "task": choices.get("task"),
+        "run_dir": relative(run_dir, Path.cwd()),
+        "seed": cfg.seed,
+        "metrics": metrics,
+        "fit_seconds": round(fit_seconds, 3),
+    }
+    if best:
+        results["checkpoint"] = relative(best, run_dir)
+    write_results(run_dir, results)
+    print_summary(results)
+    print(f"run dir: {run_dir}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    cli.guarded(train, cfg, run_dir=cfg.paths.run_dir)
+
+
+def main() -> None:
+    cli.run_main(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()
