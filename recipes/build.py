@@ -49,10 +49,13 @@ def build_module(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
 def check_optimizer(module: pl.LightningModule) -> None:
     """Build the optimizer once now, so a bad learning rate fails at start-up and not mid-run."""
     try:
-        module.configure_optimizers()
+        built = module.configure_optimizers()
     except (ValueError, TypeError) as err:
-        raise RecipeError(f"task.optimizer / task.scheduler: {err}; use a positive learning rate, e.g. "
-                          "task.optimizer.lr=0.001") from None
+        raise RecipeError(f"task.optimizer / task.scheduler: {err}; e.g. task.optimizer.lr=0.001") from None
+    optimizer = built["optimizer"] if isinstance(built, dict) else built
+    for group in getattr(optimizer, "param_groups", []):
+        if not group.get("lr", 1.0) > 0:
+            raise RecipeError(f"task.optimizer.lr={group['lr']} must be positive, e.g. task.optimizer.lr=0.001")
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:

@@ -42,10 +42,13 @@ class _DropTips(logging.Filter):
 
 
 def quiet_libraries() -> None:
-    """Silence advertising and a deprecation warning that Lightning itself triggers under torch 2.14."""
+    """Silence Lightning's advertising and warnings that do not apply to recipe runs."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Steps are counted across epochs, so train/loss is logged even when an epoch is shorter than
+    # log_every_n_steps (digits: 20 batches); Lightning's warning about that is misleading here.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
 def register_resolvers() -> None:

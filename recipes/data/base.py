@@ -1,0 +1,113 @@
+"""What every image data module shares: knob validation, the transform pipeline and loaders whose
+shuffling is seeded by (seed, epoch), so a resumed run sees the same batches as an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from recipes.data.transforms import compose, geometry_and_domain, normalization, to_float_image
+
+
+class TransformedDataset(Dataset):
+    """Applies `transform` to the image of each (image, label) pair of `base`."""
+
+    def __init__(self, base: Dataset, transform: Callable) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.base[index]
+        return self.transform(image), label
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Base of the image data modules. Subclasses set `native_channels`, `num_classes` and the three
+    datasets `train_set`, `val_set`, `test_set` in `setup`."""
+
+    native_channels: int = 1
+    native_size: int = 8
+    num_classes: int = 0
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        image_size: int | None = None,
+        channels: int = 1,
+        normalize: dict[str, Sequence[float]] | None = None,
+        augment: Sequence[Callable] | None = None,
+        shift: dict[str, Any] | None = None,
+        split_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"data.batch_size={batch_size} must be a positive integer, e.g. 64")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers} must be >= 0")
+        if image_size is not None and image_size <= 0:
+            raise ValueError(f"data.image_size={image_size} must be a positive number of pixels or null")
+        if channels not in (1, 3):
+            raise ValueError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
+        self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
+        self.image_size, self.channels, self.split_seed = image_size, channels, split_seed
+        self.augment = list(augment or [])
+        self.shift = dict(shift) if shift else None
+        self._normalize = normalization(normalize, channels)  # validated now, not mid-training
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the net receives."""
+        side = self.image_size or self.native_size
+        return (self.channels, side, side)
+
+    def deterministic_steps(self) -> list[Callable]:
+        """Float conversion, size, channels and domain shift: the same for every split."""
+        return [to_float_image(), *geometry_and_domain(self.native_channels, self.channels, self.image_size, self.shift)]
+
+    def transform(self, train: bool) -> Callable:
+        """The whole per-sample pipeline of a split: augmentation on training images only."""
+        return compose([*self.deterministic_steps(), *(self.augment if train else []), *self._normalize])
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("setup() has not run: call datamodule.setup(stage) first")
+        sampler = None
+        if train:
+            trainer = self.trainer
+            # Epoch-seeded shuffling that Lightning advances with set_epoch; under DDP each rank gets
+            # its shard. Lightning leaves a DistributedSampler as it is.
+            sampler = DistributedSampler(
+                dataset,
+                num_replicas=trainer.world_size if trainer else 1,
+                rank=trainer.global_rank if trainer else 0,
+                shuffle=self.shuffle,
+                seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=bool(self.trainer and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)

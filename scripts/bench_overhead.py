@@ -1,0 +1,156 @@
+"""Framework overhead of the recipe's training loop vs a hand-written PyTorch loop doing the same work.
+
+The ratio printed per workload compares the training loops (the recipe's from Lightning's
+on_train_start to on_train_end, the plain one from its first to its last step); the one-off cost of
+building and tearing down the Trainer is printed beside it. Both loops train the same net from the same initial weights on the same DataLoader (same batches,
+same order), with the same optimizer and per-epoch cosine schedule, for the same epochs, and both
+make the training loss visible every `log_every_n_steps` steps (the recipe through its CSV logger,
+the plain loop by appending to a CSV file). Validation, checkpointing and the progress bar are off
+in the recipe run, since the plain loop does none of them. Runs alternate (recipe, plain, recipe,
+...) after one warm-up each, and the medians are compared.
+
+    python scripts/bench_overhead.py                 # both workloads, prints `ratio convnet: X`, `ratio mlp: Y`
+    python scripts/bench_overhead.py --repeats 9 --workloads mlp
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import open_dict
+
+from recipes.build import build_datamodule, build_module
+from recipes.cli import quiet_libraries, register_resolvers
+
+# name -> (overrides, epochs)
+WORKLOADS = {
+    "convnet": (["model=convnet", "data.image_size=32", "data.batch_size=128"], 10),
+    "mlp": (["model=mlp", "model.hidden=[300,100]", "data.batch_size=64"], 60),
+}
+
+
+def compose_config(overrides: list[str], epochs: int, run_dir: Path):
+    register_resolvers()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"trainer.max_epochs={epochs}", f"paths.run_dir={run_dir}"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+class LoopTimer(pl.Callback):
+    """Times the training loop itself: from the first epoch's start to the last epoch's end."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def recipe_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
+    """The recipe's LightningModule under a Trainer with the recipe's trainer settings.
+
+    Returns (seconds of the training loop, seconds of the whole `trainer.fit` call with its setup)."""
+    timer = LoopTimer()
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=1, max_epochs=cfg.trainer.max_epochs,
+        deterministic=cfg.trainer.deterministic, log_every_n_steps=cfg.trainer.log_every_n_steps,
+        logger=CSVLogger(run_dir, name="recipe"), limit_val_batches=0, num_sanity_val_steps=0,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    return timer.seconds, time.perf_counter() - start
+
+
+def plain_run(cfg, datamodule, module, run_dir: Path) -> float:
+    """The same work in plain PyTorch: the net, the optimizer and schedule, the loader, the loss log.
+
+    Returns (seconds of the loop, seconds including building the optimizer and loader)."""
+    setup_start = time.perf_counter()
+    net, device = module.net, torch.device("cpu")
+    optimizer = module.optimizer_factory(net.parameters())
+    scheduler = module.scheduler_factory(optimizer)
+    loss_fn, every = torch.nn.CrossEntropyLoss(), cfg.trainer.log_every_n_steps
+    loader = datamodule.train_dataloader()
+    log = (run_dir / "plain.csv").open("w")
+    start = time.perf_counter()
+    net.train()
+    step, loss_sum, count = 0, torch.zeros(()), 0
+    for epoch in range(cfg.trainer.max_epochs):
+        loader.sampler.set_epoch(epoch)
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = loss_fn(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            count += 1
+            step += 1
+            if step % every == 0:
+                log.write(f"{step},{(loss_sum / count).item()}\n")
+                loss_sum.zero_()
+                count = 0
+        scheduler.step()
+    end = time.perf_counter()
+    log.close()
+    return end - start, end - setup_start
+
+
+def measure(name: str, repeats: int) -> float:
+    overrides, epochs = WORKLOADS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        cfg = compose_config(overrides, epochs, run_dir)
+        pl.seed_everything(0, verbose=False)
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+        initial = build_module(cfg, datamodule)
+        loop: dict[str, list[float]] = {"recipe": [], "plain": []}
+        whole: dict[str, list[float]] = {"recipe": [], "plain": []}
+        for i in range(repeats + 1):  # the first pair warms up caches and allocator and is dropped
+            for kind, run in (("recipe", recipe_run), ("plain", plain_run)):
+                datamodule.trainer = None  # the plain loop gets the single-process loader, like the recipe
+                loop_seconds, whole_seconds = run(cfg, datamodule, copy.deepcopy(initial), run_dir)
+                if i:
+                    loop[kind].append(loop_seconds)
+                    whole[kind].append(whole_seconds)
+    med = {kind: (statistics.median(loop[kind]), statistics.median(whole[kind])) for kind in loop}
+    steps = epochs * len(datamodule.train_dataloader())
+    print(f"{name}: {epochs} epochs x {steps // epochs} steps, {overrides}, medians of {repeats} interleaved runs")
+    print(f"  training loop: recipe {med['recipe'][0]:.3f}s, plain {med['plain'][0]:.3f}s, "
+          f"{1e3 * (med['recipe'][0] - med['plain'][0]) / steps:.3f} ms framework cost per step")
+    print(f"  whole fit incl. Trainer setup/teardown: recipe {med['recipe'][1]:.3f}s, plain {med['plain'][1]:.3f}s, "
+          f"ratio {med['recipe'][1] / med['plain'][1]:.3f}")
+    ratio = med["recipe"][0] / med["plain"][0]
+    print(f"ratio {name}: {ratio:.3f}")
+    return ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each loop per workload")
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    args = parser.parse_args()
+    quiet_libraries()
+    torch.use_deterministic_algorithms(True)  # what trainer=cpu sets: both loops run under it from the start
+    for name in args.workloads:
+        measure(name, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

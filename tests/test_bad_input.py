@@ -1,0 +1,112 @@
+"""Bad input: one line naming the bad value and the fix, a non-zero exit, no traceback, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_module, train, train_ok
+
+
+def assert_clean_failure(proc, run_dir: Path | None, *expected: str) -> None:
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr[-3000:]
+    for text in expected:
+        assert text in last, last
+    if run_dir is not None:
+        assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def mlp_checkpoint(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ckpt") / "run"
+    results = train_ok(run_dir, "trainer.max_epochs=1")
+    return run_dir / results["checkpoint"]
+
+
+def _image_folder(root: Path, splits: dict[str, list[str]], images: bool = True) -> Path:
+    from PIL import Image
+
+    for split, classes in splits.items():
+        for cls in classes:
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            if images:
+                for i in range(3):
+                    Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / f"{i}.png")
+    return root
+
+
+CASES = {
+    "unknown recipe": (["recipe=nope"], ["unknown recipe 'nope'", "baseline"]),
+    "unknown model": (["model=transformer"], ["unknown model 'transformer'", "mlp"]),
+    "unknown data": (["data=imagenet"], ["unknown data 'imagenet'", "digits"]),
+    "zero batch size": (["data.batch_size=0"], ["data.batch_size=0", "positive"]),
+    "negative batch size": (["data.batch_size=-3"], ["data.batch_size=-3"]),
+    "batch size of wrong type": (["data.batch_size=abc"], ["data.batch_size='abc'", "int"]),
+    "max_epochs of wrong type": (["trainer.max_epochs=many"], ["'many'", "trainer.max_epochs", "int"]),
+    "negative learning rate": (["task.optimizer.lr=-0.1"], ["-0.1"]),
+    "zero learning rate": (["task.optimizer.lr=0"], ["task.optimizer.lr=0", "positive"]),
+    "bad precision": (["trainer.precision=17"], ["trainer.precision=17"]),
+    "resume with no last checkpoint": (["ckpt_path=last"], ["ckpt_path=last", "hydra.run.dir"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_override(case: str, run_dir: Path) -> None:
+    overrides, expected = CASES[case]
+    assert_clean_failure(train(run_dir, *overrides), run_dir, *expected)
+
+
+def test_missing_data_dir(run_dir: Path, tmp_path: Path) -> None:
+    proc = train(run_dir, "data=mnist", f"data.root={tmp_path / 'nowhere'}")
+    assert_clean_failure(proc, run_dir, "data.root=", "data.download=true")
+
+
+def test_empty_data_dir(run_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    proc = train(run_dir, "data=cifar10", f"data.root={tmp_path / 'empty'}")
+    assert_clean_failure(proc, run_dir, "missing or empty")
+
+
+def test_image_folder_without_images(run_dir: Path, tmp_path: Path) -> None:
+    root = _image_folder(tmp_path / "imgs", {"": ["cat", "dog"]}, images=False)
+    assert_clean_failure(train(run_dir, "data=imagefolder", f"data.root={root}"), run_dir, "no images")
+
+
+def test_image_folder_with_a_class_missing_from_a_split(run_dir: Path, tmp_path: Path) -> None:
+    root = _image_folder(tmp_path / "imgs", {"train": ["cat", "dog"], "val": ["cat", "dog"], "test": ["cat"]})
+    assert_clean_failure(train(run_dir, "data=imagefolder", f"data.root={root}"), run_dir, "test/", "['dog']")
+
+
+def test_missing_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    proc = train(run_dir, f"ckpt_path={tmp_path / 'no.ckpt'}")
+    assert_clean_failure(proc, run_dir, "no.ckpt does not exist")
+
+
+def test_corrupt_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert_clean_failure(train(run_dir, f"ckpt_path={bad}"), run_dir, "bad.ckpt is not a readable checkpoint")
+    assert_clean_failure(run_module("recipes.evaluate", f"ckpt_path={bad}"), None, "not a readable checkpoint")
+
+
+def test_checkpoint_from_another_architecture(run_dir: Path, mlp_checkpoint: Path) -> None:
+    proc = train(run_dir, f"ckpt_path={mlp_checkpoint}", "model=lenet5")
+    assert_clean_failure(proc, run_dir, "model=mlp", "does not fit")
+    proc = train(run_dir, f"ckpt_path={mlp_checkpoint}", "model.hidden=[64]")
+    assert_clean_failure(proc, run_dir, "shape")
+
+
+def test_evaluate_needs_a_checkpoint(tmp_path: Path) -> None:
+    assert_clean_failure(run_module("recipes.evaluate", f"ckpt_path={tmp_path / 'x.ckpt'}"), None, "does not exist")
+
+
+def test_existing_run_dir_is_kept_on_error(run_dir: Path, mlp_checkpoint: Path) -> None:
+    """An error in a run dir that already holds results must not delete them."""
+    train_ok(run_dir, "debug=fast_dev_run")
+    proc = train(run_dir, "data.batch_size=0")
+    assert proc.returncode != 0 and (run_dir / "results.json").is_file()

@@ -1,0 +1,93 @@
+"""The entry points end to end, in subprocesses, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from recipes.cli import group_options
+from tests.conftest import REPO, run_module, train_ok
+
+
+def test_main_job_reaches_the_target_accuracy(run_dir: Path) -> None:
+    """`python -m recipes.train` with no overrides: the baseline on digits, test/acc >= 0.95."""
+    results = train_ok(run_dir)
+    assert results["recipe"] == "baseline" and results["task"] == "classifier" and results["seed"] == 0
+    assert results["metrics"]["test/acc"] >= 0.95
+    assert results["fit_seconds"] > 0
+    ckpt = torch.load(run_dir / results["checkpoint"], weights_only=True)
+    assert "recipe" in ckpt and ckpt["recipe"]["choices"]["model"] == "mlp"
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    metrics_csv = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "train/loss" in metrics_csv and "val/acc" in metrics_csv and "test/acc" in metrics_csv
+
+
+@pytest.mark.parametrize("recipe", group_options("recipe"))
+def test_every_recipe_runs_fast_dev_run(recipe: str, run_dir: Path) -> None:
+    results = train_ok(run_dir, f"recipe={recipe}", "debug=fast_dev_run")
+    assert results["recipe"] == recipe
+    assert set(results) >= {"recipe", "task", "run_dir", "seed", "metrics", "fit_seconds"}
+    assert "checkpoint" not in results  # fast_dev_run writes none: absent, never faked
+    assert 0 <= results["metrics"]["test/acc"] <= 1
+
+
+def test_console_script_is_the_same_command(tmp_path: Path) -> None:
+    script = shutil.which("recipes-train")
+    assert script, "pip install should put recipes-train on PATH"
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([script, f"hydra.run.dir={run_dir}", "debug=fast_dev_run", "callbacks.progress_bar=null",
+                           "trainer.enable_progress_bar=false"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((run_dir / "results.json").read_text())["recipe"] == "baseline"
+    assert shutil.which("recipes-evaluate")
+
+
+def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path: Path) -> None:
+    """2 epochs, interrupted, then `ckpt_path=last` to 4 == 4 epochs straight (same weights, bit for bit)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_ok(straight, "trainer.max_epochs=4")
+    # An interruption after epoch 2 of a 4-epoch run: the LR schedule is the 4-epoch one throughout.
+    train_ok(resumed, "trainer.max_epochs=4", "trainer.max_steps=40")  # 20 batches of 64 per epoch
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    train_ok(resumed, "trainer.max_epochs=4", "ckpt_path=last")
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (3, 80)
+    for name, weight in a["state_dict"].items():
+        assert torch.equal(weight, b["state_dict"][name]), name
+
+
+def test_evaluate_reproduces_the_training_end_metrics(run_dir: Path, tmp_path: Path) -> None:
+    results = train_ok(run_dir, "trainer.max_epochs=3", "model=lenet5")
+    out = tmp_path / "eval.json"
+    proc = run_module("recipes.evaluate", f"ckpt_path={run_dir / results['checkpoint']}", f"out={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evaluated = json.loads(out.read_text())
+    assert evaluated["metrics"] == results["metrics"]  # exactly, not approximately
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == results["metrics"]
+    assert not list(REPO.glob("evaluate.log")), "evaluate writes no files besides out="
+
+
+def test_ddp_sim_trains_with_one_run_dir(tmp_path: Path) -> None:
+    """trainer=ddp_sim: 2 CPU ranks over gloo, one run dir, files written by rank 0 only."""
+    env = {"RECIPES_OUTPUT_DIR": str(tmp_path / "outputs")}
+    proc = run_module("recipes.train", "trainer=ddp_sim", "trainer.max_epochs=3", "callbacks.progress_bar=null",
+                      "trainer.enable_progress_bar=false", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = list((tmp_path / "outputs" / "baseline").iterdir())
+    assert len(run_dirs) == 1, run_dirs
+    run_dir = run_dirs[0]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "checkpoints", "csv", "results.json",
+                                                         "tensorboard", "train.log"]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["metrics"]["test/acc"] > 0.5
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["recipe"]["config"]["trainer"]["devices"] == 2
