@@ -30,8 +30,8 @@ def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[Di
     """Config, datamodule and weight-loaded module of a checkpoint; `overrides` patch the saved config."""
     ckpt = load_checkpoint(ckpt_path)
     cfg = OmegaConf.create(ckpt[KEY]["config"])
-    for key, value in (overrides or {}).items():
-        OmegaConf.update(cfg, key, value, merge=False)
+    for key, value in (overrides or {}).items():  # dotted keys; nested mappings merge into the saved ones
+        OmegaConf.update(cfg, key, value, merge=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     check_compatible(ckpt, module, ckpt_path)
@@ -40,7 +40,7 @@ def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[Di
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    overrides = {key: value for key, value in (cfg.overrides or {}).items()}
+    overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.overrides else {}
     saved_cfg, datamodule, module = rebuild(cfg.ckpt_path, overrides)
     choices = load_checkpoint(cfg.ckpt_path)[KEY].get("choices", {})
     metrics = test_metrics(saved_cfg, module, datamodule)

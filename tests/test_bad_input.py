@@ -110,3 +110,8 @@ def test_existing_run_dir_is_kept_on_error(run_dir: Path, mlp_checkpoint: Path) 
     train_ok(run_dir, "debug=fast_dev_run")
     proc = train(run_dir, "data.batch_size=0")
     assert proc.returncode != 0 and (run_dir / "results.json").is_file()
+
+
+def test_multirun_with_a_relaunching_strategy_fails_fast(tmp_path: Path) -> None:
+    proc = run_module("recipes.train", "--multirun", "seed=0,1", "trainer=ddp_sim", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert_clean_failure(proc, tmp_path / "sweep" / "0", "multirun", "spawn", "torchrun")

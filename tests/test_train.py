@@ -74,6 +74,11 @@ def test_evaluate_reproduces_the_training_end_metrics(run_dir: Path, tmp_path: P
     assert evaluated["metrics"] == results["metrics"]  # exactly, not approximately
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == results["metrics"]
     assert not list(REPO.glob("evaluate.log")), "evaluate writes no files besides out="
+    # A patched saved config (here another batch size) rebuilds the same test set: same accuracy.
+    proc = run_module("recipes.evaluate", f"ckpt_path={run_dir / results['checkpoint']}",
+                      "+overrides.data.batch_size=7")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["test/acc"] == results["metrics"]["test/acc"]
 
 
 def test_ddp_sim_trains_with_one_run_dir(tmp_path: Path) -> None:
