@@ -13,8 +13,39 @@ from torchmetrics.classification import MulticlassAccuracy
 from modules.base import RecipeModule
 
 
+def head(net: nn.Module) -> nn.Module:
+    """The classifier head: the last block of a modules.nets net (all are nn.Sequential)."""
+    return net[-1]
+
+
+def backbone(net: nn.Module) -> nn.Module:
+    """Everything before the head (the same modules, not copies)."""
+    return nn.Sequential(*list(net.children())[:-1])
+
+
+def load_backbone(net: nn.Module, init: nn.Module, keep_head: bool) -> None:
+    """Copy `init`'s weights into `net` (fine-tuning), with or without the head."""
+    head_prefix = f"{len(net) - 1}."
+    state = {k: v for k, v in init.state_dict().items() if keep_head or not k.startswith(head_prefix)}
+    if keep_head:
+        theirs = [v.shape for k, v in state.items() if k.startswith(head_prefix)]
+        ours = [v.shape for k, v in net.state_dict().items() if k.startswith(head_prefix)]
+        if theirs != ours:
+            raise ValueError(f"the checkpoint's head does not fit this data's {net.num_classes} classes "
+                             f"(head shapes {[tuple(t) for t in theirs]}); pass task.reinit_head=true")
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(head_prefix) for k in missing):
+        raise ValueError(f"the checkpoint's net does not match model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}); use the model settings it was trained with")
+
+
 class ClassifierModule(RecipeModule):
-    """Wraps a net from modules.nets (as `self.net`) with loss, metrics, optimizer and scheduler."""
+    """Wraps a net from modules.nets (as `self.net`) with loss, metrics, optimizer and scheduler.
+
+    Fine-tuning knobs: `init` (a net rebuilt from `task.init_ckpt`) gives the starting weights;
+    `reinit_head` keeps a fresh head (another class count); `freeze_backbone` trains the head only
+    (backbone BatchNorm statistics frozen too); `backbone_lr_scale` gives the backbone a lower LR.
+    """
 
     def __init__(
         self,
@@ -22,11 +53,22 @@ class ClassifierModule(RecipeModule):
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         label_smoothing: float = 0.0,
+        init: nn.Module | None = None,
+        reinit_head: bool = False,
+        freeze_backbone: bool = False,
+        backbone_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"task.label_smoothing={label_smoothing} must be in [0, 1)")
+        if not backbone_lr_scale > 0:
+            raise ValueError(f"task.backbone_lr_scale={backbone_lr_scale} must be positive (1 = the head's LR)")
         self.net = net
+        if init is not None:
+            load_backbone(net, init, keep_head=not reinit_head)
+        self.freeze_backbone, self.backbone_lr_scale = freeze_backbone, backbone_lr_scale
+        if freeze_backbone:
+            backbone(net).requires_grad_(False).eval()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         classes = net.num_classes
@@ -44,13 +86,17 @@ class ClassifierModule(RecipeModule):
 
     # --- training -------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
+        x, y = batch[0], batch[1]
         logits = self.net(x)
         loss = self.loss_fn(logits, y)
-        self._train_correct.add_((logits.detach().argmax(dim=1) == y).sum())
-        self._train_seen += y.numel()
+        self.count_correct(logits, y)
         self.track_train_loss(loss)
         return loss
+
+    def count_correct(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Training accuracy bookkeeping: a few on-device ops per step, reduced once per epoch."""
+        self._train_correct.add_((logits.detach().argmax(dim=1) == y).sum())
+        self._train_seen += y.numel()
 
     def on_train_epoch_end(self) -> None:
         if self._train_seen:  # MeanMetric weights each rank by its sample count under DDP
@@ -60,14 +106,15 @@ class ClassifierModule(RecipeModule):
         self._train_seen = 0
 
     # --- evaluation -----------------------------------------------------------------------------
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
-        x, y = batch
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch[0], batch[1]
         logits = self.net(x)
         loss_metric, acc_metric = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         loss_metric.update(self.loss_fn(logits, y), weight=y.numel())
         acc_metric.update(logits, y)
         self.log(f"{stage}/loss", loss_metric, prog_bar=stage == "val")
         self.log(f"{stage}/acc", acc_metric, prog_bar=stage == "val")
+        return logits
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -76,8 +123,28 @@ class ClassifierModule(RecipeModule):
         self._evaluate(batch, "test")
 
     # --- optimization ---------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> ClassifierModule:
+        super().train(mode)
+        if self.freeze_backbone:
+            backbone(self.net).eval()  # a frozen backbone keeps its BatchNorm statistics too
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores submodule modes by attribute, not through train(): re-assert eval here.
+        if self.freeze_backbone:
+            backbone(self.net).eval()
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if self.backbone_lr_scale == 1.0:
+            optimizer = self.optimizer_factory(trainable)
+        else:
+            head_ids = {id(p) for p in head(self.net).parameters()}
+            groups = [{"params": [p for p in trainable if id(p) not in head_ids], "lr_scale": self.backbone_lr_scale},
+                      {"params": [p for p in trainable if id(p) in head_ids], "lr_scale": 1.0}]
+            optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+            for group in optimizer.param_groups:  # before the scheduler records each group's initial LR
+                group["lr"] *= group["lr_scale"]
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}

@@ -4,6 +4,7 @@ about a value becomes a one-line RecipeError naming the config key."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +13,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
-from recipes.checkpoint import RecipeState
+from recipes.checkpoint import KEY, RecipeState, load_checkpoint
 from recipes.errors import RecipeError
 from recipes.validate import check_node
 
@@ -37,12 +39,41 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return instantiate_part(cfg.data, "data")
 
 
+def reference_net(path: str, key: str, input_shape: tuple[int, ...]) -> nn.Module:
+    """The frozen net of a recipes checkpoint (a teacher, a source model, a fine-tuning start),
+    rebuilt from the config saved in it."""
+    ckpt = load_checkpoint(path, key)
+    entry = ckpt[KEY]
+    if tuple(entry["data"]["input_shape"]) != tuple(input_shape):
+        raise RecipeError(f"{key}={path} was trained on inputs {tuple(entry['data']['input_shape'])} but the data gives "
+                          f"{tuple(input_shape)}: set data.image_size / data.channels to match")
+    net = instantiate(OmegaConf.create(entry["config"]).model, input_shape=entry["data"]["input_shape"],
+                      num_classes=entry["data"]["num_classes"])
+    net.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+    return net.eval().requires_grad_(False)
+
+
 def build_module(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
-    """The net sized by the data (input shape, class count), wrapped in the task's LightningModule."""
+    """The net sized by the data (input shape, class count), wrapped in the task's LightningModule.
+
+    Task keys named `<name>_ckpt` (teacher_ckpt, source_ckpt, init_ckpt) are checkpoint paths: each
+    becomes the argument `<name>`, the checkpoint's net rebuilt and frozen (None when unset).
+    """
     net = instantiate_part(cfg.model, "model", input_shape=list(datamodule.input_shape),
                            num_classes=datamodule.num_classes)
-    module = instantiate_part(cfg.task, "task", net=net)
+    ckpt_keys = [str(k) for k in cfg.task if str(k).endswith("_ckpt")]
+    references = {
+        k[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", datamodule.input_shape) if cfg.task[k] else None
+        for k in ckpt_keys
+    }
+    task = copy.copy(cfg.task)  # shallow: keeps interpolations to the root config working
+    with open_dict(task):
+        for k in ckpt_keys:
+            del task[k]
+    module = instantiate_part(task, "task", net=net, **references)
     check_optimizer(module)
+    if getattr(module, "needs_sample_index", False):
+        datamodule.return_index = True
     return module
 
 
@@ -78,7 +109,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logg
                             strategy=build_strategy(cfg))
 
 
-def build_test_trainer(cfg: DictConfig, loggers: list[Logger] | tuple = ()) -> pl.Trainer:
+def build_test_trainer(cfg: DictConfig) -> pl.Trainer:
     """One device, whatever the training strategy: a DistributedSampler would pad the test set
     with duplicates, and the same trainer in recipes.evaluate reproduces the numbers exactly."""
     trainer_cfg = cfg.trainer
@@ -89,7 +120,7 @@ def build_test_trainer(cfg: DictConfig, loggers: list[Logger] | tuple = ()) -> p
         strategy="auto",
         precision=trainer_cfg.precision,
         deterministic=trainer_cfg.deterministic,
-        logger=list(loggers) or False,
+        logger=False,
         callbacks=[],
         enable_checkpointing=False,
         enable_model_summary=False,

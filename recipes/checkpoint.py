@@ -66,18 +66,19 @@ def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
     return str(value)
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Load a recipes checkpoint with weights_only=True, or fail with one line saying what is wrong."""
+def load_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
+    """Load a recipes checkpoint with weights_only=True, or fail with one line saying what is wrong
+    (`key` is the config key that named the file)."""
     file = Path(path)
     if not file.is_file():
-        raise RecipeError(f"ckpt_path={path} does not exist: pass the path of a .ckpt file from a run's checkpoints/")
+        raise RecipeError(f"{key}={path} does not exist: pass the path of a .ckpt file from a run's checkpoints/")
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means "not a loadable checkpoint"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RecipeError(f"ckpt_path={path} is not a readable checkpoint ({reason[:160]})") from None
+        raise RecipeError(f"{key}={path} is not a readable checkpoint ({reason[:160]})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or KEY not in ckpt:
-        raise RecipeError(f"ckpt_path={path} was not written by recipes.train (it has no '{KEY}' entry)")
+        raise RecipeError(f"{key}={path} was not written by recipes.train (it has no '{KEY}' entry)")
     return ckpt
 
 

@@ -19,11 +19,22 @@ from recipes.results import print_summary
 
 
 def test_metrics(cfg: DictConfig, module: pl.LightningModule, datamodule: Any,
-                 loggers: list[Logger] | tuple = ()) -> dict[str, float]:
-    """Test metrics of `module` on one device: shared by recipes.train and recipes.evaluate."""
-    trainer = build_test_trainer(cfg, loggers)
-    results = trainer.test(module, datamodule=datamodule, verbose=False)
-    return {name: float(value) for name, value in results[0].items()}
+                 loggers: list[Logger] | tuple = (), step: int = 0) -> dict[str, float]:
+    """Test metrics of `module` on one device: shared by recipes.train and recipes.evaluate.
+
+    A data module with `test_domains` (old and new domain) is also tested on each domain's test set,
+    reported as `test/<metric>_<domain>`; plain `test/<metric>` is the training domain's.
+    """
+    trainer = build_test_trainer(cfg)
+    metrics = {name: float(value) for name, value in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
+    for domain in getattr(datamodule, "test_domains", ()):
+        loader = datamodule.domain_test_dataloader(domain)
+        for name, value in build_test_trainer(cfg).test(module, dataloaders=loader, verbose=False)[0].items():
+            metrics[f"{name}_{domain}"] = float(value)
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        logger.save()
+    return metrics
 
 
 def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[DictConfig, Any, pl.LightningModule]:

@@ -19,6 +19,7 @@ from recipes.build import Parts, build_training
 from recipes.checkpoint import check_compatible, load_checkpoint, resolve_ckpt_path
 from recipes.errors import RecipeError
 from recipes.evaluate import test_metrics
+from recipes.prerequisites import ensure_prerequisites
 from recipes.results import print_summary, relative, write_results
 
 
@@ -41,13 +42,14 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
     return getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "") or None
 
 
-def train(cfg: DictConfig) -> dict[str, Any] | None:
-    """Fit, then (rank 0) test the best weights on one device and write results.json."""
+def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = False) -> dict[str, Any] | None:
+    """Fit, then (rank 0) test the best weights on one device and write results.json.
+
+    keep_weights: write checkpoints/last.ckpt even when no checkpoint callback ran (fast_dev_run),
+    for a model that a later run of the recipe starts from."""
     run_dir = Path(cfg.paths.run_dir)
-    check_launch(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
-    choices = dict(HydraConfig.get().runtime.choices)
     parts: Parts = build_training(cfg, choices)
     if ckpt_path:
         check_compatible(load_checkpoint(ckpt_path), parts.module, ckpt_path)
@@ -55,15 +57,18 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     start = time.perf_counter()
     trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - start
+    if keep_weights and not best_checkpoint(trainer):
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Testing runs on rank 0 alone: leave the group so metrics do not wait for other ranks.
+        # Testing runs on rank 0 alone: leave the group so metrics do not wait for other ranks
+        # (a later fit in the same process, e.g. after a prerequisite, initializes it again).
         torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:
         return None
-    best = best_checkpoint(trainer)
+    best = best_checkpoint(trainer) or (str(run_dir / "checkpoints" / "last.ckpt") if keep_weights else None)
     if best:
         parts.module.load_state_dict(load_checkpoint(best)["state_dict"])
-    metrics = test_metrics(cfg, parts.module, parts.datamodule, parts.loggers)
+    metrics = test_metrics(cfg, parts.module, parts.datamodule, parts.loggers, step=trainer.global_step)
     results: dict[str, Any] = {
         "recipe": choices.get("recipe"),
         "task": choices.get("task"),
@@ -76,7 +81,18 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         results["checkpoint"] = relative(best, run_dir)
     write_results(run_dir, results)
     print_summary(results)
-    print(f"run dir: {run_dir}")
+    return results
+
+
+def train(cfg: DictConfig) -> dict[str, Any] | None:
+    """The whole run: earlier models a recipe needs, then its own fit and test."""
+    check_launch(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    choices = dict(HydraConfig.get().runtime.choices)
+    ensure_prerequisites(cfg, run_dir, choices, fit_and_test)
+    results = fit_and_test(cfg, choices)
+    if results is not None:
+        print(f"run dir: {run_dir}")
     return results
 
 

@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from recipes.data.transforms import compose, geometry_and_domain, normalization, to_float_image
 
@@ -25,6 +26,20 @@ class TransformedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, label = self.base[index]
         return self.transform(image), label
+
+
+class IndexedDataset(Dataset):
+    """(image, label, index) triples: lets a task cache per-sample values (e.g. teacher logits)."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        image, label = self.base[index][:2]
+        return image, label, index
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -46,8 +61,11 @@ class ImageDataModule(pl.LightningDataModule):
         augment: Sequence[Callable] | None = None,
         shift: dict[str, Any] | None = None,
         split_seed: int = 0,
+        train_samples: int | None = None,
     ) -> None:
         super().__init__()
+        if train_samples is not None and train_samples <= 0:
+            raise ValueError(f"data.train_samples={train_samples} must be a positive count or null (all)")
         if batch_size <= 0:
             raise ValueError(f"data.batch_size={batch_size} must be a positive integer, e.g. 64")
         if num_workers < 0:
@@ -58,6 +76,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
         self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
         self.image_size, self.channels, self.split_seed = image_size, channels, split_seed
+        self.train_samples = train_samples
+        self.return_index = False  # set by the builder when the task caches per-sample values
         self.augment = list(augment or [])
         self.shift = dict(shift) if shift else None
         self._normalize = normalization(normalize, channels)  # validated now, not mid-training
@@ -79,11 +99,19 @@ class ImageDataModule(pl.LightningDataModule):
         """The whole per-sample pipeline of a split: augmentation on training images only."""
         return compose([*self.deterministic_steps(), *(self.augment if train else []), *self._normalize])
 
-    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("setup() has not run: call datamodule.setup(stage) first")
-        sampler = None
-        if train:
+    def limit_train(self, dataset: Dataset) -> Dataset:
+        """A seeded subset of `train_samples` training samples (few labelled samples of a new domain)."""
+        if self.train_samples is None or self.train_samples >= len(dataset):  # type: ignore[arg-type]
+            return dataset
+        generator = torch.Generator().manual_seed(self.split_seed)
+        order = torch.randperm(len(dataset), generator=generator)  # type: ignore[arg-type]
+        return Subset(dataset, sorted(order[: self.train_samples].tolist()))
+
+    def train_loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+        """The training DataLoader of `dataset`; by default an epoch-seeded shard of it per rank."""
+        if self.return_index:
+            dataset = IndexedDataset(dataset)
+        if sampler is None:
             trainer = self.trainer
             # Epoch-seeded shuffling that Lightning advances with set_epoch; under DDP each rank gets
             # its shard. Lightning leaves a DistributedSampler as it is.
@@ -94,6 +122,11 @@ class ImageDataModule(pl.LightningDataModule):
                 shuffle=self.shuffle,
                 seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
             )
+        return self._loader(dataset, sampler)
+
+    def _loader(self, dataset: Dataset | None, sampler: Sampler | None = None) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("setup() has not run: call datamodule.setup(stage) first")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -103,11 +136,17 @@ class ImageDataModule(pl.LightningDataModule):
             pin_memory=bool(self.trainer and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"),
         )
 
+    def training_dataset(self) -> Dataset:
+        """Exactly what the training loader indexes (sample indices refer to it)."""
+        if self.train_set is None:
+            raise RuntimeError("setup() has not run: call datamodule.setup(stage) first")
+        return self.limit_train(self.train_set)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        return self.train_loader(self.training_dataset())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+        return self._loader(self.test_set)
