@@ -12,9 +12,11 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.export import ExportError, export_and_verify
 from recipes import cli
 from recipes.build import build_datamodule, build_module, build_test_trainer
 from recipes.checkpoint import KEY, check_compatible, load_checkpoint
+from recipes.errors import RecipeError
 from recipes.results import print_summary
 
 
@@ -35,6 +37,14 @@ def test_metrics(cfg: DictConfig, module: pl.LightningModule, datamodule: Any,
         logger.log_metrics(metrics, step=step)
         logger.save()
     return metrics
+
+
+def export_best(export_cfg: DictConfig, net: Any, datamodule: Any, out_dir: Path) -> dict[str, Any]:
+    """Export `net` as `export_cfg` says and verify it on the test set; a failure is a RecipeError."""
+    try:
+        return export_and_verify(net, datamodule.test_dataloader(), out_dir, **OmegaConf.to_container(export_cfg))
+    except ExportError as err:
+        raise RecipeError(str(err)) from None
 
 
 def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[DictConfig, Any, pl.LightningModule]:

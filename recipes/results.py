@@ -40,4 +40,9 @@ def print_summary(results: dict[str, Any], title: str = "run summary") -> None:
     for key in ("checkpoint", "fit_seconds", "run_dir"):
         if key in results:
             table.add_row(key, str(results[key]))
+    export = results.get("export")
+    if export:
+        files = ", ".join(export[f] for f in ("onnx", "program") if f in export)
+        table.add_row("export", f"{files} (max |diff| {export['parity_max_abs_diff']:.1e}, "
+                                f"top-1 agreement {export['top1_agreement']:.4f})")
     Console().print(table)

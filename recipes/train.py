@@ -18,7 +18,7 @@ from recipes import cli
 from recipes.build import Parts, build_training
 from recipes.checkpoint import check_compatible, load_checkpoint, resolve_ckpt_path
 from recipes.errors import RecipeError
-from recipes.evaluate import test_metrics
+from recipes.evaluate import export_best, test_metrics
 from recipes.prerequisites import ensure_prerequisites
 from recipes.results import print_summary, relative, write_results
 
@@ -79,6 +79,8 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
     }
     if best:
         results["checkpoint"] = relative(best, run_dir)
+    if cfg.get("export") and cfg.export.formats:
+        results["export"] = export_best(cfg.export, parts.module.net, parts.datamodule, run_dir / "export")
     write_results(run_dir, results)
     print_summary(results)
     return results

@@ -267,8 +267,9 @@ def check_run(run_dir: Path, results: dict[str, Any], prerequisite: str, domains
 
 
 def test_distill_recipe_end_to_end(run_dir: Path) -> None:
-    results = train_ok(run_dir, "recipe=distill", *FAST, "prerequisites.teacher.trainer.max_epochs=1")
+    results = train_ok(run_dir, "recipe=distill", *FAST, "prerequisites.teacher.trainer.max_epochs=1", "export=onnx")
     assert results["recipe"] == "distill" and results["task"] == "distill"
+    assert results["export"]["top1_agreement"] == 1.0  # the student exports like any classifier
     ckpt = check_run(run_dir, results, "teacher", domains=False)
     assert not [k for k in ckpt["state_dict"] if "teacher" in k]
     teacher_ckpt = Path(ckpt["recipe"]["config"]["task"]["teacher_ckpt"])

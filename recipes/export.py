@@ -1,0 +1,41 @@
+"""`python -m recipes.export ckpt_path=PATH [export=onnx|program|all]`: export an existing checkpoint's
+net, verified against it on the test set, to <its run dir>/export/ (or out_dir=DIR)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from recipes import cli
+from recipes.errors import RecipeError
+from recipes.evaluate import export_best, rebuild
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    if not cfg.export.formats:
+        raise RecipeError("export=none exports nothing: pass export=onnx, export=program or export=all")
+    _, datamodule, module = rebuild(cfg.ckpt_path)
+    datamodule.setup("test")
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt_path).resolve().parent.parent / "export"
+    report = export_best(cfg.export, module.net, datamodule, out_dir)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+    print(f"export dir: {out_dir}")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="export_checkpoint")
+def _hydra_main(cfg: DictConfig) -> None:
+    cli.guarded(export, cfg)
+
+
+def main() -> None:
+    cli.run_main(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()
