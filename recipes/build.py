@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from recipes.checkpoint import KEY, RecipeState, load_checkpoint
+from recipes.checkpoint import KEY, RecipeState, fold_masks, load_checkpoint
 from recipes.errors import RecipeError
 from recipes.validate import check_node
 
@@ -49,7 +49,8 @@ def reference_net(path: str, key: str, input_shape: tuple[int, ...]) -> nn.Modul
                           f"{tuple(input_shape)}: set data.image_size / data.channels to match")
     net = instantiate(OmegaConf.create(entry["config"]).model, input_shape=entry["data"]["input_shape"],
                       num_classes=entry["data"]["num_classes"])
-    net.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+    state = fold_masks(ckpt["state_dict"])
+    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
     return net.eval().requires_grad_(False)
 
 
@@ -91,6 +92,17 @@ def check_optimizer(module: pl.LightningModule) -> None:
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return [instantiate_part(node, f"callbacks.{name}") for name, node in cfg.get("callbacks", {}).items() if node]
+
+
+def build_compression(cfg: DictConfig) -> dict[str, Callback]:
+    """The compression callbacks, in the order of `compress=[...]`, checked against the epoch budget."""
+    steps = {name: instantiate_part(node, f"compress.{name}") for name, node in (cfg.get("compress") or {}).items()}
+    for name, step in steps.items():
+        try:
+            step.check_budget(cfg.trainer.max_epochs)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+    return steps
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
@@ -136,6 +148,7 @@ class Parts:
 
     datamodule: pl.LightningDataModule
     module: pl.LightningModule
+    compression: dict[str, Callback] = field(default_factory=dict)
     callbacks: list[Callback] = field(default_factory=list)
     loggers: list[Logger] = field(default_factory=list)
     trainer: pl.Trainer | None = None
@@ -146,12 +159,13 @@ def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
-    callbacks = [*build_callbacks(cfg), RecipeState(plain_config(cfg), choices, data)]
+    compression = build_compression(cfg)
+    callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(plain_config(cfg), choices, data)]
     loggers = build_loggers(cfg)
     for logger in loggers:
         logger.log_hyperparams(plain_config(cfg))
     trainer = build_trainer(cfg, callbacks, loggers)
-    return Parts(datamodule, module, callbacks, loggers, trainer)
+    return Parts(datamodule, module, compression, callbacks, loggers, trainer)
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def model_name(ckpt: dict[str, Any]) -> str:
 
 def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str) -> None:
     """Fail in one line when the checkpoint's weights do not fit `module` (another net or shape)."""
-    saved, current = ckpt["state_dict"], module.state_dict()
+    saved, current = fold_masks(ckpt["state_dict"]), fold_masks(module.state_dict())
     missing = sorted(set(current) - set(saved))
     unexpected = sorted(set(saved) - set(current))
     reshaped = sorted(k for k in set(saved) & set(current) if tuple(saved[k].shape) != tuple(current[k].shape))
@@ -99,3 +99,18 @@ def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str
                   if reshaped else f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. {first}")
         raise RecipeError(f"ckpt_path={path} holds a model={model_name(ckpt)} net that does not fit the configured "
                           f"model ({detail}); use the model settings it was trained with")
+
+
+def fold_masks(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A state dict with `torch.nn.utils.prune` masks applied (`x_orig * x_mask` becomes `x`): what
+    a plain net loads from a checkpoint written mid-pruning."""
+    folded = {}
+    for key, value in state_dict.items():
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state_dict:
+            continue
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state_dict:
+            base = key[: -len("_orig")]
+            folded[base] = value * state_dict[base + "_mask"]
+        else:
+            folded[key] = value
+    return folded

@@ -3,6 +3,7 @@ results.json -> summary. The console script `recipes-train` is the same command.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from callbacks.report import compression_report
 from recipes import cli
 from recipes.build import Parts, build_training
-from recipes.checkpoint import check_compatible, load_checkpoint, resolve_ckpt_path
+from recipes.checkpoint import check_compatible, fold_masks, load_checkpoint, resolve_ckpt_path
 from recipes.errors import RecipeError
 from recipes.evaluate import export_best, test_metrics
 from recipes.prerequisites import ensure_prerequisites
@@ -42,6 +44,19 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
     return getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "") or None
 
 
+def compression_results(cfg: DictConfig, parts: Parts, metrics: dict[str, float]) -> dict[str, Any]:
+    """results.json's compression section: sizes of the final net, and test accuracy of the net just
+    before compression began (when a step kept that snapshot) and after."""
+    report = compression_report(parts.module.net, list(parts.compression))
+    before = next((s.before for s in parts.compression.values() if getattr(s, "before", None) is not None), None)
+    if before is not None:
+        dense = copy.deepcopy(parts.module)
+        dense.net.load_state_dict(before)
+        report["acc_before"] = test_metrics(cfg, dense, parts.datamodule)["test/acc"]
+    report["acc_after"] = metrics["test/acc"]
+    return report
+
+
 def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = False) -> dict[str, Any] | None:
     """Fit, then (rank 0) test the best weights on one device and write results.json.
 
@@ -65,9 +80,12 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
         torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:
         return None
-    best = best_checkpoint(trainer) or (str(run_dir / "checkpoints" / "last.ckpt") if keep_weights else None)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    # A compressed run ships its final net: an earlier "best" epoch would be an uncompressed one.
+    use_last = bool(parts.compression) or (keep_weights and not best_checkpoint(trainer))
+    best = str(last) if use_last and last.is_file() else best_checkpoint(trainer)
     if best:
-        parts.module.load_state_dict(load_checkpoint(best)["state_dict"])
+        parts.module.load_state_dict(fold_masks(load_checkpoint(best)["state_dict"]))
     metrics = test_metrics(cfg, parts.module, parts.datamodule, parts.loggers, step=trainer.global_step)
     results: dict[str, Any] = {
         "recipe": choices.get("recipe"),
@@ -79,6 +97,8 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
     }
     if best:
         results["checkpoint"] = relative(best, run_dir)
+    if parts.compression:
+        results["compression"] = compression_results(cfg, parts, metrics)
     if cfg.get("export") and cfg.export.formats:
         results["export"] = export_best(cfg.export, parts.module.net, parts.datamodule, run_dir / "export")
     write_results(run_dir, results)

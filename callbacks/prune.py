@@ -1,0 +1,121 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017) on `torch.nn.utils.prune`.
+
+Sparsity follows a cubic ramp from 0 at `start_epoch` to `sparsity` at `end_epoch`, pruned every
+`every_n_steps` optimizer steps in between (small steps hurt less than one jump per epoch), then
+training goes on with the masks held. Masks live in the net as
+`weight_orig` / `weight_mask` entries, so they are in every checkpoint; on every fit the targets get
+a (ones) mask in `setup`, before Lightning restores a checkpoint or builds the optimizer, so a
+resumed run finds its masks and its optimizer sees parameters in the same order. At the end of the
+fit the pruning is made permanent: the net holds plain, zero-filled weights, ready for export.
+(Lightning's own ModelPruning loses masks on resume and rewinds weights by default.)
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.nn.utils import prune
+
+PRUNABLE = (nn.Linear, nn.Conv2d)
+
+
+def prunable(net: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every Linear / Conv2d weight of `net`."""
+    return [(m, "weight") for m in net.modules() if isinstance(m, PRUNABLE)]
+
+
+def masked_weight(module: nn.Module, name: str) -> torch.Tensor:
+    """The weight as the net computes it. (The `weight` attribute of a pruned module is refreshed only
+    by its next forward, so right after a checkpoint restore it would still be the dense one.)"""
+    if hasattr(module, f"{name}_mask"):
+        return getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")
+    return getattr(module, name)
+
+
+def weight_sparsity(net: nn.Module) -> float:
+    """Share of zeros over all prunable weights (masked or permanent)."""
+    weights = [masked_weight(m, name) for m, name in prunable(net)]
+    total = sum(w.numel() for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / total
+
+
+def cubic_sparsity(epoch: float, final: float, start: int, end: int) -> float:
+    """Zhu & Gupta's schedule: s_t = s_f * (1 - (1 - (t - t0) / (t1 - t0))^3), clipped to [t0, t1]."""
+    if epoch < start:
+        return 0.0
+    if epoch >= end:
+        return final
+    return final * (1 - (1 - (epoch - start) / (end - start)) ** 3)
+
+
+class MagnitudePruning(Callback):
+    """Unstructured L1 pruning of Linear / Conv2d weights, `scope="global"` (one threshold over all
+    layers) or `"layer"` (each layer to the same sparsity), on `pl_module.net`."""
+
+    def __init__(self, sparsity: float = 0.9, start_epoch: int = 0, end_epoch: int = 10,
+                 scope: str = "global", every_n_steps: int = 10) -> None:
+        if not 0 <= sparsity < 1:
+            raise ValueError(f"compress.prune.sparsity={sparsity} must be in [0, 1), e.g. 0.9")
+        if not 0 <= start_epoch <= end_epoch:
+            raise ValueError(f"compress.prune.start_epoch={start_epoch} and end_epoch={end_epoch} need "
+                             "0 <= start_epoch <= end_epoch")
+        if every_n_steps < 1:
+            raise ValueError(f"compress.prune.every_n_steps={every_n_steps} must be >= 1")
+        if scope not in ("global", "layer"):
+            raise ValueError(f"compress.prune.scope={scope!r} must be 'global' or 'layer'")
+        self.sparsity, self.start_epoch, self.end_epoch, self.scope = sparsity, start_epoch, end_epoch, scope
+        self.every_n_steps = every_n_steps
+        self.history: list[float] = []  # sparsity after each pruning step
+        self.before: dict[str, torch.Tensor] | None = None  # the net's weights just before the first prune
+
+    def check_budget(self, max_epochs: int) -> None:
+        if self.end_epoch >= max_epochs:
+            raise ValueError(f"compress.prune.end_epoch={self.end_epoch} must be < trainer.max_epochs={max_epochs} "
+                             "so the net trains with the final mask")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        for module, name in prunable(pl_module.net):
+            if not prune.is_pruned(module):
+                prune.identity(module, name)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
+                             batch_idx: int) -> None:
+        epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
+        if not self.start_epoch <= epoch <= self.end_epoch or trainer.global_step % self.every_n_steps:
+            return
+        self.prune_to(pl_module.net, cubic_sparsity(epoch, self.sparsity, self.start_epoch, self.end_epoch))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.end_epoch:  # land exactly on the final sparsity
+            self.prune_to(pl_module.net, self.sparsity)
+
+    def prune_to(self, net: nn.Module, target: float) -> None:
+        """Prune the smallest still-unpruned weights until `target` of them are zero."""
+        current = weight_sparsity(net)
+        if target <= current:
+            return
+        if self.before is None:
+            # with the (all-ones) masks folded in, as a plain net loads it
+            state = net.state_dict()
+            self.before = {k.removesuffix("_orig"): (v * state[k.removesuffix("_orig") + "_mask"] if k.endswith("_orig")
+                                                     else v).detach().clone()
+                           for k, v in state.items() if not k.endswith("_mask")}
+        amount = (target - current) / (1 - current)  # share of the still-unpruned weights
+        targets = prunable(net)
+        scores = {(m, name): masked_weight(m, name).detach() for m, name in targets}
+        if self.scope == "global":
+            prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=amount,
+                                      importance_scores=scores)
+        else:
+            for module, name in targets:
+                prune.l1_unstructured(module, name, amount=amount, importance_scores=scores[(module, name)])
+        self.history.append(weight_sparsity(net))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for module, name in prunable(pl_module.net):
+            if prune.is_pruned(module):
+                prune.remove(module, name)

@@ -1,0 +1,95 @@
+"""Magnitude pruning: the cubic schedule, sparsity reached at each scheduled step, masks that
+survive checkpoint and resume, permanent zeros in the exported model, and start-up validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch.nn.utils import prune
+
+from callbacks.prune import MagnitudePruning, cubic_sparsity, prunable, weight_sparsity
+from modules.classifier import ClassifierModule
+from modules.nets.mlp import MLP
+from recipes.data.digits import DigitsDataModule
+from tests.conftest import train, train_ok
+
+
+def test_cubic_schedule() -> None:
+    assert cubic_sparsity(0, 0.9, 2, 6) == 0.0
+    assert cubic_sparsity(2, 0.9, 2, 6) == 0.0
+    assert cubic_sparsity(4, 0.9, 2, 6) == pytest.approx(0.9 * (1 - 0.5**3))
+    assert cubic_sparsity(6, 0.9, 2, 6) == cubic_sparsity(9, 0.9, 2, 6) == 0.9
+    ramp = [cubic_sparsity(e / 4, 0.9, 2, 6) for e in range(8, 25)]
+    assert ramp == sorted(ramp)  # monotonic, fastest early
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_sparsity_is_reached_and_held(scope: str) -> None:
+    """Each scheduled step raises sparsity; the final one is the target, held through fine-tuning."""
+    pl.seed_everything(0)
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[32])
+    module = ClassifierModule(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    pruning = MagnitudePruning(sparsity=0.8, start_epoch=0, end_epoch=2, scope=scope, every_n_steps=5)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[pruning])
+    trainer.fit(module, datamodule=DigitsDataModule())
+    assert len(pruning.history) >= 4 and pruning.history == sorted(pruning.history)
+    assert pruning.history[-1] == pytest.approx(0.8, abs=2e-3)
+    assert weight_sparsity(net) == pytest.approx(0.8, abs=2e-3)  # held: fine-tuning kept the zeros
+    assert not any(prune.is_pruned(m) for m, _ in prunable(net))  # made permanent at the end of fit
+    if scope == "layer":
+        for module_, _ in prunable(net):
+            assert float((module_.weight == 0).float().mean()) == pytest.approx(0.8, abs=0.02)
+
+
+FAST = ("callbacks.model_summary=null", "callbacks.lr_monitor=null", "logger=csv")
+SCHEDULE = ("recipe=prune", "trainer.max_epochs=6", "compress.prune.start_epoch=1", "compress.prune.end_epoch=4")
+
+
+def test_masks_survive_resume(tmp_path: Path) -> None:
+    """Interrupted mid-ramp, resumed with ckpt_path=last: the same final weights and zeros as straight."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = train_ok(straight, *SCHEDULE, *FAST)
+    train_ok(resumed, *SCHEDULE, *FAST, "trainer.max_steps=60")  # 20 batches/epoch: stops after epoch 3
+    mid = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    masks = [k for k in mid["state_dict"] if k.endswith("weight_mask")]
+    assert len(masks) == 3 and mid["epoch"] == 2
+    assert 0 < float(1 - mid["state_dict"][masks[0]].mean()) < 0.9  # mid-ramp
+    b = train_ok(resumed, *SCHEDULE, *FAST, "ckpt_path=last")
+    wa = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    wb = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert set(wa) == set(wb)
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    assert a["compression"] == {**b["compression"], "acc_before": a["compression"].get("acc_before")}
+
+
+def test_prune_recipe_exports_ninety_percent_zeros(run_dir: Path) -> None:
+    results = train_ok(run_dir, *SCHEDULE, *FAST, "compress.prune.sparsity=0.9", "export=onnx")
+    comp = results["compression"]
+    assert comp["steps"] == ["prune"] and comp["ratio"] > 5
+    assert comp["compressed_bytes"] < comp["dense_bytes"] / 5
+    weights = [numpy_helper.to_array(t) for t in onnx.load(run_dir / results["export"]["onnx"]).graph.initializer
+               if len(t.dims) == 2]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
+    assert zeros == pytest.approx(0.9, abs=2e-3)
+    assert results["export"]["top1_agreement"] == 1.0
+    assert 0 <= comp["acc_after"] == results["metrics"]["test/acc"] <= 1
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("compress.prune.sparsity=1.0", "compress.prune.sparsity=1.0"),
+    ("compress.prune.end_epoch=6", "trainer.max_epochs=6"),
+])
+def test_bad_pruning_settings_fail_at_start_up(override: str, message: str, run_dir: Path) -> None:
+    proc = train(run_dir, *SCHEDULE, override)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert not run_dir.exists()
