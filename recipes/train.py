@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from callbacks.report import compression_report
+from callbacks.report import compression_report, layer_table, write_report
 from recipes import cli
 from recipes.build import Parts, build_training
 from recipes.checkpoint import check_compatible, fold_masks, load_checkpoint, resolve_ckpt_path
@@ -49,11 +49,13 @@ def compression_results(cfg: DictConfig, parts: Parts, metrics: dict[str, float]
     before compression began (when a step kept that snapshot) and after."""
     report = compression_report(parts.module.net, list(parts.compression))
     before = next((s.before for s in parts.compression.values() if getattr(s, "before", None) is not None), None)
+    dense = copy.deepcopy(parts.module)
     if before is not None:
-        dense = copy.deepcopy(parts.module)
         dense.net.load_state_dict(before)
         report["acc_before"] = test_metrics(cfg, dense, parts.datamodule)["test/acc"]
     report["acc_after"] = metrics["test/acc"]
+    write_report(Path(cfg.paths.run_dir), report, layer_table(dense.net) if before is not None else [],
+                 layer_table(parts.module.net))
     return report
 
 

@@ -82,6 +82,8 @@ def test_prune_recipe_exports_ninety_percent_zeros(run_dir: Path) -> None:
     assert zeros == pytest.approx(0.9, abs=2e-3)
     assert results["export"]["top1_agreement"] == 1.0
     assert 0 <= comp["acc_after"] == results["metrics"]["test/acc"] <= 1
+    report = (run_dir / "report.md").read_text()
+    assert "| net.1 | Linear | 19,500 | 19500 |" in report and (run_dir / "compression.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(("override", "message"), [
