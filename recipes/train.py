@@ -49,18 +49,19 @@ def compression_results(cfg: DictConfig, parts: Parts, metrics: dict[str, float]
     before compression began (when a step kept that snapshot) and after."""
     report = compression_report(parts.module.net, list(parts.compression))
     before = next((s.before for s in parts.compression.values() if getattr(s, "before", None) is not None), None)
-    dense = copy.deepcopy(parts.module)
+    before_layers = []
     if before is not None:
-        dense.net.load_state_dict(before)
-        report["acc_before"] = test_metrics(cfg, dense, parts.datamodule)["test/acc"]
+        uncompressed = copy.deepcopy(parts.module)
+        uncompressed.net.load_state_dict(before)
+        report["acc_before"] = test_metrics(cfg, uncompressed, parts.datamodule)["test/acc"]
+        before_layers = layer_table(uncompressed.net)
     report["acc_after"] = metrics["test/acc"]
-    write_report(Path(cfg.paths.run_dir), report, layer_table(dense.net) if before is not None else [],
-                 layer_table(parts.module.net))
+    write_report(Path(cfg.paths.run_dir), report, before_layers, layer_table(parts.module.net))
     return report
 
 
 def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = False) -> dict[str, Any] | None:
-    """Fit, then (rank 0) test the best weights on one device and write results.json.
+    """Fit, then (rank 0) test the shipped weights on one device and write results.json.
 
     keep_weights: write checkpoints/last.ckpt even when no checkpoint callback ran (fast_dev_run),
     for a model that a later run of the recipe starts from."""
@@ -83,11 +84,12 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
     if not trainer.is_global_zero:
         return None
     last = run_dir / "checkpoints" / "last.ckpt"
-    # A compressed run ships its final net: an earlier "best" epoch would be an uncompressed one.
+    # The checkpoint the run ships and tests: the best by val/acc, except that a compressed run ships
+    # its final net (an earlier "best" epoch would be an uncompressed one).
     use_last = bool(parts.compression) or (keep_weights and not best_checkpoint(trainer))
-    best = str(last) if use_last and last.is_file() else best_checkpoint(trainer)
-    if best:
-        parts.module.load_state_dict(fold_masks(load_checkpoint(best)["state_dict"]))
+    shipped = str(last) if use_last and last.is_file() else best_checkpoint(trainer)
+    if shipped:
+        parts.module.load_state_dict(fold_masks(load_checkpoint(shipped)["state_dict"]))
     metrics = test_metrics(cfg, parts.module, parts.datamodule, parts.loggers, step=trainer.global_step)
     results: dict[str, Any] = {
         "recipe": choices.get("recipe"),
@@ -97,8 +99,8 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
         "metrics": metrics,
         "fit_seconds": round(fit_seconds, 3),
     }
-    if best:
-        results["checkpoint"] = relative(best, run_dir)
+    if shipped:
+        results["checkpoint"] = relative(shipped, run_dir)
     if parts.compression:
         results["compression"] = compression_results(cfg, parts, metrics)
     if cfg.get("export") and cfg.export.formats:
