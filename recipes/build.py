@@ -160,10 +160,11 @@ def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     module = build_module(cfg, datamodule)
     data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
     compression = build_compression(cfg)
-    callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(plain_config(cfg), choices, data)]
+    resolved = plain_config(cfg)
+    callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(resolved, choices, data)]
     loggers = build_loggers(cfg)
     for logger in loggers:
-        logger.log_hyperparams(plain_config(cfg))
+        logger.log_hyperparams(resolved)
     trainer = build_trainer(cfg, callbacks, loggers)
     return Parts(datamodule, module, compression, callbacks, loggers, trainer)
 

@@ -47,8 +47,10 @@ def export_best(export_cfg: DictConfig, net: Any, datamodule: Any, out_dir: Path
         raise RecipeError(str(err)) from None
 
 
-def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[DictConfig, Any, pl.LightningModule]:
-    """Config, datamodule and weight-loaded module of a checkpoint; `overrides` patch the saved config."""
+def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[DictConfig, Any, pl.LightningModule,
+                                                                              dict[str, Any]]:
+    """Config, datamodule and weight-loaded module of a checkpoint, and its group choices;
+    `overrides` patch the saved config."""
     ckpt = load_checkpoint(ckpt_path)
     cfg = OmegaConf.create(ckpt[KEY]["config"])
     for key, value in (overrides or {}).items():  # dotted keys; nested mappings merge into the saved ones
@@ -57,13 +59,12 @@ def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[Di
     module = build_module(cfg, datamodule)
     check_compatible(ckpt, module, ckpt_path)
     module.load_state_dict(fold_masks(ckpt["state_dict"]))
-    return cfg, datamodule, module
+    return cfg, datamodule, module, ckpt[KEY].get("choices", {})
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.overrides else {}
-    saved_cfg, datamodule, module = rebuild(cfg.ckpt_path, overrides)
-    choices = load_checkpoint(cfg.ckpt_path)[KEY].get("choices", {})
+    saved_cfg, datamodule, module, choices = rebuild(cfg.ckpt_path, overrides)
     metrics = test_metrics(saved_cfg, module, datamodule)
     report = {"recipe": choices.get("recipe"), "task": choices.get("task"), "checkpoint": str(cfg.ckpt_path),
               "metrics": metrics}
