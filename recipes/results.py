@@ -32,6 +32,25 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
     return target
 
 
+def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[str, Any]:
+    """results.json's `parallel` section: how the replicas cooperated and what it cost, measured on
+    this rank (bytes come from a strategy's `comm_bytes` counter; absent when it keeps none)."""
+    strategy = trainer.strategy
+    steps = trainer.global_step
+    samples = steps * batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    section: dict[str, Any] = {
+        "strategy": type(strategy).__name__,
+        "world_size": trainer.world_size,
+        "steps": steps,
+        "samples_per_second": round(samples / fit_seconds, 1) if fit_seconds > 0 else None,
+    }
+    if trainer.world_size == 1:
+        section["comm_bytes_per_step"] = 0
+    elif hasattr(strategy, "comm_bytes") and steps:
+        section["comm_bytes_per_step"] = round(strategy.comm_bytes / steps, 1)
+    return section
+
+
 def print_summary(results: dict[str, Any], title: str = "run summary") -> None:
     """Metrics, checkpoint and run dir on one screen."""
     table = Table(title=f"{title}: recipe={results.get('recipe')} task={results.get('task')}", show_header=False)

@@ -22,7 +22,7 @@ from recipes.checkpoint import check_compatible, fold_masks, load_checkpoint, re
 from recipes.errors import RecipeError
 from recipes.evaluate import export_best, test_metrics
 from recipes.prerequisites import ensure_prerequisites
-from recipes.results import print_summary, relative, write_results
+from recipes.results import parallel_results, print_summary, relative, write_results
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -75,6 +75,7 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
     start = time.perf_counter()
     trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - start
+    parallel = parallel_results(trainer, parts.datamodule.batch_size, fit_seconds)
     if keep_weights and not best_checkpoint(trainer):
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -98,6 +99,7 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
         "seed": cfg.seed,
         "metrics": metrics,
         "fit_seconds": round(fit_seconds, 3),
+        "parallel": parallel,
     }
     if shipped:
         results["checkpoint"] = relative(shipped, run_dir)

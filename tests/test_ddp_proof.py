@@ -25,4 +25,5 @@ def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path: Path) -> N
     for name, weight in a["state_dict"].items():
         assert torch.allclose(weight, b["state_dict"][name], atol=1e-5, rtol=0), name
     # and the weights did train: both models are well above chance (0.1) after 16 steps
+    assert ddp_results["parallel"]["world_size"] == 2 and single_results["parallel"]["comm_bytes_per_step"] == 0
     assert ddp_results["metrics"]["test/acc"] > 0.3 and single_results["metrics"]["test/acc"] > 0.3

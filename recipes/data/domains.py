@@ -31,6 +31,7 @@ class TwoDomainDataModule(pl.LightningDataModule):
 
     input_shape = property(lambda self: self.target.input_shape)
     num_classes = property(lambda self: self.target.num_classes)
+    batch_size = property(lambda self: self.target.batch_size)
     augment = property(lambda self: self.target.augment or (self.mix is not None and self.source.augment))
 
     @property
