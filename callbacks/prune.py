@@ -18,6 +18,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn.utils import prune
 
+from callbacks.structure import snapshot
+
 PRUNABLE = (nn.Linear, nn.Conv2d)
 
 
@@ -68,17 +70,29 @@ class MagnitudePruning(Callback):
         self.sparsity, self.start_epoch, self.end_epoch, self.scope = sparsity, start_epoch, end_epoch, scope
         self.every_n_steps = every_n_steps
         self.history: list[float] = []  # sparsity after each pruning step
-        self.before: dict[str, torch.Tensor] | None = None  # the net's weights just before the first prune
+        self.before: nn.Module | None = None  # a copy of the net just before its first prune
 
-    def check_budget(self, max_epochs: int) -> None:
+    step = "prune"
+
+    def epochs(self) -> tuple[int, int]:
+        """First and last epoch at which this step changes the net."""
+        return self.start_epoch, self.end_epoch
+
+    def check(self, net: nn.Module, max_epochs: int) -> None:
+        """Start-up check: the net trains with the final mask before the budget ends."""
         if self.end_epoch >= max_epochs:
             raise ValueError(f"compress.prune.end_epoch={self.end_epoch} must be < trainer.max_epochs={max_epochs} "
                              "so the net trains with the final mask")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        for module, name in prunable(pl_module.net):
+        if stage == "fit":
+            self.ensure_masks(pl_module.net)
+
+    @staticmethod
+    def ensure_masks(net: nn.Module) -> None:
+        """An all-ones mask on every target that has none yet (at setup, and on layers an earlier
+        compression step created), so every checkpoint has the same keys whatever the phase."""
+        for module, name in prunable(net):
             if not prune.is_pruned(module):
                 prune.identity(module, name)
 
@@ -90,6 +104,7 @@ class MagnitudePruning(Callback):
         self.prune_to(pl_module.net, cubic_sparsity(epoch, self.sparsity, self.start_epoch, self.end_epoch))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.ensure_masks(pl_module.net)
         if trainer.current_epoch == self.end_epoch:  # land exactly on the final sparsity
             self.prune_to(pl_module.net, self.sparsity)
 
@@ -99,11 +114,7 @@ class MagnitudePruning(Callback):
         if target <= current:
             return
         if self.before is None:
-            # with the (all-ones) masks folded in, as a plain net loads it
-            state = net.state_dict()
-            self.before = {k.removesuffix("_orig"): (v * state[k.removesuffix("_orig") + "_mask"] if k.endswith("_orig")
-                                                     else v).detach().clone()
-                           for k, v in state.items() if not k.endswith("_mask")}
+            self.before = snapshot(net)
         amount = (target - current) / (1 - current)  # share of the still-unpruned weights
         targets = prunable(net)
         scores = {(m, name): masked_weight(m, name).detach() for m, name in targets}

@@ -16,8 +16,8 @@ from torch import nn
 ENCODING = "nonzero values at their dtype + 1-bit mask per weight (dense where smaller)"
 
 
-def compression_report(net: nn.Module, steps: list[str]) -> dict[str, Any]:
-    """Parameter counts and bytes of `net` (plain weights, masks already folded in)."""
+def model_size(net: nn.Module) -> dict[str, int]:
+    """Parameter counts and bytes of `net` as it would ship (plain weights, masks already folded in)."""
     params = sum(p.numel() for p in net.parameters())
     nonzero = sum(int((p != 0).sum()) for p in net.parameters())
     dense_bytes = compressed_bytes = 0
@@ -27,13 +27,21 @@ def compression_report(net: nn.Module, steps: list[str]) -> dict[str, Any]:
         count, size = tensor.numel(), tensor.element_size()
         dense_bytes += count * size
         compressed_bytes += min(count * size, int((tensor != 0).sum()) * size + math.ceil(count / 8))
+    return {"params": params, "nonzero_params": nonzero, "dense_bytes": dense_bytes, "compressed_bytes": compressed_bytes}
+
+
+def compression_report(net: nn.Module, steps: list[str], dense: dict[str, int]) -> dict[str, Any]:
+    """The compressed `net` against `dense`, the `model_size` of the net as the config built it:
+    `dense_bytes` is what the uncompressed model ships, `compressed_bytes` what this one does."""
+    size = model_size(net)
     return {
-        "params": params,
-        "nonzero_params": nonzero,
-        "dense_bytes": dense_bytes,
-        "compressed_bytes": compressed_bytes,
+        "params": size["params"],
+        "nonzero_params": size["nonzero_params"],
+        "dense_params": dense["params"],
+        "dense_bytes": dense["dense_bytes"],
+        "compressed_bytes": size["compressed_bytes"],
         "encoding": ENCODING,
-        "ratio": round(dense_bytes / compressed_bytes, 3),
+        "ratio": round(dense["dense_bytes"] / size["compressed_bytes"], 3),
         "steps": steps,
     }
 
@@ -55,6 +63,20 @@ def _percent(acc: float | None) -> str:
     return "n/a" if acc is None else f"{100 * acc:.2f}%"
 
 
+def _layer_order(name: str) -> tuple:
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split("."))
+
+
+def _row(name: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
+    """One report table row; a layer that a step replaced or removed has no `after`, a new one no `before`."""
+    kind = (after or before)["type"]
+    params_before = f"{before['params']:,}" if before else "(new)"
+    if after is None:
+        return f"| {name} | {kind} | {params_before} | (replaced) | | |"
+    return (f"| {name} | {kind} | {params_before} | {after['params']:,} | {after['nonzero']:,} "
+            f"| {100 * after['sparsity']:.1f}% |")
+
+
 def write_report(run_dir: Path, compression: dict[str, Any], before: list[dict[str, Any]],
                  after: list[dict[str, Any]]) -> Path:
     """report.md with a per-layer table and compression.png (parameters before / nonzero after, and
@@ -64,17 +86,20 @@ def write_report(run_dir: Path, compression: dict[str, Any], before: list[dict[s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [row["layer"] for row in after]
     before_by_name = {row["layer"]: row for row in before}
+    after_by_name = {row["layer"]: row for row in after}
+    # every layer of either net, a factored layer's parts right after it
+    names = sorted({*before_by_name, *after_by_name}, key=_layer_order)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, len(names) * 0.9), 6), sharex=True)
     x = range(len(names))
     top.bar([i - 0.2 for i in x], [before_by_name.get(n, {}).get("nonzero", 0) for n in names], 0.4,
             label="nonzero before")
-    top.bar([i + 0.2 for i in x], [row["nonzero"] for row in after], 0.4, label="nonzero after")
+    top.bar([i + 0.2 for i in x], [after_by_name.get(n, {}).get("nonzero", 0) for n in names], 0.4,
+            label="nonzero after")
     top.set_ylabel("parameters")
     top.set_yscale("log")
     top.legend()
-    bottom.bar(list(x), [100 * row["sparsity"] for row in after], color="tab:red")
+    bottom.bar(list(x), [100 * after_by_name.get(n, {}).get("sparsity", 0) for n in names], color="tab:red")
     bottom.set_ylabel("sparsity after (%)")
     bottom.set_ylim(0, 100)
     bottom.set_xticks(list(x), names, rotation=45, ha="right")
@@ -85,16 +110,21 @@ def write_report(run_dir: Path, compression: dict[str, Any], before: list[dict[s
     lines = [
         f"# Compression report: {' + '.join(compression['steps'])}",
         "",
-        f"- parameters: {compression['params']:,} ({compression['nonzero_params']:,} nonzero)",
+        f"- parameters: {compression['params']:,} ({compression['nonzero_params']:,} nonzero), "
+        f"{compression['dense_params']:,} uncompressed",
         f"- bytes: {compression['dense_bytes']:,} dense, {compression['compressed_bytes']:,} compressed "
         f"({compression['ratio']}x; encoding: {compression['encoding']})",
         f"- test accuracy: {_percent(compression.get('acc_before'))} before compression, "
         f"{_percent(compression['acc_after'])} after",
         "",
-        "| layer | type | params | nonzero before | nonzero after | sparsity after |",
+        "| layer | type | params before | params after | nonzero after | sparsity after |",
         "|---|---|---|---|---|---|",
-        *(f"| {row['layer']} | {row['type']} | {row['params']:,} | {before_by_name.get(row['layer'], {}).get('nonzero', 'n/a')} "
-          f"| {row['nonzero']} | {100 * row['sparsity']:.1f}% |" for row in after),
+        *(_row(name, before_by_name.get(name), after_by_name.get(name)) for name in names),
+        "",
+        "Test accuracy of the net as each step found it and as the next step (or the end) found it:",
+        "",
+        *(f"- {step['step']}: {_percent(step.get('acc_before'))} before, {_percent(step.get('acc_after'))} after"
+          for step in compression.get("per_step", [])),
         "",
         "![per-layer parameters and sparsity](compression.png)",
         "",

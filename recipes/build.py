@@ -16,7 +16,9 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from recipes.checkpoint import KEY, RecipeState, fold_masks, load_checkpoint
+from callbacks.plan import check_plan
+from callbacks.report import model_size
+from recipes.checkpoint import KEY, RecipeState, fold_masks, load_checkpoint, restore_structure
 from recipes.errors import RecipeError
 from recipes.validate import check_node
 
@@ -49,6 +51,7 @@ def reference_net(path: str, key: str, input_shape: tuple[int, ...]) -> nn.Modul
                           f"{tuple(input_shape)}: set data.image_size / data.channels to match")
     net = instantiate(OmegaConf.create(entry["config"]).model, input_shape=entry["data"]["input_shape"],
                       num_classes=entry["data"]["num_classes"])
+    restore_structure(ckpt, net)
     state = fold_masks(ckpt["state_dict"])
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
     return net.eval().requires_grad_(False)
@@ -94,14 +97,14 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return [instantiate_part(node, f"callbacks.{name}") for name, node in cfg.get("callbacks", {}).items() if node]
 
 
-def build_compression(cfg: DictConfig) -> dict[str, Callback]:
-    """The compression callbacks, in the order of `compress=[...]`, checked against the epoch budget."""
+def build_compression(cfg: DictConfig, net: nn.Module) -> dict[str, Callback]:
+    """The compression callbacks, in the order of `compress=[...]`, checked as a plan against the net
+    and the epoch budget (order, combination, schedules, sizes) before anything trains."""
     steps = {name: instantiate_part(node, f"compress.{name}") for name, node in (cfg.get("compress") or {}).items()}
-    for name, step in steps.items():
-        try:
-            step.check_budget(cfg.trainer.max_epochs)
-        except ValueError as err:
-            raise RecipeError(str(err)) from None
+    try:
+        check_plan(steps, net, cfg.trainer.max_epochs)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
     return steps
 
 
@@ -152,6 +155,7 @@ class Parts:
     callbacks: list[Callback] = field(default_factory=list)
     loggers: list[Logger] = field(default_factory=list)
     trainer: pl.Trainer | None = None
+    dense_size: dict[str, int] = field(default_factory=dict)  # the net as built, before any compression
 
 
 def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
@@ -159,14 +163,14 @@ def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
-    compression = build_compression(cfg)
+    compression = build_compression(cfg, module.net)
     resolved = plain_config(cfg)
     callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(resolved, choices, data)]
     loggers = build_loggers(cfg)
     for logger in loggers:
         logger.log_hyperparams(resolved)
     trainer = build_trainer(cfg, callbacks, loggers)
-    return Parts(datamodule, module, compression, callbacks, loggers, trainer)
+    return Parts(datamodule, module, compression, callbacks, loggers, trainer, model_size(module.net))
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:

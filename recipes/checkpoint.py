@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from callbacks.structure import edits, replay
 from recipes.errors import RecipeError
 
 KEY = "recipe"
@@ -47,7 +48,8 @@ class RecipeState(Callback):
         self.entry = {"config": config, "choices": choices, "data": data}
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        checkpoint[KEY] = {**self.entry, "rng": rng_states()}
+        # structure: the layer edits (factoring, shrinking) that rebuild this net's shapes from config
+        checkpoint[KEY] = {**self.entry, "structure": edits(pl_module.net), "rng": rng_states()}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if KEY in checkpoint and "rng" in checkpoint[KEY]:
@@ -85,6 +87,14 @@ def load_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
 def model_name(ckpt: dict[str, Any]) -> str:
     """The model group option (e.g. `mlp`) a checkpoint was trained with."""
     return str(ckpt[KEY].get("choices", {}).get("model") or ckpt[KEY]["config"]["model"]["_target_"])
+
+
+def restore_structure(ckpt: dict[str, Any], net: torch.nn.Module) -> None:
+    """Give a net fresh from its config the layer edits (factoring, shrinking) the checkpoint's net
+    went through, so its weights fit."""
+    recorded = ckpt[KEY].get("structure", [])
+    if recorded and not edits(net):
+        replay(net, recorded)
 
 
 def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str) -> None:

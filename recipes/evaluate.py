@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.export import ExportError, export_and_verify
 from recipes import cli
 from recipes.build import build_datamodule, build_module, build_test_trainer
-from recipes.checkpoint import KEY, check_compatible, fold_masks, load_checkpoint
+from recipes.checkpoint import KEY, check_compatible, fold_masks, load_checkpoint, restore_structure
 from recipes.errors import RecipeError
 from recipes.results import print_summary
 
@@ -57,6 +57,7 @@ def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[Di
         OmegaConf.update(cfg, key, value, merge=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
+    restore_structure(ckpt, module.net)
     check_compatible(ckpt, module, ckpt_path)
     module.load_state_dict(fold_masks(ckpt["state_dict"]))
     return cfg, datamodule, module, ckpt[KEY].get("choices", {})

@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from callbacks.report import compression_report, layer_table, write_report
 from recipes import cli
 from recipes.build import Parts, build_training
-from recipes.checkpoint import check_compatible, fold_masks, load_checkpoint, resolve_ckpt_path
+from recipes.checkpoint import (check_compatible, fold_masks, load_checkpoint, resolve_ckpt_path,
+                                restore_structure)
 from recipes.errors import RecipeError
 from recipes.evaluate import export_best, test_metrics
 from recipes.prerequisites import ensure_prerequisites
@@ -45,18 +46,29 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
 
 
 def compression_results(cfg: DictConfig, parts: Parts, metrics: dict[str, float]) -> dict[str, Any]:
-    """results.json's compression section: sizes of the final net, and test accuracy of the net just
-    before compression began (when a step kept that snapshot) and after."""
-    report = compression_report(parts.module.net, list(parts.compression))
-    before = next((s.before for s in parts.compression.values() if getattr(s, "before", None) is not None), None)
-    before_layers = []
-    if before is not None:
-        uncompressed = copy.deepcopy(parts.module)
-        uncompressed.net.load_state_dict(before)
-        report["acc_before"] = test_metrics(cfg, uncompressed, parts.datamodule)["test/acc"]
-        before_layers = layer_table(uncompressed.net)
+    """results.json's compression section: sizes of the final net, and the test accuracy of the net
+    as each step found it (the copy a step keeps of the net before it first changes it) and at the
+    end. Accuracies of a step a resumed run did not see begin are absent."""
+    report = compression_report(parts.module.net, list(parts.compression), parts.dense_size)
+    befores = [(name, getattr(step, "before", None)) for name, step in parts.compression.items()]
+    accuracies = []
+    for name, net in befores:
+        acc = None
+        if net is not None:
+            probe = copy.deepcopy(parts.module)  # same task, metrics and loss; the snapshot as its net
+            probe.net = net
+            acc = test_metrics(cfg, probe, parts.datamodule)["test/acc"]
+        accuracies.append(acc)
+    afters = [*accuracies[1:], metrics["test/acc"]]
+    report["per_step"] = [{"step": name, **({"acc_before": before} if before is not None else {}),
+                           **({"acc_after": after} if after is not None else {})}
+                          for name, before, after in zip(parts.compression, accuracies, afters)]
+    if accuracies[0] is not None:
+        report["acc_before"] = accuracies[0]
     report["acc_after"] = metrics["test/acc"]
-    write_report(Path(cfg.paths.run_dir), report, before_layers, layer_table(parts.module.net))
+    first = befores[0][1]
+    write_report(Path(cfg.paths.run_dir), report, layer_table(first) if first is not None else [],
+                 layer_table(parts.module.net))
     return report
 
 
@@ -70,7 +82,9 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     parts: Parts = build_training(cfg, choices)
     if ckpt_path:
-        check_compatible(load_checkpoint(ckpt_path), parts.module, ckpt_path)
+        resumed = load_checkpoint(ckpt_path)
+        restore_structure(resumed, parts.module.net)
+        check_compatible(resumed, parts.module, ckpt_path)
     trainer = parts.trainer
     start = time.perf_counter()
     trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "callbacks.model_summary=null"]
+from runs import mean_std, train
 
 STUDENTS = {
     "student from scratch": ["recipe=distill", "task=classifier", "~prerequisites", "~task.temperature", "~task.alpha"],
@@ -38,15 +35,6 @@ TRANSFER = {
 }
 
 
-def train(run_dir: Path, *overrides: str) -> dict:
-    """One `python -m recipes.train` run; its results.json."""
-    cmd = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", *QUIET, *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"run failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return json.loads((run_dir / "results.json").read_text())
-
-
 def slug(name: str) -> str:
     """A row name as a folder name Hydra accepts in hydra.run.dir."""
     return name.replace(",", "").replace(" ", "_")
@@ -54,11 +42,6 @@ def slug(name: str) -> str:
 
 def checkpoint(run_dir: Path) -> str:
     return str(run_dir / json.loads((run_dir / "results.json").read_text())["checkpoint"])
-
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} +- {100 * std:.2f}"
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ survive checkpoint and resume, permanent zeros in the exported model, and start-
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -68,7 +69,10 @@ def test_masks_survive_resume(tmp_path: Path) -> None:
     assert set(wa) == set(wb)
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
-    assert a["compression"] == {**b["compression"], "acc_before": a["compression"].get("acc_before")}
+    # the resumed run did not see the net before pruning began, so it cannot test it
+    unseen = ("acc_before", "per_step")
+    assert {k: v for k, v in a["compression"].items() if k not in unseen} == \
+        {k: v for k, v in b["compression"].items() if k not in unseen}
 
 
 def test_prune_recipe_exports_ninety_percent_zeros(run_dir: Path) -> None:
@@ -83,7 +87,7 @@ def test_prune_recipe_exports_ninety_percent_zeros(run_dir: Path) -> None:
     assert results["export"]["top1_agreement"] == 1.0
     assert 0 <= comp["acc_after"] == results["metrics"]["test/acc"] <= 1
     report = (run_dir / "report.md").read_text()
-    assert "| net.1 | Linear | 19,500 | 19500 |" in report and (run_dir / "compression.png").stat().st_size > 1000
+    assert re.search(r"\| net.1 \| Linear \| 19,500 \| 19,500 \| [\d,]+ \| \d+\.\d% \|", report) and (run_dir / "compression.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(("override", "message"), [

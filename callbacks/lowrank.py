@@ -1,0 +1,125 @@
+"""SVD low-rank factorization: at `epoch`, each Linear `W (m x n)` becomes two Linear layers through a
+rank-k bottleneck (`k(m+n)` weights instead of `mn`), each Conv2d a kxk conv with k filters then a
+1x1 conv (channel decomposition); training then goes on, fine-tuning the factors.
+
+The rank is set one of three ways: `rank` (the same k everywhere), `energy` (the smallest k keeping
+that share of the squared singular values) or `param_ratio` (k so the layer keeps that share of its
+weights). Layers where factoring would not save weights are left alone, and so is the classifier
+head unless `include_head`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from callbacks.structure import applied, factored, rebuild_optimizers, record, set_module, snapshot
+
+FACTORABLE = (nn.Linear, nn.Conv2d)
+
+
+def matrix_shape(layer: nn.Module) -> tuple[int, int]:
+    """(m, n) of the weight as a matrix: outputs x (inputs * kernel area)."""
+    return layer.weight.shape[0], layer.weight[0].numel()
+
+
+def max_useful_rank(layer: nn.Module) -> int:
+    """The largest k with k(m+n) < mn: beyond it the two factors hold more weights than the layer."""
+    m, n = matrix_shape(layer)
+    return min(m, n, math.ceil(m * n / (m + n)) - 1)
+
+
+def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
+    """Smallest k whose top-k squared singular values hold `energy` of the total."""
+    power = singular_values.double() ** 2
+    kept = torch.cumsum(power, 0) / power.sum()
+    return int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype)).item()) + 1
+
+
+class LowRankFactorization(Callback):
+    """Factor the net's Linear / Conv2d layers by truncated SVD at the start of epoch `epoch`."""
+
+    step = "svd"
+
+    def __init__(self, epoch: int = 10, rank: int | None = None, energy: float | None = None,
+                 param_ratio: float | None = None, include_head: bool = False) -> None:
+        given = [name for name, value in (("rank", rank), ("energy", energy), ("param_ratio", param_ratio))
+                 if value is not None]
+        if len(given) != 1:
+            raise ValueError(f"compress.svd: set exactly one of rank, energy, param_ratio (got {given or 'none'}), "
+                             "e.g. compress.svd.param_ratio=0.3")
+        if rank is not None and rank < 1:
+            raise ValueError(f"compress.svd.rank={rank} must be >= 1, e.g. 16")
+        if energy is not None and not 0 < energy <= 1:
+            raise ValueError(f"compress.svd.energy={energy} must be in (0, 1], e.g. 0.9")
+        if param_ratio is not None and not 0 < param_ratio < 1:
+            raise ValueError(f"compress.svd.param_ratio={param_ratio} must be in (0, 1), e.g. 0.3")
+        if epoch < 0:
+            raise ValueError(f"compress.svd.epoch={epoch} must be >= 0")
+        self.epoch, self.rank, self.energy, self.param_ratio = epoch, rank, energy, param_ratio
+        self.include_head = include_head
+        self.before: nn.Module | None = None  # a copy of the net just before factoring
+
+    def epochs(self) -> tuple[int, int]:
+        """First and last epoch at which this step changes the net."""
+        return self.epoch, self.epoch
+
+    def targets(self, net: nn.Module) -> dict[str, nn.Module]:
+        """The layers to factor, by name: Linear / Conv2d (groups=1), the head only if asked."""
+        layers = {name: m for name, m in net.named_modules()
+                  if isinstance(m, FACTORABLE) and getattr(m, "groups", 1) == 1}
+        if not self.include_head and layers:
+            layers.pop(list(layers)[-1])
+        return layers
+
+    def check(self, net: nn.Module, max_epochs: int) -> None:
+        """Start-up checks: the schedule fits the budget and a fixed rank fits every target layer."""
+        if self.epoch >= max_epochs:
+            raise ValueError(f"compress.svd.epoch={self.epoch} must be < trainer.max_epochs={max_epochs} "
+                             "so the factors get fine-tuned")
+        targets = self.targets(net)
+        if not targets:
+            raise ValueError("compress.svd: the net has no Linear / Conv2d layer to factor besides its head; "
+                             "set compress.svd.include_head=true")
+        if self.rank is not None:
+            for name, layer in targets.items():
+                if self.rank > max_useful_rank(layer):
+                    m, n = matrix_shape(layer)
+                    raise ValueError(f"compress.svd.rank={self.rank} is too large for layer net.{name} ({m}x{n} "
+                                     f"weights): at most {max_useful_rank(layer)} saves weights; lower it or use "
+                                     "compress.svd.param_ratio")
+
+    def choose_rank(self, layer: nn.Module) -> int:
+        m, n = matrix_shape(layer)
+        if self.rank is not None:
+            return self.rank
+        if self.param_ratio is not None:
+            return max(1, math.floor(self.param_ratio * m * n / (m + n)))
+        singular_values = torch.linalg.svdvals(layer.weight.detach().reshape(m, n))
+        return energy_rank(singular_values, self.energy)
+
+    def restructure(self, net: nn.Module) -> None:
+        """What this step does to the net's shapes (a dry run on a copy at start-up)."""
+        self.factor(net)
+
+    def factor(self, net: nn.Module) -> dict[str, int]:
+        """Factor every target layer where it saves weights; returns the ranks used."""
+        ranks = {}
+        for name, layer in self.targets(net).items():
+            rank = self.choose_rank(layer)
+            if rank <= max_useful_rank(layer):
+                set_module(net, name, factored(layer, rank))
+                ranks[name] = rank
+        record(net, {"kind": "factor", "step": self.step, "ranks": ranks})
+        return ranks
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch < self.epoch or applied(pl_module.net, self.step):
+            return
+        self.before = snapshot(pl_module.net)
+        self.factor(pl_module.net)
+        rebuild_optimizers(trainer)

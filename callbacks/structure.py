@@ -1,0 +1,153 @@
+"""Structural edits of a net during training (layers factored or shrunk), kept replayable.
+
+A checkpoint of a restructured net no longer fits the net its config builds, so every edit is
+recorded on the net (`net.structure_edits`, plain data) and stored in the checkpoint's `recipe`
+entry; `replay` applies the same edits to a freshly built net before its weights are loaded
+(recipes.evaluate, a resumed run, a teacher or fine-tuning start). After an edit mid-fit,
+`rebuild_optimizers` gives Lightning fresh optimizers over the new parameters, with the LR
+schedule's progress kept.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import prune
+
+ATTR = "structure_edits"
+
+
+def edits(net: nn.Module) -> list[dict[str, Any]]:
+    """The structural edits applied to `net` so far, oldest first."""
+    return list(getattr(net, ATTR, []))
+
+
+def record(net: nn.Module, edit: dict[str, Any]) -> None:
+    object.__setattr__(net, ATTR, [*edits(net), edit])
+
+
+def applied(net: nn.Module, step: str) -> int:
+    """How many edits the compression step `step` has made to `net` (so a resumed run skips them)."""
+    return sum(1 for edit in edits(net) if edit.get("step") == step)
+
+
+def remove_masks(net: nn.Module) -> nn.Module:
+    """Fold every `torch.nn.utils.prune` mask into its weight, leaving plain parameters (the same
+    Parameter objects, so an optimizer over them stays valid)."""
+    for module in net.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+    return net
+
+
+def snapshot(net: nn.Module) -> nn.Module:
+    """A detached copy of `net` as a plain net would load it (pruning masks folded in): what the
+    compression report tests as the model before a step."""
+    for module in net.modules():  # a pruned weight is recomputed by each forward: drop its autograd
+        for hook in module._forward_pre_hooks.values():  # history so that deepcopy can copy it
+            if isinstance(hook, prune.BasePruningMethod):
+                setattr(module, hook._tensor_name, getattr(module, hook._tensor_name).detach())
+    return remove_masks(copy.deepcopy(net)).requires_grad_(False)
+
+
+def set_module(net: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path `name`."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(net.get_submodule(parent_name) if parent_name else net, child, module)
+
+
+def factored(layer: nn.Module, rank: int) -> nn.Sequential:
+    """`layer` (Linear or Conv2d) as two layers through a `rank`-wide bottleneck, weights from its
+    truncated SVD `W ~ (U_k S_k^1/2)(S_k^1/2 V_k^T)`: Linear(n->k, no bias) -> Linear(k->m); a
+    Conv2d becomes a kxk conv with `rank` filters (same stride/padding) -> 1x1 conv to the outputs."""
+    weight = layer.weight.detach()
+    matrix = weight.reshape(weight.shape[0], -1)  # (out, in * kh * kw)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    root = s[:rank].sqrt()
+    first_w, second_w = root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
+    has_bias = layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        first = nn.Linear(layer.in_features, rank, bias=False)
+        second = nn.Linear(rank, layer.out_features, bias=has_bias)
+    else:
+        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                          bias=False, padding_mode=layer.padding_mode)
+        second = nn.Conv2d(rank, layer.out_channels, 1, bias=has_bias)
+    with torch.no_grad():
+        first.weight.copy_(first_w.reshape(first.weight.shape))
+        second.weight.copy_(second_w.reshape(second.weight.shape))
+        if has_bias:
+            second.bias.copy_(layer.bias)
+    return nn.Sequential(first, second).to(device=weight.device, dtype=weight.dtype)
+
+
+# Module attributes that describe a layer's width, by the parameter / buffer dim they follow.
+_WIDTH_ATTRS = {
+    nn.Linear: {"out_features": ("weight", 0), "in_features": ("weight", 1)},
+    nn.Conv2d: {"out_channels": ("weight", 0), "in_channels": ("weight", 1)},
+    nn.BatchNorm1d: {"num_features": ("running_mean", 0)},
+    nn.BatchNorm2d: {"num_features": ("running_mean", 0)},
+}
+
+
+def resize(net: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """Give the parameters and buffers named in `shapes` those shapes (fresh, uninitialized values:
+    weights are loaded next) and update the layers' width attributes to match."""
+    for key, shape in shapes.items():
+        module_name, _, attr = key.rpartition(".")
+        module = net.get_submodule(module_name)
+        old = getattr(module, attr)
+        new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+        if isinstance(old, nn.Parameter):
+            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module.register_buffer(attr, new)
+        for width, (source, dim) in _WIDTH_ATTRS.get(type(module), {}).items():
+            if source == attr:
+                setattr(module, width, shape[dim])
+
+
+def shapes_of(net: nn.Module) -> dict[str, list[int]]:
+    """Every parameter's and floating buffer's shape (what `resize` replays)."""
+    state = net.state_dict()
+    return {k: list(v.shape) for k, v in state.items() if v.is_floating_point()}
+
+
+def replay(net: nn.Module, recorded: list[dict[str, Any]]) -> nn.Module:
+    """Apply recorded edits to a freshly built `net` (whose weights are loaded afterwards)."""
+    for edit in recorded:
+        if edit["kind"] == "factor":
+            for name, rank in edit["ranks"].items():
+                set_module(net, name, factored(net.get_submodule(name), rank))
+        elif edit["kind"] == "resize":
+            current = shapes_of(net)
+            resize(net, {k: v for k, v in edit["shapes"].items() if current.get(k) != v})
+        else:
+            raise ValueError(f"unknown structural edit {edit['kind']!r} in the checkpoint")
+        record(net, edit)
+    return net
+
+
+def rebuild_optimizers(trainer: pl.Trainer) -> None:
+    """A DDP wrapper over the edited net (when there is one) and new optimizers over the edited net's parameters, keeping each LR scheduler's progress (the
+    old one's state, e.g. the cosine step count and current LR, is loaded into the new one). Moment
+    estimates of the old parameters are dropped: their shapes changed."""
+    strategy = trainer.strategy
+    if isinstance(strategy.model, DistributedDataParallel) and hasattr(strategy, "configure_ddp"):
+        # DDP holds the old parameters (and their gradient buckets): wrap the edited module anew
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
+    old_schedulers = [config.scheduler.state_dict() for config in strategy.lr_scheduler_configs]
+    old_lrs = [[group["lr"] for group in opt.param_groups] for opt in strategy.optimizers]
+    strategy.setup_optimizers(trainer)
+    for config, state in zip(strategy.lr_scheduler_configs, old_schedulers):
+        config.scheduler.load_state_dict(state)
+    for optimizer, lrs in zip(strategy.optimizers, old_lrs):
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr

@@ -1,0 +1,77 @@
+"""Compression benchmark: the dense baseline and each compression recipe on the same net (MLP
+[300, 100]), data (digits), seeds and epoch budget, in one table.
+
+Each row is `python -m recipes.train recipe=NAME trainer.max_epochs=E export=onnx seed=S`, as a user
+runs it. Parameters, compressed bytes (the sparse encoding of callbacks/report.py) and ratio come
+from results.json; test accuracy is the mean over seeds; the onnxruntime latency of every row's
+exported model is then timed side by side in this one process (round-robin, median of repeats, one
+fixed batch), and reported as a ratio to the dense model's.
+
+    python scripts/bench_compression.py                  # seeds 0 1 2, 40 epochs: about 3 minutes on 2 CPU cores
+    python scripts/bench_compression.py --seeds 0 --epochs 20 --batch 256 --out outputs/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runs import mean_std, train
+
+RECIPES = ["baseline", "prune", "hidden_prune", "svd", "dsd"]
+
+
+def onnx_latencies(files: dict[str, Path], batch: int, rounds: int) -> dict[str, float]:
+    """Median ms per call of each ONNX file on one random batch, timed round-robin so that every
+    model sees the same machine load."""
+    sessions = {name: ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]) for name, f in files.items()}
+    first = next(iter(sessions.values())).get_inputs()[0]
+    x = np.random.default_rng(0).standard_normal((batch, *first.shape[1:])).astype(np.float32)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            for _ in range(10):
+                session.run(None, {first.name: x})
+            times[name].append(100 * (time.perf_counter() - start))  # ms per call
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", default=RECIPES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=40, help="the epoch budget of every row")
+    parser.add_argument("--batch", type=int, default=256, help="batch size of the latency measurement")
+    parser.add_argument("--rounds", type=int, default=200, help="timed rounds of 10 calls per model")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_compression"))
+    args = parser.parse_args()
+
+    results = {name: [train(args.out / name / f"seed{seed}", f"recipe={name}", f"trainer.max_epochs={args.epochs}",
+                            "export=onnx", "logger=csv", f"seed={seed}") for seed in args.seeds]
+               for name in args.recipes}
+    first_seed = {name: runs[0] for name, runs in results.items()}
+    latency = onnx_latencies({name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["onnx"]
+                              for name, r in first_seed.items()}, args.batch, args.rounds)
+    dense = latency[args.recipes[0]]
+    print(f"\nMLP [300, 100] on digits, {args.epochs} epochs, seeds {args.seeds}; onnxruntime at batch {args.batch}\n")
+    print("| recipe | params | nonzero | compressed bytes | ratio | test acc % | ORT latency | vs dense |")
+    print("|---|---|---|---|---|---|---|---|")
+    # the dense model's size, as every compressed run reports it for the net it started from
+    reference = next(r[0]["compression"] for r in results.values() if "compression" in r[0])
+    for name, runs in results.items():
+        comp = runs[0].get("compression")
+        if comp:
+            size = f"{comp['params']:,} | {comp['nonzero_params']:,} | {comp['compressed_bytes']:,} | {comp['ratio']:.2f}x"
+        else:
+            size = f"{reference['dense_params']:,} | {reference['dense_params']:,} | {reference['dense_bytes']:,} | 1.00x"
+        print(f"| {name} | {size} | {mean_std([r['metrics']['test/acc'] for r in runs])} "
+              f"| {latency[name]:.3f} ms | {latency[name] / dense:.2f}x |")
+
+if __name__ == "__main__":
+    main()
