@@ -1,0 +1,55 @@
+"""Synchronous data parallelism: Lightning's DDPStrategy with DDP communication hooks on every device
+and a count of the bytes this rank sends in gradient all-reduces (`comm_bytes`).
+
+Lightning registers `ddp_comm_hook` only when the device is CUDA (`DDPStrategy._register_ddp_hooks`),
+so on CPU/gloo a hook such as post-local SGD is silently dropped and training is plain DDP. Here the
+hook is registered wherever DDP runs; with none given it is torch's default all-reduce hook, which
+does what DDP's built-in reducer does (divide by the world size, all-reduce each bucket).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import _register_ddp_comm_hook
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+Hook = Callable[[Any, dist.GradBucket], torch.futures.Future]
+
+
+class DDPStrategy(pl.strategies.DDPStrategy):
+    """`comm_bytes`: bytes of the gradient buckets this rank handed to an all-reduce during fit (the
+    bucket as the hook sees it, after a wrapper such as fp16 compression)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hook_bytes = 0
+
+    @property
+    def comm_bytes(self) -> int:
+        return self.hook_bytes
+
+    def hook_sends(self, state: Any) -> bool:
+        """Whether the hook all-reduces the bucket on this call (the default hook always does)."""
+        return True
+
+    def counted(self, hook: Hook) -> Hook:
+        """`hook`, counting the bytes of each bucket it sends."""
+
+        def counted_hook(state, bucket):  # no annotations: DDP checks them, and here they'd be strings
+            if self.hook_sends(state):
+                buffer = bucket.buffer()
+                self.hook_bytes += buffer.numel() * buffer.element_size()
+            return hook(state, bucket)
+
+        counted_hook.__qualname__ = f"counted({getattr(hook, '__qualname__', hook)})"
+        return counted_hook
+
+    def _register_ddp_hooks(self) -> None:
+        hook = self._ddp_comm_hook or default_hooks.allreduce_hook
+        _register_ddp_comm_hook(model=self.model, ddp_comm_state=self._ddp_comm_state,
+                                ddp_comm_hook=self.counted(hook), ddp_comm_wrapper=self._ddp_comm_wrapper)
