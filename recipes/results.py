@@ -36,14 +36,17 @@ def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[
     """results.json's `parallel` section: how the replicas cooperated and what it cost, measured on
     this rank (bytes come from a strategy's `comm_bytes` counter; absent when it keeps none)."""
     strategy = trainer.strategy
-    steps = trainer.global_step
-    samples = steps * batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    extra = getattr(strategy, "parallel_extra", None) or {}  # e.g. strategy=async: per-worker step counts
+    worker_steps = extra.get("worker_steps")  # async: workers step on their own, not together
+    steps = sum(worker_steps) if worker_steps else trainer.global_step  # async: updates to the shared weights
+    samples = steps * batch_size * (1 if worker_steps else trainer.world_size) * trainer.accumulate_grad_batches
     section: dict[str, Any] = {
         "strategy": type(strategy).__name__,
         "world_size": trainer.world_size,
         "steps": steps,
         "samples_per_second": round(samples / fit_seconds, 1) if fit_seconds > 0 else None,
     }
+    section.update(extra)
     if trainer.world_size == 1:
         section["comm_bytes_per_step"] = 0
     elif hasattr(strategy, "comm_bytes") and steps:

@@ -1,0 +1,216 @@
+"""Asynchronous SGD on one machine (`strategy=async`): Hogwild! (Recht et al. 2011) as a Lightning strategy.
+
+The module's parameters move to shared memory before the worker processes start (torch.multiprocessing,
+via Lightning's own multiprocessing launcher). Each worker reads its DistributedSampler shard and runs its
+own optimizer straight on the shared parameters: no DDP wrapper, no gradient all-reduce, no process group.
+A worker never waits for another while training, so a slow worker slows only itself; the price is that
+workers compute gradients on weights that others are changing (stale, lock-free updates).
+
+Every place where Lightning would make ranks agree is rank-local here: `barrier` does nothing,
+`broadcast` returns the caller's object, `reduce` (self.log(sync_dist=True)) returns the local value, and
+with no process group torchmetrics does not sync either. Logged metrics are rank 0's, on rank 0's shard.
+Only rank 0 writes files; its checkpoints hold the shared weights at the moment they are written.
+
+The one wait is at the very end: when rank 0 has made its last update, it waits (a semaphore that each
+other worker releases after its own last update) before its final validation and checkpoint, so that these
+hold every worker's updates. No other worker ever waits. results.json's `parallel` section reports each
+worker's steps, all counts at the moment the first worker finished, and rank 0's final wait.
+
+What crosses process boundaries: nothing is sent. Workers write their updates in place into the shared
+pages, so `comm_bytes` is 0 (no collective, no copy). Buffers (BatchNorm statistics) and metric states stay
+private to each worker; rank 0's go into the checkpoint.
+
+CPU only: GPU memory cannot be shared this way between processes of different devices, so another
+accelerator, several nodes or a precision that re-creates the parameters (16-true, bf16-true, 64-true) is
+a configuration error, never a silent fallback. Across nodes or on GPUs use torchft (see the README).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Literal
+
+import torch
+import torch.multiprocessing as mp
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from lightning.pytorch.strategies.strategy import Strategy
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+from torch.optim import Optimizer
+
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+class _HogwildLauncher(_MultiProcessingLauncher):
+    """Lightning's multiprocessing launcher, with the parameters in shared memory before workers start."""
+
+    def launch(self, function: Callable, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        self._strategy.share_parameters()
+        return super().launch(function, *args, trainer=trainer, **kwargs)
+
+    def get_extra_results(self, trainer: Any) -> dict[str, Any]:
+        # The CSV header rank 0 wrote: the main process's CSVLogger appends test metrics to the same file
+        # after fit and would otherwise rewrite it with only the keys it has seen itself (and fail).
+        extra = super().get_extra_results(trainer)
+        extra["csv_metrics_keys"] = [list(logger.experiment.metrics_keys) if isinstance(logger, CSVLogger) else None
+                                     for logger in trainer.loggers]
+        return extra
+
+    def update_main_process_results(self, trainer: Any, extra: dict[str, Any]) -> None:
+        super().update_main_process_results(trainer, extra)
+        for logger, keys in zip(trainer.loggers, extra["csv_metrics_keys"]):
+            if keys is not None:
+                logger.experiment.metrics_keys = keys
+
+
+class AsyncSGDStrategy(DDPStrategy):
+    """Hogwild asynchronous SGD: N CPU worker processes updating one set of shared parameters.
+
+    start_method: how workers start. fork (default) inherits the shared pages directly; spawn and
+    forkserver pickle them (Lightning then copies module tensors, so `setup` points the parameters back
+    at the shared storage).
+    """
+
+    comm_bytes = 0  # updates are written in place to shared pages: no bytes are sent between processes
+
+    def __init__(self, start_method: Literal["fork", "spawn", "forkserver"] = "fork", **kwargs: Any) -> None:
+        if start_method not in START_METHODS:
+            raise ValueError(f"strategy.start_method={start_method} must be one of {', '.join(START_METHODS)}, "
+                             "e.g. strategy.start_method=fork (popen would re-run the script: no shared memory)")
+        super().__init__(start_method=start_method, **kwargs)
+        self._shared: list[Tensor] = []
+        self._steps: Tensor | None = None  # [world] optimizer steps per worker, in shared memory
+        self._steps_at_finish: Tensor | None = None  # [world, world] row r: all counts when worker r finished
+        self._finished_at: Tensor | None = None  # [world] wall time each worker finished training
+        self._final_wait: Tensor | None = None  # seconds rank 0 waited for the others at the end
+        self._others_done: Any = None  # a multiprocessing Semaphore: see _training_done
+        self._marked_done = False
+
+    # --- processes and shared memory ---------------------------------------------------------------
+    def _configure_launcher(self) -> None:
+        if not isinstance(self.accelerator, CPUAccelerator):
+            raise ValueError(f"strategy=async shares parameters between CPU processes (Hogwild) and cannot run on "
+                             f"{type(self.accelerator).__name__}: set trainer.accelerator=cpu, or on GPUs / across "
+                             "nodes use torchft (README: 'Asynchronous SGD across nodes')")
+        if self.num_nodes != 1:
+            raise ValueError(f"strategy=async shares memory within one machine: trainer.num_nodes={self.num_nodes} "
+                             "must be 1; across nodes use torchft (README: 'Asynchronous SGD across nodes')")
+        precision = self.precision_plugin
+        if type(precision) not in (Precision, MixedPrecision):
+            raise ValueError(f"strategy=async needs parameters kept in their shared fp32 storage: use "
+                             f"trainer.precision=32-true or bf16-mixed, not {type(precision).__name__}")
+        self._launcher = _HogwildLauncher(self, start_method=self._start_method)
+
+    def share_parameters(self) -> None:
+        """Move the parameters and the step counters to shared memory (main process, before workers start)."""
+        world = self.num_nodes * self.num_processes
+        self._shared = [p.data.share_memory_() for p in self.lightning_module.parameters()]
+        self._steps = torch.zeros(world, dtype=torch.long).share_memory_()
+        self._steps_at_finish = torch.zeros(world, world, dtype=torch.long).share_memory_()
+        self._finished_at = torch.full((world,), float("inf"), dtype=torch.float64).share_memory_()
+        self._final_wait = torch.zeros((), dtype=torch.float64).share_memory_()
+        # Released once by every other worker when its training is over; rank 0 takes them all before its
+        # final validation and checkpoint. No other worker ever waits.
+        self._others_done = mp.get_context(self._start_method).Semaphore(0)
+
+    def setup_distributed(self) -> None:
+        """Ranks and seed as DDP sets them, but no process group: nothing may make workers wait."""
+        reset_seed()
+        self.set_world_ranks()
+
+    def setup(self, trainer: Any) -> None:
+        # Strategy.setup, not DDPStrategy's: the module is not wrapped in DistributedDataParallel.
+        self._attach_shared()
+        Strategy.setup(self, trainer)
+        self._attach_shared()
+
+    def _attach_shared(self) -> None:
+        """Point every parameter at its shared storage (spawn copies module tensors) and check it is there."""
+        params = list(self.lightning_module.parameters())
+        if len(params) != len(self._shared):
+            raise RuntimeError("strategy=async: the module's parameters changed after they were shared")
+        for param, shared in zip(params, self._shared):
+            if param.data_ptr() != shared.data_ptr():
+                if param.shape != shared.shape or param.dtype != shared.dtype:
+                    raise RuntimeError(f"strategy=async: a parameter became {param.dtype} {tuple(param.shape)} "
+                                       f"after sharing ({shared.dtype} {tuple(shared.shape)})")
+                param.data = shared
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model  # no DDP wrapper: gradients are never all-reduced
+
+    # --- every synchronisation point is rank-local ---------------------------------------------------
+    def barrier(self, *args: Any, **kwargs: Any) -> None:
+        """Workers never wait for each other while training."""
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def reduce(self, tensor: Any, group: Any = None, reduce_op: Any = "mean") -> Any:
+        return tensor  # the local value: a collective would make the fast worker wait for the slow one
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return decision  # this rank's (checkpoint, early stop); the parent compares a sum with world_size
+
+    # --- step accounting --------------------------------------------------------------------------
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any = None,
+                       **kwargs: Any) -> Any:
+        output = super().optimizer_step(optimizer, closure, model, **kwargs)
+        self._steps[self.global_rank] += 1
+        return output
+
+    def on_validation_start(self) -> None:
+        trainer = self.lightning_module.trainer
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and _training_over(trainer):
+            self._training_done()
+
+    def on_train_end(self) -> None:
+        self._training_done()  # when no validation ran after the last step (or early stopping ended it)
+
+    def _training_done(self) -> None:
+        """This worker has made its last update: record the counts; rank 0 then waits for every other
+        worker, so that its final validation and checkpoint hold all the workers' updates."""
+        if self._marked_done:
+            return
+        self._marked_done = True
+        rank = self.global_rank
+        self._steps_at_finish[rank] = self._steps
+        self._finished_at[rank] = time.time()
+        if rank != 0:
+            self._others_done.release()
+            return
+        start = time.perf_counter()
+        for _ in range(self.world_size - 1):
+            self._others_done.acquire()
+        self._final_wait.fill_(time.perf_counter() - start)
+
+    @property
+    def parallel_extra(self) -> dict[str, Any]:
+        """For results.json's `parallel` section, read in the main process after fit: the optimizer steps
+        each worker applied to the shared weights, every worker's count at the moment the first one
+        finished, and how long rank 0 waited at the end for the others."""
+        if self._steps is None:
+            return {}
+        first = int(self._finished_at.argmin())
+        return {"worker_steps": self._steps.tolist(),
+                "worker_steps_at_first_finish": self._steps_at_finish[first].tolist(),
+                "final_wait_seconds": round(float(self._final_wait), 3)}
+
+    def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:
+        # Resuming: rank 0 restores the shared weights; another rank loading too could overwrite updates
+        # that rank 0 has already made (nobody waits for the load to finish).
+        if self.global_rank == 0:
+            super().load_model_state_dict(checkpoint, strict=strict)
+
+
+def _training_over(trainer: Any) -> bool:
+    """Whether the batch just trained was this worker's last of the whole fit (max_steps or last epoch)."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    steps_done = trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
+    last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+    return steps_done or (last_epoch and epoch_loop._num_ready_batches_reached())
