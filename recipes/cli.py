@@ -7,8 +7,10 @@ import logging
 import os
 import shutil
 import sys
+import uuid
 import warnings
 from collections.abc import Callable
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,46 @@ def _rank_zero_path(path: str) -> str:
     return path if process_rank() == 0 else os.devnull
 
 
+def _rank_zero_only(value: Any) -> Any:
+    return value if process_rank() == 0 else None
+
+
+def _short_uuid(text: str) -> str:
+    """A uuid (torchrun --standalone's fresh rendezvous id) cut to 8 hex digits; other ids unchanged."""
+    try:
+        return uuid.UUID(text).hex[:8]
+    except ValueError:
+        return text
+
+
+def run_id() -> str:
+    """A name for this launch that every rank computes alike, so all ranks of one job share one run dir.
+
+    In an srun step (not an interactive `srun --pty bash`): slurm-JOB, or slurm-ARRAYJOB_TASK for an
+    array task, with .STEP added for the job's second and later srun steps; a requeued job gets its dir
+    back. Under torchrun: torchrun-RDZV_ID (--standalone and single-node runs get a fresh uuid, cut to
+    8 hex digits; multi-node runs pass --rdzv-id=JOB). Otherwise the clock to the microsecond.
+    Lightning's popen children get the resolved run dir on their command line and never call this."""
+    env = os.environ
+    if "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        job = env["SLURM_JOB_ID"]
+        if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+            job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        step = env["SLURM_STEP_ID"]
+        return f"slurm-{job}" if step == "0" else f"slurm-{job}.{step}"
+    rdzv = env.get("TORCHELASTIC_RUN_ID", "none")
+    if rdzv != "none":  # "none": torchrun's default for a static multi-node rendezvous, not an id
+        return f"torchrun-{_short_uuid(rdzv)}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+
+
+def launched_externally() -> bool:
+    """True when srun or torchrun started one process per rank (Lightning then starts none itself)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+
+
 class _DropTips(logging.Filter):
     """Lightning advertises a cloud logger at every Trainer start; that line is noise in a recipe run."""
 
@@ -52,9 +94,15 @@ def quiet_libraries() -> None:
 
 
 def register_resolvers() -> None:
-    """Resolvers used by conf/: ${rank_zero_path:P} is P on rank 0 and the null device elsewhere."""
+    """Resolvers used by conf/: ${rank_zero_path:P} is P on rank 0 and the null device elsewhere;
+    ${rank_zero_only:V} is V on rank 0 and null elsewhere; ${run_id:} names the launch (see run_id),
+    cached so that every use in one config, and every job of a sweep (Hydra copies the cache), agrees."""
     if not OmegaConf.has_resolver("rank_zero_path"):
         OmegaConf.register_new_resolver("rank_zero_path", _rank_zero_path)
+    if not OmegaConf.has_resolver("rank_zero_only"):
+        OmegaConf.register_new_resolver("rank_zero_only", _rank_zero_only)
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
 
 
 def group_options(group: str) -> list[str] | None:

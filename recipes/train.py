@@ -27,11 +27,12 @@ from recipes.results import parallel_results, print_summary, relative, write_res
 
 
 def check_launch(cfg: DictConfig) -> None:
-    """A strategy that re-runs this script per rank cannot live inside a Hydra multirun."""
+    """A strategy that re-runs this script per rank cannot live inside a Hydra multirun (srun, torchrun
+    and submitit start every rank themselves, so Lightning re-runs nothing there)."""
     strategy = cfg.strategy
     relaunches = "_target_" in strategy and strategy.get("start_method", "popen") == "popen"
     many = cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1
-    if HydraConfig.get().mode == RunMode.MULTIRUN and relaunches and many:
+    if HydraConfig.get().mode == RunMode.MULTIRUN and relaunches and many and not cli.launched_externally():
         raise RecipeError("a multirun cannot use strategy.start_method=popen (it re-launches the script per rank); "
                           "use strategy.start_method=spawn (ddp_spawn), or launch each job with torchrun, srun or "
                           "hydra/launcher=submitit_slurm")

@@ -114,4 +114,4 @@ def test_existing_run_dir_is_kept_on_error(run_dir: Path, mlp_checkpoint: Path) 
 
 def test_multirun_with_a_relaunching_strategy_fails_fast(tmp_path: Path) -> None:
     proc = run_module("recipes.train", "--multirun", "seed=0,1", "trainer=ddp_sim", f"hydra.sweep.dir={tmp_path / 'sweep'}")
-    assert_clean_failure(proc, tmp_path / "sweep" / "0", "multirun", "spawn", "torchrun")
+    assert_clean_failure(proc, tmp_path / "sweep" / "0", "multirun", "ddp_spawn", "torchrun", "srun", "submitit")
