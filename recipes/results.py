@@ -37,7 +37,8 @@ def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[
     this rank (bytes come from a strategy's `comm_bytes` counter; absent when it keeps none)."""
     strategy = trainer.strategy
     steps = trainer.global_step
-    samples = steps * batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    replicas = (trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1)  # data-parallel ranks
+    samples = steps * batch_size * replicas * trainer.accumulate_grad_batches
     section: dict[str, Any] = {
         "strategy": type(strategy).__name__,
         "world_size": trainer.world_size,
