@@ -39,7 +39,10 @@ def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[
     extra = getattr(strategy, "parallel_extra", None) or {}  # e.g. strategy=async: per-worker step counts
     worker_steps = extra.get("worker_steps")  # async: workers step on their own, not together
     steps = sum(worker_steps) if worker_steps else trainer.global_step  # async: updates to the shared weights
-    samples = steps * batch_size * (1 if worker_steps else trainer.world_size) * trainer.accumulate_grad_batches
+    # samples per step: one batch per update (async), else one per data-parallel replica (a pipeline's
+    # ranks share each batch)
+    replicas = 1 if worker_steps else (trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1)
+    samples = steps * batch_size * replicas * trainer.accumulate_grad_batches
     section: dict[str, Any] = {
         "strategy": type(strategy).__name__,
         "world_size": trainer.world_size,

@@ -112,13 +112,15 @@ class ImageDataModule(pl.LightningDataModule):
         if self.return_index:
             dataset = IndexedDataset(dataset)
         if sampler is None:
-            trainer = self.trainer
             # Epoch-seeded shuffling that Lightning advances with set_epoch; under DDP each rank gets
-            # its shard. Lightning leaves a DistributedSampler as it is.
+            # its shard (the strategy says how many: a pipeline's ranks all share one). Lightning
+            # leaves a DistributedSampler as it is.
+            strategy_shard = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+            shard = strategy_shard or {"num_replicas": 1, "rank": 0}
             sampler = DistributedSampler(
                 dataset,
-                num_replicas=trainer.world_size if trainer else 1,
-                rank=trainer.global_rank if trainer else 0,
+                num_replicas=shard["num_replicas"],
+                rank=shard["rank"],
                 shuffle=self.shuffle,
                 seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
             )
