@@ -3,13 +3,15 @@ config and print its test metrics, the same numbers recipes.train reported at th
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.export import ExportError, export_and_verify
@@ -34,9 +36,21 @@ def test_metrics(cfg: DictConfig, module: pl.LightningModule, datamodule: Any,
         for name, value in build_test_trainer(cfg).test(module, dataloaders=loader, verbose=False)[0].items():
             metrics[f"{name}_{domain}"] = float(value)
     for logger in loggers:
+        adopt_csv_header(logger)
         logger.log_metrics(metrics, step=step)
         logger.save()
     return metrics
+
+
+def adopt_csv_header(logger: Logger) -> None:
+    """A CSVLogger in a process that did not write its metrics.csv (the main process after a spawned
+    fit) knows none of the file's columns and would fail to append: give it the file's header."""
+    if not isinstance(logger, CSVLogger) or not os.path.isfile(logger.experiment.metrics_file_path):
+        return
+    with open(logger.experiment.metrics_file_path, newline="") as file:
+        header = next(csv.reader(file), [])
+    known = logger.experiment.metrics_keys
+    logger.experiment.metrics_keys = sorted(set(known) | set(header))
 
 
 def export_best(export_cfg: DictConfig, net: Any, datamodule: Any, out_dir: Path) -> dict[str, Any]:

@@ -81,11 +81,13 @@ def test_evaluate_reproduces_the_training_end_metrics(run_dir: Path, tmp_path: P
     assert json.loads(proc.stdout.strip().splitlines()[-1])["test/acc"] == results["metrics"]["test/acc"]
 
 
-def test_ddp_sim_trains_with_one_run_dir(tmp_path: Path) -> None:
-    """trainer=ddp_sim: 2 CPU ranks over gloo, one run dir, files written by rank 0 only."""
+@pytest.mark.parametrize("start_method", ["popen", "spawn"])
+def test_ddp_sim_trains_with_one_run_dir(start_method: str, tmp_path: Path) -> None:
+    """trainer=ddp_sim: 2 CPU ranks over gloo, one run dir, files written by rank 0 only; with
+    start_method=spawn (ddp_spawn) the main process appends the test metrics to rank 0's metrics.csv."""
     env = {"RECIPES_OUTPUT_DIR": str(tmp_path / "outputs")}
-    proc = run_module("recipes.train", "trainer=ddp_sim", "trainer.max_epochs=3", "callbacks.progress_bar=null",
-                      "trainer.enable_progress_bar=false", env=env)
+    proc = run_module("recipes.train", "trainer=ddp_sim", f"strategy.start_method={start_method}",
+                      "trainer.max_epochs=3", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dirs = list((tmp_path / "outputs" / "baseline").iterdir())
     assert len(run_dirs) == 1, run_dirs
@@ -96,3 +98,5 @@ def test_ddp_sim_trains_with_one_run_dir(tmp_path: Path) -> None:
     assert results["metrics"]["test/acc"] > 0.5
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["recipe"]["config"]["trainer"]["devices"] == 2
+    csv_rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    assert "val/acc" in csv_rows[0] and "test/acc" in csv_rows[0] and len(csv_rows) > 3

@@ -34,7 +34,6 @@ import torch
 import torch.multiprocessing as mp
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
@@ -52,20 +51,6 @@ class _HogwildLauncher(_MultiProcessingLauncher):
     def launch(self, function: Callable, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
         self._strategy.share_parameters()
         return super().launch(function, *args, trainer=trainer, **kwargs)
-
-    def get_extra_results(self, trainer: Any) -> dict[str, Any]:
-        # The CSV header rank 0 wrote: the main process's CSVLogger appends test metrics to the same file
-        # after fit and would otherwise rewrite it with only the keys it has seen itself (and fail).
-        extra = super().get_extra_results(trainer)
-        extra["csv_metrics_keys"] = [list(logger.experiment.metrics_keys) if isinstance(logger, CSVLogger) else None
-                                     for logger in trainer.loggers]
-        return extra
-
-    def update_main_process_results(self, trainer: Any, extra: dict[str, Any]) -> None:
-        super().update_main_process_results(trainer, extra)
-        for logger, keys in zip(trainer.loggers, extra["csv_metrics_keys"]):
-            if keys is not None:
-                logger.experiment.metrics_keys = keys
 
 
 class AsyncSGDStrategy(DDPStrategy):
