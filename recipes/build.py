@@ -170,6 +170,10 @@ def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     for logger in loggers:
         logger.log_hyperparams(resolved)
     trainer = build_trainer(cfg, callbacks, loggers)
+    reshaping = [name for name, step in compression.items() if hasattr(step, "restructure")]
+    if reshaping and not getattr(trainer.strategy, "restructurable", True):
+        raise RecipeError(f"compress={','.join(reshaping)} changes layer shapes during training, which "
+                          f"strategy={choices.get('strategy')} cannot follow; use strategy=ddp or single")
     return Parts(datamodule, module, compression, callbacks, loggers, trainer, model_size(module.net))
 
 

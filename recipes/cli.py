@@ -146,6 +146,7 @@ def _only_hydra_files(run_dir: Path) -> bool:
 
 def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) -> Any:
     """Run `task(cfg)`; on RecipeError print one line, remove a run dir this run created, exit 2."""
+    quiet_libraries()  # again here: a submitit job calls the task function without run_main
     fresh = run_dir is not None and _only_hydra_files(Path(run_dir))
     try:
         return task(cfg)

@@ -30,6 +30,8 @@ BAD_PLANS = [
     (["compress=[svd,prune]", "compress.svd.epoch=8"], "svd changes the net until epoch 8 but prune starts at epoch 5"),
     (["compress=[hidden_prune]", "compress.hidden_prune.steps=20"], "must be < trainer.max_epochs=20"),
     (["compress=[dsd]"], "compress.dsd.redense_epoch=25 must be < trainer.max_epochs=20"),
+    (["compress=[svd]", "trainer=ddp_sim", "strategy=async"],
+     "compress=svd changes layer shapes during training, which strategy=async cannot follow"),
 ]
 
 

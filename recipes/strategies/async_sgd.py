@@ -61,6 +61,8 @@ class AsyncSGDStrategy(DDPStrategy):
     at the shared storage).
     """
 
+    restructurable = False  # compression steps that change layer shapes mid-fit are refused at start-up
+
     comm_bytes = 0  # updates are written in place to shared pages: no bytes are sent between processes
 
     def __init__(self, start_method: Literal["fork", "spawn", "forkserver"] = "fork", **kwargs: Any) -> None:
@@ -110,6 +112,10 @@ class AsyncSGDStrategy(DDPStrategy):
 
     def setup(self, trainer: Any) -> None:
         # Strategy.setup, not DDPStrategy's: the module is not wrapped in DistributedDataParallel.
+        # Every worker validates on the whole validation set: nothing syncs the metric across workers,
+        # and rank 0's val/acc on half the set made its best-checkpoint choice noisy. (The recipes' data
+        # modules shard the training set themselves, by trainer.distributed_sampler_kwargs.)
+        trainer._accelerator_connector.use_distributed_sampler = False
         self._attach_shared()
         Strategy.setup(self, trainer)
         self._attach_shared()

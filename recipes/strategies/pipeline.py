@@ -51,6 +51,8 @@ class PipelineStrategy(DDPStrategy):
     net (`net.*` keys) and validation runs the module's own validation_step on the gathered net.
     """
 
+    restructurable = False  # compression steps that change layer shapes mid-fit are refused at start-up
+
     def __init__(
         self,
         microbatches: int = 4,
