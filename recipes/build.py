@@ -5,6 +5,7 @@ about a value becomes a one-line RecipeError naming the config key."""
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +34,19 @@ def instantiate_part(node: DictConfig, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, RecipeError):
             raise cause from None
         if isinstance(cause, (ValueError, TypeError)):
-            raise RecipeError(f"{key}: {cause}") from None
+            raise RecipeError(keyed_message(str(cause), key, str(err))) from None
         raise
+
+
+def keyed_message(message: str, key: str, hydra_message: str) -> str:
+    """A constructor's complaint named by its config key. Constructors name their own keys from the
+    group root (`data.batch_size=0 ...`); one built as a nested node (`data.target`, in Hydra's
+    `full_key:` line) gets its real path (`data.target.batch_size=0 ...`)."""
+    found = re.search(r"full_key: (\S+)\s*$", hydra_message)
+    full_key = found.group(1) if found else key
+    if message.startswith(f"{key}."):
+        return full_key + message[len(key):] if full_key.startswith(f"{key}.") else message
+    return f"{full_key}: {message}"
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:

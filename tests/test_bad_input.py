@@ -46,6 +46,8 @@ CASES = {
     "unknown data": (["data=imagenet"], ["unknown data 'imagenet'", "digits"]),
     "zero batch size": (["data.batch_size=0"], ["data.batch_size=0", "positive"]),
     "negative batch size": (["data.batch_size=-3"], ["data.batch_size=-3"]),
+    "nested data module's batch size": (["data=digits_shift", "data.target.batch_size=0"],
+                                        ["error: data.target.batch_size=0 must be a positive integer"]),
     "batch size of wrong type": (["data.batch_size=abc"], ["data.batch_size='abc'", "int"]),
     "max_epochs of wrong type": (["trainer.max_epochs=many"], ["'many'", "trainer.max_epochs", "int"]),
     "negative learning rate": (["task.optimizer.lr=-0.1"], ["-0.1"]),
