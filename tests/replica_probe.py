@@ -16,17 +16,20 @@ from recipes.strategies.model_avg import floating_buffers
 
 
 class ReplicaProbe(pl.Callback):
-    def __init__(self, out_dir: str) -> None:
+    def __init__(self, out_dir: str, last_only: bool = False) -> None:
         self.out_dir = Path(out_dir)
+        self.last_only = last_only  # keep only the latest step (for nets whose shapes change mid-fit)
         self.params: list[torch.Tensor] = []
         self.buffers: list[torch.Tensor] = []
         self.steps: list[int] = []
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if self.last_only:
+            self.steps, self.params, self.buffers = [], [], []
         self.steps.append(trainer.global_step)
         self.params.append(torch.cat([p.detach().flatten() for p in pl_module.net.parameters()]).cpu())
-        self.buffers.append(torch.cat([b.flatten() for b in floating_buffers(pl_module.net)]).cpu())
+        self.buffers.append(torch.cat([torch.zeros(0), *(b.flatten().cpu() for b in floating_buffers(pl_module.net))]))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

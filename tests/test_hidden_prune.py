@@ -91,3 +91,16 @@ def test_recipe_shrinks_exports_evaluates_and_resumes(tmp_path: Path) -> None:
     wb = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for key, value in ckpt["state_dict"].items():
         assert torch.allclose(value, wb[key], atol=1e-6), key
+
+
+def test_ddp_replicas_shrink_alike_and_stay_in_sync(tmp_path: Path) -> None:
+    """Under DDP the shrunk module is wrapped again: both ranks end with the same shapes and weights."""
+    probe = ("+callbacks.probe._target_=tests.replica_probe.ReplicaProbe", f"+callbacks.probe.out_dir={tmp_path / 'probe'}",
+             "+callbacks.probe.last_only=true")
+    results = train_ok(tmp_path / "run", *SCHEDULE, *FAST, "trainer=ddp_sim", "compress.hidden_prune.steps=1",
+                       "trainer.max_epochs=3", "model.hidden=[64,32]", *probe)
+    r0, r1 = (torch.load(tmp_path / "probe" / f"rank{r}.pt") for r in (0, 1))
+    assert r0["params"].shape == r1["params"].shape and torch.allclose(r0["params"], r1["params"], atol=1e-6)
+    shapes = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert tuple(shapes["net.1.weight"].shape) == (32, 64) and results["parallel"]["world_size"] == 2
+    assert results["metrics"]["test/acc"] > 0.2  # above chance (0.1) after 3 short epochs
