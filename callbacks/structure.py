@@ -143,6 +143,8 @@ def rebuild_optimizers(trainer: pl.Trainer) -> None:
         # DDP holds the old parameters (and their gradient buckets): wrap the edited module anew
         strategy.model = strategy.lightning_module
         strategy.configure_ddp()
+        if hasattr(strategy, "on_restructure"):  # e.g. model averaging: its averager holds the old buffers
+            strategy.on_restructure()
     old_schedulers = [config.scheduler.state_dict() for config in strategy.lr_scheduler_configs]
     old_lrs = [[group["lr"] for group in opt.param_groups] for opt in strategy.optimizers]
     strategy.setup_optimizers(trainer)

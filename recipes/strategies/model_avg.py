@@ -110,6 +110,13 @@ class ModelAveragingStrategy(DDPStrategy):
         if isinstance(self._model_averager, ReplicaAverager):
             self._model_averager.step = self._ddp_comm_state.iter = step
 
+    def on_restructure(self) -> None:
+        """A compression step changed layer shapes and configure_ddp ran again (callbacks/structure.py):
+        average the new buffers, and keep the warm-up schedule where it was."""
+        if isinstance(self._model_averager, ReplicaAverager):
+            self._model_averager.buffers = floating_buffers(self.lightning_module)
+        self._ddp_comm_state.iter = self.lightning_module.trainer.global_step
+
     def average_replicas(self) -> None:
         """Average now if the replicas differ (every rank calls this at the same points)."""
         averager = self._model_averager
