@@ -1,5 +1,6 @@
 """Test-only callback: after every optimizer step, each rank records its replica (parameters, then
-floating buffers, flattened) and, at the end of fit, saves them to `<out_dir>/rank<R>.pt`.
+floating buffers, flattened) and, at the end of fit, saves them to `<out_dir>/rank<R>.pt`, with the
+parameters at that moment (`final_params`: under strategy=async, after the last average across nodes).
 
 Added to a run with `+callbacks.probe._target_=tests.replica_probe.ReplicaProbe
 +callbacks.probe.out_dir=DIR` (the test's subprocess runs from the repo root)."""
@@ -35,7 +36,9 @@ class ReplicaProbe(pl.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         net = pl_module.net
         buffer_ids = {id(b) for b in floating_buffers(net)}
+        final = torch.cat([p.detach().flatten() for p in net.parameters()]).cpu()
         torch.save({"steps": self.steps, "params": torch.stack(self.params), "buffers": torch.stack(self.buffers),
+                    "final_params": final,
                     "param_names": [f"net.{n}" for n, _ in net.named_parameters()],
                     "buffer_names": [f"net.{n}" for n, b in net.named_buffers() if id(b) in buffer_ids]},
                    self.out_dir / f"rank{trainer.global_rank}.pt")

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import run_module, train, train_ok
+from tests.conftest import QUIET, REPO, run_module, train, train_ok
 
 SMALL = ("trainer=ddp_sim", "model.hidden=[64]", "callbacks.model_summary=null", "logger=csv", "data.batch_size=32")
 PAUSE = 0.05  # seconds the slowed worker sleeps after each batch
@@ -71,12 +75,68 @@ def test_workers_update_one_shared_set_of_weights(rank1_slowed, tmp_path: Path) 
     assert shared > alone + 0.05, (shared, alone)
 
 
-def test_bad_value_fails_in_one_line(tmp_path: Path) -> None:
-    proc = train(tmp_path / "run", "trainer=ddp_sim", "strategy=async", "trainer.num_nodes=2")
+@pytest.mark.parametrize(("override", "message"), [
+    ("strategy.sync_every=0", "strategy.sync_every=0 must be an integer >= 1"),
+    ("trainer.num_nodes=2", "needs MASTER_ADDR, MASTER_PORT and NODE_RANK"),  # none set: the nodes cannot meet
+])
+def test_bad_value_fails_in_one_line(tmp_path: Path, override: str, message: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "NODE_RANK")}
+    proc = subprocess.run([sys.executable, "-m", "recipes.train", f"hydra.run.dir={tmp_path / 'run'}",
+                           "trainer=ddp_sim", "strategy=async", override], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=env)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "trainer.num_nodes=2 must be 1" in last and "torchft" in last, last
+    assert last.startswith("error: ") and message in last, last
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("launcher", ["env", "torchrun"])
+def test_two_nodes_average_their_hogwild_weights(tmp_path: Path, launcher: str) -> None:
+    """Two simulated nodes (two `recipes.train` processes, node rank 0 and 1, one run dir), each with 2
+    Hogwild workers on its own shared weights; the node leaders average every K node updates. Launched by
+    hand (NODE_RANK, MASTER_ADDR, MASTER_PORT) or by torchrun --nproc_per_node=1 (its GROUP_RANK)."""
+    run_dir, probe, sync_every = tmp_path / "run", tmp_path / "probe", 8
+    overrides = [f"hydra.run.dir={run_dir}", *QUIET, "trainer=ddp_sim", "strategy=async", "trainer.num_nodes=2",
+                 "trainer.devices=2", f"strategy.sync_every={sync_every}", "data.train_samples=1024",
+                 "data.batch_size=16", "model.hidden=[64]", "trainer.max_epochs=2", "logger=csv",
+                 "callbacks.model_summary=null", "+callbacks.probe._target_=tests.replica_probe.ReplicaProbe",
+                 f"+callbacks.probe.out_dir={probe}", "+callbacks.probe.last_only=true"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+    def command(rank: int) -> tuple[list[str], dict[str, str]]:
+        if launcher == "env":
+            return [sys.executable, "-m", "recipes.train", *overrides], {
+                **env, "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "recipes.train",
+                *overrides], env
+
+    nodes = [subprocess.Popen(cmd, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=node_env)
+             for cmd, node_env in map(command, (0, 1))]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    assert "run dir:" in outputs[0][0] and "run dir:" not in outputs[1][0]  # only global rank 0 reports
+    results = json.loads((run_dir / "results.json").read_text())
+    par = results["parallel"]
+    print(f"parallel: {par}; test/acc {results['metrics']['test/acc']:.4f}")
+    # 4 workers on disjoint shards of 1024 samples: 256 each, 16 batches of 16 per epoch, 2 epochs.
+    assert par["world_size"] == 4 and par["worker_steps"] == [32] * 4 and par["steps"] == 128, par
+    # Each node made 64 updates: 64 // 8 = 8 averages during fit, then the final one.
+    assert par["node_averages"] == 64 // sync_every + 1, par
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    replicas = {rank: torch.load(probe / f"rank{rank}.pt", weights_only=True) for rank in range(4)}
+    names = replicas[0]["param_names"]
+    param_bytes = sum(ckpt["state_dict"][name].numel() * 4 for name in names)
+    # rank 0 sent the fp32 parameters per average, plus the 4 workers' int64 step counts once.
+    assert par["comm_bytes_per_step"] == round((par["node_averages"] * param_bytes + 4 * 8) / par["steps"], 1)
+    # Both node leaders (global ranks 0 and 2) ended with the same weights, those of the checkpoint.
+    shipped = torch.cat([ckpt["state_dict"][name].flatten() for name in names])
+    assert torch.equal(replicas[0]["final_params"], shipped) and torch.equal(replicas[2]["final_params"], shipped)
+    assert results["metrics"]["test/acc"] > 0.6, results["metrics"]  # 10 classes: chance is 0.1
 
 
 @pytest.mark.gpu

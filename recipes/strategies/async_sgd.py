@@ -1,4 +1,4 @@
-"""Asynchronous SGD on one machine (`strategy=async`): Hogwild! (Recht et al. 2011) as a Lightning strategy.
+"""Asynchronous SGD (`strategy=async`): Hogwild! (Recht et al. 2011) within a machine, local SGD across machines.
 
 The module's parameters move to shared memory before the worker processes start (torch.multiprocessing,
 via Lightning's own multiprocessing launcher). Each worker reads its DistributedSampler shard and runs its
@@ -16,22 +16,40 @@ other worker releases after its own last update) before its final validation and
 hold every worker's updates. No other worker ever waits. results.json's `parallel` section reports each
 worker's steps, all counts at the moment the first worker finished, and rank 0's final wait.
 
-What crosses process boundaries: nothing is sent. Workers write their updates in place into the shared
-pages, so `comm_bytes` is 0 (no collective, no copy). Buffers (BatchNorm statistics) and metric states stay
-private to each worker; rank 0's go into the checkpoint.
+What crosses process boundaries on one node: nothing is sent. Workers write their updates in place into the
+shared pages, so `comm_bytes` is 0 (no collective, no copy). Buffers (BatchNorm statistics) and metric states
+stay private to each worker; rank 0's go into the checkpoint.
+
+Across nodes (trainer.num_nodes=N > 1): local SGD between the nodes' shared weights. Each node runs the above
+on its own shared copy; the global rank of a worker is node_rank * devices + local_rank, so the N * devices
+workers read disjoint shards. Every `sync_every` optimizer updates of the node (all its workers' steps
+counted together), the node's local-rank-0 worker (its leader) averages the node's weights with the other
+leaders' (one gloo all-reduce over a process group of the N leaders only, built from MASTER_ADDR, MASTER_PORT
+and NODE_RANK) while the node's other workers keep stepping; it then adds (average - what it sent), so those
+concurrent updates are kept. Every leader makes the same number of rounds, fixed before training from the
+node's planned update count (devices * estimated_stepping_batches): rounds a leader has not reached when its
+own training ends are made then, after its node's workers are done, followed by one final average, so that
+all nodes end with identical weights before global rank 0's final validation and checkpoint. The leaders'
+group is not torch.distributed's default group: with that one initialized, torchmetrics and Lightning would
+sync metrics over it at points where the leaders are not in step. `comm_bytes` counts the bytes a leader
+sends: the flat parameters per round, plus the per-worker step counts gathered once at the end.
 
 CPU only: GPU memory cannot be shared this way between processes of different devices, so another
-accelerator, several nodes or a precision that re-creates the parameters (16-true, bf16-true, 64-true) is
-a configuration error, never a silent fallback. Across nodes or on GPUs use torchft (see the README).
+accelerator or a precision that re-creates the parameters (16-true, bf16-true, 64-true) is a configuration
+error, never a silent fallback. On GPUs use torchft (see the README).
 """
 
 from __future__ import annotations
 
+import os
 import time
+from datetime import timedelta
 from typing import Any, Callable, Literal
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
@@ -43,6 +61,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 START_METHODS = ("fork", "spawn", "forkserver")
+SYNC_TIMEOUT = timedelta(minutes=30)  # how long a node leader waits for the others (start-up and each round)
 
 
 class _HogwildLauncher(_MultiProcessingLauncher):
@@ -59,17 +78,25 @@ class AsyncSGDStrategy(DDPStrategy):
     start_method: how workers start. fork (default) inherits the shared pages directly; spawn and
     forkserver pickle them (Lightning then copies module tensors, so `setup` points the parameters back
     at the shared storage).
+    sync_every: with trainer.num_nodes > 1, the node updates (all its workers' optimizer steps) between
+    two averages of the nodes' weights. Unused on one node.
     """
 
     restructurable = False  # compression steps that change layer shapes mid-fit are refused at start-up
 
-    comm_bytes = 0  # updates are written in place to shared pages: no bytes are sent between processes
-
-    def __init__(self, start_method: Literal["fork", "spawn", "forkserver"] = "fork", **kwargs: Any) -> None:
+    def __init__(self, start_method: Literal["fork", "spawn", "forkserver"] = "fork", sync_every: int = 32,
+                 **kwargs: Any) -> None:
         if start_method not in START_METHODS:
             raise ValueError(f"strategy.start_method={start_method} must be one of {', '.join(START_METHODS)}, "
                              "e.g. strategy.start_method=fork (popen would re-run the script: no shared memory)")
+        if not isinstance(sync_every, int) or sync_every < 1:
+            raise ValueError(f"strategy.sync_every={sync_every} must be an integer >= 1 (node updates between "
+                             "averages across nodes), e.g. strategy.sync_every=32")
         super().__init__(start_method=start_method, **kwargs)
+        self.sync_every = sync_every
+        self._leaders: Any = None  # the node leaders' gloo group (this node's local rank 0, num_nodes > 1)
+        self._rounds = 0  # averages across nodes each leader makes during fit, the final one excluded
+        self._comm: Tensor | None = None  # [bytes sent by this node's leader, averages made], shared memory
         self._shared: list[Tensor] = []
         self._steps: Tensor | None = None  # [world] optimizer steps per worker, in shared memory
         self._steps_at_finish: Tensor | None = None  # [world, world] row r: all counts when worker r finished
@@ -82,11 +109,12 @@ class AsyncSGDStrategy(DDPStrategy):
     def _configure_launcher(self) -> None:
         if not isinstance(self.accelerator, CPUAccelerator):
             raise ValueError(f"strategy=async shares parameters between CPU processes (Hogwild) and cannot run on "
-                             f"{type(self.accelerator).__name__}: set trainer.accelerator=cpu, or on GPUs / across "
-                             "nodes use torchft (README: 'Asynchronous SGD across nodes')")
-        if self.num_nodes != 1:
-            raise ValueError(f"strategy=async shares memory within one machine: trainer.num_nodes={self.num_nodes} "
-                             "must be 1; across nodes use torchft (README: 'Asynchronous SGD across nodes')")
+                             f"{type(self.accelerator).__name__}: set trainer.accelerator=cpu, or on GPUs "
+                             "use torchft (README: 'Asynchronous SGD across nodes')")
+        node_rank_set = "NODE_RANK" in os.environ or "GROUP_RANK" in os.environ  # set_world_ranks exports them
+        if self.num_nodes > 1 and not ("MASTER_PORT" in os.environ and node_rank_set):  # under srun / torchrun
+            raise ValueError(f"strategy=async with trainer.num_nodes={self.num_nodes} needs MASTER_ADDR, MASTER_PORT "
+                             "and NODE_RANK set on every node, e.g. MASTER_ADDR=node0 MASTER_PORT=29500 NODE_RANK=1")
         precision = self.precision_plugin
         if type(precision) not in (Precision, MixedPrecision):
             raise ValueError(f"strategy=async needs parameters kept in their shared fp32 storage: use "
@@ -104,11 +132,35 @@ class AsyncSGDStrategy(DDPStrategy):
         # Released once by every other worker when its training is over; rank 0 takes them all before its
         # final validation and checkpoint. No other worker ever waits.
         self._others_done = mp.get_context(self._start_method).Semaphore(0)
+        self._comm = torch.zeros(2, dtype=torch.long).share_memory_()
+
+    @property
+    def comm_bytes(self) -> int:
+        """Bytes this node's leader sent averaging with the other nodes (0 on one node: nothing is sent)."""
+        return 0 if self._comm is None else int(self._comm[0])
+
+    def set_world_ranks(self) -> None:
+        """torchrun (--nproc_per_node=1) and srun (--ntasks-per-node=1) start one process per node, which
+        forks the node's workers itself: their ranks come from the node rank and the local rank, not from
+        the launcher's RANK / SLURM_PROCID (one per node). So take the node rank and the leaders' meeting
+        point from the launcher's environment, then count ranks as a self-launched run does."""
+        env = self.cluster_environment
+        if env is not None and env.creates_processes_externally and self.num_nodes > 1:
+            os.environ.update(MASTER_ADDR=env.main_address, MASTER_PORT=str(env.main_port),
+                              NODE_RANK=str(env.node_rank()))
+            self.cluster_environment = LightningEnvironment()
+        super().set_world_ranks()
 
     def setup_distributed(self) -> None:
         """Ranks and seed as DDP sets them, but no process group: nothing may make workers wait."""
         reset_seed()
         self.set_world_ranks()
+        if self.num_nodes > 1 and self.local_rank == 0:
+            env = self.cluster_environment
+            store = dist.TCPStore(env.main_address, env.main_port, self.num_nodes, self.node_rank == 0,
+                                  timeout=SYNC_TIMEOUT)
+            self._leaders = dist.ProcessGroupGloo(dist.PrefixStore("async_sgd_leaders", store), self.node_rank,
+                                                  self.num_nodes, SYNC_TIMEOUT)
 
     def setup(self, trainer: Any) -> None:
         # Strategy.setup, not DDPStrategy's: the module is not wrapped in DistributedDataParallel.
@@ -153,7 +205,45 @@ class AsyncSGDStrategy(DDPStrategy):
                        **kwargs: Any) -> Any:
         output = super().optimizer_step(optimizer, closure, model, **kwargs)
         self._steps[self.global_rank] += 1
+        if self._leaders is not None and self._comm[1] < self._rounds and self._node_steps() >= self.sync_every * (
+                int(self._comm[1]) + 1):
+            self._average()
         return output
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        # Every node plans the same update count (equal shards, same epochs), hence the same rounds.
+        planned = self.lightning_module.trainer.estimated_stepping_batches
+        if self.num_nodes > 1 and planned == float("inf"):
+            raise ValueError("strategy=async across nodes needs a known length to schedule its averages: set "
+                             "trainer.max_epochs or trainer.max_steps, e.g. trainer.max_epochs=10")
+        self._rounds = 0 if self.num_nodes == 1 else self.num_processes * int(planned) // self.sync_every
+
+    def _node_steps(self) -> int:
+        first = self.node_rank * self.num_processes
+        return int(self._steps[first:first + self.num_processes].sum())
+
+    def _all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        self._leaders.allreduce([tensor]).wait()  # ReduceOp.SUM
+        self._comm[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    def _average(self, final: bool = False) -> None:
+        """One round: average the node's shared weights with the other nodes'. During training this node's
+        other workers keep stepping meanwhile; adding (average - sent) keeps their updates. The final round
+        (all workers done) copies the average, so every node ends bit-identical."""
+        sent = torch.cat([p.detach().reshape(-1) for p in self._shared])
+        mean = self._all_reduce_sum(sent.clone()).div_(self.num_nodes)
+        offset = 0
+        with torch.no_grad():
+            for param in self._shared:
+                new = mean[offset:offset + param.numel()].view_as(param)
+                if final:
+                    param.copy_(new)
+                else:
+                    param.add_(new - sent[offset:offset + param.numel()].view_as(param))
+                offset += param.numel()
+        self._comm[1] += 1
 
     def on_validation_start(self) -> None:
         trainer = self.lightning_module.trainer
@@ -172,30 +262,39 @@ class AsyncSGDStrategy(DDPStrategy):
         rank = self.global_rank
         self._steps_at_finish[rank] = self._steps
         self._finished_at[rank] = time.time()
-        if rank != 0:
+        if self.local_rank != 0:
             self._others_done.release()
             return
         start = time.perf_counter()
-        for _ in range(self.world_size - 1):
+        for _ in range(self.num_processes - 1):
             self._others_done.acquire()
         self._final_wait.fill_(time.perf_counter() - start)
+        if self._leaders is not None:
+            while self._comm[1] < self._rounds:  # rounds this leader had not reached: same count on every node
+                self._average()
+            self._average(final=True)
+            self._steps.copy_(self._all_reduce_sum(self._steps.clone()))  # every worker's count, all nodes
 
     @property
     def parallel_extra(self) -> dict[str, Any]:
         """For results.json's `parallel` section, read in the main process after fit: the optimizer steps
-        each worker applied to the shared weights, every worker's count at the moment the first one
-        finished, and how long rank 0 waited at the end for the others."""
+        each worker applied to the shared weights (all nodes'), every worker of this node's count at the
+        moment its first one finished, how long rank 0 waited at the end for the others and, across nodes,
+        the averages made (the final one included)."""
         if self._steps is None:
             return {}
         first = int(self._finished_at.argmin())
-        return {"worker_steps": self._steps.tolist(),
-                "worker_steps_at_first_finish": self._steps_at_finish[first].tolist(),
-                "final_wait_seconds": round(float(self._final_wait), 3)}
+        extra = {"worker_steps": self._steps.tolist(),
+                 "worker_steps_at_first_finish": self._steps_at_finish[first].tolist(),
+                 "final_wait_seconds": round(float(self._final_wait), 3)}
+        if self.num_nodes > 1:
+            extra.update(nodes=self.num_nodes, sync_every=self.sync_every, node_averages=int(self._comm[1]))
+        return extra
 
     def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:
-        # Resuming: rank 0 restores the shared weights; another rank loading too could overwrite updates
-        # that rank 0 has already made (nobody waits for the load to finish).
-        if self.global_rank == 0:
+        # Resuming: each node's local rank 0 restores its shared weights; another worker loading too could
+        # overwrite updates that it has already made (nobody waits for the load to finish).
+        if self.local_rank == 0:
             super().load_model_state_dict(checkpoint, strict=strict)
 
 
