@@ -146,7 +146,6 @@ def test_gpu_is_refused_with_a_pointer_to_the_cross_node_option(tmp_path: Path) 
     assert proc.returncode != 0 and last.startswith("error: ") and "torchft" in last, proc.stderr[-3000:]
 
 
-@pytest.mark.slow
 def test_async_accuracy_is_within_one_point_of_ddp(tmp_path: Path) -> None:
     """Same epochs, same per-process batch: async (one worker slowed) vs synchronous DDP on digits."""
     epochs = "trainer.max_epochs=10"
