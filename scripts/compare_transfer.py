@@ -17,6 +17,7 @@ Every run goes through `python -m recipes.train`, as a user would run it. Prints
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 

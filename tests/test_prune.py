@@ -3,12 +3,10 @@ survive checkpoint and resume, permanent zeros in the exported model, and start-
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import onnx
 import pytest
 import torch
