@@ -104,11 +104,10 @@ class HiddenNodePruning(Callback):
         if self.importance == "activation":
             importance = tp.importance.ActivationImportance()
             with importance.compute_importance(net), torch.no_grad():
-                net(self.training_inputs(trainer).to(device))
-            pruner = self.pruner(net, example, importance, applied(net, self.step))
+                net(self.training_inputs(trainer).to(device))  # stores each unit's mean |activation|
         else:
             importance = tp.importance.MagnitudeImportance(p=1 if self.importance == "l1" else 2)
-            pruner = self.pruner(net, example, importance, applied(net, self.step))
+        pruner = self.pruner(net, example, importance, applied(net, self.step))
         pruner.step()
         net.train(training)
         record(net, {"kind": "resize", "step": self.step, "shapes": shapes_of(net)})

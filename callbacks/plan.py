@@ -29,20 +29,19 @@ def check_plan(steps: dict[str, Any], net: nn.Module, max_epochs: int) -> None:
     """Raise ValueError (one line, naming the fix) for a bad order, combination or setting."""
     plan = f"compress=[{','.join(steps)}]"
     kinds = [step.step for step in steps.values()]
-    for i, (earlier, later) in enumerate(zip(kinds, kinds[1:])):
+    for earlier, later in zip(kinds, kinds[1:]):
         if ORDER[earlier] == ORDER[later]:
             raise ValueError(f"{plan}: {earlier} and {later} both mask the weights; use one of them")
         if ORDER[earlier] > ORDER[later]:
             fixed = ",".join(sorted(steps, key=lambda name: ORDER[steps[name].step]))
             raise ValueError(f"{plan}: {later} must come before {earlier} ({WHY[(earlier, later)]}); "
                              f"use compress=[{fixed}]")
-    names = list(steps)
     for (name, step), (next_name, next_step) in zip(steps.items(), list(steps.items())[1:]):
         if step.epochs()[1] > next_step.epochs()[0]:
             raise ValueError(f"{plan}: {name} changes the net until epoch {step.epochs()[1]} but {next_name} starts "
                              f"at epoch {next_step.epochs()[0]}; steps run in list order, so move {next_name} later")
     preview = copy.deepcopy(net)
-    for name in names:
-        steps[name].check(preview, max_epochs)
-        if hasattr(steps[name], "restructure"):  # what later steps will see
-            steps[name].restructure(preview)
+    for step in steps.values():
+        step.check(preview, max_epochs)
+        if hasattr(step, "restructure"):  # what later steps will see
+            step.restructure(preview)
