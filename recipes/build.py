@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from callbacks.plan import check_plan
 from callbacks.report import model_size
 from recipes.checkpoint import KEY, RecipeState, fold_masks, load_checkpoint, restore_structure
 from recipes.errors import RecipeError
+from recipes.trusted import saved_config
 from recipes.validate import check_node
 
 
@@ -53,15 +55,16 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return instantiate_part(cfg.data, "data")
 
 
-def reference_net(path: str, key: str, input_shape: tuple[int, ...]) -> nn.Module:
+def reference_net(path: str, key: str, input_shape: tuple[int, ...], trusted: Iterable[str] = ()) -> nn.Module:
     """The frozen net of a recipes checkpoint (a teacher, a source model, a fine-tuning start),
-    rebuilt from the config saved in it."""
+    rebuilt from the config saved in it (only trusted targets: recipes.trusted)."""
     ckpt = load_checkpoint(path, key)
     entry = ckpt[KEY]
+    saved = saved_config(ckpt, key, path, trusted)
     if tuple(entry["data"]["input_shape"]) != tuple(input_shape):
         raise RecipeError(f"{key}={path} was trained on inputs {tuple(entry['data']['input_shape'])} but the data gives "
                           f"{tuple(input_shape)}: set data.image_size / data.channels to match")
-    net = instantiate(OmegaConf.create(entry["config"]).model, input_shape=entry["data"]["input_shape"],
+    net = instantiate(saved.model, input_shape=entry["data"]["input_shape"],
                       num_classes=entry["data"]["num_classes"])
     restore_structure(ckpt, net)
     state = fold_masks(ckpt["state_dict"])
@@ -69,17 +72,19 @@ def reference_net(path: str, key: str, input_shape: tuple[int, ...]) -> nn.Modul
     return net.eval().requires_grad_(False)
 
 
-def build_module(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
+def build_module(cfg: DictConfig, datamodule: Any, trusted: Iterable[str] = ()) -> pl.LightningModule:
     """The net sized by the data (input shape, class count), wrapped in the task's LightningModule.
 
     Task keys named `<name>_ckpt` (teacher_ckpt, source_ckpt, init_ckpt) are checkpoint paths: each
     becomes the argument `<name>`, the checkpoint's net rebuilt and frozen (None when unset).
+    `trusted`: targets beyond the shipped ones that those checkpoints may build; the caller's own
+    setting, never read from `cfg`, which may itself come from a checkpoint.
     """
     net = instantiate_part(cfg.model, "model", input_shape=list(datamodule.input_shape),
                            num_classes=datamodule.num_classes)
     ckpt_keys = [str(k) for k in cfg.task if str(k).endswith("_ckpt")]
     references = {
-        k[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", datamodule.input_shape) if cfg.task[k] else None
+        k[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", datamodule.input_shape, trusted) if cfg.task[k] else None
         for k in ckpt_keys
     }
     task = copy.copy(cfg.task)  # shallow: keeps interpolations to the root config working
@@ -173,7 +178,7 @@ class Parts:
 def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     """All parts of a training run; its checkpoints carry what rebuilds them (RecipeState)."""
     datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule, cfg.get("trusted_targets") or ())
     data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
     compression = build_compression(cfg, module.net)
     resolved = plain_config(cfg)

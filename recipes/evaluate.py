@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from recipes.build import build_datamodule, build_module, build_test_trainer
 from recipes.checkpoint import KEY, check_compatible, fold_masks, load_checkpoint, restore_structure
 from recipes.errors import RecipeError
 from recipes.results import print_summary
+from recipes.trusted import saved_config
 
 
 def test_metrics(cfg: DictConfig, module: pl.LightningModule, datamodule: Any,
@@ -61,16 +63,16 @@ def export_best(export_cfg: DictConfig, net: Any, datamodule: Any, out_dir: Path
         raise RecipeError(str(err)) from None
 
 
-def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[DictConfig, Any, pl.LightningModule,
-                                                                              dict[str, Any]]:
+def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: Iterable[str] = ()
+            ) -> tuple[DictConfig, Any, pl.LightningModule, dict[str, Any]]:
     """Config, datamodule and weight-loaded module of a checkpoint, and its group choices;
-    `overrides` patch the saved config."""
+    `overrides` patch the saved config; `trusted`: targets beyond the shipped ones it may build."""
     ckpt = load_checkpoint(ckpt_path)
-    cfg = OmegaConf.create(ckpt[KEY]["config"])
+    cfg = saved_config(ckpt, "ckpt_path", ckpt_path, trusted)
     for key, value in (overrides or {}).items():  # dotted keys; nested mappings merge into the saved ones
         OmegaConf.update(cfg, key, value, merge=True)
     datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule, trusted)
     restore_structure(ckpt, module.net)
     check_compatible(ckpt, module, ckpt_path)
     module.load_state_dict(fold_masks(ckpt["state_dict"]))
@@ -79,7 +81,7 @@ def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None) -> tuple[Di
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.overrides else {}
-    saved_cfg, datamodule, module, choices = rebuild(cfg.ckpt_path, overrides)
+    saved_cfg, datamodule, module, choices = rebuild(cfg.ckpt_path, overrides, cfg.trusted_targets)
     metrics = test_metrics(saved_cfg, module, datamodule)
     report = {"recipe": choices.get("recipe"), "task": choices.get("task"), "checkpoint": str(cfg.ckpt_path),
               "metrics": metrics}

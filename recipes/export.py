@@ -18,7 +18,7 @@ from recipes.evaluate import export_best, rebuild
 def export(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.export.formats:
         raise RecipeError("export=none exports nothing: pass export=onnx, export=program or export=all")
-    _, datamodule, module, _ = rebuild(cfg.ckpt_path)
+    _, datamodule, module, _ = rebuild(cfg.ckpt_path, trusted=cfg.trusted_targets)
     datamodule.setup("test")
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt_path).resolve().parent.parent / "export"
     report = export_best(cfg.export, module.net, datamodule, out_dir)
