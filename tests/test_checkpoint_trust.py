@@ -1,0 +1,202 @@
+"""A config read back from a checkpoint is data: a checkpoint that loads with weights_only=True but
+whose saved config names code this project does not ship (`builtins.open`, `os.system` wrapped in
+a partial, `torch.load`, an unknown package) is refused in one line before anything is imported or
+built, by recipes.evaluate, recipes.export and every reference-model path (task.*_ckpt)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from recipes.build import build_datamodule, build_module, plain_config, reference_net
+from recipes.errors import RecipeError
+from recipes.evaluate import rebuild
+from recipes.trusted import saved_config, shipped_targets
+from tests.conftest import REPO, run_module, train
+from tests.test_compose import compose_train
+
+
+@pytest.fixture(scope="module")
+def genuine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A checkpoint as recipes.train writes it (baseline MLP on digits, untrained weights)."""
+    cfg = compose_train(tmp_path_factory.mktemp("genuine"))
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    return {"state_dict": module.state_dict(),
+            "recipe": {"config": plain_config(cfg), "choices": {"recipe": "baseline", "task": "classifier", "model": "mlp"},
+                       "data": {"input_shape": [1, 8, 8], "num_classes": 10}}}
+
+
+def with_node(ckpt: dict[str, Any], dotted: str, node: Any) -> dict[str, Any]:
+    """A copy of `ckpt` whose `recipe` entry has `node` at `dotted` (e.g. config.model.hidden)."""
+    ckpt = copy.deepcopy(ckpt)
+    *parents, last = dotted.split(".")
+    at = ckpt["recipe"]
+    for name in parents:
+        at = at[name]
+    at[last] = node
+    return ckpt
+
+
+class Traps:
+    """Files whose change would show that a payload ran, and an importable package that marks its import."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.victim = root / "victim.txt"
+        self.victim.write_text("precious\n")
+        self.shell_marker = root / "shell_ran"
+        self.pickle_marker = root / "pickle_ran"
+        self.pickle = root / "payload.pt"
+        torch.save(_OpensFile(str(self.pickle_marker)), self.pickle)
+        self.site = root / "site"
+        package = self.site / "evilpkg"
+        package.mkdir(parents=True)
+        self.import_marker = root / "evilpkg_imported"
+        (package / "__init__.py").write_text(f"open({str(self.import_marker)!r}, 'w').close()\n")
+        (package / "module.py").write_text("class Thing:\n    pass\n")
+
+    def untouched(self) -> bool:
+        return (self.victim.read_text() == "precious\n" and not self.shell_marker.exists()
+                and not self.pickle_marker.exists() and not self.import_marker.exists()
+                and "evilpkg" not in sys.modules)
+
+
+class _OpensFile:
+    """Pickled with a reduce that creates a file: what torch.load(weights_only=False) would run."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return open, (self.path, "w")
+
+
+def payloads(traps: Traps) -> dict[str, tuple[str, Any, str]]:
+    """name -> (where in the recipe entry, node, what the refusal must name)."""
+    return {
+        "open": ("config.model.hidden", {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"},
+                 "model.hidden._target_='builtins.open'"),
+        "partial_system": ("config.task.optimizer",
+                           {"_target_": "os.system", "_partial_": True, "command": f"touch {traps.shell_marker}"},
+                           "task.optimizer._target_='os.system'"),
+        "functools_partial": ("config.task.scheduler",
+                              {"_target_": "functools.partial",
+                               "_args_": [{"_target_": "hydra.utils.get_method", "path": "os.system"},
+                                          f"touch {traps.shell_marker}"]},
+                              "task.scheduler._args_[0]._target_='hydra.utils.get_method'"),
+        "torch_load": ("config.model.hidden", {"_target_": "torch.load", "f": str(traps.pickle), "weights_only": False},
+                       "model.hidden._target_='torch.load'"),
+        "unknown_module": ("config.model._target_", "evilpkg.module.Thing", "model._target_='evilpkg.module.Thing'"),
+        "in_a_list": ("config.model.hidden", [32, {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"}],
+                      "model.hidden[1]._target_='builtins.open'"),
+        "interpolation": ("config.model.hidden", "${oc.env:HOME}", "interpolation, model.hidden='${oc.env:HOME}'"),
+        "data_entry": ("data.num_classes", {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"},
+                       "'recipe.data' entry"),
+    }
+
+
+PAYLOADS = ["open", "partial_system", "functools_partial", "torch_load", "unknown_module", "in_a_list",
+            "interpolation", "data_entry"]
+
+
+def hostile(genuine: dict[str, Any], traps: Traps, name: str, folder: Path) -> tuple[Path, str]:
+    where, node, named = payloads(traps)[name]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.ckpt"
+    torch.save(with_node(genuine, where, node), path)
+    torch.load(path, weights_only=True)  # the premise: it passes the pickle guard
+    return path, named
+
+
+def test_the_allow_list_is_what_the_shipped_yaml_builds(genuine: dict[str, Any]) -> None:
+    shipped = shipped_targets()
+    assert {"modules.nets.mlp.MLP", "modules.distill.DistillModule", "torch.optim.AdamW",
+            "recipes.data.digits.DigitsDataModule"} <= shipped
+    assert not {"builtins.open", "os.system", "torch.load", "functools.partial"} & shipped
+    assert saved_config(genuine, "ckpt_path", "x.ckpt").model._target_ == "modules.nets.mlp.MLP"
+
+
+@pytest.mark.parametrize("entry_point", ["rebuild", "reference_net"])
+@pytest.mark.parametrize("name", PAYLOADS)
+def test_a_hostile_config_is_refused_before_anything_runs(name: str, entry_point: str, genuine: dict[str, Any],
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each payload, through evaluate/export's rebuild and through a teacher / source / init checkpoint."""
+    traps = Traps(tmp_path)
+    monkeypatch.syspath_prepend(str(traps.site))  # evilpkg is importable: refusing must not import it
+    path, named = hostile(genuine, traps, name, tmp_path / "ckpts")
+    with pytest.raises(RecipeError) as refused:
+        if entry_point == "rebuild":
+            rebuild(str(path))
+        else:
+            reference_net(str(path), "task.teacher_ckpt", (1, 8, 8))
+    message = str(refused.value)
+    key = "ckpt_path" if entry_point == "rebuild" else "task.teacher_ckpt"
+    assert message.startswith(f"{key}={path}: its ") and named in message and "\n" not in message
+    assert traps.untouched()
+
+
+def test_a_trusted_target_is_built_and_nothing_else_is(genuine: dict[str, Any], tmp_path: Path) -> None:
+    """trusted_targets (the loading user's own setting) lets a class the YAML does not use through."""
+    sgd = with_node(genuine, "config.task.optimizer", {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
+    with pytest.raises(RecipeError, match=r"task.optimizer._target_='torch.optim.SGD'.*trusted_targets=\[torch.optim.SGD\]"):
+        saved_config(sgd, "ckpt_path", "x.ckpt")
+    assert saved_config(sgd, "ckpt_path", "x.ckpt", ["torch.optim.SGD"]).task.optimizer._target_ == "torch.optim.SGD"
+    # the checkpoint's own trusted_targets count for nothing
+    smuggled = with_node(with_node(sgd, "config.trusted_targets", ["torch.optim.SGD"]), "config.task.teacher_ckpt", None)
+    with pytest.raises(RecipeError, match="torch.optim.SGD"):
+        saved_config(smuggled, "ckpt_path", "x.ckpt")
+
+
+# --- the real command lines: one line on stderr, exit 2, nothing run and nothing written ---------------
+def assert_refused(proc: Any, named: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_evaluate_refuses_a_checkpoint_that_opens_a_file(genuine: dict[str, Any], tmp_path: Path) -> None:
+    traps = Traps(tmp_path / "traps")
+    path, named = hostile(genuine, traps, "open", tmp_path / "ckpts")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    proc = run_module("recipes.evaluate", f"ckpt_path={path}", cwd=work, env={"PYTHONPATH": str(REPO)})
+    assert_refused(proc, named)
+    assert traps.untouched() and not list(work.iterdir())
+
+
+def test_export_refuses_a_checkpoint_that_runs_a_shell_command(genuine: dict[str, Any], tmp_path: Path) -> None:
+    traps = Traps(tmp_path / "traps")
+    path, named = hostile(genuine, traps, "partial_system", tmp_path / "run" / "checkpoints")
+    assert_refused(run_module("recipes.export", f"ckpt_path={path}", "export=onnx"), named)
+    assert traps.untouched() and not (tmp_path / "run" / "export").exists()
+
+
+def test_train_refuses_a_teacher_from_an_unknown_package(genuine: dict[str, Any], tmp_path: Path) -> None:
+    traps = Traps(tmp_path / "traps")
+    path, named = hostile(genuine, traps, "unknown_module", tmp_path / "ckpts")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(traps.site), os.environ.get("PYTHONPATH")]))}
+    run_dir = tmp_path / "run"
+    proc = train(run_dir, "recipe=distill", f"task.teacher_ckpt={path}", env=env)
+    assert_refused(proc, f"task.teacher_ckpt={path}: its saved config asks to build {named}")
+    assert traps.untouched() and not run_dir.exists()
+
+
+def test_evaluate_builds_a_target_the_user_trusts(genuine: dict[str, Any], tmp_path: Path) -> None:
+    """The escape hatch on the command line of the person loading the file: a genuine checkpoint with
+    an optimizer the YAML does not ship evaluates once that optimizer is trusted."""
+    path = tmp_path / "sgd.ckpt"
+    torch.save(with_node(genuine, "config.task.optimizer", {"_target_": "torch.optim.SGD", "_partial_": True,
+                                                            "lr": 0.1}), path)
+    proc = run_module("recipes.evaluate", f"ckpt_path={path}", "trusted_targets=[torch.optim.SGD]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0 <= metrics["test/acc"] <= 1
