@@ -84,7 +84,8 @@ def build_module(cfg: DictConfig, datamodule: Any, trusted: Iterable[str] = ()) 
                            num_classes=datamodule.num_classes)
     ckpt_keys = [str(k) for k in cfg.task if str(k).endswith("_ckpt")]
     references = {
-        k[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", datamodule.input_shape, trusted) if cfg.task[k] else None
+        k[: -len("_ckpt")]: (reference_net(cfg.task[k], f"task.{k}", datamodule.input_shape, trusted)
+                             if cfg.task[k] else None)
         for k in ckpt_keys
     }
     task = copy.copy(cfg.task)  # shallow: keeps interpolations to the root config working

@@ -30,7 +30,8 @@ def genuine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     return {"state_dict": module.state_dict(),
-            "recipe": {"config": plain_config(cfg), "choices": {"recipe": "baseline", "task": "classifier", "model": "mlp"},
+            "recipe": {"config": plain_config(cfg),
+                       "choices": {"recipe": "baseline", "task": "classifier", "model": "mlp"},
                        "data": {"input_shape": [1, 8, 8], "num_classes": 10}}}
 
 
@@ -91,11 +92,13 @@ def payloads(traps: Traps) -> dict[str, tuple[str, Any, str]]:
                               {"_target_": "functools.partial",
                                "_args_": [{"_target_": "hydra.utils.get_method", "path": "os.system"},
                                           f"touch {traps.shell_marker}"]},
+                              "task.scheduler._target_='functools.partial', "
                               "task.scheduler._args_[0]._target_='hydra.utils.get_method'"),
         "torch_load": ("config.model.hidden", {"_target_": "torch.load", "f": str(traps.pickle), "weights_only": False},
                        "model.hidden._target_='torch.load'"),
         "unknown_module": ("config.model._target_", "evilpkg.module.Thing", "model._target_='evilpkg.module.Thing'"),
-        "in_a_list": ("config.model.hidden", [32, {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"}],
+        "in_a_list": ("config.model.hidden",
+                      [32, {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"}],
                       "model.hidden[1]._target_='builtins.open'"),
         "interpolation": ("config.model.hidden", "${oc.env:HOME}", "interpolation, model.hidden='${oc.env:HOME}'"),
         "data_entry": ("data.num_classes", {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"},
@@ -146,13 +149,23 @@ def test_a_hostile_config_is_refused_before_anything_runs(name: str, entry_point
 def test_a_trusted_target_is_built_and_nothing_else_is(genuine: dict[str, Any], tmp_path: Path) -> None:
     """trusted_targets (the loading user's own setting) lets a class the YAML does not use through."""
     sgd = with_node(genuine, "config.task.optimizer", {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
-    with pytest.raises(RecipeError, match=r"task.optimizer._target_='torch.optim.SGD'.*trusted_targets=\[torch.optim.SGD\]"):
+    with pytest.raises(RecipeError, match=r"_target_='torch.optim.SGD'.*trusted_targets=\[torch.optim.SGD\]"):
         saved_config(sgd, "ckpt_path", "x.ckpt")
     assert saved_config(sgd, "ckpt_path", "x.ckpt", ["torch.optim.SGD"]).task.optimizer._target_ == "torch.optim.SGD"
-    # the checkpoint's own trusted_targets count for nothing
-    smuggled = with_node(with_node(sgd, "config.trusted_targets", ["torch.optim.SGD"]), "config.task.teacher_ckpt", None)
-    with pytest.raises(RecipeError, match="torch.optim.SGD"):
-        saved_config(smuggled, "ckpt_path", "x.ckpt")
+
+
+
+def test_a_checkpoint_cannot_trust_targets_itself(genuine: dict[str, Any], tmp_path: Path) -> None:
+    """A checkpoint whose own config says trusted_targets=[builtins.open] and points its fine-tuning
+    start (task.init_ckpt, rebuilt by evaluate too) at a hostile file: only the loader's setting counts."""
+    traps = Traps(tmp_path)
+    hostile_init, _ = hostile(genuine, traps, "open", tmp_path / "ckpts")
+    smuggler = with_node(with_node(genuine, "config.trusted_targets", ["builtins.open"]),
+                         "config.task.init_ckpt", str(hostile_init))
+    torch.save(smuggler, tmp_path / "smuggler.ckpt")
+    with pytest.raises(RecipeError, match=rf"^task.init_ckpt={hostile_init}: .*'builtins.open'"):
+        rebuild(str(tmp_path / "smuggler.ckpt"))
+    assert traps.untouched()
 
 
 # --- the real command lines: one line on stderr, exit 2, nothing run and nothing written ---------------
