@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from recipes.errors import RecipeError
+from recipes.errors import RecipeError, RunStopped
 
 EXIT_BAD_INPUT = 2
 # What Hydra itself puts in a run dir before the task function runs.
@@ -145,11 +145,18 @@ def _only_hydra_files(run_dir: Path) -> bool:
 
 
 def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) -> Any:
-    """Run `task(cfg)`; on RecipeError print one line, remove a run dir this run created, exit 2."""
+    """Run `task(cfg)`; on RecipeError print one line, remove a run dir this run created, exit 2; on
+    RunStopped (diverged, SIGTERM) print one line (rank 0) and exit with its code, keeping the run dir."""
     quiet_libraries()  # again here: a submitit job calls the task function without run_main
     fresh = run_dir is not None and _only_hydra_files(Path(run_dir))
     try:
         return task(cfg)
+    except RunStopped as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if process_rank() == 0:  # every rank stops alike; one line is enough
+            print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except RecipeError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
