@@ -23,6 +23,7 @@ from callbacks.report import model_size
 from recipes.checkpoint import KEY, RecipeState, fold_masks, load_checkpoint, restore_structure
 from recipes.divergence import DivergenceGuard
 from recipes.errors import RecipeError
+from recipes.interrupt import SigtermStop
 from recipes.validate import check_node
 
 
@@ -181,7 +182,7 @@ def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     compression = build_compression(cfg, module.net)
     resolved = plain_config(cfg)
     callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(resolved, choices, data),
-                 DivergenceGuard()]
+                 DivergenceGuard(), SigtermStop()]
     loggers = build_loggers(cfg)
     for logger in loggers:
         logger.log_hyperparams(resolved)
