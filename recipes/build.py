@@ -5,6 +5,7 @@ about a value becomes a one-line RecipeError naming the config key."""
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from torch import nn
 from callbacks.plan import check_plan
 from callbacks.report import model_size
 from recipes.checkpoint import KEY, RecipeState, fold_masks, load_checkpoint, restore_structure
+from recipes.divergence import DivergenceGuard
 from recipes.errors import RecipeError
+from recipes.interrupt import SigtermStop
 from recipes.trusted import saved_config
 from recipes.validate import check_node
 
@@ -107,8 +110,9 @@ def check_optimizer(module: pl.LightningModule) -> None:
         raise RecipeError(f"task.optimizer / task.scheduler: {err}; e.g. task.optimizer.lr=0.001") from None
     optimizer = built["optimizer"] if isinstance(built, dict) else built
     for group in getattr(optimizer, "param_groups", []):
-        if not group.get("lr", 1.0) > 0:
-            raise RecipeError(f"task.optimizer.lr={group['lr']} must be positive, e.g. task.optimizer.lr=0.001")
+        lr = float(group.get("lr", 1.0))
+        if not (math.isfinite(lr) and lr > 0):  # inf passes `> 0` and diverges at the first step
+            raise RecipeError(f"task.optimizer.lr={lr} must be a finite positive number, e.g. task.optimizer.lr=0.001")
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -183,7 +187,8 @@ def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
     compression = build_compression(cfg, module.net)
     resolved = plain_config(cfg)
-    callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(resolved, choices, data)]
+    callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(resolved, choices, data),
+                 DivergenceGuard(), SigtermStop()]
     loggers = build_loggers(cfg)
     for logger in loggers:
         logger.log_hyperparams(resolved)

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -17,11 +18,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from recipes.errors import RecipeError
+from recipes.errors import RecipeError, RunStopped
 
 EXIT_BAD_INPUT = 2
-# What Hydra itself puts in a run dir before the task function runs.
-_HYDRA_FILES = {".hydra"}
+# What Hydra itself (and recipes/run_lock.py, its callback) puts in a run dir before the task function runs.
+_HYDRA_FILES = {".hydra", ".lock"}
 
 
 def process_rank() -> int:
@@ -144,12 +145,32 @@ def _only_hydra_files(run_dir: Path) -> bool:
     return not run_dir.exists() or all(p.name in _HYDRA_FILES or p.suffix == ".log" for p in run_dir.iterdir())
 
 
+def _outlive_launcher(timeout_s: float = 60.0) -> None:
+    """In a DDP child that Lightning started: wait (a while) for the launcher, rank 0, to exit first.
+    Lightning's process observer SIGKILLs the launcher as soon as a child exits non-zero, which would
+    cut off its message and turn its exit status into 137."""
+    if launched_externally():
+        return
+    parent, deadline = os.getppid(), time.monotonic() + timeout_s
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) -> Any:
-    """Run `task(cfg)`; on RecipeError print one line, remove a run dir this run created, exit 2."""
+    """Run `task(cfg)`; on RecipeError print one line, remove a run dir this run created, exit 2; on
+    RunStopped (diverged, SIGTERM) print one line (rank 0) and exit with its code, keeping the run dir."""
     quiet_libraries()  # again here: a submitit job calls the task function without run_main
     fresh = run_dir is not None and _only_hydra_files(Path(run_dir))
     try:
         return task(cfg)
+    except RunStopped as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if process_rank() == 0:  # every rank stops alike; one line is enough
+            print(f"error: {err}", file=sys.stderr)
+        else:
+            _outlive_launcher()
+        sys.exit(err.exit_code)
     except RecipeError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

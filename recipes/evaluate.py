@@ -4,7 +4,6 @@ config and print its test metrics, the same numbers recipes.train reported at th
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,7 +19,7 @@ from recipes import cli
 from recipes.build import build_datamodule, build_module, build_test_trainer
 from recipes.checkpoint import KEY, check_compatible, fold_masks, load_checkpoint, restore_structure
 from recipes.errors import RecipeError
-from recipes.results import print_summary
+from recipes.results import print_summary, strict_json
 from recipes.trusted import saved_config
 
 
@@ -86,9 +85,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     report = {"recipe": choices.get("recipe"), "task": choices.get("task"), "checkpoint": str(cfg.ckpt_path),
               "metrics": metrics}
     print_summary(report, title="evaluate")
-    print(json.dumps(metrics))
+    print(strict_json(metrics))
     if cfg.out:
-        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+        Path(cfg.out).write_text(strict_json(report, indent=2) + "\n")
     return report
 
 

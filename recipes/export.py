@@ -3,7 +3,6 @@ net, verified against it on the test set, to <its run dir>/export/ (or out_dir=D
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from omegaconf import DictConfig
 from recipes import cli
 from recipes.errors import RecipeError
 from recipes.evaluate import export_best, rebuild
+from recipes.results import strict_json
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -22,8 +22,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("test")
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt_path).resolve().parent.parent / "export"
     report = export_best(cfg.export, module.net, datamodule, out_dir)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report))
+    (out_dir / "report.json").write_text(strict_json(report, indent=2) + "\n")
+    print(strict_json(report))
     print(f"export dir: {out_dir}")
     return report
 

@@ -4,6 +4,7 @@ one-screen summary printed at the end of a run."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,30 @@ def relative(path: str | Path, run_dir: Path) -> str:
         return str(path)
 
 
+def finite(value: Any) -> Any:
+    """`value` with every NaN and infinity (at any depth) turned into None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON that every parser accepts. Python writes NaN and Infinity, which JSON does not have, and
+    strict parsers (JavaScript's JSON.parse, jq, Go, Rust) reject the whole file. A non-finite number
+    becomes null, JSON's "no value": a consumer keeps a numeric field numeric or missing, where a
+    string such as "nan" would change its type and break comparisons and arithmetic."""
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
+
+
 def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
     """Write results.json via a temporary file and a rename, so a reader never sees half a file."""
     target = run_dir / FILE_NAME
     tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(strict_json(results, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, target)
     return target
 

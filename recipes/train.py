@@ -22,6 +22,7 @@ from recipes.checkpoint import (check_compatible, fold_masks, load_checkpoint, r
                                 restore_structure)
 from recipes.errors import RecipeError
 from recipes.evaluate import export_best, test_metrics
+from recipes.interrupt import stop_on_sigterm
 from recipes.prerequisites import ensure_prerequisites
 from recipes.results import parallel_results, print_summary, relative, write_results
 
@@ -88,7 +89,8 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
         check_compatible(resumed, parts.module, ckpt_path)
     trainer = parts.trainer
     start = time.perf_counter()
-    trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with stop_on_sigterm(trainer):
+        trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - start
     parallel = parallel_results(trainer, parts.datamodule.batch_size, fit_seconds)
     if keep_weights and not best_checkpoint(trainer):

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from runs import mean_std, train
 
+from recipes.results import strict_json
+
 STUDENTS = {
     "student from scratch": ["recipe=distill", "task=classifier", "~prerequisites", "~task.temperature", "~task.alpha"],
     "distilled student": ["recipe=distill"],  # + task.teacher_ckpt
@@ -69,7 +71,7 @@ def main() -> None:
             runs.setdefault(name, []).append(results["metrics"])
             print(f"{name} seed {seed}: {results['metrics'].get('test/acc'):.4f}", file=sys.stderr)
 
-    (out / "compare_transfer.json").write_text(json.dumps(runs, indent=2) + "\n")
+    (out / "compare_transfer.json").write_text(strict_json(runs, indent=2) + "\n")
     print(f"\nTest accuracy in %, mean +- std over seeds {seeds} (digits, same budget per row)\n")
     print("| student (MLP [100]; teacher: convnet) | test acc |\n|---|---|")
     for name in STUDENTS:

@@ -92,7 +92,7 @@ def test_ddp_sim_trains_with_one_run_dir(start_method: str, tmp_path: Path) -> N
     run_dirs = list((tmp_path / "outputs" / "baseline").iterdir())
     assert len(run_dirs) == 1, run_dirs
     run_dir = run_dirs[0]
-    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "checkpoints", "csv", "results.json",
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", ".lock", "checkpoints", "csv", "results.json",
                                                          "tensorboard", "train.log"]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["metrics"]["test/acc"] > 0.5

@@ -1,0 +1,134 @@
+"""Every run's guard against divergence: a non-finite loss stops the run (RunStopped, exit 1) before
+any checkpoint of the broken weights is written, and a run whose training loss did not go down ends
+with a warning. build_training adds it next to RecipeState, so editing `callbacks` cannot drop it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from recipes.errors import RunStopped
+
+log = logging.getLogger(__name__)
+
+_NONE = 2**62  # "no non-finite loss yet" as a step number, so that ranks agree by taking the minimum
+
+
+def step_loss(outputs: Any) -> torch.Tensor | None:
+    """The loss a training_step returned (a tensor, or a dict's "loss"), if any."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    return loss.detach() if isinstance(loss, torch.Tensor) else None
+
+
+class DivergenceGuard(Callback):
+    """Stops the run when the training loss (or a validation metric) is NaN or infinite.
+
+    Each step only records, on the loss's device, the first step whose loss was not finite: a check
+    that read the loss every step would stall a GPU once per step. The record is read, and agreed on
+    by every rank (a collective, so all ranks stop at the same point and none waits on a stopped one),
+    every `trainer.log_every_n_steps` steps, before validation, at epoch end and before any
+    checkpoint is written; so no checkpoint holds the diverged weights, and none becomes "best".
+
+    It also compares the mean training loss of the first and the last tenth of the steps: a run whose
+    loss did not go down gets a warning (it finished, but it did not learn).
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: torch.Tensor | None = None  # step of the first non-finite loss on this rank
+        self.bad_loss: torch.Tensor | None = None  # that loss (nan, inf or -inf)
+        self.window = 0
+        self.head = [0.0, 0]  # on-device sum and count of the losses in the first window of steps
+        self.tail = [0.0, 0]
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = trainer.estimated_stepping_batches
+        self.window = max(1, int(total) // 10) if math.isfinite(total) and total >= 2 else 0
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = step_loss(outputs)
+        if loss is None:
+            return
+        step = trainer.global_step  # optimizer steps done, this one included
+        if self.first_bad is None:
+            self.first_bad = torch.full((), _NONE, dtype=torch.long, device=loss.device)
+            self.bad_loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        new = torch.logical_and(~torch.isfinite(loss), self.first_bad == _NONE)
+        self.first_bad = torch.where(new, step, self.first_bad)
+        self.bad_loss = torch.where(new, loss, self.bad_loss)
+        self._track_progress(loss, step, trainer)
+        if step % max(1, trainer.log_every_n_steps) == 0:
+            self.check(trainer)
+
+    def _track_progress(self, loss: torch.Tensor, step: int, trainer: pl.Trainer) -> None:
+        if not self.window:
+            return
+        if step <= self.window:
+            self.head = [self.head[0] + loss, self.head[1] + 1]
+        elif step > trainer.estimated_stepping_batches - self.window:
+            self.tail = [self.tail[0] + loss, self.tail[1] + 1]
+
+    def check(self, trainer: pl.Trainer) -> None:
+        """Raise RunStopped on every rank when any rank has seen a non-finite training loss."""
+        local = self.first_bad if self.first_bad is not None else torch.tensor(_NONE, device=trainer.strategy.root_device)
+        first = int(trainer.strategy.reduce(local.clone(), reduce_op="min"))
+        if first == _NONE:
+            return
+        value = float(self.bad_loss) if int(local) == first and self.bad_loss is not None else "non-finite"
+        raise RunStopped(f"train/loss became {value} at step {first} (epoch {trainer.current_epoch}): the run "
+                         f"diverged; likely {learning_rate(trainer)} is too high: lower it, or set "
+                         f"trainer.gradient_clip_val")
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.check(trainer)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The checkpoint callbacks run after this one (Lightning orders them last): a non-finite
+        # validation metric stops the run before they pick a "best" from it.
+        bad = sorted(name for name, value in trainer.callback_metrics.items()
+                     if isinstance(value, torch.Tensor) and value.numel() == 1 and not torch.isfinite(value))
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            what = f"{bad[0]} became {float(trainer.callback_metrics[bad[0]])}" if bad else "a metric became non-finite"
+            raise RunStopped(f"{what} at epoch {trainer.current_epoch} (step {trainer.global_step}): the run "
+                             f"diverged; likely {learning_rate(trainer)} is too high: lower it, or set "
+                             f"trainer.gradient_clip_val")
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)
+
+    @override
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.check(trainer)  # before the file is written: no checkpoint ever holds diverged weights
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (self.head[1] and self.tail[1]) or not trainer.is_global_zero:
+            return
+        first, last = float(self.head[0]) / self.head[1], float(self.tail[0]) / self.tail[1]
+        if not last < first:
+            log.warning(f"the run did not learn: the mean train/loss of the last {self.tail[1]} steps ({last:.4g}) "
+                        f"is not below that of the first {self.head[1]} ({first:.4g}); check "
+                        f"{learning_rate(trainer)} (too high or too low)")
+
+
+def learning_rate(trainer: pl.Trainer) -> str:
+    """The configured learning rate, as the override that sets it."""
+    groups = trainer.optimizers[0].param_groups if trainer.optimizers else []
+    if not groups:
+        return "the learning rate"
+    lr = groups[0].get("initial_lr", groups[0].get("lr"))
+    return f"task.optimizer.lr={lr:g}"

@@ -1,0 +1,44 @@
+"""A diverged run stops with one line naming the step, a non-zero exit, no NaN checkpoint and no
+invalid JSON; an infinite learning rate is refused at start-up."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from recipes.results import strict_json
+from tests.conftest import train
+
+
+def test_nonfinite_loss_stops_the_run(run_dir: Path) -> None:
+    proc = train(run_dir, "task.optimizer.lr=1e30", "trainer.max_epochs=2")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: train/loss became nan at step "), last
+    assert "(epoch 0)" in last and "task.optimizer.lr=1e+30" in last, last
+    assert run_dir.is_dir(), "the run dir (logs) is evidence: kept"
+    results = run_dir / "results.json"
+    if results.exists():  # strict JSON only
+        json.loads(results.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    for ckpt in run_dir.rglob("*.ckpt"):  # none written after the loss became NaN
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), ckpt
+
+
+def test_infinite_learning_rate_refused(run_dir: Path) -> None:
+    proc = train(run_dir, "task.optimizer.lr=inf")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: task.optimizer.lr=inf must be a finite positive number, e.g. task.optimizer.lr=0.001")
+    assert not run_dir.exists()
+
+
+def test_strict_json_writes_null_for_nonfinite() -> None:
+    text = strict_json({"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": {"d": 2}})
+    assert json.loads(text) == {"a": None, "b": [None, None, 1.5], "c": {"d": 2}}
+    assert "NaN" not in text and "Infinity" not in text
