@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
@@ -21,6 +22,7 @@ from callbacks.plan import check_plan
 from callbacks.report import model_size
 from recipes.checkpoint import KEY, RecipeState, fold_masks, load_checkpoint, restore_structure
 from recipes.errors import RecipeError
+from recipes.startup import check_strategy
 from recipes.validate import check_node
 
 
@@ -33,7 +35,7 @@ def instantiate_part(node: DictConfig, key: str, **kwargs: Any) -> Any:
         cause = err.__cause__
         if isinstance(cause, RecipeError):
             raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, (ValueError, TypeError, MisconfigurationException)):  # a value the class refuses
             raise RecipeError(keyed_message(str(cause), key, str(err))) from None
         raise
 
@@ -172,6 +174,7 @@ class Parts:
 
 def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     """All parts of a training run; its checkpoints carry what rebuilds them (RecipeState)."""
+    check_strategy(cfg, choices)  # before anything is built
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
@@ -182,10 +185,6 @@ def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     for logger in loggers:
         logger.log_hyperparams(resolved)
     trainer = build_trainer(cfg, callbacks, loggers)
-    reshaping = [name for name, step in compression.items() if hasattr(step, "restructure")]
-    if reshaping and not getattr(trainer.strategy, "restructurable", True):
-        raise RecipeError(f"compress={','.join(reshaping)} changes layer shapes during training, which "
-                          f"strategy={choices.get('strategy')} cannot follow; use strategy=ddp or single")
     return Parts(datamodule, module, compression, callbacks, loggers, trainer, model_size(module.net))
 
 
