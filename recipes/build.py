@@ -16,6 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
@@ -25,6 +26,7 @@ from recipes.checkpoint import KEY, RecipeState, fold_masks, load_checkpoint, re
 from recipes.divergence import DivergenceGuard
 from recipes.errors import RecipeError
 from recipes.interrupt import SigtermStop
+from recipes.startup import check_strategy
 from recipes.trusted import saved_config
 from recipes.validate import check_node
 
@@ -38,7 +40,7 @@ def instantiate_part(node: DictConfig, key: str, **kwargs: Any) -> Any:
         cause = err.__cause__
         if isinstance(cause, RecipeError):
             raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, (ValueError, TypeError, MisconfigurationException)):  # a value the class refuses
             raise RecipeError(keyed_message(str(cause), key, str(err))) from None
         raise
 
@@ -182,6 +184,7 @@ class Parts:
 
 def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     """All parts of a training run; its checkpoints carry what rebuilds them (RecipeState)."""
+    check_strategy(cfg, choices)  # before anything is built
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule, cfg.get("trusted_targets") or ())
     data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
@@ -193,10 +196,6 @@ def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     for logger in loggers:
         logger.log_hyperparams(resolved)
     trainer = build_trainer(cfg, callbacks, loggers)
-    reshaping = [name for name, step in compression.items() if hasattr(step, "restructure")]
-    if reshaping and not getattr(trainer.strategy, "restructurable", True):
-        raise RecipeError(f"compress={','.join(reshaping)} changes layer shapes during training, which "
-                          f"strategy={choices.get('strategy')} cannot follow; use strategy=ddp or single")
     return Parts(datamodule, module, compression, callbacks, loggers, trainer, model_size(module.net))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from recipes import config_errors
 from recipes.errors import RecipeError, RunStopped
 
 EXIT_BAD_INPUT = 2
@@ -94,6 +95,18 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
+def log_libraries_to_file() -> None:
+    """Hydra's job logging sends the root logger to <run dir>/train.log, but Lightning's loggers keep
+    their own console handler and do not propagate (Lightning imported before Hydra set up logging):
+    give them the root's file handlers too, so train.log holds the run's log lines, console unchanged."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in files:
+            if not logger.propagate and handler not in logger.handlers:
+                logger.addHandler(handler)
+
+
 def register_resolvers() -> None:
     """Resolvers used by conf/: ${rank_zero_path:P} is P on rank 0 and the null device elsewhere;
     ${rank_zero_only:V} is V on rank 0 and null elsewhere; ${run_id:} names the launch (see run_id),
@@ -156,10 +169,29 @@ def _outlive_launcher(timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def _sweep_dir() -> Path | None:
+    """The sweep dir of a multirun job, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir)
+
+
+def _remove_fresh(run_dir: str) -> None:
+    """Remove a run dir this run created, and a sweep dir left holding only Hydra's multirun.yaml."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    sweep = _sweep_dir()
+    if sweep is not None and sweep.is_dir() and all(p.name == "multirun.yaml" for p in sweep.iterdir()):
+        shutil.rmtree(sweep, ignore_errors=True)
+
+
 def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) -> Any:
     """Run `task(cfg)`; on RecipeError print one line, remove a run dir this run created, exit 2; on
     RunStopped (diverged, SIGTERM) print one line (rank 0) and exit with its code, keeping the run dir."""
     quiet_libraries()  # again here: a submitit job calls the task function without run_main
+    log_libraries_to_file()
     fresh = run_dir is not None and _only_hydra_files(Path(run_dir))
     try:
         return task(cfg)
@@ -175,7 +207,7 @@ def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) ->
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if fresh and process_rank() == 0:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove_fresh(run_dir)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
@@ -184,6 +216,7 @@ def run_main(hydra_main: Callable[[], Any]) -> None:
     """Console-script body: pre-flight the overrides, then hand over to the @hydra.main function."""
     register_resolvers()
     quiet_libraries()
+    config_errors.install()  # a misspelt override key: one line with the near name, exit 2
     try:
         preflight(sys.argv[1:])
     except RecipeError as err:

@@ -25,6 +25,7 @@ from recipes.evaluate import export_best, test_metrics
 from recipes.interrupt import stop_on_sigterm
 from recipes.prerequisites import ensure_prerequisites
 from recipes.results import parallel_results, print_summary, relative, write_results
+from recipes.startup import check_plan
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -134,6 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     check_launch(cfg)
     run_dir = Path(cfg.paths.run_dir)
     choices = dict(HydraConfig.get().runtime.choices)
+    check_plan(cfg, choices)  # the whole plan, before any prerequisite trains
     ensure_prerequisites(cfg, run_dir, choices, fit_and_test)
     results = fit_and_test(cfg, choices)
     if results is not None:

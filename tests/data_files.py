@@ -99,3 +99,16 @@ def write_image_folder(root: Path, layout: str = "splits", classes: Sequence[str
                 image = Image.fromarray(pixels)  # 2-D uint8: mode L
                 (image.convert(mode) if mode != "L" else image).save(folder / f"{name}_{i}.png")
     return Path(root)
+
+
+def write_png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares `width` x `height` pixels but holds no pixel data: PIL reads its size from
+    the header (IHDR) alone, so it stands in for a huge image without the memory or the disk."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return Path(path)

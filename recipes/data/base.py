@@ -4,6 +4,7 @@ shuffling is seeded by (seed, epoch), so a resumed run sees the same batches as 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,8 +67,9 @@ class ImageDataModule(pl.LightningDataModule):
         super().__init__()
         if train_samples is not None and train_samples <= 0:
             raise ValueError(f"data.train_samples={train_samples} must be a positive count or null (all)")
-        if batch_size <= 0:
-            raise ValueError(f"data.batch_size={batch_size} must be a positive integer, e.g. 64")
+        if not 0 < batch_size <= sys.maxsize:  # above sys.maxsize the DataLoader fails at the first batch
+            raise ValueError(f"data.batch_size={batch_size} must be a positive integer up to {sys.maxsize} (a batch "
+                             "larger than the data set is the whole set), e.g. 64")
         if num_workers < 0:
             raise ValueError(f"data.num_workers={num_workers} must be >= 0")
         if image_size is not None and image_size <= 0:

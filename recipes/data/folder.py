@@ -7,24 +7,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 
 from recipes.data.base import ImageDataModule, TransformedDataset
+from recipes.data.files import check_image, load_image
 from recipes.errors import RecipeError
 
 SPLITS = ("train", "val", "test")
 
 
-def _load(path: str, mode: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert(mode)
-
-
 class ImageFolderDataModule(ImageDataModule):
-    """Scans the folders at construction, so a bad layout fails at start-up, before any training."""
+    """Scans the folders and checks every image file at construction (see recipes/data/files.py), so a
+    bad layout or a bad file fails at start-up, before any training, and names the file."""
 
     def __init__(
         self,
@@ -42,7 +38,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.root = Path(root)
         if not self.root.is_dir():
             raise RecipeError(f"data.root={root} is not a folder: point it at an ImageFolder tree")
-        loader = partial(_load, mode="L" if self.channels == 1 else "RGB")
+        loader = partial(load_image, mode="L" if self.channels == 1 else "RGB")
         present = [s for s in SPLITS if (self.root / s).is_dir()]
         if present:
             missing = [s for s in SPLITS if s not in present]
@@ -63,9 +59,12 @@ class ImageFolderDataModule(ImageDataModule):
     @staticmethod
     def _scan(folder: Path, loader: Any) -> ImageFolder:
         try:
-            return ImageFolder(str(folder), loader=loader)
+            found = ImageFolder(str(folder), loader=loader)
         except FileNotFoundError as err:
             raise RecipeError(f"no images in {folder}: {err} (expected {folder}/<class>/<image>.png)") from None
+        for path, _ in found.samples:
+            check_image(path)
+        return found
 
     def _check_classes(self) -> None:
         expected = set(self._folders["train"].classes)

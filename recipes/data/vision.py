@@ -11,6 +11,7 @@ from torch.utils.data import Subset
 from torchvision import datasets
 
 from recipes.data.base import ImageDataModule, TransformedDataset
+from recipes.data.files import check_idx_pair
 from recipes.errors import RecipeError
 
 # name -> (channels, side, classes) of the images as torchvision returns them
@@ -42,6 +43,17 @@ class TorchvisionDataModule(ImageDataModule):
                 f"data.root={root} is missing or empty: put the {dataset} files there "
                 f"(torchvision's layout) or pass data.download=true"
             )
+        if not download:
+            self._check_files()  # after a download, setup checks them
+
+    def _check_files(self) -> None:
+        """IDX headers of the MNIST family: images and labels of each split must agree in count
+        (torchvision would index past the shorter one mid-training)."""
+        if not issubclass(getattr(datasets, self.dataset), datasets.MNIST):
+            return
+        raw = self.root / self.dataset / "raw"  # torchvision's MNIST.raw_folder
+        for prefix in ("train", "t10k"):
+            check_idx_pair(raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte")
 
     def _open(self, train: bool, download: bool = False) -> Any:
         cls = getattr(datasets, self.dataset)
@@ -60,6 +72,7 @@ class TorchvisionDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self._check_files()
         full_train, test = self._open(train=True), self._open(train=False)
         generator = torch.Generator().manual_seed(self.split_seed)
         order = torch.randperm(len(full_train), generator=generator).tolist()

@@ -106,11 +106,18 @@ class PipelineStrategy(DDPStrategy):
         self._schedules.clear()
 
     @staticmethod
-    def _check_module(module: pl.LightningModule) -> nn.Sequential:
+    def check_task(task: type) -> None:
+        """The tasks this strategy serves, declared for start-up checks (recipes/startup.py), which
+        run before any prerequisite model trains."""
+        if getattr(task, "training_step", None) is not ClassifierModule.training_step:
+            raise ValueError(f"strategy=pipeline trains a module whose training_step is loss_fn(net(x), y) with an "
+                             f"nn.Sequential net (task=classifier); {task.__name__} is not one")
+
+    @classmethod
+    def _check_module(cls, module: pl.LightningModule) -> nn.Sequential:
+        cls.check_task(type(module))
         net, loss_fn = getattr(module, "net", None), getattr(module, "loss_fn", None)
-        if not isinstance(net, nn.Sequential) or not callable(loss_fn) or (
-            type(module).training_step is not ClassifierModule.training_step
-        ):
+        if not isinstance(net, nn.Sequential) or not callable(loss_fn):
             raise ValueError(f"strategy=pipeline trains a module whose training_step is loss_fn(net(x), y) with an "
                              f"nn.Sequential net (task=classifier); {type(module).__name__} is not one")
         return net

@@ -1,0 +1,114 @@
+"""Start-up checks of the whole plan of a run, before any model (a prerequisite included) trains: the
+values Lightning or torch would only reject mid-run (or accept and do nothing with), and the
+combinations a strategy refuses. Each check reads the config and class declarations only; nothing is
+built here that the run builds again, except the net of a compression plan whose run must first
+train a prerequisite (otherwise the plan is checked where the net is built, still before training)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import get_object
+from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from omegaconf import DictConfig
+
+from recipes.errors import RecipeError
+
+
+def check_seed(seed: Any) -> None:
+    """Lightning seeds numpy too, which takes only unsigned 32-bit seeds."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not min_seed_value <= seed <= max_seed_value:
+        raise RecipeError(f"seed={seed} must be an integer from {min_seed_value} to {max_seed_value}, e.g. seed=0")
+
+
+def starts_from_weights(cfg: DictConfig) -> bool:
+    """Whether the net begins from a checkpoint (a resume, or a reference model the task loads), so that
+    a run that trains nothing still tests a trained net (e.g. the source model before fine-tuning)."""
+    task = cfg.get("task") or {}
+    references = [str(k)[: -len("_ckpt")] for k in task if str(k).endswith("_ckpt")]
+    return bool(cfg.get("ckpt_path")) or any(task[f"{name}_ckpt"] or name in (cfg.get("prerequisites") or {})
+                                             for name in references)
+
+
+def check_budget(cfg: DictConfig) -> None:
+    """trainer.max_epochs / max_steps: -1 is "no limit", below that Lightning raises mid-build, and 0
+    trains nothing, which would then test and ship an untrained net as if it were a result."""
+    trainer = cfg.trainer
+    for key, unlimited in (("max_epochs", "-1 (no limit, with trainer.max_steps)"), ("max_steps", "-1 (no limit)")):
+        value = trainer.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, int):
+            continue  # null: Lightning's default; other types: the signature check names them
+        if value < -1:
+            raise RecipeError(f"trainer.{key}={value} must be a positive count or {unlimited}, "
+                              f"e.g. trainer.{key}={20 if key == 'max_epochs' else -1}")
+        if value == 0 and not trainer.get("fast_dev_run") and not starts_from_weights(cfg):
+            raise RecipeError(f"trainer.{key}=0 trains nothing, so the run would test and ship an untrained net: "
+                              f"give trainer.{key}>=1, or start from weights (task.init_ckpt=PATH or ckpt_path=PATH)")
+
+
+def accelerator_available(name: str) -> bool:
+    """What Lightning's accelerator connector would find: "gpu" is CUDA or MPS; "auto" always works."""
+    if name == "auto":
+        return True
+    names = ("cuda", "mps") if name == "gpu" else (name,)
+    registered = [n for n in names if n in AcceleratorRegistry]
+    if not registered:
+        return True  # an accelerator this check does not know: Lightning's own error names it
+    return any(AcceleratorRegistry[n]["accelerator"].is_available() for n in registered)
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    if isinstance(accelerator, str) and not accelerator_available(accelerator):
+        raise RecipeError(f"trainer.accelerator={accelerator} but this machine has no {accelerator} device that "
+                          f"torch can use: run with trainer=cpu (or trainer.accelerator=auto)")
+
+
+def check_strategy(cfg: DictConfig, choices: dict[str, Any]) -> None:
+    """The strategy's own declarations against the task and the compression steps (see Strategy in
+    DESIGN.md's extension contracts): `check_task(task_class)` and `restructurable`."""
+    target = cfg.strategy.get("_target_") if "strategy" in cfg else None
+    if not target:
+        return
+    strategy = get_object(target)
+    task_target = (cfg.get("task") or {}).get("_target_")
+    check_task = getattr(strategy, "check_task", None)
+    if check_task is not None and task_target:
+        try:
+            check_task(get_object(task_target))
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+    reshaping = [name for name, node in (cfg.get("compress") or {}).items()
+                 if node and "_target_" in node and hasattr(get_object(node._target_), "restructure")]
+    if reshaping and not getattr(strategy, "restructurable", True):
+        raise RecipeError(f"compress={','.join(reshaping)} changes layer shapes during training, which "
+                          f"strategy={choices.get('strategy')} cannot follow; use strategy=ddp or single")
+
+
+def pending_prerequisites(cfg: DictConfig) -> list[str]:
+    """The prerequisite models this run would train before its own fit."""
+    task = cfg.get("task") or {}
+    return [name for name in cfg.get("prerequisites") or {} if not task.get(f"{name}_ckpt")]
+
+
+def check_compression_plan(cfg: DictConfig) -> None:
+    """The compression plan needs the net; build it (data shape and model only) now when a prerequisite
+    would otherwise train before the run's own build finds the plan wrong."""
+    if not cfg.get("compress") or not pending_prerequisites(cfg):
+        return
+    from recipes.build import build_compression, build_datamodule, instantiate_part
+
+    datamodule = build_datamodule(cfg)
+    net = instantiate_part(cfg.model, "model", input_shape=list(datamodule.input_shape),
+                           num_classes=datamodule.num_classes)
+    build_compression(cfg, net)
+
+
+def check_plan(cfg: DictConfig, choices: dict[str, Any]) -> None:
+    """Every start-up check of the run's own config, cheapest first."""
+    check_seed(cfg.get("seed"))
+    check_budget(cfg)
+    check_accelerator(cfg)
+    check_strategy(cfg, choices)
+    check_compression_plan(cfg)

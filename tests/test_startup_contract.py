@@ -1,0 +1,64 @@
+"""Start-up refusals: one line naming the value and the fix, exit 2, no traceback, no run dir left,
+and nothing trained first (a prerequisite included)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_module, train
+from tests.test_bad_input import assert_clean_failure
+
+CASES = {
+    "negative seed": (["seed=-1"], ["seed=-1", "0 to 4294967295"]),
+    "seed beyond uint32": (["seed=4294967296"], ["seed=4294967296", "e.g. seed=0"]),
+    "negative max_epochs": (["trainer.max_epochs=-5"], ["trainer.max_epochs=-5", "e.g. trainer.max_epochs=20"]),
+    "zero max_epochs": (["trainer.max_epochs=0"], ["trainer.max_epochs=0 trains nothing", "untrained"]),
+    "batch size beyond a DataLoader": ([f"data.batch_size={sys.maxsize + 1}"], [f"data.batch_size={sys.maxsize + 1}"]),
+    "misspelt key": (["trainer.max_epoch=3"], ["trainer.max_epoch is not a config key",
+                                              "did you mean trainer.max_epochs?"]),
+    "pipeline cannot train a distilled student": (["strategy=pipeline", "recipe=distill"],
+                                                  ["strategy=pipeline", "DistillModule"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_startup_refusal(case: str, run_dir: Path) -> None:
+    overrides, expected = CASES[case]
+    proc = train(run_dir, *overrides)
+    assert_clean_failure(proc, run_dir, *expected)
+    assert proc.returncode == 2
+    assert "training the teacher" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="this machine has a GPU")
+def test_gpu_preset_without_a_gpu(run_dir: Path) -> None:
+    proc = train(run_dir, "trainer=gpu")
+    assert_clean_failure(proc, run_dir, "trainer.accelerator=gpu", "trainer=cpu")
+    assert proc.returncode == 2
+
+
+def test_run_dir_that_cannot_be_created(tmp_path: Path) -> None:
+    """A run dir below a regular file (root ignores chmod, so a read-only folder proves nothing here)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = train(blocker / "run")
+    assert_clean_failure(proc, None, f"hydra.run.dir={blocker / 'run'}", "is a file")
+    assert proc.returncode == 2 and blocker.is_file()
+
+
+def test_refused_multirun_leaves_no_sweep_dir(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_module("recipes.train", "--multirun", "seed=0,1", "trainer=ddp_sim", f"hydra.sweep.dir={sweep}")
+    assert_clean_failure(proc, None, "multirun")
+    assert not sweep.exists(), sorted(p.name for p in sweep.rglob("*"))
+
+
+def test_train_log_holds_the_runs_log_lines(run_dir: Path) -> None:
+    proc = train(run_dir, "debug=fast_dev_run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (run_dir / "train.log").read_text()
+    assert "GPU available" in log and "fast_dev_run" in log, log
