@@ -24,6 +24,7 @@ from recipes.errors import RecipeError
 from recipes.evaluate import export_best, test_metrics
 from recipes.prerequisites import ensure_prerequisites
 from recipes.results import parallel_results, print_summary, relative, write_results
+from recipes.strategies.timeout import collective_failure
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -88,7 +89,13 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
         check_compatible(resumed, parts.module, ckpt_path)
     trainer = parts.trainer
     start = time.perf_counter()
-    trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except Exception as err:
+        stalled = collective_failure(err, trainer.strategy)
+        if stalled is None:
+            raise
+        raise RecipeError(stalled) from None
     fit_seconds = time.perf_counter() - start
     parallel = parallel_results(trainer, parts.datamodule.batch_size, fit_seconds)
     if keep_weights and not best_checkpoint(trainer):

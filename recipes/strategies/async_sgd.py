@@ -68,8 +68,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim import Optimizer
 
+from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, collective_timeout
+
 START_METHODS = ("forkserver", "spawn")
-SYNC_TIMEOUT = timedelta(minutes=30)  # how long a node leader waits for the others (start-up and each round)
 
 
 class _HogwildLauncher(_MultiProcessingLauncher):
@@ -90,12 +91,14 @@ class AsyncSGDStrategy(DDPStrategy):
     so `setup` points the parameters back at the shared storage). fork is refused (see above).
     sync_every: with trainer.num_nodes > 1, the node updates (all its workers' optimizer steps) between
     two averages of the nodes' weights. Unused on one node.
+    timeout / startup_timeout: seconds a node leader waits for the other leaders in an average / at start-up.
     """
 
     restructurable = False  # compression steps that change layer shapes mid-fit are refused at start-up
 
     def __init__(self, start_method: Literal["forkserver", "spawn"] = "forkserver", sync_every: int = 32,
-                 **kwargs: Any) -> None:
+                 timeout: float | timedelta = DEFAULT_SECONDS,
+                 startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS, **kwargs: Any) -> None:
         if start_method not in START_METHODS:
             why = ("fork deadlocks the workers once torch's thread pool runs in the main process" if start_method == "fork"
                    else "popen would re-run the script: no shared memory")
@@ -104,7 +107,9 @@ class AsyncSGDStrategy(DDPStrategy):
         if not isinstance(sync_every, int) or sync_every < 1:
             raise ValueError(f"strategy.sync_every={sync_every} must be an integer >= 1 (node updates between "
                              "averages across nodes), e.g. strategy.sync_every=32")
-        super().__init__(start_method=start_method, **kwargs)
+        super().__init__(start_method=start_method, timeout=collective_timeout(startup_timeout, "startup_timeout"),
+                         **kwargs)
+        self.collective_timeout = collective_timeout(timeout)
         self.sync_every = sync_every
         self._leaders: Any = None  # the node leaders' gloo group (this node's local rank 0, num_nodes > 1)
         self._rounds = 0  # averages across nodes each leader makes during fit, the final one excluded
@@ -170,9 +175,9 @@ class AsyncSGDStrategy(DDPStrategy):
         if self.num_nodes > 1 and self.local_rank == 0:
             env = self.cluster_environment
             store = dist.TCPStore(env.main_address, env.main_port, self.num_nodes, self.node_rank == 0,
-                                  timeout=SYNC_TIMEOUT)
+                                  timeout=self._timeout)
             self._leaders = dist.ProcessGroupGloo(dist.PrefixStore("async_sgd_leaders", store), self.node_rank,
-                                                  self.num_nodes, SYNC_TIMEOUT)
+                                                  self.num_nodes, self.collective_timeout)
 
     def setup(self, trainer: Any) -> None:
         # Strategy.setup, not DDPStrategy's: the module is not wrapped in DistributedDataParallel.
