@@ -20,12 +20,13 @@ from recipes import cli
 from recipes.build import Parts, build_training
 from recipes.checkpoint import (check_compatible, fold_masks, load_checkpoint, resolve_ckpt_path,
                                 restore_structure)
-from recipes.errors import RecipeError
+from recipes.errors import RecipeError, RunStopped
 from recipes.evaluate import export_best, test_metrics
 from recipes.interrupt import stop_on_sigterm
 from recipes.prerequisites import ensure_prerequisites
 from recipes.results import parallel_results, print_summary, relative, write_results
 from recipes.startup import check_plan
+from recipes.strategies.timeout import collective_failure
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -91,7 +92,13 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
     trainer = parts.trainer
     start = time.perf_counter()
     with stop_on_sigterm(trainer):
-        trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except Exception as err:
+            stalled = collective_failure(err, trainer.strategy)  # a lost peer: one line, run dir kept
+            if stalled is None:
+                raise
+            raise RunStopped(stalled) from None
     fit_seconds = time.perf_counter() - start
     parallel = parallel_results(trainer, parts.datamodule.batch_size, fit_seconds)
     if keep_weights and not best_checkpoint(trainer):

@@ -1,10 +1,17 @@
 """Asynchronous SGD (`strategy=async`): Hogwild! (Recht et al. 2011) within a machine, local SGD across machines.
 
 The module's parameters move to shared memory before the worker processes start (torch.multiprocessing,
-via Lightning's own multiprocessing launcher). Each worker reads its DistributedSampler shard and runs its
-own optimizer straight on the shared parameters: no DDP wrapper, no gradient all-reduce, no process group.
-A worker never waits for another while training, so a slow worker slows only itself; the price is that
-workers compute gradients on weights that others are changing (stale, lock-free updates).
+via Lightning's own multiprocessing launcher). Workers never fork from the main process: by then torch has
+run kernels there and started its OpenMP intra-op thread pool, and a forked child that enters a parallel
+region waits forever for pool threads that do not exist in it (a 0%-CPU hang, seen with one worker per
+node, or whenever a worker gets more than one thread). A fork server, started fresh and importing only
+code, forks them instead (or spawn starts them), so every worker builds its own pool.
+
+Each worker reads its DistributedSampler shard and runs its own optimizer straight on the shared parameters:
+no DDP wrapper, no gradient all-reduce, no process group. A worker never waits for another while training,
+so a slow worker slows only itself; the price is that workers compute gradients on weights that others are
+changing (stale, lock-free updates). One worker (trainer.devices=1) is plain SGD on the node: allowed, since
+one worker per node is the natural multi-node layout (local SGD between nodes).
 
 Every place where Lightning would make ranks agree is rank-local here: `barrier` does nothing,
 `broadcast` returns the caller's object, `reduce` (self.log(sync_dist=True)) returns the local value, and
@@ -42,6 +49,7 @@ error, never a silent fallback. On GPUs use torchft (see the README).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from datetime import timedelta
 from typing import Any, Callable, Literal
@@ -60,8 +68,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim import Optimizer
 
-START_METHODS = ("fork", "spawn", "forkserver")
-SYNC_TIMEOUT = timedelta(minutes=30)  # how long a node leader waits for the others (start-up and each round)
+from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, collective_timeout
+
+START_METHODS = ("forkserver", "spawn")
 
 
 class _HogwildLauncher(_MultiProcessingLauncher):
@@ -69,30 +78,38 @@ class _HogwildLauncher(_MultiProcessingLauncher):
 
     def launch(self, function: Callable, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
         self._strategy.share_parameters()
+        if self._start_method == "forkserver":
+            mp.set_forkserver_preload(_preload_modules())
         return super().launch(function, *args, trainer=trainer, **kwargs)
 
 
 class AsyncSGDStrategy(DDPStrategy):
     """Hogwild asynchronous SGD: N CPU worker processes updating one set of shared parameters.
 
-    start_method: how workers start. fork (default) inherits the shared pages directly; spawn and
-    forkserver pickle them (Lightning then copies module tensors, so `setup` points the parameters back
-    at the shared storage).
+    start_method: how workers start, forkserver (default: forked from a clean, warm server) or spawn (a new
+    interpreter each); both pass the shared pages by pickling (spawn makes Lightning copy module tensors,
+    so `setup` points the parameters back at the shared storage). fork is refused (see above).
     sync_every: with trainer.num_nodes > 1, the node updates (all its workers' optimizer steps) between
     two averages of the nodes' weights. Unused on one node.
+    timeout / startup_timeout: seconds a node leader waits for the other leaders in an average / at start-up.
     """
 
     restructurable = False  # compression steps that change layer shapes mid-fit are refused at start-up
 
-    def __init__(self, start_method: Literal["fork", "spawn", "forkserver"] = "fork", sync_every: int = 32,
-                 **kwargs: Any) -> None:
+    def __init__(self, start_method: Literal["forkserver", "spawn"] = "forkserver", sync_every: int = 32,
+                 timeout: float | timedelta = DEFAULT_SECONDS,
+                 startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS, **kwargs: Any) -> None:
         if start_method not in START_METHODS:
-            raise ValueError(f"strategy.start_method={start_method} must be one of {', '.join(START_METHODS)}, "
-                             "e.g. strategy.start_method=fork (popen would re-run the script: no shared memory)")
+            why = ("fork deadlocks the workers once torch's thread pool runs in the main process" if start_method == "fork"
+                   else "popen would re-run the script: no shared memory")
+            raise ValueError(f"strategy.start_method={start_method} must be one of {', '.join(START_METHODS)} ({why}), "
+                             "e.g. strategy.start_method=forkserver")
         if not isinstance(sync_every, int) or sync_every < 1:
             raise ValueError(f"strategy.sync_every={sync_every} must be an integer >= 1 (node updates between "
                              "averages across nodes), e.g. strategy.sync_every=32")
-        super().__init__(start_method=start_method, **kwargs)
+        super().__init__(start_method=start_method, timeout=collective_timeout(startup_timeout, "startup_timeout"),
+                         **kwargs)
+        self.collective_timeout = collective_timeout(timeout)
         self.sync_every = sync_every
         self._leaders: Any = None  # the node leaders' gloo group (this node's local rank 0, num_nodes > 1)
         self._rounds = 0  # averages across nodes each leader makes during fit, the final one excluded
@@ -141,7 +158,7 @@ class AsyncSGDStrategy(DDPStrategy):
 
     def set_world_ranks(self) -> None:
         """torchrun (--nproc_per_node=1) and srun (--ntasks-per-node=1) start one process per node, which
-        forks the node's workers itself: their ranks come from the node rank and the local rank, not from
+        starts the node's workers itself: their ranks come from the node rank and the local rank, not from
         the launcher's RANK / SLURM_PROCID (one per node). So take the node rank and the leaders' meeting
         point from the launcher's environment, then count ranks as a self-launched run does."""
         env = self.cluster_environment
@@ -158,9 +175,9 @@ class AsyncSGDStrategy(DDPStrategy):
         if self.num_nodes > 1 and self.local_rank == 0:
             env = self.cluster_environment
             store = dist.TCPStore(env.main_address, env.main_port, self.num_nodes, self.node_rank == 0,
-                                  timeout=SYNC_TIMEOUT)
+                                  timeout=self._timeout)
             self._leaders = dist.ProcessGroupGloo(dist.PrefixStore("async_sgd_leaders", store), self.node_rank,
-                                                  self.num_nodes, SYNC_TIMEOUT)
+                                                  self.num_nodes, self.collective_timeout)
 
     def setup(self, trainer: Any) -> None:
         # Strategy.setup, not DDPStrategy's: the module is not wrapped in DistributedDataParallel.
@@ -304,3 +321,17 @@ def _training_over(trainer: Any) -> bool:
     steps_done = trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
     last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
     return steps_done or (last_epoch and epoch_loop._num_ready_batches_reached())
+
+
+def _preload_modules() -> list[str]:
+    """What the fork server imports once, so that each worker it forks starts warm instead of importing torch,
+    Lightning and the recipe again: Lightning and the modules of the script's package loaded so far (for
+    `python -m recipes.train`, every recipes.* module but recipes.train itself, which each worker runs as its
+    __mp_main__). Importing runs no torch kernel, so the server never starts the intra-op thread pool that
+    forking would break; each worker starts its own."""
+    main = getattr(sys.modules["__main__"], "__spec__", None)
+    if main is None or not main.name:
+        return ["lightning.pytorch"]
+    package = main.name.partition(".")[0]
+    return ["lightning.pytorch", *(name for name in list(sys.modules)
+                                   if name.partition(".")[0] == package and name != main.name)]

@@ -10,6 +10,7 @@ backward (with loss scaling, gradient accumulation and clipping) and optimizer s
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -20,10 +21,13 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from typing_extensions import override
 
 from modules.classifier import ClassifierModule
 from recipes.errors import RecipeError
 from recipes.strategies import pipeline_stages as stages
+from recipes.strategies.timeout import (DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, collective_timeout, meet,
+                                       stop_started_ranks)
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -60,6 +64,8 @@ class PipelineStrategy(DDPStrategy):
         split_points: list[int] | None = None,
         process_group_backend: str | None = None,
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+        timeout: float | timedelta = DEFAULT_SECONDS,
+        startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS,
     ) -> None:
         if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
             raise ValueError(f"strategy.microbatches={microbatches} must be an integer >= 1, "
@@ -67,11 +73,22 @@ class PipelineStrategy(DDPStrategy):
         if schedule not in SCHEDULES:
             raise ValueError(f"strategy.schedule={schedule!r} must be one of {', '.join(SCHEDULES)}, "
                              "e.g. strategy.schedule=1f1b")
-        super().__init__(process_group_backend=process_group_backend, start_method=start_method)
+        super().__init__(process_group_backend=process_group_backend, start_method=start_method,
+                         timeout=collective_timeout(startup_timeout, "startup_timeout"))
+        self.collective_timeout, self.ranks_met = collective_timeout(timeout), False
         self.microbatches, self.schedule_name = microbatches, schedule
         self.split_points = stages.check_split_points(split_points)
         self.comm_bytes = 0  # bytes this rank sent: activations, activation gradients, loss, weight gathers
         self._schedules: dict[int, Any] = {}
+
+    @override
+    def setup_distributed(self) -> None:
+        meet(self, super().setup_distributed)
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        super().on_exception(exception)
+        stop_started_ranks(self)
 
     # --- launch-time checks (run while the Trainer is built, before any process starts) ----------
     def _configure_launcher(self) -> None:

@@ -1,0 +1,95 @@
+"""`strategy.timeout`: how long a rank waits in a collective (all-reduce, broadcast, barrier) for the other
+ranks before the run fails; `strategy.startup_timeout`: how long ranks wait for each other to start (the
+rendezvous, where one rank may still be importing or its node still booting).
+
+gloo's default is 30 minutes for both, so a stopped or hung rank used to keep the others idle for half an
+hour. With minutes instead, a run whose rank stops fails with one line naming the knob
+(`collective_failure`) and a non-zero exit. One timeout for both would make a short collective timeout fail
+slow start-ups, so the process group is created with the start-up one and then set to the collective one
+(torch.distributed.set_timeout). Raise `timeout` when ranks legitimately wait longer for each other (a very
+slow checkpoint or validation on one rank).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from torch.multiprocessing import ProcessRaisedException
+
+DEFAULT_SECONDS = 300.0
+DEFAULT_STARTUP_SECONDS = 600.0
+
+
+def collective_timeout(seconds: float | timedelta, key: str = "timeout") -> timedelta:
+    """`strategy.<key>` (seconds, as the YAML gives it) as the timedelta torch.distributed takes."""
+    if isinstance(seconds, timedelta):
+        return seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        example = DEFAULT_SECONDS if key == "timeout" else DEFAULT_STARTUP_SECONDS
+        raise ValueError(f"strategy.{key}={seconds} must be a positive number of seconds (how long a rank waits "
+                         f"for the others), e.g. strategy.{key}={example:g}")
+    return timedelta(seconds=seconds)
+
+
+# What gloo's errors say when a peer stopped answering or went away (some reach Python as plain RuntimeErrors,
+# e.g. from DDP's reducer, rather than torch.distributed.DistError).
+_PEER_LOST = ("timeout caused pair closure", "Timed out", "Connection closed by peer", "Connection reset by peer")
+
+
+def _lost_peer(err: BaseException) -> bool:
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err)
+    if isinstance(err, ProcessRaisedException):
+        return "DistError" in text or "DistBackendError" in text or any(m in text for m in _PEER_LOST)
+    return isinstance(err, RuntimeError) and any(marker in text for marker in _PEER_LOST)
+
+
+def collective_failure(err: BaseException, strategy: Any) -> str | None:
+    """One line for a run that failed because another rank stopped answering in a collective, or None
+    when `err` is something else. `strategy` has `collective_timeout`, and `ranks_met` once the process
+    group is up (see `meet`). A worker started by Lightning's multiprocessing launcher (spawn,
+    forkserver) reaches the main process as a ProcessRaisedException that carries its traceback as text."""
+    if not hasattr(strategy, "collective_timeout"):  # one process: no other rank to lose
+        return None
+    while err is not None and not _lost_peer(err):
+        err = err.__cause__ or err.__context__
+    if err is None:
+        return None
+    text = str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = next((line for line in reversed(lines) if "Error" in line or "timed out" in line.lower()), lines[-1])
+    if isinstance(err, ProcessRaisedException):  # a worker's: this process cannot tell which phase it was in
+        key, waited = "timeout", " (strategy.startup_timeout while the ranks start)"
+    elif getattr(strategy, "ranks_met", False):
+        key, waited = "timeout", f"={strategy.collective_timeout.total_seconds():g}s"
+    else:
+        key, waited = "startup_timeout", f"={strategy._timeout.total_seconds():g}s"
+    return (f"another rank stopped answering within strategy.{key}{waited} (it stopped, died or hung; "
+            f"{reason[:200]}): check the other ranks' output, or raise strategy.{key} if ranks legitimately "
+            "wait longer for each other")
+
+
+def meet(strategy: Any, setup_distributed: Any) -> None:
+    """Create the process group (`setup_distributed`, which waits up to the start-up timeout for every
+    rank), then give its collectives the run's timeout."""
+    setup_distributed()
+    if dist.is_initialized():
+        dist.set_timeout(strategy.collective_timeout)
+    strategy.ranks_met = True
+
+
+def stop_started_ranks(strategy: Any) -> None:
+    """When the rank that started the others (`start_method=popen`) fails, take them down with it: Lightning
+    does so only on Ctrl-C, and a stopped or hung rank would otherwise outlive the run. SIGKILL also ends a
+    stopped process. (Workers of spawn / forkserver launches are ended by torch.multiprocessing.)"""
+    launcher = strategy.launcher
+    if isinstance(launcher, _SubprocessScriptLauncher):
+        launcher.kill(signal.SIGKILL)
+        for proc in launcher.procs:
+            proc.wait(timeout=30)  # reap it: no zombie left behind

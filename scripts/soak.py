@@ -1,0 +1,120 @@
+"""Repeated-run check for hangs: run `python -m recipes.train trainer=ddp_sim strategy=S` N times per
+strategy, each under a hard timeout, and print how many runs finished, failed or hung.
+
+    python scripts/soak.py --runs 30 [--timeout 180] [--strategies ddp,model_avg,async,pipeline] [OVERRIDE ...]
+
+A run is killed with its whole process group (its ranks, its fork server) when it outlives --timeout; if
+py-spy is installed (on PATH or --py-spy), every process of a hung run has its Python stack printed first,
+which shows which collective each rank was waiting in. Exit status: 0 only when every run succeeded.
+Runs are tiny (digits, one epoch, no progress bar) so that N runs per strategy stay cheap; extra Hydra
+overrides given on the command line are added to every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STRATEGIES = ("ddp", "model_avg", "async", "pipeline")
+TINY = ("trainer.max_epochs=1", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
+        "callbacks.model_summary=null", "logger=csv")
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The processes of one process group (Linux /proc), so that a hung run's ranks can be inspected."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+            if int(fields[2]) == pgid:
+                pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def dump_stacks(pgid: int, py_spy: str | None) -> str:
+    if not py_spy:
+        return "(install py-spy to see where each rank waited)"
+    dumps = []
+    for pid in group_pids(pgid):
+        proc = subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+        dumps.append(f"--- pid {pid}\n{proc.stdout or proc.stderr}")
+    return "\n".join(dumps)
+
+
+def run_once(strategy: str, run_dir: Path, timeout: float, overrides: list[str],
+             py_spy: str | None) -> tuple[str, float, str]:
+    """One run in its own session: ('ok' | 'failed' | 'hung', seconds, what to show if it went wrong)."""
+    command = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", "trainer=ddp_sim",
+               f"strategy={strategy}", *TINY, *overrides]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stacks = dump_stacks(proc.pid, py_spy)
+        os.killpg(proc.pid, signal.SIGKILL)  # the ranks and fork server share the run's process group
+        _, err = proc.communicate()
+        return "hung", time.perf_counter() - start, f"{stacks}\n{last_lines(err)}"
+    seconds = time.perf_counter() - start
+    return ("ok" if proc.returncode == 0 else "failed"), seconds, f"exit {proc.returncode}\n{last_lines(err)}"
+
+
+def last_lines(text: str, count: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per strategy")
+    parser.add_argument("--timeout", type=float, default=180, help="seconds before a run counts as hung")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategy names")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable (stacks of hung runs)")
+    parser.add_argument("--keep", action="store_true", help="keep the run dirs (printed at the end)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every run")
+    args = parser.parse_args()
+    strategies = [s for s in args.strategies.split(",") if s]
+    unknown = [s for s in strategies if not (REPO / "conf" / "strategy" / f"{s}.yaml").is_file()]
+    if args.runs < 1 or unknown:
+        parser.error(f"--runs must be >= 1 and --strategies among {', '.join(STRATEGIES)} (got {unknown or args.runs})")
+    root = Path(tempfile.mkdtemp(prefix="soak-"))
+    counts: dict[str, Counter] = {s: Counter() for s in strategies}
+    first_problem = ""
+    for strategy in strategies:
+        for index in range(args.runs):
+            status, seconds, detail = run_once(strategy, root / f"{strategy}-{index}", args.timeout,
+                                               args.overrides, args.py_spy)
+            counts[strategy][status] += 1
+            print(f"{strategy:>10} run {index + 1}/{args.runs}: {status} ({seconds:.1f} s)", flush=True)
+            if status != "ok":
+                first_problem = first_problem or f"{strategy} run {index + 1} {status}:\n{detail}"
+                if status == "hung":
+                    print(detail, flush=True)  # the stacks, while they are still news
+    print(f"\n{'strategy':>10} {'runs':>5} {'ok':>5} {'failed':>7} {'hung':>5}")
+    for strategy, count in counts.items():
+        print(f"{strategy:>10} {args.runs:>5} {count['ok']:>5} {count['failed']:>7} {count['hung']:>5}")
+    if first_problem:
+        print(f"\nfirst problem: {first_problem}")
+    if args.keep:
+        print(f"run dirs: {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return 1 if first_problem else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
