@@ -37,6 +37,13 @@ class _KeepingWriter(ExperimentWriter):
             self.metrics_keys = sorted(set(self.metrics_keys) | set(_header(self.metrics_file_path)))
         super().save()
 
+    @override
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """Atomically: the base class rewrites in place, so a kill there would lose the history."""
+        with open(self.metrics_file_path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        _write_rows(self.metrics_file_path, fieldnames, rows)
+
 
 class HistoryCSVLogger(CSVLogger):
     """CSVLogger (same csv/metrics.csv path and columns) that appends on resume: call continue_from
@@ -69,11 +76,7 @@ class HistoryCSVLogger(CSVLogger):
             rows = list(reader)
         kept = [row for row in rows if not row.get("step") or float(row["step"]) <= step]
         if len(kept) < len(rows):
-            text = io.StringIO(newline="")
-            writer = csv.DictWriter(text, fieldnames=reader.fieldnames or [])
-            writer.writeheader()
-            writer.writerows(kept)
-            atomic_write(path, lambda file: file.write(text.getvalue().encode()))
+            _write_rows(path, list(reader.fieldnames or []), kept)
 
 
 def continue_history(loggers: list[Logger], resumed: dict[str, Any] | None) -> None:
@@ -91,3 +94,11 @@ def continue_history(loggers: list[Logger], resumed: dict[str, Any] | None) -> N
 def _header(path: str) -> list[str]:
     with open(path, newline="") as file:
         return next(csv.reader(file), [])
+
+
+def _write_rows(path: str, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda file: file.write(text.getvalue().encode()))
