@@ -5,6 +5,7 @@ with `torch.load(weights_only=True)` and rebuild their module from config, never
 from __future__ import annotations
 
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,44 @@ def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise RecipeError(f"ckpt_path=last: there is no {last}; pass hydra.run.dir=<the run dir to resume>")
+        try:
+            peek(last)
+        except ValueError as err:
+            good = newest_readable(last.parent)
+            fix = (f"the newest readable checkpoint is {good}: resume with ckpt_path={good}" if good else
+                   "there is no other readable checkpoint beside it: start over without ckpt_path")
+            raise RecipeError(f"ckpt_path=last: {last} is corrupt ({err}); {fix}") from None
         return str(last)
     return str(value)
+
+
+def peek(path: Path) -> dict[str, Any]:
+    """A recipes checkpoint, memory-mapped (cheap even for a large file: little more than its zip
+    index is read); ValueError saying why when it is truncated, empty, garbage or not ours."""
+    size = path.stat().st_size
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip whose index is its last bytes
+        raise ValueError("0 bytes" if size == 0 else f"{size} bytes but no complete archive: truncated or overwritten")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means "not a loadable checkpoint"
+        text = str(err).strip()
+        raise ValueError((text.splitlines()[0] if text else type(err).__name__)[:160]) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or KEY not in ckpt:
+        raise ValueError(f"it has no '{KEY}' entry")
+    return ckpt
+
+
+def newest_readable(directory: Path) -> Path | None:
+    """The readable checkpoint in `directory`, besides last.ckpt, that trained the most steps."""
+    found = []
+    for path in directory.glob("*.ckpt"):
+        if path.name == "last.ckpt":
+            continue
+        try:
+            found.append((int(peek(path).get("global_step", 0)), path.stat().st_mtime, path))
+        except ValueError:
+            continue
+    return max(found)[2] if found else None
 
 
 def load_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:

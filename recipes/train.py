@@ -23,6 +23,7 @@ from recipes.checkpoint import (check_compatible, fold_masks, load_checkpoint, r
 from recipes.errors import RecipeError, RunStopped
 from recipes.evaluate import export_best, test_metrics
 from recipes.interrupt import stop_on_sigterm
+from recipes.loggers import continue_history
 from recipes.prerequisites import ensure_prerequisites
 from recipes.results import parallel_results, print_summary, relative, write_results
 from recipes.startup import check_plan
@@ -89,6 +90,7 @@ def fit_and_test(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = 
         resumed = load_checkpoint(ckpt_path)
         restore_structure(resumed, parts.module.net)
         check_compatible(resumed, parts.module, ckpt_path)
+    continue_history(parts.loggers, resumed if ckpt_path else None)  # start-up passed: metrics.csv may change
     trainer = parts.trainer
     start = time.perf_counter()
     with stop_on_sigterm(trainer):

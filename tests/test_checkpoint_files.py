@@ -1,0 +1,168 @@
+"""Run files under failure: a checkpoint save that fails mid-way leaves the previous file, a corrupt last.ckpt is
+named with the checkpoint to resume from instead, and a resume keeps csv/metrics.csv's history."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.hydra_config import HydraConfig
+
+from recipes.build import build_training
+from recipes.checkpoint import resolve_ckpt_path
+from recipes.checkpoint_io import AtomicCheckpointIO
+from recipes.errors import RecipeError
+from recipes.loggers import HistoryCSVLogger
+from tests.conftest import train, train_ok
+from tests.test_compose import compose_train
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv rows without their empty cells (a column added later leaves earlier cells empty)."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return [{k: v for k, v in row.items() if v} for row in csv.DictReader(file)]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and all(text in line for text in expected), line
+    return line
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-epoch run (last.ckpt and the best checkpoint both at epoch 1); tests resume copies."""
+    run_dir = tmp_path_factory.mktemp("files") / "run"
+    train_ok(run_dir, "trainer.max_epochs=2")
+    return run_dir
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+def test_a_failed_write_leaves_the_old_checkpoint_and_no_temp_file(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills mid-save (ENOSPC after half the bytes): the previous checkpoint is intact, no
+    temp file is left, and a temp file left by a killed save is removed by the next save."""
+    io, target = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(1000)}, "epoch": 1}, target)
+    before = target.read_bytes()
+
+    def full_disk(obj: object, file) -> None:
+        file.write(before[: len(before) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "epoch": 2}, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+    monkeypatch.undo()
+    (target.parent / ".epoch003-acc0.9.ckpt.dead.partial").write_bytes(b"killed mid-save")
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "epoch": 2}, target)
+    assert torch.load(target, weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # shareable like any file, not mkstemp's 0600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("strategy", ["single", "ddp", "model_avg", "async", "pipeline"])
+def test_every_strategy_writes_checkpoints_atomically(strategy: str, tmp_path: Path) -> None:
+    """The trainer's CheckpointIO plugin reaches every strategy, the project's own ones included."""
+    devices = [] if strategy == "single" else ["trainer=ddp_sim"]
+    cfg = compose_train(tmp_path, *devices, f"strategy={strategy}")
+    parts = build_training(cfg, dict(HydraConfig.get().runtime.choices))
+    assert isinstance(parts.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_a_corrupt_last_ckpt_names_the_newest_readable_one(damage: str, two_epochs: Path, tmp_path: Path) -> None:
+    run_dir = copy_run(two_epochs, tmp_path)
+    checkpoints = run_dir / "checkpoints"
+    (best,) = [p for p in checkpoints.glob("epoch*.ckpt")]
+    older = checkpoints / "epoch000-acc0.1000.ckpt"  # readable, but fewer steps than the best
+    ckpt = torch.load(best, weights_only=True)
+    torch.save({**ckpt, "global_step": 20, "epoch": 0}, older)
+    os.utime(older, (time.time() + 60,) * 2)  # the newest file, yet not the furthest trained
+    (checkpoints / "epoch002-acc0.9000.ckpt").write_bytes(b"")  # a save killed by a full disk
+    last = checkpoints / "last.ckpt"
+    data = last.read_bytes()
+    last.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": os.urandom(4096)}[damage])
+    with pytest.raises(RecipeError) as caught:
+        resolve_ckpt_path("last", run_dir)
+    message = str(caught.value)
+    assert message.startswith(f"ckpt_path=last: {last} is corrupt (") and "\n" not in message, message
+    assert message.endswith(f"the newest readable checkpoint is {best}: resume with ckpt_path={best}"), message
+    for path in [older, best]:
+        path.unlink()
+    with pytest.raises(RecipeError, match="there is no other readable checkpoint beside it"):
+        resolve_ckpt_path("last", run_dir)
+
+
+def test_resume_after_a_corrupt_last_ckpt_from_the_named_checkpoint(two_epochs: Path, tmp_path: Path) -> None:
+    """A truncated last.ckpt: `ckpt_path=last` exits 2 with one line naming the good checkpoint, keeps
+    the run dir, and resuming from the named checkpoint trains on."""
+    run_dir = copy_run(two_epochs, tmp_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    files_before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    line = assert_one_line_error(train(run_dir, "trainer.max_epochs=3", "ckpt_path=last"), "is corrupt")
+    named = line.rsplit("ckpt_path=", 1)[1]
+    assert Path(named).parent == last.parent and Path(named).name.startswith("epoch001-")
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == files_before  # nothing deleted
+    train_ok(run_dir, "trainer.max_epochs=3", f"ckpt_path={named}")
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+
+
+def test_a_resume_appends_to_metrics_csv(two_epochs: Path, tmp_path: Path) -> None:
+    """2 epochs, then `ckpt_path=last` to 3: metrics.csv holds epochs 0..2, the first rows unchanged."""
+    run_dir = copy_run(two_epochs, tmp_path)
+    before = rows(run_dir)
+    train_ok(run_dir, "trainer.max_epochs=3", "ckpt_path=last")
+    after = rows(run_dir)
+    assert after[: len(before)] == before
+    assert sorted({int(row["epoch"]) for row in after if "epoch" in row}) == [0, 1, 2]
+    assert [row["step"] for row in after if "test/acc" in row] == ["40", "60"]  # each run's final test
+
+
+def test_a_resume_that_fails_at_start_up_leaves_metrics_csv_as_it_was(two_epochs: Path, tmp_path: Path) -> None:
+    """The latest start-up refusal (the checkpoint's net does not fit the configured model): the
+    logger already exists by then, yet metrics.csv is byte-identical."""
+    run_dir = copy_run(two_epochs, tmp_path)
+    before = (run_dir / "csv" / "metrics.csv").read_bytes()
+    assert_one_line_error(train(run_dir, "model=lenet5", "ckpt_path=last"), "does not fit the configured model")
+    assert (run_dir / "csv" / "metrics.csv").read_bytes() == before
+
+
+def test_rows_after_the_resumed_step_go_and_new_columns_keep_the_old_ones(tmp_path: Path) -> None:
+    """continue_from(step): rows logged after the checkpoint (the rest of an interrupted epoch, which
+    the resumed run logs again) go, the rest stay; a new column keeps the file's old ones;
+    continue_from(None), a fresh run, starts the file over."""
+    first = HistoryCSVLogger(tmp_path, name="csv", version="")
+    for step, metrics in [(19, {"val/acc": 0.5}), (39, {"val/acc": 0.7}), (40, {"lr": 0.1}), (50, {"train/loss": 9.0})]:
+        first.log_metrics(metrics, step=step)
+    first.save()
+    resumed = HistoryCSVLogger(tmp_path, name="csv", version="")
+    resumed.continue_from(40)
+    resumed.log_metrics({"test/acc": 0.9}, step=60)
+    resumed.save()
+    assert rows(tmp_path) == [{"step": "19", "val/acc": "0.5"}, {"step": "39", "val/acc": "0.7"},
+                              {"step": "40", "lr": "0.1"}, {"step": "60", "test/acc": "0.9"}]
+    HistoryCSVLogger(tmp_path, name="csv", version="").continue_from(None)
+    assert not (tmp_path / "csv" / "metrics.csv").exists()
