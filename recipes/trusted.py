@@ -53,8 +53,12 @@ def shipped_targets() -> frozenset[str]:
     return frozenset(found)
 
 
-def saved_config(ckpt: dict[str, Any], key: str, path: str, trusted: Iterable[str] | str = ()) -> DictConfig:
-    """The config saved in a loaded checkpoint, once it is known to build only trusted targets.
+def saved_config(ckpt: dict[str, Any], key: str, path: str, trusted: Iterable[str] | str = (),
+                 builds: Iterable[str] = ("data", "model", "task")) -> DictConfig:
+    """The config saved in a loaded checkpoint, once the parts the caller builds from it (`builds`, its
+    top-level keys) are known to name only trusted targets. The rest (the run's callbacks, loggers,
+    strategy) is never instantiated from a checkpoint, so a user's own callback there does not make the
+    checkpoint unreadable; it is still checked to be plain data without interpolations.
 
     `key`=`path` names the file in errors; `trusted` adds targets the caller's own config allows."""
     entry = ckpt[KEY]
@@ -68,9 +72,11 @@ def saved_config(ckpt: dict[str, Any], key: str, path: str, trusted: Iterable[st
         raise RecipeError(f"{key}={path}: its '{KEY}.data' entry is not {{input_shape: [C, H, W], num_classes: N}}; "
                           f"it was not written by recipes.train")
     allowed = shipped_targets() | set([trusted] if isinstance(trusted, str) else trusted)
+    built = tuple(builds)
     untrusted: dict[str, Any] = {}  # where -> target, in walk order
     for where, name, value in entries(config):
-        if name == TARGET and not (isinstance(value, str) and value in allowed):
+        if name == TARGET and where.split(".")[0].split("[")[0] in built and not (isinstance(value, str)
+                                                                                   and value in allowed):
             untrusted[where] = value
         elif isinstance(value, str) and "${" in value:
             raise RecipeError(f"{refuse} has an interpolation, {where}={value!r}; recipes.train saves its config "

@@ -127,6 +127,15 @@ def test_the_allow_list_is_what_the_shipped_yaml_builds(genuine: dict[str, Any])
     assert saved_config(genuine, "ckpt_path", "x.ckpt").model._target_ == "modules.nets.mlp.MLP"
 
 
+def test_parts_no_loader_builds_may_name_the_users_own_classes(genuine: dict[str, Any]) -> None:
+    """A run's own callback (e.g. tests.slow_worker.SlowWorker) is never built from a checkpoint, so it
+    does not make the checkpoint unreadable; the same target where a loader would build it is refused."""
+    mine = {"_target_": "mypkg.callbacks.Mine"}
+    assert saved_config(with_node(genuine, "config.callbacks.mine", mine), "ckpt_path", "x.ckpt").callbacks.mine
+    with pytest.raises(RecipeError, match="model.hidden._target_='mypkg.callbacks.Mine'"):
+        saved_config(with_node(genuine, "config.model.hidden", mine), "ckpt_path", "x.ckpt")
+
+
 @pytest.mark.parametrize("entry_point", ["rebuild", "reference_net"])
 @pytest.mark.parametrize("name", PAYLOADS)
 def test_a_hostile_config_is_refused_before_anything_runs(name: str, entry_point: str, genuine: dict[str, Any],
