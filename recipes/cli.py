@@ -26,11 +26,19 @@ EXIT_BAD_INPUT = 2
 _HYDRA_FILES = {".hydra", ".lock"}
 
 
+# Every variable a launcher sets for a process's place: global rank (torchrun, Lightning), rank within
+# the node (Lightning's DDP children, torchrun), node rank (a hand launch across nodes, torchrun's group).
+_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+
+
 def process_rank() -> int:
-    """Global rank from the launcher's environment (Lightning, torchrun, SLURM); 0 when not distributed."""
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return int(os.environ[var])
+    """0 exactly for global rank 0 (and for a run that is not distributed), else a positive rank from the
+    launcher's environment. Every variable counts: a node other than node 0 of a hand launch
+    (NODE_RANK=1, no RANK) and a worker of node 0 (LOCAL_RANK=1) are both not rank 0."""
+    for var in _RANK_VARIABLES:
+        value = int(os.environ.get(var, "0") or 0)
+        if value:
+            return value
     return 0
 
 
