@@ -70,8 +70,9 @@ def _wait_for(results_file: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
 def ensure_prerequisites(cfg: DictConfig, run_dir: Path, choices: dict[str, Any],
                          run: Callable[..., dict[str, Any] | None]) -> None:
     """Fill every unset `task.<name>_ckpt` that has a `prerequisites.<name>` by training that model
-    with `run` (recipes.train's pipeline, passed in so this module stays below it), then drop `prerequisites` from `cfg` (it may point at config, e.g. ${data.source}, that a user's
-    overrides removed, which only matters when the model still has to be trained)."""
+    with `run` (recipes.train's pipeline, passed in so this module stays below it), then drop
+    `prerequisites` from `cfg` (it may point at config, e.g. ${data.source}, that a user's overrides
+    removed, which only matters when the model still has to be trained)."""
     for name in cfg.get("prerequisites") or {}:
         key = f"{name}_ckpt"
         if key not in cfg.task:

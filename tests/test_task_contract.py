@@ -32,7 +32,8 @@ from recipes.train import run
 from tests.conftest import train, train_ok
 from tests.test_compose import compose_train
 
-FAST = ["trainer.max_epochs=3", "trainer.limit_train_batches=5", "logger=csv", "callbacks.model_summary=null", "callbacks.lr_monitor=null"]
+FAST = ["trainer.max_epochs=3", "trainer.limit_train_batches=5", "logger=csv", "callbacks.model_summary=null",
+        "callbacks.lr_monitor=null"]
 
 
 def task_classes() -> set[type]:
