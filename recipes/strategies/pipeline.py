@@ -110,13 +110,13 @@ class PipelineStrategy(DDPStrategy):
         """Called by DDPStrategy.setup when fitting, where DDP would wrap the model."""
         module = self.lightning_module
         try:  # known only now, on every rank: one line each, no traceback
-            self.net = self._check_module(module)
-            self.bounds = stages.stage_bounds(self.net, self.split_points, self.world_size)
+            self.full_net = self._check_module(module)
+            self.bounds = stages.stage_bounds(self.full_net, self.split_points, self.world_size)
         except ValueError as err:
             raise RecipeError(str(err)) from None
         rank = self.global_rank
-        self.comm_bytes += stages.broadcast_tensors([*self.net.parameters(), *self.net.buffers()], src=0)
-        self.stage_module = stages.stage_block(self.net, self.bounds[rank])
+        self.comm_bytes += stages.broadcast_tensors([*self.full_net.parameters(), *self.full_net.buffers()], src=0)
+        self.stage_module = stages.stage_block(self.full_net, self.bounds[rank])
         self.is_first, self.is_last = rank == 0, rank == self.world_size - 1
         self.stage_module.register_forward_hook(self._count_activation_bytes)
         self._names = {id(p): name for name, p in module.named_parameters()}
@@ -133,7 +133,7 @@ class PipelineStrategy(DDPStrategy):
     @classmethod
     def _check_module(cls, module: pl.LightningModule) -> nn.Sequential:
         cls.check_task(type(module))
-        net, loss_fn = getattr(module, "net", None), getattr(module, "loss_fn", None)
+        net, loss_fn = getattr(module, "shipped_net", None), getattr(module, "loss_fn", None)
         if not isinstance(net, nn.Sequential) or not callable(loss_fn):
             raise ValueError(f"strategy=pipeline trains a module whose training_step is loss_fn(net(x), y) with an "
                              f"nn.Sequential net (task=classifier); {type(module).__name__} is not one")
@@ -217,7 +217,7 @@ class PipelineStrategy(DDPStrategy):
     # --- the whole net where it is needed ------------------------------------------------------------
     def gather(self) -> None:
         """Every rank's net gets every stage's current weights."""
-        self.comm_bytes += stages.gather_stages(self.net, self.bounds)
+        self.comm_bytes += stages.gather_stages(self.full_net, self.bounds)
 
     def on_validation_start(self) -> None:
         if self.lightning_module.trainer.state.fn == TrainerFn.FITTING:
