@@ -52,7 +52,7 @@ class GanModule(Task):
         monitor: str = "val/fd",
         monitor_mode: str = "min",
     ) -> None:
-        super().__init__()
+        super().__init__(monitor, monitor_mode)
         if d_steps < 1:
             raise ValueError(f"task.d_steps={d_steps} must be >= 1 (discriminator updates per generator update)")
         if latent_dim < 1:
@@ -77,7 +77,6 @@ class GanModule(Task):
                              "this data, or use recipe=gan, which trains one first")
         self.automatic_optimization = False
         self.net = net
-        self.monitor, self.monitor_mode = monitor, monitor_mode
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss, self.d_steps, self.label_smoothing = loss, d_steps, label_smoothing
         self.latent_dim, self.conditional, self.num_classes = latent_dim, conditional, net.num_classes

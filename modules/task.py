@@ -1,5 +1,6 @@
-"""The task contract: what the core (build, checkpoint, train, evaluate, prerequisites, compression,
-export) may ask of any task module, so that nothing there assumes one classifier with one `.net`."""
+"""The task contract: what the core (build, checkpoint, train, evaluate, export, the compression
+callbacks) may ask of a task module, so that none of it assumes one classifier with one `.net` and an
+accuracy metric. Every task under modules/ derives from `Task`."""
 
 from __future__ import annotations
 
@@ -10,27 +11,51 @@ from torch import nn
 
 from modules.base import RecipeModule
 
+MODES = ("min", "max")
+
 
 class Task(RecipeModule, ABC):
-    """Base of every task module (classifier, distillation, adaptation, GAN).
+    """A LightningModule that names its best-checkpoint metric, the net it ships, an example input
+    for export and its test metrics.
 
-    `monitor` / `monitor_mode`: the metric that picks the best checkpoint and whether lower or
-    higher is better (constructor arguments, set in conf/task/*.yaml).
+    `monitor` / `monitor_mode` are constructor arguments (set in conf/task/*.yaml), so that
+    `task.monitor=val/loss task.monitor_mode=min` picks another best checkpoint from the command line;
+    conf/callbacks/default.yaml's best-checkpoint callback reads them from there.
     """
 
-    monitor: str
-    monitor_mode: str
+    def __init__(self, monitor: str, monitor_mode: str) -> None:
+        super().__init__()
+        if monitor_mode not in MODES:
+            raise ValueError(f"task.monitor_mode={monitor_mode!r} must be 'min' or 'max' (the direction in "
+                             f"which task.monitor={monitor} improves)")
+        if not isinstance(monitor, str) or "/" not in monitor:
+            raise ValueError(f"task.monitor={monitor!r} must name a logged metric, e.g. val/acc or val/loss")
+        self.monitor, self.monitor_mode = monitor, monitor_mode
 
     @property
     @abstractmethod
     def shipped_net(self) -> nn.Module:
-        """The net that ships: compression acts on it, export writes it, recipes.evaluate rebuilds it."""
+        """The net that ships: compression acts on it, export writes it, recipes.evaluate rebuilds it.
+        It is a submodule of the task, so its weights are in the task's checkpoint."""
 
     @abstractmethod
     def example_input(self, batch_size: int = 1) -> Any:
-        """A batch the shipped net accepts (for export and its parity check)."""
+        """A batch `shipped_net` accepts (export traces it; its first dim is the dynamic batch)."""
 
     @classmethod
+    @abstractmethod
     def test_metric_names(cls) -> tuple[str, ...]:
-        """The metrics the task's test stage logs (the summary and results.json report them)."""
-        return ()
+        """The metrics `trainer.test` logs, headline first (results.json's compression section
+        reports the headline one before and after each step)."""
+
+    def parity_inputs(self, datamodule: Any) -> Any:
+        """The inputs on which an exported `shipped_net` must match the trained one; by default
+        `example_input(256)` (a task whose example input is random, e.g. latent vectors, needs no more)."""
+        return self.example_input(256)
+
+    def shipped_prefix(self) -> str:
+        """The state-dict prefix of `shipped_net` inside the task (e.g. `net`), for reports and loads."""
+        for name, module in self.named_modules():
+            if module is self.shipped_net:
+                return name
+        raise RuntimeError(f"{type(self).__name__}.shipped_net is not a submodule of the task")
