@@ -44,7 +44,7 @@ class DenseSparseDense(MagnitudePruning):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
         if trainer.current_epoch == self.redense_epoch:
-            self.redensify(pl_module.net)
+            self.redensify(pl_module.shipped_net)
             self.scale_learning_rate(trainer)
 
     @staticmethod

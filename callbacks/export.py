@@ -1,13 +1,14 @@
-"""Final export: ONNX (dynamic batch) and a `torch.export` program, each loaded back and checked
-against the trained net on the test set (max |diff| and top-1 agreement), plus latency at a fixed
-batch. A failed export or a parity miss raises: a model that does not match is not shipped."""
+"""Final export: ONNX (dynamic batch) and a `torch.export` program of a task's shipped net, traced
+with the task's example input, each loaded back and checked against the trained net on the task's
+parity inputs (the test images for a classifier: max |diff| and top-1 agreement), plus latency at a
+fixed batch. A failed export or a parity miss raises: a model that does not match is not shipped."""
 
 from __future__ import annotations
 
 import copy
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +24,39 @@ class ExportError(RuntimeError):
     """An artifact could not be written, loaded back, or does not match the trained net."""
 
 
-def _dynamic_batch() -> tuple[dict[int, Any]]:
-    return ({0: torch.export.Dim("batch")},)
+Inputs = tuple[torch.Tensor, ...]  # the net's positional inputs, batch first (one image tensor; z and labels)
+Runner = Callable[[tuple[np.ndarray, ...]], np.ndarray]
 
 
-def write_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> Callable[[np.ndarray], np.ndarray]:
+def _dynamic_batch(example: Inputs) -> tuple[dict[int, Any], ...]:
+    batch = torch.export.Dim("batch")
+    return tuple({0: batch} for _ in example)
+
+
+def _input_names(example: Inputs) -> list[str]:
+    return ["input"] if len(example) == 1 else [f"input{i}" for i in range(len(example))]
+
+
+def write_onnx(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
     """Export with torch.onnx (dynamo) and return an onnxruntime runner of the file."""
     import onnxruntime as ort
 
-    torch.onnx.export(net, (example,), str(path), dynamo=True, dynamic_shapes=_dynamic_batch(), opset_version=opset,
-                      input_names=["input"], output_names=["logits"], external_data=False, verbose=False)
+    names = _input_names(example)
+    torch.onnx.export(net, example, str(path), dynamo=True, dynamic_shapes=_dynamic_batch(example),
+                      opset_version=opset, input_names=names, output_names=["logits"], external_data=False,
+                      verbose=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"input": x})[0]
+    return lambda xs: session.run(None, dict(zip(names, xs)))[0]
 
 
-def write_program(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> Callable[[np.ndarray], np.ndarray]:
+def write_program(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
     """Export with torch.export, save the .pt2 and return a runner of the program loaded back."""
-    torch.export.save(torch.export.export(net, (example,), dynamic_shapes=_dynamic_batch()), str(path))
+    torch.export.save(torch.export.export(net, example, dynamic_shapes=_dynamic_batch(example)), str(path))
     module = torch.export.load(str(path)).module()
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(xs: tuple[np.ndarray, ...]) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+            return module(*(torch.from_numpy(x) for x in xs)).numpy()
 
     return run
 
@@ -64,9 +76,21 @@ def median_ms(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def as_inputs(batch: Any) -> Inputs:
+    """A net's positional inputs as a tuple of CPU tensors (a single tensor is one input)."""
+    return tuple(x.cpu() for x in batch) if isinstance(batch, (tuple, list)) else (batch.cpu(),)
+
+
+def fixed_batch(inputs: Inputs, size: int) -> Inputs:
+    """`inputs` cycled to exactly `size` samples (the latency batch)."""
+    repeats = -(-size // len(inputs[0]))
+    return tuple(x.repeat(repeats, *[1] * (x.dim() - 1))[:size] for x in inputs)
+
+
 def export_and_verify(
     net: nn.Module,
-    batches: Iterable[Any],
+    example: Any,
+    inputs: Any,
     out_dir: Path,
     formats: Sequence[str] = FORMATS,
     batch_size: int = 256,
@@ -74,7 +98,8 @@ def export_and_verify(
     atol: float = 1e-4,
     opset: int = 18,
 ) -> dict[str, Any]:
-    """Write each format to `out_dir`, run it on every input of `batches` and compare it with `net`.
+    """Write each format of `net`, traced with `example` (the task's example input), to `out_dir`,
+    run it on `inputs` (the task's parity inputs, e.g. the test images) and compare it with `net`.
 
     Returns the `export` section of results.json (paths relative to `out_dir`'s parent).
     """
@@ -82,20 +107,21 @@ def export_and_verify(
     if unknown:
         raise ExportError(f"export.formats has unknown {unknown}: choose from {', '.join(FORMATS)}")
     net = copy.deepcopy(net).cpu().eval()
-    inputs = torch.cat([batch[0] for batch in batches]).cpu().float()
+    example, inputs = as_inputs(example), as_inputs(inputs)
     with torch.no_grad():
-        reference = net(inputs).numpy()
+        reference = net(*inputs).numpy()
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"batch_size": batch_size, "latency_ms": {}}
-    timing_batch = inputs[:batch_size].repeat(-(-batch_size // len(inputs)), 1, 1, 1)[:batch_size]
+    timing_batch = fixed_batch(inputs, batch_size)
+    timing_arrays = tuple(x.numpy() for x in timing_batch)
     with torch.no_grad():
-        report["latency_ms"]["torch_fp32"] = round(median_ms(lambda: net(timing_batch), repeats), 4)
+        report["latency_ms"]["torch_fp32"] = round(median_ms(lambda: net(*timing_batch), repeats), 4)
     diffs, agreements = [], []
     for fmt in formats:
         path = out_dir / FILE_NAMES[fmt]
         try:
-            run = WRITERS[fmt](net, inputs[:2], path, opset)
-            outputs = run(inputs.numpy())
+            run = WRITERS[fmt](net, example, path, opset)
+            outputs = run(tuple(x.numpy() for x in inputs))
         except Exception as err:  # noqa: BLE001 - any exporter failure is reported the same way
             path.unlink(missing_ok=True)
             raise ExportError(f"export to {fmt} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
@@ -109,7 +135,7 @@ def export_and_verify(
         diffs.append(diff)
         agreements.append(agreement)
         report["latency_ms"]["onnx" if fmt == "onnx" else "program"] = round(
-            median_ms(lambda: run(timing_batch.numpy()), repeats), 4)
+            median_ms(lambda: run(timing_arrays), repeats), 4)
     report["parity_max_abs_diff"] = max(diffs)
     report["top1_agreement"] = min(agreements)
     return report

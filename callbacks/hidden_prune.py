@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from callbacks.structure import applied, rebuild_optimizers, record, remove_masks, shapes_of, snapshot
+from modules.nets import output_layer
 
 IMPORTANCE = ("l1", "l2", "activation")
 
@@ -35,7 +36,7 @@ def round_ratio(amount: float, steps: int, done: int) -> float:
 
 
 class HiddenNodePruning(Callback):
-    """Structured pruning of hidden units / filters with physical shrinking, on `pl_module.net`."""
+    """Structured pruning of hidden units / filters with physical shrinking, on `pl_module.shipped_net`."""
 
     step = "hidden_prune"
 
@@ -80,12 +81,12 @@ class HiddenNodePruning(Callback):
                done: int) -> tp.pruner.MetaPruner:
         return tp.pruner.MetaPruner(
             net, example, importance=importance, pruning_ratio=round_ratio(self.amount, self.steps, done),
-            ignored_layers=[prunable_layers(net)[-1]],  # the head: its outputs are the classes
+            ignored_layers=[net.get_submodule(output_layer(net))],  # its outputs are the net's (the classes)
             global_pruning=self.scope == "global",
         )
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        net = pl_module.net
+        net = pl_module.shipped_net
         due = min(self.steps, trainer.current_epoch - self.start_epoch + 1)
         if due <= applied(net, self.step):
             return

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from callbacks.structure import applied, factored, rebuild_optimizers, record, set_module, snapshot
+from modules.nets import output_layer
 
 FACTORABLE = (nn.Linear, nn.Conv2d)
 
@@ -73,7 +74,7 @@ class LowRankFactorization(Callback):
         layers = {name: m for name, m in net.named_modules()
                   if isinstance(m, FACTORABLE) and getattr(m, "groups", 1) == 1}
         if not self.include_head and layers:
-            layers.pop(list(layers)[-1])
+            layers.pop(output_layer(net), None)
         return layers
 
     def check(self, net: nn.Module, max_epochs: int) -> None:
@@ -118,8 +119,8 @@ class LowRankFactorization(Callback):
         return ranks
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch < self.epoch or applied(pl_module.net, self.step):
+        if trainer.current_epoch < self.epoch or applied(pl_module.shipped_net, self.step):
             return
-        self.before = snapshot(pl_module.net)
-        self.factor(pl_module.net)
+        self.before = snapshot(pl_module.shipped_net)
+        self.factor(pl_module.shipped_net)
         rebuild_optimizers(trainer)

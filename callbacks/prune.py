@@ -54,7 +54,7 @@ def cubic_sparsity(epoch: float, final: float, start: int, end: int) -> float:
 
 class MagnitudePruning(Callback):
     """Unstructured L1 pruning of Linear / Conv2d weights, `scope="global"` (one threshold over all
-    layers) or `"layer"` (each layer to the same sparsity), on `pl_module.net`."""
+    layers) or `"layer"` (each layer to the same sparsity), on `pl_module.shipped_net`."""
 
     def __init__(self, sparsity: float = 0.9, start_epoch: int = 0, end_epoch: int = 10,
                  scope: str = "global", every_n_steps: int = 10) -> None:
@@ -86,7 +86,7 @@ class MagnitudePruning(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self.ensure_masks(pl_module.net)
+            self.ensure_masks(pl_module.shipped_net)
 
     @staticmethod
     def ensure_masks(net: nn.Module) -> None:
@@ -101,12 +101,12 @@ class MagnitudePruning(Callback):
         epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
         if not self.start_epoch <= epoch <= self.end_epoch or trainer.global_step % self.every_n_steps:
             return
-        self.prune_to(pl_module.net, cubic_sparsity(epoch, self.sparsity, self.start_epoch, self.end_epoch))
+        self.prune_to(pl_module.shipped_net, cubic_sparsity(epoch, self.sparsity, self.start_epoch, self.end_epoch))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.ensure_masks(pl_module.net)
+        self.ensure_masks(pl_module.shipped_net)
         if trainer.current_epoch == self.end_epoch:  # land exactly on the final sparsity
-            self.prune_to(pl_module.net, self.sparsity)
+            self.prune_to(pl_module.shipped_net, self.sparsity)
 
     def prune_to(self, net: nn.Module, target: float) -> None:
         """Prune the smallest still-unpruned weights until `target` of them are zero."""
@@ -127,6 +127,6 @@ class MagnitudePruning(Callback):
         self.history.append(weight_sparsity(net))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for module, name in prunable(pl_module.net):
+        for module, name in prunable(pl_module.shipped_net):
             if prune.is_pruned(module):
                 prune.remove(module, name)

@@ -46,21 +46,22 @@ def compression_report(net: nn.Module, steps: list[str], dense: dict[str, int]) 
     }
 
 
-def layer_table(net: nn.Module) -> list[dict[str, Any]]:
-    """Per-layer parameter and nonzero counts of every Linear / Conv2d (masks already folded in)."""
+def layer_table(net: nn.Module, prefix: str) -> list[dict[str, Any]]:
+    """Per-layer parameter and nonzero counts of every Linear / Conv2d (masks already folded in),
+    named as in the task's state dict (`prefix`: the shipped net's name in its task)."""
     rows = []
     for name, module in net.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             weights = [p for p in module.parameters(recurse=False)]
             count = sum(p.numel() for p in weights)
             nonzero = sum(int((p != 0).sum()) for p in weights)
-            rows.append({"layer": f"net.{name}", "type": type(module).__name__, "params": count, "nonzero": nonzero,
+            rows.append({"layer": f"{prefix}.{name}", "type": type(module).__name__, "params": count, "nonzero": nonzero,
                          "sparsity": round(1 - nonzero / count, 4)})
     return rows
 
 
-def _percent(acc: float | None) -> str:
-    return "n/a" if acc is None else f"{100 * acc:.2f}%"
+def _value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _layer_order(name: str) -> tuple:
@@ -78,9 +79,11 @@ def _row(name: str, before: dict[str, Any] | None, after: dict[str, Any] | None)
 
 
 def write_report(run_dir: Path, compression: dict[str, Any], before: list[dict[str, Any]],
-                 after: list[dict[str, Any]]) -> Path:
+                 after: list[dict[str, Any]], metric: str) -> Path:
     """report.md with a per-layer table and compression.png (parameters before / nonzero after, and
-    sparsity, per layer) in `run_dir`."""
+    sparsity, per layer) in `run_dir`; `metric`: the task's headline test metric, whose values the
+    compression section holds as `<name>_before` / `<name>_after` (e.g. acc_before)."""
+    short = metric.rpartition("/")[2]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,16 +117,16 @@ def write_report(run_dir: Path, compression: dict[str, Any], before: list[dict[s
         f"{compression['dense_params']:,} uncompressed",
         f"- bytes: {compression['dense_bytes']:,} dense, {compression['compressed_bytes']:,} compressed "
         f"({compression['ratio']}x; encoding: {compression['encoding']})",
-        f"- test accuracy: {_percent(compression.get('acc_before'))} before compression, "
-        f"{_percent(compression['acc_after'])} after",
+        f"- {metric}: {_value(compression.get(f'{short}_before'))} before compression, "
+        f"{_value(compression.get(f'{short}_after'))} after",
         "",
         "| layer | type | params before | params after | nonzero after | sparsity after |",
         "|---|---|---|---|---|---|",
         *(_row(name, before_by_name.get(name), after_by_name.get(name)) for name in names),
         "",
-        "Test accuracy of the net as each step found it and as the next step (or the end) found it:",
+        f"{metric} of the net as each step found it and as the next step (or the end) found it:",
         "",
-        *(f"- {step['step']}: {_percent(step.get('acc_before'))} before, {_percent(step.get('acc_after'))} after"
+        *(f"- {step['step']}: {_value(step.get(f'{short}_before'))} before, {_value(step.get(f'{short}_after'))} after"
           for step in compression.get("per_step", [])),
         "",
         "![per-layer parameters and sparsity](compression.png)",

@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 # Attributes that only ever hold plain Python values and are set many times per training step.
 _PLAIN_ATTRS = frozenset({"_current_fx_name", "_loss_count", "_train_seen"})
@@ -49,6 +50,7 @@ class RecipeModule(pl.LightningModule):
         self._loss_sum.add_(loss.detach())
         self._loss_count += 1
 
+    @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Exactly the steps whose metrics Lightning sends to the loggers and the progress bar.
         if self._loss_count and self.trainer._logger_connector.should_update_logs:

@@ -9,23 +9,26 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
-from modules.base import RecipeModule
+from modules.nets import head_block
+from modules.task import Task
 
 
 def head(net: nn.Module) -> nn.Module:
-    """The classifier head: the last block of a modules.nets net (all are nn.Sequential)."""
-    return net[-1]
+    """The classifier head: the top-level block holding the net's output layer (modules.nets.head_block)."""
+    return net.get_submodule(head_block(net))
 
 
 def backbone(net: nn.Module) -> nn.Module:
     """Everything before the head (the same modules, not copies)."""
-    return nn.Sequential(*list(net.children())[:-1])
+    head_name = head_block(net)
+    return nn.Sequential(*[child for name, child in net.named_children() if name != head_name])
 
 
 def load_backbone(net: nn.Module, init: nn.Module, keep_head: bool) -> None:
     """Copy `init`'s weights into `net` (fine-tuning), with or without the head."""
-    head_prefix = f"{len(net) - 1}."
+    head_prefix = f"{head_block(net)}."
     state = {k: v for k, v in init.state_dict().items() if keep_head or not k.startswith(head_prefix)}
     if keep_head:
         theirs = [v.shape for k, v in state.items() if k.startswith(head_prefix)]
@@ -39,8 +42,10 @@ def load_backbone(net: nn.Module, init: nn.Module, keep_head: bool) -> None:
                          f"{unexpected[:3]}); use the model settings it was trained with")
 
 
-class ClassifierModule(RecipeModule):
-    """Wraps a net from modules.nets (as `self.net`) with loss, metrics, optimizer and scheduler.
+class ClassifierModule(Task):
+    """Wraps a net from modules.nets (as `self.net`, the net that ships) with loss, metrics, optimizer
+    and scheduler. The best checkpoint is the one with the highest `val/acc` unless `monitor` /
+    `monitor_mode` say otherwise.
 
     Fine-tuning knobs: `init` (a net rebuilt from `task.init_ckpt`) gives the starting weights;
     `reinit_head` keeps a fresh head (another class count); `freeze_backbone` trains the head only
@@ -57,8 +62,10 @@ class ClassifierModule(RecipeModule):
         reinit_head: bool = False,
         freeze_backbone: bool = False,
         backbone_lr_scale: float = 1.0,
+        monitor: str = "val/acc",
+        monitor_mode: str = "max",
     ) -> None:
-        super().__init__()
+        super().__init__(monitor, monitor_mode)
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"task.label_smoothing={label_smoothing} must be in [0, 1)")
         if not backbone_lr_scale > 0:
@@ -81,10 +88,33 @@ class ClassifierModule(RecipeModule):
         self.test_acc = MulticlassAccuracy(classes, average="micro", validate_args=False)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
 
+    # --- the task contract (modules.task) ----------------------------------------------------------
+    @property
+    @override
+    def shipped_net(self) -> nn.Module:
+        return self.net
+
+    @override
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        return torch.zeros(batch_size, *self.net.input_shape, device=self.device)
+
+    @classmethod
+    @override
+    def test_metric_names(cls) -> tuple[str, ...]:
+        return ("test/acc", "test/loss")
+
+    @override
+    def parity_inputs(self, datamodule: Any) -> torch.Tensor:
+        """The test split's images: an export must match the net on real data (zeros would let a
+        wrong weight layout through)."""
+        return torch.cat([batch[0] for batch in datamodule.test_dataloader()])
+
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     # --- training -------------------------------------------------------------------------------
+    @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self.net(x)
@@ -98,6 +128,7 @@ class ClassifierModule(RecipeModule):
         self._train_correct.add_((logits.detach().argmax(dim=1) == y).sum())
         self._train_seen += y.numel()
 
+    @override
     def on_train_epoch_end(self) -> None:
         if self._train_seen:  # MeanMetric weights each rank by its sample count under DDP
             self.train_acc.update(self._train_correct / self._train_seen, weight=self._train_seen)
@@ -116,24 +147,29 @@ class ClassifierModule(RecipeModule):
         self.log(f"{stage}/acc", acc_metric, prog_bar=stage == "val")
         return logits
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
+    @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
     # --- optimization ---------------------------------------------------------------------------
+    @override
     def train(self, mode: bool = True) -> ClassifierModule:
         super().train(mode)
         if self.freeze_backbone:
             backbone(self.net).eval()  # a frozen backbone keeps its BatchNorm statistics too
         return self
 
+    @override
     def on_train_epoch_start(self) -> None:
         # Lightning restores submodule modes by attribute, not through train(): re-assert eval here.
         if self.freeze_backbone:
             backbone(self.net).eval()
 
+    @override
     def configure_optimizers(self) -> Any:
         trainable = [p for p in self.parameters() if p.requires_grad]
         if self.backbone_lr_scale == 1.0:

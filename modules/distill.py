@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from modules.classifier import ClassifierModule
 
@@ -81,12 +82,15 @@ class DistillModule(ClassifierModule):
     def _move_reference(self) -> None:
         self._reference().to(self.device).eval()
 
+    @override
     def on_fit_start(self) -> None:
         self._move_reference()
 
+    @override
     def on_test_start(self) -> None:
         self._move_reference()
 
+    @override
     def on_train_start(self) -> None:
         datamodule = self.trainer.datamodule
         if self.needs_sample_index and datamodule is not None and not getattr(datamodule, "augment", True):
@@ -104,6 +108,7 @@ class DistillModule(ClassifierModule):
             return self._teacher_cache[batch[2]]
         return self._reference()(batch[0])
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self.net(x)
@@ -113,6 +118,12 @@ class DistillModule(ClassifierModule):
         self.track_train_loss(loss)
         return loss
 
+    @classmethod
+    @override
+    def test_metric_names(cls) -> tuple[str, ...]:
+        return (*super().test_metric_names(), "test/soft_acc")
+
+    @override
     def _evaluate(self, batch: Any, stage: str) -> None:
         logits = super()._evaluate(batch, stage)
         soft_acc = getattr(self, f"{stage}_soft_acc")

@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,11 +23,13 @@ from torch import nn
 
 from callbacks.plan import check_plan
 from callbacks.report import model_size
-from recipes.checkpoint import KEY, RecipeState, fold_masks, load_checkpoint, restore_structure
+from modules.task import Task
+from recipes.checkpoint import KEY, RecipeState, load_checkpoint, load_weights, resolve_ckpt_path
 from recipes.divergence import DivergenceGuard
 from recipes.errors import RecipeError
 from recipes.interrupt import SigtermStop
-from recipes.startup import check_strategy
+from recipes.loggers import continue_history
+from recipes.startup import check_strategy, pending_prerequisites
 from recipes.trusted import saved_config
 from recipes.validate import check_node
 
@@ -61,43 +64,59 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 
 def reference_net(path: str, key: str, input_shape: tuple[int, ...], trusted: Iterable[str] = ()) -> nn.Module:
-    """The frozen net of a recipes checkpoint (a teacher, a source model, a fine-tuning start),
-    rebuilt from the config saved in it (only trusted targets: recipes.trusted)."""
+    """The frozen shipped net of a recipes checkpoint (a teacher, a source model, a fine-tuning start,
+    a feature classifier), rebuilt with its task from the config saved in it (only trusted targets:
+    recipes.trusted). Its own reference models are not needed for its net, so they are not loaded."""
     ckpt = load_checkpoint(path, key)
     entry = ckpt[KEY]
     saved = saved_config(ckpt, key, path, trusted)
     if tuple(entry["data"]["input_shape"]) != tuple(input_shape):
         raise RecipeError(f"{key}={path} was trained on inputs {tuple(entry['data']['input_shape'])} but the data gives "
                           f"{tuple(input_shape)}: set data.image_size / data.channels to match")
-    net = instantiate(saved.model, input_shape=entry["data"]["input_shape"],
-                      num_classes=entry["data"]["num_classes"])
-    restore_structure(ckpt, net)
-    state = fold_masks(ckpt["state_dict"])
-    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
-    return net.eval().requires_grad_(False)
+    module = build_task(saved, DataShape(**entry["data"]), references={})
+    return load_weights(ckpt, module, path, key).shipped_net.eval().requires_grad_(False)
 
 
-def build_module(cfg: DictConfig, datamodule: Any, trusted: Iterable[str] = ()) -> pl.LightningModule:
-    """The net sized by the data (input shape, class count), wrapped in the task's LightningModule.
+@dataclass(frozen=True)
+class DataShape:
+    """What a net is sized by (a data module's, or the one a checkpoint recorded)."""
 
-    Task keys named `<name>_ckpt` (teacher_ckpt, source_ckpt, init_ckpt) are checkpoint paths: each
-    becomes the argument `<name>`, the checkpoint's net rebuilt and frozen (None when unset).
-    `trusted`: targets beyond the shipped ones that those checkpoints may build; the caller's own
-    setting, never read from `cfg`, which may itself come from a checkpoint.
-    """
-    net = instantiate_part(cfg.model, "model", input_shape=list(datamodule.input_shape),
-                           num_classes=datamodule.num_classes)
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    @classmethod
+    def of(cls, datamodule: Any) -> DataShape:
+        return cls(tuple(datamodule.input_shape), datamodule.num_classes)
+
+
+def build_task(cfg: DictConfig, shape: DataShape, references: dict[str, nn.Module | None]) -> Task:
+    """The net sized by `shape`, wrapped in the task's LightningModule; `references` are the
+    reference nets of the task's `<name>_ckpt` keys (a key absent from it is passed as None)."""
+    net = instantiate_part(cfg.model, "model", input_shape=list(shape.input_shape), num_classes=shape.num_classes)
     ckpt_keys = [str(k) for k in cfg.task if str(k).endswith("_ckpt")]
-    references = {
-        k[: -len("_ckpt")]: (reference_net(cfg.task[k], f"task.{k}", datamodule.input_shape, trusted)
-                             if cfg.task[k] else None)
-        for k in ckpt_keys
-    }
     task = copy.copy(cfg.task)  # shallow: keeps interpolations to the root config working
     with open_dict(task):
         for k in ckpt_keys:
             del task[k]
-    module = instantiate_part(task, "task", net=net, **references)
+    arguments = {k[: -len("_ckpt")]: references.get(k[: -len("_ckpt")]) for k in ckpt_keys}
+    module = instantiate_part(task, "task", net=net, **arguments)
+    if not isinstance(module, Task):
+        raise RecipeError(f"task._target_={cfg.task._target_} is not a modules.task.Task: derive the module from it")
+    return module
+
+
+def build_module(cfg: DictConfig, datamodule: Any, trusted: Iterable[str] = ()) -> Task:
+    """The task module of a run, its net sized by the data.
+
+    Task keys named `<name>_ckpt` (teacher_ckpt, source_ckpt, init_ckpt) are checkpoint paths: each
+    becomes the argument `<name>`, the checkpoint's shipped net rebuilt and frozen (None when unset).
+    `trusted`: targets beyond the shipped ones that those checkpoints may build; the caller's own
+    setting, never read from `cfg`, which may itself come from a checkpoint.
+    """
+    shape = DataShape.of(datamodule)
+    references = {str(k)[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", shape.input_shape, trusted)
+                  for k in cfg.task if str(k).endswith("_ckpt") and cfg.task[k]}
+    module = build_task(cfg, shape, references)
     check_optimizer(module)
     if getattr(module, "needs_sample_index", False):
         datamodule.return_index = True
@@ -174,21 +193,28 @@ class Parts:
     """Everything `trainer.fit` needs, built from one config."""
 
     datamodule: pl.LightningDataModule
-    module: pl.LightningModule
+    module: Task
     compression: dict[str, Callback] = field(default_factory=dict)
     callbacks: list[Callback] = field(default_factory=list)
     loggers: list[Logger] = field(default_factory=list)
     trainer: pl.Trainer | None = None
     dense_size: dict[str, int] = field(default_factory=dict)  # the net as built, before any compression
+    ckpt_path: str | None = None  # the checkpoint the fit resumes from
 
 
-def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
-    """All parts of a training run; its checkpoints carry what rebuilds them (RecipeState)."""
+def build_training(cfg: DictConfig, choices: dict[str, Any], ckpt_path: str | None = None) -> Parts:
+    """All parts of a training run; its checkpoints carry what rebuilds them (RecipeState).
+    `ckpt_path`: a checkpoint to resume from, loaded into the module now (so a misfit fails here,
+    before the loggers touch the run's metrics); `trainer.fit` then restores the rest of its state."""
     check_strategy(cfg, choices)  # before anything is built
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule, cfg.get("trusted_targets") or ())
     data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
-    compression = build_compression(cfg, module.net)
+    compression = build_compression(cfg, module.shipped_net)
+    dense_size = model_size(module.shipped_net)
+    resumed = load_checkpoint(ckpt_path) if ckpt_path else None
+    if resumed is not None:
+        load_weights(resumed, module, ckpt_path)
     resolved = plain_config(cfg)
     callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(resolved, choices, data),
                  DivergenceGuard(), SigtermStop()]
@@ -196,7 +222,37 @@ def build_training(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     for logger in loggers:
         logger.log_hyperparams(resolved)
     trainer = build_trainer(cfg, callbacks, loggers)
-    return Parts(datamodule, module, compression, callbacks, loggers, trainer, model_size(module.net))
+    continue_history(loggers, resumed)  # start-up passed: metrics.csv may change
+    return Parts(datamodule, module, compression, callbacks, loggers, trainer, dense_size, ckpt_path)
+
+
+def build_run(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
+    """The build stage of recipes.train: seed, then every part, resuming from `cfg.ckpt_path`."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    return build_training(cfg, choices, resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.run_dir)))
+
+
+def check_compression_plan(cfg: DictConfig) -> None:
+    """The compression plan needs the shipped net; build the task (data shape, model, task) now when a
+    prerequisite would otherwise train before the run's own build finds the plan wrong."""
+    if not cfg.get("compress") or not pending_prerequisites(cfg):
+        return
+    module = build_module(cfg, build_datamodule(cfg), cfg.get("trusted_targets") or ())
+    build_compression(cfg, module.shipped_net)
+
+
+def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: Iterable[str] = ()
+            ) -> tuple[DictConfig, Any, Task, dict[str, Any]]:
+    """Config, datamodule and weight-loaded module of a checkpoint, and its group choices (what
+    recipes.evaluate and recipes.export start from); `overrides` patch the saved config; `trusted`:
+    targets beyond the shipped ones it may build."""
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = saved_config(ckpt, "ckpt_path", ckpt_path, trusted)
+    for key, value in (overrides or {}).items():  # dotted keys; nested mappings merge into the saved ones
+        OmegaConf.update(cfg, key, value, merge=True)
+    datamodule = build_datamodule(cfg)
+    module = load_weights(ckpt, build_module(cfg, datamodule, trusted), ckpt_path)
+    return cfg, datamodule, module, ckpt[KEY].get("choices", {})
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:

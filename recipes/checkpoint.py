@@ -13,8 +13,10 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from callbacks.structure import edits, replay
+from modules.task import Task
 from recipes.errors import RecipeError
 
 KEY = "recipe"
@@ -48,10 +50,12 @@ class RecipeState(Callback):
     def __init__(self, config: dict[str, Any], choices: dict[str, Any], data: dict[str, Any]) -> None:
         self.entry = {"config": config, "choices": choices, "data": data}
 
+    @override
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         # structure: the layer edits (factoring, shrinking) that rebuild this net's shapes from config
-        checkpoint[KEY] = {**self.entry, "structure": edits(pl_module.net), "rng": rng_states()}
+        checkpoint[KEY] = {**self.entry, "structure": edits(pl_module.shipped_net), "rng": rng_states()}
 
+    @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if KEY in checkpoint and "rng" in checkpoint[KEY]:
             set_rng_states(checkpoint[KEY]["rng"])
@@ -134,7 +138,7 @@ def restore_structure(ckpt: dict[str, Any], net: torch.nn.Module) -> None:
         replay(net, recorded)
 
 
-def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str) -> None:
+def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str, key: str = "ckpt_path") -> None:
     """Fail in one line when the checkpoint's weights do not fit `module` (another net or shape)."""
     saved, current = fold_masks(ckpt["state_dict"]), fold_masks(module.state_dict())
     missing = sorted(set(current) - set(saved))
@@ -144,8 +148,17 @@ def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str
         first = (reshaped or missing or unexpected)[0]
         detail = (f"{first} has shape {tuple(saved[first].shape)} there but {tuple(current[first].shape)} here"
                   if reshaped else f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. {first}")
-        raise RecipeError(f"ckpt_path={path} holds a model={model_name(ckpt)} net that does not fit the configured "
+        raise RecipeError(f"{key}={path} holds a model={model_name(ckpt)} net that does not fit the configured "
                           f"model ({detail}); use the model settings it was trained with")
+
+
+def load_weights(ckpt: dict[str, Any], module: Task, path: str, key: str = "ckpt_path") -> Task:
+    """The one load sequence of a checkpoint into a module its config built: replay the structure
+    edits on the shipped net, check that the weights fit, load them (pruning masks folded in)."""
+    restore_structure(ckpt, module.shipped_net)
+    check_compatible(ckpt, module, path, key)
+    module.load_state_dict(fold_masks(ckpt["state_dict"]))
+    return module
 
 
 def fold_masks(state_dict: dict[str, Any]) -> dict[str, Any]:

@@ -110,13 +110,23 @@ def log_libraries_to_file() -> None:
 def register_resolvers() -> None:
     """Resolvers used by conf/: ${rank_zero_path:P} is P on rank 0 and the null device elsewhere;
     ${rank_zero_only:V} is V on rank 0 and null elsewhere; ${run_id:} names the launch (see run_id),
-    cached so that every use in one config, and every job of a sweep (Hydra copies the cache), agrees."""
+    cached so that every use in one config, and every job of a sweep (Hydra copies the cache), agrees;
+    ${checkpoint_filename:M} is the best checkpoint's file name template for the monitored metric M."""
     if not OmegaConf.has_resolver("rank_zero_path"):
         OmegaConf.register_new_resolver("rank_zero_path", _rank_zero_path)
     if not OmegaConf.has_resolver("rank_zero_only"):
         OmegaConf.register_new_resolver("rank_zero_only", _rank_zero_only)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+    if not OmegaConf.has_resolver("checkpoint_filename"):
+        OmegaConf.register_new_resolver("checkpoint_filename", checkpoint_filename)
+
+
+def checkpoint_filename(monitor: str) -> str:
+    """ModelCheckpoint's file name template for a monitored metric: `val/acc` gives
+    `epoch{epoch:03d}-acc{val/acc:.4f}` (files such as epoch010-acc0.9722.ckpt, which users' scripts
+    read), `val/fd` gives `epoch{epoch:03d}-fd{val/fd:.4f}`."""
+    return f"epoch{{epoch:03d}}-{monitor.rpartition('/')[2]}{{{monitor}:.4f}}"
 
 
 def group_options(group: str) -> list[str] | None:

@@ -1,5 +1,5 @@
 """`python -m recipes.export ckpt_path=PATH [export=onnx|program|all]`: export an existing checkpoint's
-net, verified against it on the test set, to <its run dir>/export/ (or out_dir=DIR)."""
+shipped net (its task's), verified against it on the test set, to <its run dir>/export/ (or out_dir=DIR)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import hydra
 from omegaconf import DictConfig
 
 from recipes import cli
+from recipes.build import rebuild
 from recipes.errors import RecipeError
-from recipes.evaluate import export_best, rebuild
+from recipes.exporting import export_shipped
 from recipes.results import strict_json
 
 
@@ -21,7 +22,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     _, datamodule, module, _ = rebuild(cfg.ckpt_path, trusted=cfg.trusted_targets)
     datamodule.setup("test")
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt_path).resolve().parent.parent / "export"
-    report = export_best(cfg.export, module.net, datamodule, out_dir)
+    report = export_shipped(cfg.export, module, datamodule, out_dir)
     (out_dir / "report.json").write_text(strict_json(report, indent=2) + "\n")
     print(strict_json(report))
     print(f"export dir: {out_dir}")

@@ -9,6 +9,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,21 @@ from recipes.errors import RecipeError
 
 # Keys that replace the run's node (they are group choices); all others merge into it.
 _REPLACED = ("model", "task", "data")
+# The task (conf/task/ option) a prerequisite model is trained with when its config names none.
+DEFAULT_TASK = "classifier"
+
+
+def default_task() -> DictConfig:
+    """conf/task/<DEFAULT_TASK>.yaml, for a prerequisite config without a task of its own."""
+    return OmegaConf.load(str(resources.files("conf").joinpath("task", f"{DEFAULT_TASK}.yaml")))
+
+
+def prerequisite_choices(choices: dict[str, Any], name: str) -> dict[str, Any]:
+    """The group choices of prerequisite `name`: Hydra records those its config made as
+    `<group>@prerequisites.<name>.<group>` (e.g. its task and model); the run's own choices otherwise."""
+    marker = f"@prerequisites.{name}."
+    own = {key.partition("@")[0]: value for key, value in choices.items() if marker in key}
+    return {**choices, **own, "recipe": f"{choices.get('recipe')}/{name}", "task": own.get("task", DEFAULT_TASK)}
 
 
 def prerequisite_config(cfg: DictConfig, name: str, run_dir: Path) -> DictConfig:
@@ -35,6 +51,8 @@ def prerequisite_config(cfg: DictConfig, name: str, run_dir: Path) -> DictConfig
                 raise RecipeError(f"prerequisites.{name}.{key} cannot be built with this config ({err}); "
                                   f"pass task.{name}_ckpt=PATH of a trained model instead") from None
             sub[key] = node if key in _REPLACED or key not in sub else OmegaConf.merge(sub[key], node)
+        if "task" not in spec:
+            sub.task = default_task()
         sub.paths.run_dir = str(run_dir)
         sub.ckpt_path = None
     return sub
@@ -50,9 +68,9 @@ def _wait_for(results_file: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
 
 
 def ensure_prerequisites(cfg: DictConfig, run_dir: Path, choices: dict[str, Any],
-                         fit_and_test: Callable[..., dict[str, Any] | None]) -> None:
-    """Fill every unset `task.<name>_ckpt` that has a `prerequisites.<name>` by training that model,
-    then drop `prerequisites` from `cfg` (it may point at config, e.g. ${data.source}, that a user's
+                         run: Callable[..., dict[str, Any] | None]) -> None:
+    """Fill every unset `task.<name>_ckpt` that has a `prerequisites.<name>` by training that model
+    with `run` (recipes.train's pipeline, passed in so this module stays below it), then drop `prerequisites` from `cfg` (it may point at config, e.g. ${data.source}, that a user's
     overrides removed, which only matters when the model still has to be trained)."""
     for name in cfg.get("prerequisites") or {}:
         key = f"{name}_ckpt"
@@ -67,9 +85,8 @@ def ensure_prerequisites(cfg: DictConfig, run_dir: Path, choices: dict[str, Any]
             rank_zero_info(f"task.{key} is not set: reusing the {name} model trained earlier in this run dir: {path}")
         else:
             rank_zero_info(f"task.{key} is not set: training the {name} model first, in {sub_dir}")
-            results = fit_and_test(prerequisite_config(cfg, name, sub_dir),
-                                   {**choices, "recipe": f"{choices.get('recipe')}/{name}", "task": "classifier"},
-                                   keep_weights=True)
+            results = run(prerequisite_config(cfg, name, sub_dir), prerequisite_choices(choices, name),
+                          keep_weights=True)
             if results is None:  # another DDP rank: rank 0 tests the model and writes results.json
                 results = _wait_for(done)
             path = sub_dir / results["checkpoint"]

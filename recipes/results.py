@@ -43,6 +43,25 @@ def strict_json(value: Any, **kwargs: Any) -> str:
     return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
+def run_results(choices: dict[str, Any], run_dir: Path, seed: int, metrics: dict[str, float], fit_seconds: float,
+                parallel: dict[str, Any], checkpoint: str | None, monitor: dict[str, Any]) -> dict[str, Any]:
+    """results.json's sections that every run has (compression and export are added when they apply)."""
+    results: dict[str, Any] = {
+        "recipe": choices.get("recipe"),
+        "task": choices.get("task"),
+        "run_dir": relative(run_dir, Path.cwd()),
+        "seed": seed,
+        "metrics": metrics,
+        "fit_seconds": round(fit_seconds, 3),
+        "parallel": parallel,
+    }
+    if checkpoint:
+        results["checkpoint"] = relative(checkpoint, run_dir)
+    if monitor:
+        results["monitor"] = monitor
+    return results
+
+
 def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
     """Write results.json via a temporary file and a rename, so a reader never sees half a file."""
     target = run_dir / FILE_NAME
@@ -82,6 +101,9 @@ def print_summary(results: dict[str, Any], title: str = "run summary") -> None:
     table = Table(title=f"{title}: recipe={results.get('recipe')} task={results.get('task')}", show_header=False)
     for name, value in sorted(results.get("metrics", {}).items()):
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    monitor = results.get("monitor")
+    if monitor:  # the metric that picked the checkpoint
+        table.add_row(f"best {monitor['metric']} ({monitor['mode']})", f"{monitor['best']:.4f}")
     for key in ("checkpoint", "fit_seconds", "run_dir"):
         if key in results:
             table.add_row(key, str(results[key]))

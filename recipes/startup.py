@@ -1,8 +1,8 @@
 """Start-up checks of the whole plan of a run, before any model (a prerequisite included) trains: the
 values Lightning or torch would only reject mid-run (or accept and do nothing with), and the
 combinations a strategy refuses. Each check reads the config and class declarations only; nothing is
-built here that the run builds again, except the net of a compression plan whose run must first
-train a prerequisite (otherwise the plan is checked where the net is built, still before training)."""
+built here. (A compression plan needs the net: recipes.build.check_compression_plan checks it before
+a prerequisite trains.)"""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig
 
+from modules.task import MODES
 from recipes.errors import RecipeError
 
 
@@ -92,17 +93,13 @@ def pending_prerequisites(cfg: DictConfig) -> list[str]:
     return [name for name in cfg.get("prerequisites") or {} if not task.get(f"{name}_ckpt")]
 
 
-def check_compression_plan(cfg: DictConfig) -> None:
-    """The compression plan needs the net; build it (data shape and model only) now when a prerequisite
-    would otherwise train before the run's own build finds the plan wrong."""
-    if not cfg.get("compress") or not pending_prerequisites(cfg):
-        return
-    from recipes.build import build_compression, build_datamodule, instantiate_part
-
-    datamodule = build_datamodule(cfg)
-    net = instantiate_part(cfg.model, "model", input_shape=list(datamodule.input_shape),
-                           num_classes=datamodule.num_classes)
-    build_compression(cfg, net)
+def check_monitor(cfg: DictConfig) -> None:
+    """task.monitor_mode, which the task and the best-checkpoint callback read, before a prerequisite
+    trains (the task itself refuses it too, but only once the run's own build starts)."""
+    mode = (cfg.get("task") or {}).get("monitor_mode")
+    if mode is not None and mode not in MODES:
+        raise RecipeError(f"task.monitor_mode={mode} must be min or max (the direction in which "
+                          f"task.monitor={cfg.task.get('monitor')} improves)")
 
 
 def check_plan(cfg: DictConfig, choices: dict[str, Any]) -> None:
@@ -111,4 +108,4 @@ def check_plan(cfg: DictConfig, choices: dict[str, Any]) -> None:
     check_budget(cfg)
     check_accelerator(cfg)
     check_strategy(cfg, choices)
-    check_compression_plan(cfg)
+    check_monitor(cfg)

@@ -1,2 +1,25 @@
 """Plain nn.Modules. Every net takes `input_shape` (C, H, W) and `num_classes` from the data module,
 keeps them as attributes, and is an nn.Sequential of blocks (so stages can be cut for pipelining)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+# Layers whose outputs can be a net's outputs (and that compression steps act on).
+WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def output_layer(net: nn.Module) -> str:
+    """The dotted name of the layer whose outputs are the net's outputs: its last Linear / conv (a
+    classifier's head layer, whose outputs are the classes). The one definition of "the head" that
+    fine-tuning, hidden-node pruning and SVD factoring share."""
+    names = [name for name, module in net.named_modules() if isinstance(module, WEIGHTED)]
+    if not names:
+        raise ValueError(f"{type(net).__name__} has no Linear or conv layer")
+    return names[-1]
+
+
+def head_block(net: nn.Module) -> str:
+    """The name of the top-level block that holds the output layer (e.g. `5`, or a conv net's
+    pool-flatten-dropout-Linear block `3`): what fine-tuning keeps, re-initializes or trains alone."""
+    return output_layer(net).split(".")[0]
