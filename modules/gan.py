@@ -34,6 +34,10 @@ class GanModule(Task):
     images, and picks the best checkpoint.
     """
 
+    # Declared on the class for the strategies' start-up checks (recipes/startup.py): this task steps
+    # its two optimizers itself (Lightning's manual optimization).
+    manual_optimization = True
+
     def __init__(
         self,
         net: GanPair,
@@ -75,7 +79,7 @@ class GanModule(Task):
         if feature is None:
             raise ValueError("task.feature_ckpt is not set: pass task.feature_ckpt=PATH of a classifier trained on "
                              "this data, or use recipe=gan, which trains one first")
-        self.automatic_optimization = False
+        self.automatic_optimization = not self.manual_optimization
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss, self.d_steps, self.label_smoothing = loss, d_steps, label_smoothing
