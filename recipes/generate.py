@@ -15,7 +15,7 @@ from modules.gan import GanModule
 from modules.gan_pictures import save_grid, sample_grid
 from recipes import cli
 from recipes.errors import RecipeError
-from recipes.evaluate import rebuild
+from recipes.build import rebuild
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:

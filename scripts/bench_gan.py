@@ -27,7 +27,7 @@ from runs import train
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the recipes package, run from a checkout
 
 from recipes.build import build_test_trainer  # noqa: E402
-from recipes.evaluate import rebuild  # noqa: E402
+from recipes.build import rebuild  # noqa: E402
 
 
 def untrained_fd(ckpt: Path, seed: int) -> float:
