@@ -96,6 +96,14 @@ class AsyncSGDStrategy(DDPStrategy):
 
     restructurable = False  # compression steps that change layer shapes mid-fit are refused at start-up
 
+    @staticmethod
+    def check_task(task: type) -> None:
+        """The tasks this strategy serves, declared for start-up checks (recipes/startup.py)."""
+        if getattr(task, "manual_optimization", False):
+            raise ValueError(f"strategy=async cannot train {task.__name__}, which steps its own optimizers "
+                             f"(task=gan): its workers apply one optimizer step per batch to shared weights; "
+                             f"use trainer=ddp_sim (strategy=ddp) or strategy=single")
+
     def __init__(self, start_method: Literal["forkserver", "spawn"] = "forkserver", sync_every: int = 32,
                  timeout: float | timedelta = DEFAULT_SECONDS,
                  startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS, **kwargs: Any) -> None:

@@ -52,6 +52,14 @@ class DDPStrategy(pl.strategies.DDPStrategy):
         super().on_exception(exception)
         stop_started_ranks(self)
 
+    @override
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:
+        # A task that steps its own optimizers (a GAN: the discriminator's update leaves the generator
+        # out of the graph) needs DDP to look for parameters a backward pass did not reach.
+        if not self.lightning_module.automatic_optimization:
+            self._ddp_kwargs["find_unused_parameters"] = True
+        return super()._setup_model(model)
+
     def hook_sends(self, state: Any) -> bool:
         """Whether the hook all-reduces the bucket on this call (the default hook always does)."""
         return True

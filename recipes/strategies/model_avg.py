@@ -68,6 +68,14 @@ class ReplicaAverager(PeriodicModelAverager):
 class ModelAveragingStrategy(DDPStrategy):
     """`strategy=model_avg strategy.period=K strategy.warmup_steps=W` (see conf/strategy/model_avg.yaml)."""
 
+    @staticmethod
+    def check_task(task: type) -> None:
+        """The tasks this strategy serves, declared for start-up checks (recipes/startup.py)."""
+        if getattr(task, "manual_optimization", False):
+            raise ValueError(f"strategy=model_avg cannot train {task.__name__}, which steps its own optimizers "
+                             f"(task=gan): its local-SGD averaging wraps one optimizer step per batch; "
+                             f"use trainer=ddp_sim (strategy=ddp) or strategy=single")
+
     def __init__(self, period: int = 4, warmup_steps: int = 0, **kwargs: Any) -> None:
         if not isinstance(period, int) or period < 1:
             raise ValueError(f"strategy.period={period} must be an integer >= 1 (optimizer steps between "

@@ -1,0 +1,61 @@
+"""Offline GAN metrics in the features of a classifier this project trained on the same data: no
+Inception weights, no download. Frechet distance is torchmetrics' FrechetInceptionDistance given that
+classifier's penultimate features as its custom `feature` extractor."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+
+def last_linear(net: nn.Module) -> nn.Linear:
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the feature classifier (task.feature_ckpt) has no Linear head to take features before")
+    return linears[-1]
+
+
+class PenultimateFeatures(nn.Module):
+    """The input of a classifier's last Linear layer (its penultimate features), and its logits.
+
+    The classifier is deliberately not a submodule (like the distillation teacher): it is frozen,
+    never in the GAN's checkpoint or optimizers; `to()` moves it explicitly.
+    """
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "classifier", classifier.eval().requires_grad_(False))
+        head = last_linear(classifier)
+        self.num_features = head.in_features  # torchmetrics reads this instead of probing with a dummy image
+        self._captured: torch.Tensor | None = None
+        head.register_forward_pre_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        self._captured = args[0].flatten(1)
+
+    def move(self, device: torch.device) -> None:
+        self.classifier.to(device).eval()
+
+    @torch.no_grad()
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.classifier(images)
+        features, self._captured = self._captured, None
+        return features, logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features_and_logits(images)[0]
+
+
+def frechet_distance(features: PenultimateFeatures) -> FrechetInceptionDistance:
+    """A Frechet distance metric over `features` (update(images, real=...), compute, reset)."""
+    return FrechetInceptionDistance(feature=features, reset_real_features=True)
+
+
+def class_coverage(predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Normalized entropy of the predicted class histogram: 1.0 = every class equally often, 0 = one class."""
+    share = torch.bincount(predicted, minlength=num_classes).double() / max(1, predicted.numel())
+    entropy = -(share[share > 0] * share[share > 0].log()).sum()
+    return entropy / math.log(num_classes)

@@ -1,0 +1,18 @@
+"""Sample grids of a generator: PNG files in the run dir and TensorBoard images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+
+def sample_grid(images: torch.Tensor, per_row: int) -> torch.Tensor:
+    """Generated images in [-1, 1] tiled `per_row` to a row, as one [0, 1] image (C x H x W)."""
+    return make_grid(images.detach().float().cpu(), nrow=per_row, padding=1, normalize=True, value_range=(-1, 1))
+
+
+def save_grid(grid: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
