@@ -39,14 +39,16 @@ class WritableRunDir(Callback):
 
     @staticmethod
     def _check(config: DictConfig, key: str) -> None:
+        from recipes.cli import EXIT_BAD_INPUT, process_rank
+
+        if process_rank() != 0:  # only rank 0 writes in the run dir (and probing it is a write)
+            return
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolves
         try:
             check_writable(Path(str(config.hydra[key.split(".")[1]].dir)), key)
         except RecipeError as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            from recipes.cli import EXIT_BAD_INPUT
-
             print(f"error: {err}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)  # SystemExit passes Hydra's error report untouched
 

@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
@@ -40,3 +44,47 @@ def train_ok(run_dir: Path, *overrides: str, **kwargs: Any) -> dict[str, Any]:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+def assert_clean_failure(proc, run_dir: Path | None, *expected: str) -> None:
+    """A refusal as the contract says: non-zero exit, no traceback, one `error:` line naming what is
+    expected, and (when `run_dir` is given) no run dir left behind."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr[-3000:]
+    for text in expected:
+        assert text in last, last
+    if run_dir is not None:
+        assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
+
+
+def compose_train(tmp_path: Path, *overrides: str):
+    """The config `python -m recipes.train OVERRIDES` would run with (run dir pinned to tmp_path)."""
+    from recipes.cli import register_resolvers
+
+    register_resolvers()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.run_dir={tmp_path}", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run, where the task function never sees the hydra node
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def feature_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A recipes checkpoint of an (untrained) digits classifier, written as recipes.train writes one:
+    what a task that measures with a reference classifier (task=gan's task.feature_ckpt) needs to be
+    built. Its weights do not matter to the tests that use it."""
+    from recipes.build import build_datamodule, build_module, plain_config
+
+    folder = tmp_path_factory.mktemp("feature")
+    cfg = compose_train(folder)
+    module = build_module(cfg, build_datamodule(cfg))
+    path = folder / "feature.ckpt"
+    torch.save({"state_dict": module.state_dict(),
+                "recipe": {"config": plain_config(cfg), "choices": {"recipe": "baseline", "task": "classifier",
+                                                                    "model": "mlp"},
+                           "data": {"input_shape": [1, 8, 8], "num_classes": 10}}}, path)
+    return str(path)

@@ -15,7 +15,7 @@ from recipes.data.folder import ImageFolderDataModule
 from recipes.data.vision import TorchvisionDataModule
 from tests.conftest import train
 from tests.data_files import IDX_LABELS_MAGIC, _write_idx, write_image_folder, write_mnist_idx, write_png_header
-from tests.test_bad_input import assert_clean_failure
+from tests.conftest import assert_clean_failure
 
 
 def _random_bytes(path: Path) -> None:

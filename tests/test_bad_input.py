@@ -6,18 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_module, train, train_ok
-
-
-def assert_clean_failure(proc, run_dir: Path | None, *expected: str) -> None:
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), proc.stderr[-3000:]
-    for text in expected:
-        assert text in last, last
-    if run_dir is not None:
-        assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
+from tests.conftest import assert_clean_failure, run_module, train, train_ok
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from recipes.checkpoint_io import AtomicCheckpointIO
 from recipes.errors import RecipeError
 from recipes.loggers import HistoryCSVLogger
 from tests.conftest import train, train_ok
-from tests.test_compose import compose_train
+from tests.conftest import compose_train
 
 
 def rows(run_dir: Path) -> list[dict[str, str]]:

@@ -20,7 +20,7 @@ from recipes.errors import RecipeError
 from recipes.evaluate import rebuild
 from recipes.trusted import saved_config, shipped_targets
 from tests.conftest import REPO, run_module, train
-from tests.test_compose import compose_train
+from tests.conftest import compose_train
 
 
 @pytest.fixture(scope="module")

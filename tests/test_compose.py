@@ -5,34 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from recipes.build import build_training
-from recipes.cli import group_options, register_resolvers
+from recipes.build import build_training, instantiate_part
+from recipes.cli import group_options
+from tests.conftest import compose_train
 
 RECIPES = group_options("recipe")
+GAN_MODELS = ("gan_mlp", "dcgan")  # generator + discriminator pairs: built with task=gan
 
 
-def compose_train(tmp_path: Path, *overrides: str):
-    """The config `python -m recipes.train OVERRIDES` would run with (run dir pinned to tmp_path)."""
-    register_resolvers()
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.run_dir={tmp_path}", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as in a real run, where the task function never sees the hydra node
-    return cfg
-
+def reference_overrides(recipe: str, feature_ckpt: str) -> list[str]:
+    """What a recipe's task needs to be built without its prerequisite trained first."""
+    return [f"task.feature_ckpt={feature_ckpt}"] if recipe == "gan" else []
 
 def test_recipes_exist() -> None:
     assert "baseline" in RECIPES
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_composes_and_builds(recipe: str, tmp_path: Path) -> None:
-    cfg = compose_train(tmp_path, f"recipe={recipe}")
+def test_recipe_composes_and_builds(recipe: str, tmp_path: Path, feature_ckpt: str) -> None:
+    cfg = compose_train(tmp_path, f"recipe={recipe}", *reference_overrides(recipe, feature_ckpt))
     assert cfg.task_name == recipe
     parts = build_training(cfg, dict(HydraConfig.get().runtime.choices))
     assert parts.module.net.num_classes == parts.datamodule.num_classes
@@ -43,9 +36,16 @@ def test_recipe_composes_and_builds(recipe: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("size", [None, 32])
 def test_every_model_fits_the_data_shape(model: str, size: int | None, tmp_path: Path) -> None:
     """Input shape and class count flow from the datamodule into every net: no config repeats them."""
-    cfg = compose_train(tmp_path, f"model={model}", f"data.image_size={size if size else 'null'}", "data.channels=3")
-    parts = build_training(cfg, {})
-    assert parts.module.net.input_shape == (3, size or 8, size or 8)
+    task = ["task=gan"] if model in GAN_MODELS else []  # a GAN pair reads its latent size from the task
+    cfg = compose_train(tmp_path, f"model={model}", f"data.image_size={size if size else 'null'}", "data.channels=3",
+                        *task)
+    if task:
+        datamodule = instantiate_part(cfg.data, "data")
+        net = instantiate_part(cfg.model, "model", input_shape=list(datamodule.input_shape),
+                               num_classes=datamodule.num_classes)
+    else:
+        net = build_training(cfg, {}).module.net
+    assert net.input_shape == (3, size or 8, size or 8)
 
 
 def test_documented_overrides_compose(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from recipes.build import build_training
 from recipes.errors import RecipeError
 from tests.conftest import train
-from tests.test_compose import compose_train
+from tests.conftest import compose_train
 
 BAD_PLANS = [
     (["compress=[prune,svd]"], "svd must come before prune (factoring a pruned matrix makes it dense again); "

@@ -21,7 +21,7 @@ from recipes.build import build_training
 from recipes.errors import RecipeError
 from recipes.train import check_launch
 from tests.conftest import QUIET, REPO, train
-from tests.test_compose import compose_train
+from tests.conftest import compose_train
 
 TINY = ("data.train_samples=256", "trainer.max_epochs=1", "model.hidden=[64]", "logger=csv",
         "callbacks.model_summary=null", *QUIET)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import run_module, train
-from tests.test_bad_input import assert_clean_failure
+from tests.conftest import assert_clean_failure
 
 CASES = {
     "negative seed": (["seed=-1"], ["seed=-1", "0 to 4294967295"]),
