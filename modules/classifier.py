@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -93,6 +94,10 @@ class ClassifierModule(Task):
     @override
     def shipped_net(self) -> nn.Module:
         return self.net
+
+    @override
+    def chance_loss(self) -> float | None:
+        return math.log(self.net.num_classes)  # cross-entropy of a uniform guess
 
     @override
     def example_input(self, batch_size: int = 1) -> torch.Tensor:

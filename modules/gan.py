@@ -57,25 +57,15 @@ class GanModule(Task):
         monitor_mode: str = "min",
     ) -> None:
         super().__init__(monitor, monitor_mode)
-        if d_steps < 1:
-            raise ValueError(f"task.d_steps={d_steps} must be >= 1 (discriminator updates per generator update)")
-        if latent_dim < 1:
-            raise ValueError(f"task.latent_dim={latent_dim} must be >= 1 (the size of the generator's noise input)")
-        if loss not in LOSSES:
-            raise ValueError(f"task.loss={loss} is not one of {', '.join(LOSSES)}")
-        if not 0 <= label_smoothing < 1 or (label_smoothing and loss == "hinge"):
-            raise ValueError(f"task.label_smoothing={label_smoothing} must be in [0, 1), and 0 with task.loss=hinge")
+        self.check_arguments({"d_steps": d_steps, "latent_dim": latent_dim, "loss": loss,
+                              "label_smoothing": label_smoothing, "fd_samples": fd_samples,
+                              "val_samples": val_samples, "grid_every_n_epochs": grid_every_n_epochs})
         if conditional and net.num_classes < 2:
             raise ValueError(f"task.conditional=true needs labelled data with at least 2 classes, but the data gives "
                              f"{net.num_classes}; set task.conditional=false")
         if (net.latent_dim, net.conditional) != (latent_dim, conditional):
             raise ValueError(f"model.latent_dim={net.latent_dim} / model.conditional={net.conditional} differ from "
                              f"task.latent_dim={latent_dim} / task.conditional={conditional}: set them in task only")
-        for key, value in (("fd_samples", fd_samples), ("val_samples", val_samples)):
-            if value < 2:
-                raise ValueError(f"task.{key}={value} must be >= 2 (a Frechet distance needs a covariance)")
-        if grid_every_n_epochs < 1:
-            raise ValueError(f"task.grid_every_n_epochs={grid_every_n_epochs} must be >= 1")
         if feature is None:
             raise ValueError("task.feature_ckpt is not set: pass task.feature_ckpt=PATH of a classifier trained on "
                              "this data, or use recipe=gan, which trains one first")
@@ -94,6 +84,27 @@ class GanModule(Task):
         self.register_buffer("fixed_labels", labels)
 
     # --- the task contract ----------------------------------------------------------------------
+    @classmethod
+    @override
+    def check_arguments(cls, arguments: dict[str, Any]) -> None:
+        get = arguments.get
+        if get("d_steps", 1) < 1:
+            raise ValueError(f"task.d_steps={get('d_steps')} must be >= 1 (discriminator updates per generator update)")
+        if get("latent_dim", 1) < 1:
+            raise ValueError(f"task.latent_dim={get('latent_dim')} must be >= 1 (the size of the generator's noise "
+                             "input)")
+        loss = get("loss", "non_saturating")
+        if loss not in LOSSES:
+            raise ValueError(f"task.loss={loss} is not one of {', '.join(LOSSES)}")
+        smoothing = get("label_smoothing", 0.0)
+        if not 0 <= smoothing < 1 or (smoothing and loss == "hinge"):
+            raise ValueError(f"task.label_smoothing={smoothing} must be in [0, 1), and 0 with task.loss=hinge")
+        for key in ("fd_samples", "val_samples"):
+            if get(key, 2) < 2:
+                raise ValueError(f"task.{key}={get(key)} must be >= 2 (a Frechet distance needs a covariance)")
+        if get("grid_every_n_epochs", 1) < 1:
+            raise ValueError(f"task.grid_every_n_epochs={get('grid_every_n_epochs')} must be >= 1")
+
     @property
     @override
     def shipped_net(self) -> nn.Module:

@@ -32,6 +32,20 @@ class Task(RecipeModule, ABC):
             raise ValueError(f"task.monitor={monitor!r} must name a logged metric, e.g. val/acc or val/loss")
         self.monitor, self.monitor_mode = monitor, monitor_mode
 
+    @classmethod
+    def check_arguments(cls, arguments: dict[str, Any]) -> None:
+        """Raise ValueError (a `task.<key>=<value> ...` message) for a bad plain-valued argument. The
+        start-up checks call it with the task's config before any prerequisite model trains, so that a
+        bad value is refused before, not after, a teacher or feature classifier is trained; the
+        constructor calls it too. Arguments not given are absent (their defaults are good)."""
+
+    def chance_loss(self) -> float | None:
+        """The training loss of a model that has learned nothing (a classifier's uniform guess: ln C),
+        or None where the loss has no such level or need not fall as the task learns (a GAN's minimax
+        game). recipes/divergence.py warns at the end of a run whose loss stayed at or above it, or did
+        not fall; with None it does not judge."""
+        return None
+
     @property
     @abstractmethod
     def shipped_net(self) -> nn.Module:

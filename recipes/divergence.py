@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from modules.task import Task
 from recipes.errors import RunStopped
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ class DivergenceGuard(Callback):
     every `trainer.log_every_n_steps` steps, before validation, at epoch end and before any
     checkpoint is written; so no checkpoint holds the diverged weights, and none becomes "best".
 
-    It also compares the mean training loss of the first and the last tenth of the steps: a run whose
-    loss did not go down gets a warning (it finished, but it did not learn).
+    It also compares the mean training loss of the last tenth of the steps with the first tenth's and
+    with the task's chance level (Task.chance_loss): a run whose loss did not go down, or stayed at
+    chance, gets a warning (it finished, but it did not learn).
     """
 
     def __init__(self) -> None:
@@ -116,13 +118,15 @@ class DivergenceGuard(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (self.head[1] and self.tail[1]) or not trainer.is_global_zero:
-            return
+        chance = pl_module.chance_loss() if isinstance(pl_module, Task) else None
+        if chance is None or not (self.head[1] and self.tail[1]) or not trainer.is_global_zero:
+            return  # a task with no "learned nothing" level (a GAN) is not judged by its loss
         first, last = float(self.head[0]) / self.head[1], float(self.tail[0]) / self.tail[1]
-        if not last < first:
+        if last >= chance or not last < first:
+            why = (f"is at or above {chance:.4g}, the loss of a model that learned nothing" if last >= chance
+                   else f"is not below that of the first {self.head[1]} ({first:.4g})")
             log.warning(f"the run did not learn: the mean train/loss of the last {self.tail[1]} steps ({last:.4g}) "
-                        f"is not below that of the first {self.head[1]} ({first:.4g}); check "
-                        f"{learning_rate(trainer)} (too high or too low)")
+                        f"{why}; check {learning_rate(trainer)} (too high or too low)")
 
 
 def learning_rate(trainer: pl.Trainer) -> str:

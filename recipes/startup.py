@@ -11,9 +11,9 @@ from typing import Any
 from hydra.utils import get_object
 from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 from lightning.pytorch.accelerators import AcceleratorRegistry
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from modules.task import MODES
+from modules.task import MODES, Task
 from recipes.errors import RecipeError
 
 
@@ -102,6 +102,24 @@ def check_monitor(cfg: DictConfig) -> None:
                           f"task.monitor={cfg.task.get('monitor')} improves)")
 
 
+def check_task_arguments(cfg: DictConfig) -> None:
+    """The task class's own checks of its plain-valued arguments (Task.check_arguments), so a bad value
+    is refused before a prerequisite (a teacher, a feature classifier) trains, not after."""
+    task = cfg.get("task")
+    target = task.get("_target_") if task is not None else None
+    if not target:
+        return
+    cls = get_object(target)  # the user's own config names it: instantiating it is the point of the run
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        return  # build_task refuses a class that is not a Task, with its own message
+    plain = OmegaConf.to_container(task, resolve=True)
+    arguments = {k: v for k, v in plain.items() if not k.startswith("_") and not isinstance(v, (dict, list))}
+    try:
+        cls.check_arguments(arguments)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(str(err)) from None
+
+
 def check_plan(cfg: DictConfig, choices: dict[str, Any]) -> None:
     """Every start-up check of the run's own config, cheapest first."""
     check_seed(cfg.get("seed"))
@@ -109,3 +127,4 @@ def check_plan(cfg: DictConfig, choices: dict[str, Any]) -> None:
     check_accelerator(cfg)
     check_strategy(cfg, choices)
     check_monitor(cfg)
+    check_task_arguments(cfg)

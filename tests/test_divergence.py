@@ -42,3 +42,13 @@ def test_strict_json_writes_null_for_nonfinite() -> None:
     text = strict_json({"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": {"d": 2}})
     assert json.loads(text) == {"a": None, "b": [None, None, 1.5], "c": {"d": 2}}
     assert "NaN" not in text and "Infinity" not in text
+
+
+def test_a_run_that_did_not_learn_ends_with_a_warning(run_dir: Path) -> None:
+    """lr=1e4 stays finite and ends near 31% on digits: the run succeeds, but its loss stayed above a
+    uniform guess's (ln 10), and it says so."""
+    proc = train(run_dir, "task.optimizer.lr=1e4", "trainer.max_epochs=3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert "the run did not learn" in output and "task.optimizer.lr=10000" in output, output[-3000:]
+    assert "the run did not learn" in (run_dir / "train.log").read_text()
