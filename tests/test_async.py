@@ -37,6 +37,7 @@ def rank1_slowed(tmp_path_factory) -> tuple[Path, dict]:
     return run_dir, train_ok(run_dir, "strategy=async", "trainer.max_epochs=2", *SMALL, *slowed(1))
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_fast_worker_keeps_stepping_while_the_slow_one_lags(rank1_slowed, tmp_path: Path) -> None:
     run_dir, results = rank1_slowed
     par = results["parallel"]
@@ -60,6 +61,7 @@ def test_fast_worker_keeps_stepping_while_the_slow_one_lags(rank1_slowed, tmp_pa
     assert json.loads(out.read_text())["metrics"] == results["metrics"]
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_workers_update_one_shared_set_of_weights(rank1_slowed, tmp_path: Path) -> None:
     """Slow rank 0 instead: the fast rank 1 finishes first, and rank 0's first validation already sees rank
     1's updates (it validates weights trained by far more steps than its own 20 of one epoch)."""
@@ -90,6 +92,7 @@ def test_bad_value_fails_in_one_line(tmp_path: Path, override: str, message: str
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 @pytest.mark.parametrize("launcher", ["env", "torchrun"])
 def test_two_nodes_average_their_hogwild_weights(tmp_path: Path, launcher: str) -> None:
     """Two simulated nodes (two `recipes.train` processes, node rank 0 and 1, one run dir), each with 2
@@ -146,6 +149,7 @@ def test_gpu_is_refused_with_a_pointer_to_the_cross_node_option(tmp_path: Path) 
     assert proc.returncode != 0 and last.startswith("error: ") and "torchft" in last, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_async_accuracy_is_within_one_point_of_ddp(tmp_path: Path) -> None:
     """Same epochs, same per-process batch: async (one worker slowed) vs synchronous DDP on digits."""
     epochs = "trainer.max_epochs=10"

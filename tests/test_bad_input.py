@@ -85,6 +85,7 @@ def test_corrupt_checkpoint(run_dir: Path, tmp_path: Path) -> None:
     assert_clean_failure(run_module("recipes.evaluate", f"ckpt_path={bad}"), None, "not a readable checkpoint")
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_checkpoint_from_another_architecture(run_dir: Path, mlp_checkpoint: Path) -> None:
     proc = train(run_dir, f"ckpt_path={mlp_checkpoint}", "model=lenet5")
     assert_clean_failure(proc, run_dir, "model=mlp", "does not fit")
@@ -96,6 +97,7 @@ def test_evaluate_needs_a_checkpoint(tmp_path: Path) -> None:
     assert_clean_failure(run_module("recipes.evaluate", f"ckpt_path={tmp_path / 'x.ckpt'}"), None, "does not exist")
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_existing_run_dir_is_kept_on_error(run_dir: Path, mlp_checkpoint: Path) -> None:
     """An error in a run dir that already holds results must not delete them."""
     train_ok(run_dir, "debug=fast_dev_run")

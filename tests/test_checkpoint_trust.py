@@ -212,6 +212,7 @@ def test_train_refuses_a_teacher_from_an_unknown_package(genuine: dict[str, Any]
     assert traps.untouched() and not run_dir.exists()
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_evaluate_builds_a_target_the_user_trusts(genuine: dict[str, Any], tmp_path: Path) -> None:
     """The escape hatch on the command line of the person loading the file: a genuine checkpoint with
     an optimizer the YAML does not ship evaluates once that optimizer is trusted."""

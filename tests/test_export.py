@@ -50,6 +50,7 @@ def test_a_parity_miss_is_an_error_and_leaves_no_artifact(tmp_path: Path) -> Non
         export_and_verify(net, torch.zeros(2, 1, 8, 8), inputs((1, 8, 8)), tmp_path, formats=["tflite"])
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_train_exports_the_best_checkpoint(run_dir: Path, tmp_path: Path) -> None:
     results = train_ok(run_dir, "trainer.max_epochs=2", "export=all")
     export = results["export"]

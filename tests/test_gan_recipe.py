@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_module, train, train_ok
+from tests.conftest import run_module, train, train_ok
 
 TINY = ["recipe=gan", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1", "+trainer.limit_train_batches=5",
         "task.fd_samples=100", "task.val_samples=100", "logger=csv"]
 
 
 @pytest.fixture(scope="module")
-def feature_ckpt(tmp_path_factory) -> str:
+def trained_feature_ckpt(tmp_path_factory) -> str:
     """One feature classifier for the tests of this file (recipe=gan trains it when none is given)."""
     run_dir = tmp_path_factory.mktemp("gan") / "run"
     results = train_ok(run_dir, *TINY, "trainer.max_epochs=1", "prerequisites.feature.trainer.max_epochs=2")
@@ -26,8 +26,8 @@ def feature_ckpt(tmp_path_factory) -> str:
 
 
 @pytest.mark.slow  # three entry points and a pruned export: ~25 s on a quiet 2-core machine
-def test_gan_run_exports_pruned_generator_and_evaluate_and_generate_reproduce(feature_ckpt, run_dir, tmp_path):
-    results = train_ok(run_dir, *TINY, f"task.feature_ckpt={feature_ckpt}", "task.conditional=true",
+def test_gan_run_exports_pruned_generator_and_evaluate_and_generate_reproduce(trained_feature_ckpt, run_dir, tmp_path):
+    results = train_ok(run_dir, *TINY, f"task.feature_ckpt={trained_feature_ckpt}", "task.conditional=true",
                        "compress=[prune]", "compress.prune.start_epoch=0", "compress.prune.end_epoch=1",
                        "compress.prune.sparsity=0.5", "export=onnx")
     metrics = results["metrics"]
@@ -49,15 +49,15 @@ def test_gan_run_exports_pruned_generator_and_evaluate_and_generate_reproduce(fe
     made = run_module("recipes.generate", f"ckpt_path={run_dir / results['checkpoint']}", "num_samples=20", "label=3",
                       f"out={out}")
     assert made.returncode == 0 and out.is_file() and out.stat().st_size > 100, made.stderr[-2000:]
-    refused = run_module("recipes.generate", f"ckpt_path={feature_ckpt}", f"out={tmp_path / 'x.png'}")
+    refused = run_module("recipes.generate", f"ckpt_path={trained_feature_ckpt}", f"out={tmp_path / 'x.png'}")
     assert refused.returncode == 2 and "not a GAN" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.slow  # three DCGAN runs: ~15-20 s on a quiet 2-core machine
-def test_resume_continues_both_optimizers_exactly(feature_ckpt, tmp_path):
+def test_resume_continues_both_optimizers_exactly(trained_feature_ckpt, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = [*TINY, f"task.feature_ckpt={feature_ckpt}", "model=dcgan"]
+    common = [*TINY, f"task.feature_ckpt={trained_feature_ckpt}", "model=dcgan"]
     train_ok(straight, *common)
     train_ok(resumed, *common, "trainer.max_epochs=2")
     train_ok(resumed, *common, "ckpt_path=last")
@@ -72,10 +72,11 @@ def test_resume_continues_both_optimizers_exactly(feature_ckpt, tmp_path):
             assert all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
-def test_ddp_replicas_hold_equal_weights(feature_ckpt, run_dir):
+@pytest.mark.slow  # a 2-rank run plus the shared feature classifier: ~20 s on a quiet 2-core machine
+def test_ddp_replicas_hold_equal_weights(trained_feature_ckpt, run_dir):
     probe = run_dir.parent / "probe"
     tiny = [o for o in TINY if "limit_train_batches" not in o]
-    train_ok(run_dir, *tiny, f"task.feature_ckpt={feature_ckpt}", "trainer=ddp_sim", "trainer.max_epochs=1",
+    train_ok(run_dir, *tiny, f"task.feature_ckpt={trained_feature_ckpt}", "trainer=ddp_sim", "trainer.max_epochs=1",
              "+trainer.limit_train_batches=3", "+callbacks.probe._target_=tests.replica_probe.ReplicaProbe",
              f"+callbacks.probe.out_dir={probe}")
     ranks = [torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -88,8 +89,9 @@ def test_ddp_replicas_hold_equal_weights(feature_ckpt, run_dir):
     ("task.d_steps=0", "task.d_steps=0 must be >= 1"),
     ("strategy=async", "strategy=async cannot train GanModule"),
 ])
-def test_bad_gan_input_is_one_line_and_leaves_no_run_dir(override, message, feature_ckpt, run_dir):
-    proc = train(run_dir, "recipe=gan", override, f"task.feature_ckpt={feature_ckpt}")
+def test_bad_gan_input_is_one_line_and_leaves_no_run_dir(override, message, run_dir):
+    """Refused at start-up, before the feature classifier (a prerequisite) would train."""
+    proc = train(run_dir, "recipe=gan", override)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
     assert not run_dir.exists()

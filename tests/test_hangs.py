@@ -40,6 +40,7 @@ def test_bad_timeout_is_refused_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "strategy.timeout=0 must be a positive number of seconds" in last, last
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_async_on_one_device_trains_with_one_worker(tmp_path: Path) -> None:
     """Hogwild with trainer.devices=1: one worker with the machine's threads (it used to deadlock in its first
     torch op, forked after the main process had started the OpenMP pool); fork itself is refused."""

@@ -4,6 +4,8 @@ a shrunk checkpoint reloads in recipes.evaluate and on resume."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
@@ -71,6 +73,7 @@ def test_activation_importance_removes_dead_units() -> None:
     assert (cosine > 0.5).all()
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_recipe_shrinks_exports_evaluates_and_resumes(tmp_path: Path) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     results = train_ok(straight, *SCHEDULE, *FAST, "export=onnx")
@@ -93,6 +96,7 @@ def test_recipe_shrinks_exports_evaluates_and_resumes(tmp_path: Path) -> None:
         assert torch.allclose(value, wb[key], atol=1e-6), key
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_ddp_replicas_shrink_alike_and_stay_in_sync(tmp_path: Path) -> None:
     """Under DDP the shrunk module is wrapped again: both ranks end with the same shapes and weights."""
     probe = ("+callbacks.probe._target_=tests.replica_probe.ReplicaProbe", f"+callbacks.probe.out_dir={tmp_path / 'probe'}",

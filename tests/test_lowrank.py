@@ -57,6 +57,7 @@ def test_rank_rules() -> None:
         LowRankFactorization(rank=60).check(MLP((1, 8, 8), 10), max_epochs=20)
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_svd_recipe_factors_trains_exports_and_evaluates(run_dir: Path, tmp_path: Path) -> None:
     results = train_ok(run_dir, *SCHEDULE, *FAST, "export=onnx")
     comp = results["compression"]
@@ -73,6 +74,7 @@ def test_svd_recipe_factors_trains_exports_and_evaluates(run_dir: Path, tmp_path
     assert json.loads(out.read_text())["metrics"]["test/acc"] == results["metrics"]["test/acc"]
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_resume_across_the_factoring_epoch(tmp_path: Path) -> None:
     """Interrupted before factoring, resumed with ckpt_path=last: the same factors and weights."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

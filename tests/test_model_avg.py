@@ -53,6 +53,7 @@ def test_replicas_drift_between_averages_and_agree_after_each(tmp_path: Path) ->
     assert results["metrics"]["test/acc"] > 0.2
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_model_avg_sends_period_times_fewer_bytes_than_ddp(tmp_path: Path) -> None:
     period = 4  # 256 samples / (2 ranks x 32) = 4 steps per epoch: every epoch ends on an average
     same = (*TINY, "data.train_samples=256", "trainer.max_epochs=2")

@@ -29,7 +29,7 @@ def logged(run_dir: Path, name: str) -> list[float]:
         return [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("schedule", [pytest.param("gpipe", marks=pytest.mark.slow), "1f1b"])
 def test_pipelined_step_equals_single_process(tmp_path: Path, schedule: str) -> None:
     # SGD with lr=1 and no decay: the weights after one step are w0 - grad, so the checkpoint shows the
     # gradients. A batch of 30 in 4 micro-batches of 8 also exercises the padding of a ragged batch.
@@ -56,6 +56,7 @@ def test_pipelined_step_equals_single_process(tmp_path: Path, schedule: str) -> 
     assert logged(run, "train/loss")[0] == pytest.approx(loss.item(), abs=1e-5)
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_pipeline_trains_and_ships_the_whole_net(run_dir: Path) -> None:
     results = train_ok(run_dir, *PIPELINE, "data.train_samples=640", "data.batch_size=32", "trainer.max_epochs=4",
                        *SMALL)

@@ -52,6 +52,7 @@ FAST = ("callbacks.model_summary=null", "callbacks.lr_monitor=null", "logger=csv
 SCHEDULE = ("recipe=prune", "trainer.max_epochs=6", "compress.prune.start_epoch=1", "compress.prune.end_epoch=4")
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_masks_survive_resume(tmp_path: Path) -> None:
     """Interrupted mid-ramp, resumed with ckpt_path=last: the same final weights and zeros as straight."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -86,7 +86,7 @@ def test_evaluate_reproduces_the_training_end_metrics(run_dir: Path, tmp_path: P
     assert json.loads(proc.stdout.strip().splitlines()[-1])["test/acc"] == results["metrics"]["test/acc"]
 
 
-@pytest.mark.parametrize("start_method", ["popen", "spawn"])
+@pytest.mark.parametrize("start_method", ["popen", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_ddp_sim_trains_with_one_run_dir(start_method: str, tmp_path: Path) -> None:
     """trainer=ddp_sim: 2 CPU ranks over gloo, one run dir, files written by rank 0 only; with
     start_method=spawn (ddp_spawn) the main process appends the test metrics to rank 0's metrics.csv."""

@@ -266,6 +266,7 @@ def check_run(run_dir: Path, results: dict[str, Any], prerequisite: str, domains
     return ckpt
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_distill_recipe_end_to_end(run_dir: Path) -> None:
     results = train_ok(run_dir, "recipe=distill", *FAST, "prerequisites.teacher.trainer.max_epochs=1", "export=onnx")
     assert results["recipe"] == "distill" and results["task"] == "distill"
@@ -277,6 +278,7 @@ def test_distill_recipe_end_to_end(run_dir: Path) -> None:
     assert teacher_ckpt.resolve().is_relative_to((run_dir / "teacher").resolve())
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_adapt_recipe_end_to_end_and_resume_reuses_the_source(run_dir: Path) -> None:
     results = train_ok(run_dir, "recipe=adapt", *FAST, "prerequisites.source.trainer.max_epochs=1")
     assert results["task"] == "adapt"
@@ -292,7 +294,7 @@ def test_adapt_recipe_end_to_end_and_resume_reuses_the_source(run_dir: Path) -> 
     torch.load(run_dir / again["checkpoint"], weights_only=True)
 
 
-@pytest.mark.parametrize("recipe", ["finetune", "data_mix"])
+@pytest.mark.parametrize("recipe", ["finetune", pytest.param("data_mix", marks=pytest.mark.slow)])
 def test_init_recipes_end_to_end(recipe: str, run_dir: Path) -> None:
     results = train_ok(run_dir, f"recipe={recipe}", *FAST, "prerequisites.init.trainer.max_epochs=1")
     assert results["recipe"] == recipe
@@ -315,6 +317,7 @@ def image_folder(root: Path, classes: int = 3, per_class: int = 4) -> Path:
     return root
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_class_count_mismatch_is_a_one_line_cli_error(tmp_path: Path) -> None:
     digits = tmp_path / "digits"
     results = train_ok(digits, *FAST)
