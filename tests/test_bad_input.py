@@ -78,6 +78,7 @@ def test_missing_checkpoint(run_dir: Path, tmp_path: Path) -> None:
     assert_clean_failure(proc, run_dir, "no.ckpt does not exist")
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_corrupt_checkpoint(run_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")

@@ -115,6 +115,7 @@ def test_a_corrupt_last_ckpt_names_the_newest_readable_one(damage: str, two_epoc
         resolve_ckpt_path("last", run_dir)
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_resume_after_a_corrupt_last_ckpt_from_the_named_checkpoint(two_epochs: Path, tmp_path: Path) -> None:
     """A truncated last.ckpt: `ckpt_path=last` exits 2 with one line naming the good checkpoint, keeps
     the run dir, and resuming from the named checkpoint trains on."""

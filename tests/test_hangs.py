@@ -18,6 +18,7 @@ from tests.conftest import QUIET, REPO, train, train_ok
 TINY = ("trainer.max_epochs=1", "callbacks.model_summary=null", "logger=csv", "model.hidden=[32]")
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_a_stopped_rank_fails_the_run_within_the_timeout(tmp_path: Path) -> None:
     pid_file = tmp_path / "stopped.pid"
     start = time.perf_counter()

@@ -20,6 +20,7 @@ def probe(out: Path) -> tuple[str, str]:
     return "+callbacks.probe._target_=tests.replica_probe.ReplicaProbe", f"+callbacks.probe.out_dir={out}"
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_replicas_drift_between_averages_and_agree_after_each(tmp_path: Path) -> None:
     period, warmup = 3, 2  # 512 samples / (2 ranks x 32) = 8 steps per epoch, 16 in all
     run = tmp_path / "avg"

@@ -70,6 +70,7 @@ def test_every_task_under_modules_implements_the_contract(tmp_path: Path, featur
     assert task_classes() <= seen, f"tasks no recipe builds (so untested here): {task_classes() - seen}"
 
 
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_monitor_val_loss_min_picks_the_lowest_val_loss(run_dir: Path, tmp_path: Path) -> None:
     """A high learning rate makes val/loss move both ways; the kept checkpoint is the epoch with the
     lowest val/loss, named by it; results.json says which metric picked it."""
