@@ -1,4 +1,4 @@
-"""results.json: one schema for every run (see DESIGN.md), written atomically by rank 0 only, and the
+"""results.json: one schema for every run (the README's results.json section), written atomically by rank 0 only, and the
 one-screen summary printed at the end of a run."""
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def check_accelerator(cfg: DictConfig) -> None:
 
 def check_strategy(cfg: DictConfig, choices: dict[str, Any]) -> None:
     """The strategy's own declarations against the task and the compression steps (see Strategy in
-    DESIGN.md's extension contracts): `check_task(task_class)` and `restructurable`."""
+    the strategy contract): `check_task(task_class)` and `restructurable`."""
     target = cfg.strategy.get("_target_") if "strategy" in cfg else None
     if not target:
         return
