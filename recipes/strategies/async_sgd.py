@@ -68,6 +68,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim import Optimizer
 
+from recipes.strategies import refuse_self_stepping
 from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, collective_timeout
 
 START_METHODS = ("forkserver", "spawn")
@@ -99,10 +100,7 @@ class AsyncSGDStrategy(DDPStrategy):
     @staticmethod
     def check_task(task: type) -> None:
         """The tasks this strategy serves, declared for start-up checks (recipes/startup.py)."""
-        if getattr(task, "manual_optimization", False):
-            raise ValueError(f"strategy=async cannot train {task.__name__}, which steps its own optimizers "
-                             f"(task=gan): its workers apply one optimizer step per batch to shared weights; "
-                             f"use trainer=ddp_sim (strategy=ddp) or strategy=single")
+        refuse_self_stepping(task, "async", "its workers apply one optimizer step per batch to shared weights")
 
     def __init__(self, start_method: Literal["forkserver", "spawn"] = "forkserver", sync_every: int = 32,
                  timeout: float | timedelta = DEFAULT_SECONDS,

@@ -10,47 +10,33 @@ does what DDP's built-in reducer does (divide by the world size, all-reduce each
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import _register_ddp_comm_hook
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from typing_extensions import override
 
-from recipes.strategies.timeout import (DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, collective_timeout, meet,
-                                       stop_started_ranks)
+from recipes.strategies.timeout import TimedDDPStrategy
 
 Hook = Callable[[Any, dist.GradBucket], torch.futures.Future]
 
 
-class DDPStrategy(pl.strategies.DDPStrategy):
+class DDPStrategy(TimedDDPStrategy):
     """`comm_bytes`: bytes of the gradient buckets this rank handed to an all-reduce during fit (the
     bucket as the hook sees it, after a wrapper such as fp16 compression).
 
     timeout / startup_timeout: seconds a rank waits for the others in a collective / at start-up
     (recipes.strategies.timeout)."""
 
-    def __init__(self, *args: Any, timeout: float | timedelta = DEFAULT_SECONDS,
-                 startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS, **kwargs: Any) -> None:
-        super().__init__(*args, timeout=collective_timeout(startup_timeout, "startup_timeout"), **kwargs)
-        self.collective_timeout, self.ranks_met = collective_timeout(timeout), False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.hook_bytes = 0
 
     @property
     def comm_bytes(self) -> int:
         return self.hook_bytes
-
-    @override
-    def setup_distributed(self) -> None:
-        meet(self, super().setup_distributed)
-
-    @override
-    def on_exception(self, exception: BaseException) -> None:
-        super().on_exception(exception)
-        stop_started_ranks(self)
 
     @override
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:

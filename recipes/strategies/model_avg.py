@@ -25,6 +25,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.post_localSGD_hook import PostL
 from torch.distributed.algorithms.model_averaging import utils
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 
+from recipes.strategies import refuse_self_stepping
 from recipes.strategies.ddp import DDPStrategy
 
 
@@ -71,10 +72,7 @@ class ModelAveragingStrategy(DDPStrategy):
     @staticmethod
     def check_task(task: type) -> None:
         """The tasks this strategy serves, declared for start-up checks (recipes/startup.py)."""
-        if getattr(task, "manual_optimization", False):
-            raise ValueError(f"strategy=model_avg cannot train {task.__name__}, which steps its own optimizers "
-                             f"(task=gan): its local-SGD averaging wraps one optimizer step per batch; "
-                             f"use trainer=ddp_sim (strategy=ddp) or strategy=single")
+        refuse_self_stepping(task, "model_avg", "its local-SGD averaging wraps one optimizer step per batch")
 
     def __init__(self, period: int = 4, warmup_steps: int = 0, **kwargs: Any) -> None:
         if not isinstance(period, int) or period < 1:

@@ -17,7 +17,6 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.optimizer import _optimizer_to_device
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
@@ -26,8 +25,7 @@ from typing_extensions import override
 from modules.classifier import ClassifierModule
 from recipes.errors import RecipeError
 from recipes.strategies import pipeline_stages as stages
-from recipes.strategies.timeout import (DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, collective_timeout, meet,
-                                       stop_started_ranks)
+from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, TimedDDPStrategy
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -45,7 +43,7 @@ class _StageGrads(torch.autograd.Function):
         return (None, None, *(None if g is None else g * grad_loss for g in ctx.grads))
 
 
-class PipelineStrategy(DDPStrategy):
+class PipelineStrategy(TimedDDPStrategy):
     """One pipeline stage per rank; data parallelism degree 1 (every rank sees the same batches).
 
     A batch of n samples is cut into `microbatches` pieces of ceil(n/M) samples; a shortfall (a last,
@@ -73,22 +71,12 @@ class PipelineStrategy(DDPStrategy):
         if schedule not in SCHEDULES:
             raise ValueError(f"strategy.schedule={schedule!r} must be one of {', '.join(SCHEDULES)}, "
                              "e.g. strategy.schedule=1f1b")
-        super().__init__(process_group_backend=process_group_backend, start_method=start_method,
-                         timeout=collective_timeout(startup_timeout, "startup_timeout"))
-        self.collective_timeout, self.ranks_met = collective_timeout(timeout), False
+        super().__init__(process_group_backend=process_group_backend, start_method=start_method, timeout=timeout,
+                         startup_timeout=startup_timeout)
         self.microbatches, self.schedule_name = microbatches, schedule
         self.split_points = stages.check_split_points(split_points)
         self.comm_bytes = 0  # bytes this rank sent: activations, activation gradients, loss, weight gathers
         self._schedules: dict[int, Any] = {}
-
-    @override
-    def setup_distributed(self) -> None:
-        meet(self, super().setup_distributed)
-
-    @override
-    def on_exception(self, exception: BaseException) -> None:
-        super().on_exception(exception)
-        stop_started_ranks(self)
 
     # --- launch-time checks (run while the Trainer is built, before any process starts) ----------
     def _configure_launcher(self) -> None:

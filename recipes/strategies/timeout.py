@@ -18,8 +18,10 @@ from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from torch.multiprocessing import ProcessRaisedException
+from typing_extensions import override
 
 DEFAULT_SECONDS = 300.0
 DEFAULT_STARTUP_SECONDS = 600.0
@@ -75,15 +77,6 @@ def collective_failure(err: BaseException, strategy: Any) -> str | None:
             "wait longer for each other")
 
 
-def meet(strategy: Any, setup_distributed: Any) -> None:
-    """Create the process group (`setup_distributed`, which waits up to the start-up timeout for every
-    rank), then give its collectives the run's timeout."""
-    setup_distributed()
-    if dist.is_initialized():
-        dist.set_timeout(strategy.collective_timeout)
-    strategy.ranks_met = True
-
-
 def stop_started_ranks(strategy: Any) -> None:
     """When the rank that started the others (`start_method=popen`) fails, take them down with it: Lightning
     does so only on Ctrl-C, and a stopped or hung rank would otherwise outlive the run. SIGKILL also ends a
@@ -93,3 +86,29 @@ def stop_started_ranks(strategy: Any) -> None:
         launcher.kill(signal.SIGKILL)
         for proc in launcher.procs:
             proc.wait(timeout=30)  # reap it: no zombie left behind
+
+
+class TimedDDPStrategy(DDPStrategy):
+    """Lightning's DDPStrategy with the run's collective timeout: the process group is created with
+    `startup_timeout` (every rank must join within it), then its collectives get `timeout`; and a
+    failing rank 0 takes the ranks it started down with it. Base of strategy=ddp (and so model_avg)
+    and strategy=pipeline."""
+
+    def __init__(self, *args: Any, timeout: float | timedelta = DEFAULT_SECONDS,
+                 startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS, **kwargs: Any) -> None:
+        super().__init__(*args, timeout=collective_timeout(startup_timeout, "startup_timeout"), **kwargs)
+        self.collective_timeout, self.ranks_met = collective_timeout(timeout), False
+
+    @override
+    def setup_distributed(self) -> None:
+        super().setup_distributed()  # waits up to the start-up timeout for every rank
+        if dist.is_initialized():
+            dist.set_timeout(self.collective_timeout)
+        self.ranks_met = True
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        super().on_exception(exception)
+        stop_started_ranks(self)
+
+
