@@ -20,6 +20,8 @@ from callbacks.prune import MagnitudePruning, prunable
 
 class DenseSparseDense(MagnitudePruning):
     step = "dsd"
+    order_reason = "train dense-sparse-dense on the weights that ship, then change how they are stored"
+    excludes = {"prune": "both mask the weights"}
 
     def __init__(self, sparsity: float = 0.5, sparse_epoch: int = 10, redense_epoch: int = 25,
                  scope: str = "layer", redense_lr_scale: float = 0.1) -> None:

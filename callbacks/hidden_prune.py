@@ -15,9 +15,9 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 import torch_pruning as tp
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from callbacks.step import CompressionStep, Stage
 from callbacks.structure import applied, rebuild_optimizers, record, remove_masks, shapes_of, snapshot
 from modules.nets import output_layer
 
@@ -35,10 +35,13 @@ def round_ratio(amount: float, steps: int, done: int) -> float:
     return 1 - kept_next / kept_now
 
 
-class HiddenNodePruning(Callback):
+class HiddenNodePruning(CompressionStep):
     """Structured pruning of hidden units / filters with physical shrinking, on `pl_module.shipped_net`."""
 
     step = "hidden_prune"
+    stage = Stage.STRUCTURE
+    order_reason = "shrink layers by their weights' norms before factoring, masking or quantizing them"
+    changes_shapes = True
 
     def __init__(self, amount: float = 0.5, start_epoch: int = 5, steps: int = 1, importance: str = "l1",
                  scope: str = "layer", activation_samples: int = 1024) -> None:

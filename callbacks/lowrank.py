@@ -14,9 +14,9 @@ import math
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from callbacks.step import CompressionStep, Stage
 from callbacks.structure import applied, factored, rebuild_optimizers, record, set_module, snapshot
 from modules.nets import output_layer
 
@@ -41,10 +41,14 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
     return int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype)).item()) + 1
 
 
-class LowRankFactorization(Callback):
+class LowRankFactorization(CompressionStep):
     """Factor the net's Linear / Conv2d layers by truncated SVD at the start of epoch `epoch`."""
 
     step = "svd"
+    stage = Stage.STRUCTURE
+    order_in_stage = 1  # after hidden-node pruning: factor the layers that remain
+    order_reason = "factoring a pruned matrix makes it dense again"
+    changes_shapes = True
 
     def __init__(self, epoch: int = 10, rank: int | None = None, energy: float | None = None,
                  param_ratio: float | None = None, include_head: bool = False) -> None:

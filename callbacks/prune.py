@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn.utils import prune
 
+from callbacks.step import CompressionStep, Stage
 from callbacks.structure import snapshot
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
@@ -52,7 +52,7 @@ def cubic_sparsity(epoch: float, final: float, start: int, end: int) -> float:
     return final * (1 - (1 - (epoch - start) / (end - start)) ** 3)
 
 
-class MagnitudePruning(Callback):
+class MagnitudePruning(CompressionStep):
     """Unstructured L1 pruning of Linear / Conv2d weights, `scope="global"` (one threshold over all
     layers) or `"layer"` (each layer to the same sparsity), on `pl_module.shipped_net`."""
 
@@ -73,6 +73,9 @@ class MagnitudePruning(Callback):
         self.before: nn.Module | None = None  # a copy of the net just before its first prune
 
     step = "prune"
+    stage = Stage.SPARSITY
+    order_reason = "prune the weights that ship, then change how they are stored"
+    excludes = {"dsd": "both mask the weights"}
 
     def epochs(self) -> tuple[int, int]:
         """First and last epoch at which this step changes the net."""

@@ -23,6 +23,7 @@ from torch import nn
 
 from callbacks.plan import check_plan
 from callbacks.report import model_size
+from callbacks.step import CompressionStep
 from modules.task import Task
 from recipes.checkpoint import KEY, RecipeState, load_checkpoint, load_weights, resolve_ckpt_path
 from recipes.divergence import DivergenceGuard
@@ -140,7 +141,7 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return [instantiate_part(node, f"callbacks.{name}") for name, node in cfg.get("callbacks", {}).items() if node]
 
 
-def build_compression(cfg: DictConfig, net: nn.Module) -> dict[str, Callback]:
+def build_compression(cfg: DictConfig, net: nn.Module) -> dict[str, CompressionStep]:
     """The compression callbacks, in the order of `compress=[...]`, checked as a plan against the net
     and the epoch budget (order, combination, schedules, sizes) before anything trains."""
     steps = {name: instantiate_part(node, f"compress.{name}") for name, node in (cfg.get("compress") or {}).items()}
@@ -194,7 +195,7 @@ class Parts:
 
     datamodule: pl.LightningDataModule
     module: Task
-    compression: dict[str, Callback] = field(default_factory=dict)
+    compression: dict[str, CompressionStep] = field(default_factory=dict)
     callbacks: list[Callback] = field(default_factory=list)
     loggers: list[Logger] = field(default_factory=list)
     trainer: pl.Trainer | None = None

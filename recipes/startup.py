@@ -13,6 +13,7 @@ from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.step import CompressionStep
 from modules.task import MODES, Task
 from recipes.errors import RecipeError
 
@@ -66,6 +67,11 @@ def check_accelerator(cfg: DictConfig) -> None:
                           f"torch can use: run with trainer=cpu (or trainer.accelerator=auto)")
 
 
+def changes_shapes(target: Any) -> bool:
+    """Whether a compression step's class declares that it edits layer shapes during training."""
+    return isinstance(target, type) and issubclass(target, CompressionStep) and target.changes_shapes
+
+
 def check_strategy(cfg: DictConfig, choices: dict[str, Any]) -> None:
     """The strategy's own declarations against the task and the compression steps (see Strategy in
     the strategy contract): `check_task(task_class)` and `restructurable`."""
@@ -81,7 +87,7 @@ def check_strategy(cfg: DictConfig, choices: dict[str, Any]) -> None:
         except ValueError as err:
             raise RecipeError(str(err)) from None
     reshaping = [name for name, node in (cfg.get("compress") or {}).items()
-                 if node and "_target_" in node and hasattr(get_object(node._target_), "restructure")]
+                 if node and "_target_" in node and changes_shapes(get_object(node._target_))]
     if reshaping and not getattr(strategy, "restructurable", True):
         raise RecipeError(f"compress={','.join(reshaping)} changes layer shapes during training, which "
                           f"strategy={choices.get('strategy')} cannot follow; use strategy=ddp or single")
