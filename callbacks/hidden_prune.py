@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 import torch_pruning as tp
 from torch import nn
+from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
 from callbacks.structure import applied, rebuild_optimizers, record, remove_masks, shapes_of, snapshot
@@ -88,6 +89,7 @@ class HiddenNodePruning(CompressionStep):
             global_pruning=self.scope == "global",
         )
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = pl_module.shipped_net
         due = min(self.steps, trainer.current_epoch - self.start_epoch + 1)

@@ -15,6 +15,7 @@ import math
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
 from callbacks.structure import applied, factored, rebuild_optimizers, record, set_module, snapshot
@@ -122,6 +123,7 @@ class LowRankFactorization(CompressionStep):
         record(net, {"kind": "factor", "step": self.step, "ranks": ranks})
         return ranks
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch < self.epoch or applied(pl_module.shipped_net, self.step):
             return

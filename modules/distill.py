@@ -109,10 +109,10 @@ class DistillModule(ClassifierModule):
         return self._reference()(batch[0])
 
     @override
-    @override
     def chance_loss(self) -> float | None:
         return None  # the loss mixes cross-entropy with a KL term whose "learned nothing" level differs
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self.net(x)

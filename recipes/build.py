@@ -114,13 +114,19 @@ def build_module(cfg: DictConfig, datamodule: Any, trusted: Iterable[str] = ()) 
     `trusted`: targets beyond the shipped ones that those checkpoints may build; the caller's own
     setting, never read from `cfg`, which may itself come from a checkpoint.
     """
-    shape = DataShape.of(datamodule)
+    module = build_sized_task(cfg, DataShape.of(datamodule), trusted)
+    if getattr(module, "needs_sample_index", False):
+        datamodule.return_index = True
+    return module
+
+
+def build_sized_task(cfg: DictConfig, shape: DataShape, trusted: Iterable[str] = ()) -> Task:
+    """build_module's task for a data shape, no data module needed: the reference nets loaded from the
+    task's `<name>_ckpt` paths, the optimizer checked."""
     references = {str(k)[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", shape.input_shape, trusted)
                   for k in cfg.task if str(k).endswith("_ckpt") and cfg.task[k]}
     module = build_task(cfg, shape, references)
     check_optimizer(module)
-    if getattr(module, "needs_sample_index", False):
-        datamodule.return_index = True
     return module
 
 
@@ -254,6 +260,19 @@ def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: It
     datamodule = build_datamodule(cfg)
     module = load_weights(ckpt, build_module(cfg, datamodule, trusted), ckpt_path)
     return cfg, datamodule, module, ckpt[KEY].get("choices", {})
+
+
+def load_task(ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: Iterable[str] = ()) -> Task:
+    """The weight-loaded task of a checkpoint without its data (`Task.load_from_checkpoint`): the same
+    trusted config, structure replay and strict weights_only load as `rebuild`, the net sized by the
+    data shape the checkpoint recorded."""
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = saved_config(ckpt, "ckpt_path", ckpt_path, trusted)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value, merge=True)
+    data = ckpt[KEY]["data"]
+    module = build_sized_task(cfg, DataShape(tuple(data["input_shape"]), data["num_classes"]), trusted)
+    return load_weights(ckpt, module, ckpt_path)
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:

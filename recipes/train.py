@@ -68,10 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     check_plan(cfg, choices)  # the whole plan, before any prerequisite trains
     check_compression_plan(cfg)
     ensure_prerequisites(cfg, run_dir, choices, run)
-    results = run(cfg, choices)
-    if results is not None:
-        print(f"run dir: {run_dir}")
-    return results
+    return run(cfg, choices)  # its summary ends with the run dir
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="train")

@@ -11,6 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from typing_extensions import override
 
 from recipes.data.transforms import compose, geometry_and_domain, normalization, to_float_image
 
@@ -146,11 +147,14 @@ class ImageDataModule(pl.LightningDataModule):
             raise RuntimeError("setup() has not run: call datamodule.setup(stage) first")
         return self.limit_train(self.train_set)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self.train_loader(self.training_dataset())
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set)

@@ -8,6 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
+from typing_extensions import override
 
 from recipes.data.base import ImageDataModule, TransformedDataset
 from recipes.data.transforms import compose
@@ -47,6 +48,7 @@ class DigitsDataModule(ImageDataModule):
         )
         return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from typing_extensions import override
 
 from recipes.data.base import ImageDataModule
 from recipes.data.mixing import MixingSampler
@@ -42,10 +43,12 @@ class TwoDomainDataModule(pl.LightningDataModule):
     def return_index(self, value: bool) -> None:
         self.target.return_index = value
 
+    @override
     def prepare_data(self) -> None:
         self.source.prepare_data()
         self.target.prepare_data()
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         self.source.setup(stage)
         self.target.setup(stage)
@@ -56,6 +59,7 @@ class TwoDomainDataModule(pl.LightningDataModule):
             return self.target.training_dataset()
         return ConcatDataset([self.source.training_dataset(), self.target.training_dataset()])
 
+    @override
     def train_dataloader(self) -> DataLoader:
         self.target.trainer = self.trainer  # the target's loader shards by this trainer's ranks
         dataset = self.training_dataset()
@@ -70,9 +74,11 @@ class TwoDomainDataModule(pl.LightningDataModule):
         )
         return self.target.train_loader(dataset, sampler)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self.target.val_dataloader()
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self.target.test_dataloader()
 

@@ -10,6 +10,7 @@ from typing import Any
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
+from typing_extensions import override
 
 from recipes.data.base import ImageDataModule, TransformedDataset
 from recipes.data.files import check_image, load_image
@@ -91,6 +92,7 @@ class ImageFolderDataModule(ImageDataModule):
                               "or give train/, val/, test/ folders") from None
         return {"train": Subset(folder, train), "val": Subset(folder, val), "test": Subset(folder, test)}
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 from torchvision import datasets
+from typing_extensions import override
 
 from recipes.data.base import ImageDataModule, TransformedDataset
 from recipes.data.files import check_idx_pair
@@ -64,11 +65,13 @@ class TorchvisionDataModule(ImageDataModule):
             hint = "check the network or put the files there yourself" if download else "pass data.download=true"
             raise RecipeError(f"could not {action} {self.dataset} in data.root={self.root}: {err} ({hint})") from None
 
+    @override
     def prepare_data(self) -> None:
         if self.download:
             self._open(train=True, download=True)
             self._open(train=False, download=True)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
