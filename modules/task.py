@@ -102,9 +102,10 @@ class Task(RecipeModule, ABC):
                    "weights_only=False": weights_only is False,
                    "map_location": map_location is not None and not isinstance(map_location, (str, torch.device))}
         if any(refused.values()):
-            raise ValueError(f"{cls.__name__}.load_from_checkpoint: {', '.join(k for k, v in refused.items() if v)} is not "
-                             "supported: a recipes checkpoint holds its own config, loads strictly with weights_only=True, "
-                             "and map_location names one device (e.g. 'cpu', 'cuda:0')")
+            given = ", ".join(name for name, bad in refused.items() if bad)
+            raise ValueError(f"{cls.__name__}.load_from_checkpoint: {given} is not supported: a recipes checkpoint "
+                             "holds its own config, loads strictly with weights_only=True, and map_location names "
+                             "one device (e.g. 'cpu', 'cuda:0')")
         from recipes.build import load_task
 
         module = load_task(str(checkpoint_path), {f"task.{k}": v for k, v in task_overrides.items()}, trusted_targets)

@@ -50,10 +50,12 @@ def tiny_checkpoint(tmp_path: Path, name: str, *overrides: str, choices: dict[st
 def test_every_task_checkpoint_loads_with_load_from_checkpoint(tmp_path: Path) -> None:
     """classifier, distill, adapt and gan: `Cls.load_from_checkpoint(path, weights_only=True)` gives the
     module recipes.evaluate rebuilds (same class, same outputs, same test metrics for a classifier)."""
-    classifier = tiny_checkpoint(tmp_path, "classifier", "model.hidden=[32]", choices={"recipe": "baseline", "task": "classifier"})
+    classifier = tiny_checkpoint(tmp_path, "classifier", "model.hidden=[32]",
+                                 choices={"recipe": "baseline", "task": "classifier"})
     checkpoints = {
         ClassifierModule: classifier,
-        DistillModule: tiny_checkpoint(tmp_path, "distill", "task=distill", "model.hidden=[32]", f"task.teacher_ckpt={classifier}",
+        DistillModule: tiny_checkpoint(tmp_path, "distill", "task=distill", "model.hidden=[32]",
+                                       f"task.teacher_ckpt={classifier}",
                                        choices={"recipe": "distill", "task": "distill"}),
         AdaptModule: tiny_checkpoint(tmp_path, "adapt", "task=adapt", "data=digits_shift", "model.hidden=[32]",
                                      f"task.source_ckpt={classifier}", choices={"recipe": "adapt", "task": "adapt"}),
