@@ -61,10 +61,12 @@ class HiddenNodePruning(CompressionStep):
         self.importance, self.scope, self.activation_samples = importance, scope, activation_samples
         self.before: nn.Module | None = None  # a copy of the net just before its first round
 
+    @override
     def epochs(self) -> tuple[int, int]:
         """First and last epoch at which this step changes the net."""
         return self.start_epoch, self.start_epoch + self.steps - 1
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up checks: rounds end before the budget does; the net has hidden units to prune."""
         if self.epochs()[1] >= max_epochs:
@@ -74,6 +76,7 @@ class HiddenNodePruning(CompressionStep):
             raise ValueError("compress.hidden_prune: the net has no hidden layer to shrink (only its head); "
                              "use a net with hidden layers, e.g. model=mlp")
 
+    @override
     def restructure(self, net: nn.Module) -> None:
         """What this step does to the net's shapes (a dry run on a copy at start-up): every round,
         by weight norm (the widths removed do not depend on the importance)."""

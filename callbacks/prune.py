@@ -78,10 +78,12 @@ class MagnitudePruning(CompressionStep):
     order_reason = "prune the weights that ship, then change how they are stored"
     excludes = {"dsd": "both mask the weights"}
 
+    @override
     def epochs(self) -> tuple[int, int]:
         """First and last epoch at which this step changes the net."""
         return self.start_epoch, self.end_epoch
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up check: the net trains with the final mask before the budget ends."""
         if self.end_epoch >= max_epochs:
