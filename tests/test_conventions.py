@@ -18,6 +18,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
 import callbacks
 import modules
@@ -147,6 +148,8 @@ def test_every_private_name_in_use_still_exists(tmp_path: Path) -> None:
         "lightning.pytorch.loggers:CSVLogger": CSVLogger(tmp_path),
         "lightning.pytorch.loops.training_epoch_loop:_TrainingEpochLoop": trainer.fit_loop.epoch_loop,
         "lightning.pytorch.strategies:DDPStrategy": DDPStrategy(model_averaging_period=4),
+        "lightning.pytorch.strategies.launchers:_MultiProcessingLauncher":
+            _MultiProcessingLauncher(DDPStrategy(), start_method="spawn"),
     }
     missing = []
     for use in USES:
