@@ -100,7 +100,8 @@ def print_summary(results: dict[str, Any], title: str = "run summary") -> None:
     """Metrics in a table, then the paths (checkpoint, run dir, exported files) whole, one line each:
     a path wider than its table cell would be cut with "..." (narrow terminals, and 80 columns when
     the output is a file or a pipe), and a cut path cannot be copied."""
-    table = Table(title=f"{title}: recipe={results.get('recipe')} task={results.get('task')}", show_header=False)
+    heading = f"{title}: recipe={results.get('recipe')} task={results.get('task')}"
+    table = Table(title=heading, show_header=False, min_width=len(heading))  # a title wider than the rows stays whole
     for name, value in sorted(results.get("metrics", {}).items()):
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     monitor = results.get("monitor")
