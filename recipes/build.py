@@ -219,9 +219,13 @@ def build_training(cfg: DictConfig, choices: dict[str, Any], ckpt_path: str | No
     callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(resolved, choices, data),
                  DivergenceGuard(), SigtermStop()]
     loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, callbacks, loggers)
+    if cfg.trainer.get("fast_dev_run"):
+        # Lightning swaps the trainer's loggers for a no-op one: the recipe's own writes skip them too
+        # (a smoke test neither imports TensorBoard nor writes hyperparameters or event files).
+        loggers = []
     for logger in loggers:
         logger.log_hyperparams(resolved)
-    trainer = build_trainer(cfg, callbacks, loggers)
     continue_history(loggers, resumed)  # start-up passed: metrics.csv may change
     return Parts(datamodule, module, compression, callbacks, loggers, trainer, dense_size, ckpt_path)
 

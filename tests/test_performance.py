@@ -1,0 +1,171 @@
+"""What keeps the recipes fast, checked on real runs: in-memory data served as pre-transformed batches
+with augmentation per batch on the device, a progress bar that stops at once, no heavy optional
+import in a plain run, and the GPU-path options (channels_last, torch.compile)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from callbacks.progress import PromptRichProgressBar
+from modules.classifier import ClassifierModule
+from modules.nets.mlp import MLP
+from recipes.data.digits import DigitsDataModule
+from recipes.data.splits import Batches, ConcatSplit, TensorSplit
+from recipes.data.transforms import compose
+from recipes.data.vision import TorchvisionDataModule
+from tests.conftest import REPO
+from tests.data_files import write_mnist_idx
+
+
+def tiny_classifier() -> ClassifierModule:
+    return ClassifierModule(MLP([1, 8, 8], 10, hidden=[16]), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+
+
+def short_trainer(*callbacks: pl.Callback, batches: int = 2) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, limit_val_batches=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=list(callbacks))
+
+
+class BatchProbe(pl.Callback):
+    """Keeps the training batches as the step receives them (after the device transfer and its hooks)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[torch.Tensor, ...]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self.batches.append(tuple(t.clone() for t in batch))
+
+
+# --- data path ----------------------------------------------------------------------------------
+
+
+def test_mnist_is_decoded_once_and_served_as_batches(tmp_path: Path) -> None:
+    """The in-memory images equal the per-image torchvision pipeline's output, and a loader batch is
+    one indexing of them (no per-image transform, no collate)."""
+    write_mnist_idx(tmp_path, n_train=40, n_test=10)
+    dm = TorchvisionDataModule(dataset="MNIST", root=str(tmp_path), image_size=16, channels=3, batch_size=8,
+                               normalize={"mean": [0.1307], "std": [0.3081]})
+    dm.setup("fit")
+    assert isinstance(dm.train_set, TensorSplit) and isinstance(dm.test_set, TensorSplit)
+    per_image = compose([*dm.deterministic_steps(), *dm._normalize])
+    for k in (0, 5, len(dm.train_set) - 1):
+        pil, label = dm.train_set.base[k]
+        assert torch.allclose(dm.train_set.images[k], per_image(pil), atol=1e-5)
+        assert int(dm.train_set.labels[k]) == label
+    loader = dm.train_dataloader()
+    assert isinstance(loader.dataset, Batches) and loader.num_workers == 0
+    order = list(loader.sampler)[:8]
+    x, y = next(iter(loader))
+    assert torch.equal(x, dm.train_set.images[order]) and torch.equal(y, dm.train_set.labels[order])
+
+
+def test_augmentation_runs_on_training_batches_after_transfer() -> None:
+    """With augmentation the stored training images are not normalized; the data module augments then
+    normalizes each training batch after the transfer, and leaves validation batches alone."""
+    normalize = {"mean": [0.3], "std": [0.4]}
+    dm = DigitsDataModule(batch_size=32, augment=[v2.RandomInvert(p=1.0)], normalize=normalize)
+    dm.setup("fit")
+    raw_train = dm.train_set.images
+    assert 0 <= float(raw_train.min()) and float(raw_train.max()) <= 1  # [0, 1]: normalized per batch
+    probe = BatchProbe()
+    short_trainer(probe).fit(tiny_classifier(), datamodule=dm)
+    order = list(dm.train_dataloader().sampler)[:32]
+    assert torch.allclose(probe.batches[0][0], ((1 - raw_train[order]) - 0.3) / 0.4, atol=1e-6)
+    plain = DigitsDataModule(batch_size=32, normalize=normalize)
+    plain.setup("fit")
+    assert torch.allclose(dm.val_set.images, plain.val_set.images)  # validation: normalized once, not inverted
+
+
+@pytest.mark.parametrize(("draws", "distinct"), [(1, False), (32, True)])
+def test_augment_draws_split_a_batch_into_independent_draws(draws: int, distinct: bool) -> None:
+    """One random flip decision per group: with one group the whole batch flips alike."""
+    dm = DigitsDataModule(batch_size=32, augment=[v2.RandomHorizontalFlip(p=0.5)], normalize=None,
+                          augment_draws=draws)
+    dm.setup("fit")
+    probe = BatchProbe()
+    pl.seed_everything(0, verbose=False)
+    short_trainer(probe, batches=3).fit(tiny_classifier(), datamodule=dm)
+    sampler = dm.train_dataloader().sampler
+    sampler.set_epoch(0)
+    order = list(sampler)
+    mixed = []
+    for i, (x, _) in enumerate(probe.batches):
+        raw = dm.train_set.images[order[32 * i: 32 * (i + 1)]]
+        flipped = torch.isclose(x, raw.flip(-1)).flatten(1).all(1)
+        kept = torch.isclose(x, raw).flatten(1).all(1)
+        assert bool((flipped | kept).all())
+        decided = {bool(f) for f, k in zip(flipped, kept) if not (f and k)}  # symmetric images say nothing
+        mixed.append(decided == {True, False})
+    assert any(mixed) if distinct else not any(mixed)
+
+
+def test_mixed_batches_are_finished_per_domain() -> None:
+    """Old and new domain in one batch: each part's rows get that part's own normalization."""
+    old = TensorSplit(torch.zeros(4, 1, 2, 2), torch.zeros(4), finish=v2.Normalize([0.5], [0.5]))
+    new = TensorSplit(torch.ones(3, 1, 2, 2), torch.ones(3))
+    x, y = ConcatSplit([old, new]).raw_batch([5, 0, 6, 3])
+    assert x[:, 0, 0, 0].tolist() == [1.0, -1.0, 1.0, -1.0] and y.tolist() == [1, 0, 1, 0]
+
+
+# --- progress bar -------------------------------------------------------------------------------
+
+
+class StopTimer(pl.Callback):
+    """Placed around the bar: the time the bar's own on_train_end (its stop) takes."""
+
+    def __init__(self, start: bool, record: dict[str, float]) -> None:
+        self.start, self.record = start, record
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.record["start" if self.start else "end"] = time.perf_counter()
+
+
+def test_progress_bar_stops_without_waiting_for_its_redraw_thread() -> None:
+    """At one redraw per second Lightning's bar waits up to a second at every stop; this one does not."""
+    record: dict[str, float] = {}
+    bar = PromptRichProgressBar(refresh_rate=1)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False,
+                         callbacks=[StopTimer(True, record), bar, StopTimer(False, record)])
+    dm = DigitsDataModule(batch_size=32)
+    trainer.fit(tiny_classifier(), datamodule=dm)
+    assert bar._progress_stopped
+    assert record["end"] - record["start"] < 0.25, record["end"] - record["start"]
+
+
+# --- start-up -----------------------------------------------------------------------------------
+
+HEAVY_OPTIONAL = ("onnx", "onnxruntime", "onnxscript", "torch_pruning", "torch.utils.tensorboard", "tensorboard")
+
+_PROBE = """
+import atexit, json, runpy, sys
+atexit.register(lambda: print("MODULES " + json.dumps(sorted(m for m in sys.modules if m in {heavy}))))
+sys.argv = ["recipes.train", *sys.argv[1:]]
+runpy.run_module("recipes.train", run_name="__main__")
+"""
+
+
+def test_plain_run_imports_no_heavy_optional_module(run_dir: Path) -> None:
+    """A baseline smoke test (build, fit, test, results) imports none of the export, pruning or
+    TensorBoard packages: they load where they are used."""
+    code = _PROBE.format(heavy=repr(set(HEAVY_OPTIONAL)))
+    proc = subprocess.run([sys.executable, "-c", code, "debug=fast_dev_run", f"hydra.run.dir={run_dir}",
+                           "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's recipes, not an installed one
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "results.json").is_file()
+    line = [x for x in proc.stdout.splitlines() if x.startswith("MODULES ")][-1]
+    assert json.loads(line[len("MODULES "):]) == []
+    assert not (run_dir / "tensorboard").exists()  # fast_dev_run: Lightning's loggers are off, the recipe's too
