@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 from callbacks.progress import PromptRichProgressBar
 from modules.classifier import ClassifierModule
 from modules.nets.mlp import MLP
+from recipes.cuda_check import VARIABLE, drop_nvml_check_without_gpus
 from recipes.data.digits import DigitsDataModule
 from recipes.data.splits import Batches, ConcatSplit, TensorSplit
 from recipes.data.transforms import compose
@@ -131,17 +132,48 @@ class StopTimer(pl.Callback):
         self.record["start" if self.start else "end"] = time.perf_counter()
 
 
-def test_progress_bar_stops_without_waiting_for_its_redraw_thread() -> None:
-    """At one redraw per second Lightning's bar waits up to a second at every stop; this one does not."""
+class CountingBar(PromptRichProgressBar):
+    """The bar as configured, counting how often batches gathered its metrics."""
+
+    updates = 0
+
+    def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.updates += 1
+        super()._update_metrics(trainer, pl_module)
+
+
+def test_progress_bar_stops_at_once_and_updates_only_when_it_redraws() -> None:
+    """At one redraw per second Lightning's bar waits up to a second at every stop and gathers the
+    metrics at every batch; this one does neither, and still ends the epoch's bar at its last batch."""
     record: dict[str, float] = {}
-    bar = PromptRichProgressBar(refresh_rate=1)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+    bar = CountingBar(refresh_rate=1)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=60, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_model_summary=False,
                          callbacks=[StopTimer(True, record), bar, StopTimer(False, record)])
     dm = DigitsDataModule(batch_size=32)
+    start = time.perf_counter()
     trainer.fit(tiny_classifier(), datamodule=dm)
+    seconds = time.perf_counter() - start
     assert bar._progress_stopped
     assert record["end"] - record["start"] < 0.25, record["end"] - record["start"]
+    assert bar.updates <= seconds + 3 and bar.updates < 60, (bar.updates, seconds)  # ~one a second, not a batch
+    task = bar.progress.tasks[bar.train_progress_bar_id]
+    assert task.completed == 60
+
+
+# --- per step -----------------------------------------------------------------------------------
+
+
+def test_no_nvml_probe_per_step_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's NVML-based CUDA check (re-run by Adam/AdamW every step) is dropped where there is no GPU."""
+    import lightning  # noqa: F401 - sets the variable
+
+    monkeypatch.setenv(VARIABLE, "1")
+    drop_nvml_check_without_gpus()
+    if torch.cuda.device_count() == 0:
+        assert VARIABLE not in os.environ
+    else:
+        assert os.environ[VARIABLE] == "1"  # a GPU machine keeps fork-safe checks
 
 
 # --- start-up -----------------------------------------------------------------------------------
