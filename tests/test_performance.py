@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,12 +20,15 @@ from torchvision.transforms import v2
 from callbacks.progress import PromptRichProgressBar
 from modules.classifier import ClassifierModule
 from modules.nets.mlp import MLP
+from recipes.acceleration import CompileNet
+from recipes.build import build_datamodule, build_module
 from recipes.cuda_check import VARIABLE, drop_nvml_check_without_gpus
 from recipes.data.digits import DigitsDataModule
 from recipes.data.splits import Batches, ConcatSplit, TensorSplit
 from recipes.data.transforms import compose
 from recipes.data.vision import TorchvisionDataModule
-from tests.conftest import REPO
+from recipes.errors import RecipeError
+from tests.conftest import REPO, compose_train
 from tests.data_files import write_mnist_idx
 
 
@@ -201,3 +205,62 @@ def test_plain_run_imports_no_heavy_optional_module(run_dir: Path) -> None:
     line = [x for x in proc.stdout.splitlines() if x.startswith("MODULES ")][-1]
     assert json.loads(line[len("MODULES "):]) == []
     assert not (run_dir / "tensorboard").exists()  # fast_dev_run: Lightning's loggers are off, the recipe's too
+
+
+# --- GPU path options ---------------------------------------------------------------------------
+
+
+class InputProbe(pl.Callback):
+    """Records the memory layout of the input reaching the net's first convolution, and whether the
+    net's forward is compiled, during training."""
+
+    def __init__(self, conv: bool = True) -> None:
+        self.conv = conv
+        self.channels_last: list[bool] = []
+        self.compiled: list[bool] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.conv:
+            return
+        conv = next(m for m in pl_module.net.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_pre_hook(
+            lambda module, args: self.channels_last.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self.compiled.append(pl_module.net._compiled_call_impl is not None)
+
+
+def built(tmp_path: Path, *overrides: str):
+    cfg = compose_train(tmp_path, *overrides)
+    datamodule = build_datamodule(cfg)
+    return cfg, datamodule, build_module(cfg, datamodule)
+
+
+def test_channels_last_keeps_weights_and_inputs_in_nhwc(tmp_path: Path) -> None:
+    cfg, datamodule, module = built(tmp_path, "model=convnet", "data.image_size=16", "model.channels_last=true")
+    weights = [p for p in module.net.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    probe = InputProbe()
+    short_trainer(probe).fit(module, datamodule=datamodule)
+    assert probe.channels_last and all(probe.channels_last)
+    plain = built(tmp_path, "model=convnet", "data.image_size=16")[2]
+    assert plain.state_dict().keys() == module.state_dict().keys()
+
+
+def test_model_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="model.compile='yes' must be true or false"):
+        built(tmp_path, "model.compile=yes")
+
+
+@pytest.mark.slow  # Inductor compiles C++ kernels: tens of seconds on a CPU
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's Inductor backend needs a C++ compiler (g++)")
+def test_compile_trains_the_compiled_net_and_ships_the_eager_one(tmp_path: Path) -> None:
+    """model.compile=true: the fit runs the compiled forward (Inductor on CPU), the weights keep their
+    names, and after the fit the net is eager again (what the test, export and evaluate run)."""
+    cfg, datamodule, module = built(tmp_path, "model.compile=true", "model.hidden=[32]")
+    probe = InputProbe(conv=False)  # an MLP has no convolution
+    keys = set(module.state_dict())
+    short_trainer(CompileNet(), probe, batches=3).fit(module, datamodule=datamodule)
+    assert probe.compiled == [True, True, True]
+    assert module.net._compiled_call_impl is None and set(module.state_dict()) == keys
+    assert torch.isfinite(torch.stack([p.detach().sum() for p in module.parameters()])).all()

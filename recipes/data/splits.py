@@ -58,8 +58,8 @@ class TensorSplit(Split):
         return (self.finish(image) if self.finish is not None else image), self.labels[index]
 
     def raw_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[index], self.labels[index]
+        index = torch.as_tensor(indices, dtype=torch.long)  # index_select: several times faster than x[index]
+        return torch.index_select(self.images, 0, index), torch.index_select(self.labels, 0, index)
 
     def subset(self, indices: Sequence[int]) -> TensorSplit:
         index = torch.as_tensor(indices, dtype=torch.long)
