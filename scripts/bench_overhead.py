@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -159,6 +160,25 @@ def measure(name: str, repeats: int) -> float:
     return ratio
 
 
+def interleaved(measures: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Each measure run `repeats` times, alternating with the others, after one dropped warm-up
+    round (caches, allocator, file cache); the median of each."""
+    values: dict[str, list[float]] = {name: [] for name in measures}
+    for i in range(repeats + 1):
+        for name, measure in measures.items():
+            value = measure()
+            if i:
+                values[name].append(value)
+    return {name: statistics.median(found) for name, found in values.items()}
+
+
+def print_row(heading: str, detail: str, name: str, ratio: float) -> float:
+    print(heading)
+    print(f"  {detail}")
+    print(f"ratio {name}: {ratio:.2f}")
+    return ratio
+
+
 def epoch_samples_per_second(loader: DataLoader) -> float:
     """One full pass over `loader`: samples per second."""
     start, count = time.perf_counter(), 0
@@ -179,20 +199,16 @@ def data_path(repeats: int) -> float:
         stats = cfg.data.normalize
         plain_set = datasets.MNIST(str(root), train=True, transform=T.Compose([
             T.ToTensor(), T.Normalize(list(stats["mean"]), list(stats["std"]))]))
-        rates: dict[str, list[float]] = {"recipe": [], "plain": []}
-        for i in range(repeats + 1):  # the first pair warms up and is dropped
-            recipe = epoch_samples_per_second(datamodule.train_dataloader())
-            plain = epoch_samples_per_second(DataLoader(plain_set, batch_size=cfg.data.batch_size, shuffle=True))
-            if i:
-                rates["recipe"].append(recipe)
-                rates["plain"].append(plain)
-    med = {kind: statistics.median(values) for kind, values in rates.items()}
-    ratio = med["recipe"] / med["plain"]
-    print(f"data path: MNIST IDX files, 60,000 28x28 images, batch {cfg.data.batch_size}, medians of {repeats} epochs each")
-    print(f"  recipe loader {med['recipe']:,.0f} samples/s (after decoding once in {decode:.2f}s), "
-          f"torchvision MNIST + ToTensor + Normalize {med['plain']:,.0f} samples/s")
-    print(f"ratio data path: {ratio:.1f}")
-    return ratio
+        med = interleaved({
+            "recipe": lambda: epoch_samples_per_second(datamodule.train_dataloader()),
+            "plain": lambda: epoch_samples_per_second(DataLoader(plain_set, batch_size=cfg.data.batch_size,
+                                                                 shuffle=True)),
+        }, repeats)
+    return print_row(f"data path: MNIST IDX files, 60,000 28x28 images, batch {cfg.data.batch_size}, medians of "
+                     f"{repeats} epochs each",
+                     f"recipe loader {med['recipe']:,.0f} samples/s (after decoding once in {decode:.2f}s), "
+                     f"torchvision MNIST + ToTensor + Normalize {med['plain']:,.0f} samples/s",
+                     "data path", med["recipe"] / med["plain"])
 
 
 def wall_seconds(command: list[str], cwd: Path) -> float:
@@ -206,22 +222,17 @@ def wall_seconds(command: list[str], cwd: Path) -> float:
 
 def startup(repeats: int) -> float:
     """`recipes.train debug=fast_dev_run` against the bare `import torch, lightning` floor."""
-    times: dict[str, list[float]] = {"recipe": [], "floor": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(repeats + 1):  # the first pair warms the file cache and is dropped
-            recipe = wall_seconds([sys.executable, "-m", "recipes.train", "debug=fast_dev_run",
-                                   f"hydra.run.dir={tmp}/run{i}"], REPO)
-            floor = wall_seconds([sys.executable, "-c", "import torch, lightning"], REPO)
-            if i:
-                times["recipe"].append(recipe)
-                times["floor"].append(floor)
-    med = {kind: statistics.median(values) for kind, values in times.items()}
-    ratio = med["recipe"] / med["floor"]
-    print(f"start-up: medians of {repeats} interleaved runs")
-    print(f"  python -m recipes.train debug=fast_dev_run {med['recipe']:.2f}s, python -c 'import torch, lightning' "
-          f"{med['floor']:.2f}s: {med['recipe'] - med['floor']:.2f}s over the floor")
-    print(f"ratio start-up: {ratio:.2f}")
-    return ratio
+        runs = iter(range(2 * repeats + 2))
+        med = interleaved({
+            "recipe": lambda: wall_seconds([sys.executable, "-m", "recipes.train", "debug=fast_dev_run",
+                                            f"hydra.run.dir={tmp}/run{next(runs)}"], REPO),
+            "floor": lambda: wall_seconds([sys.executable, "-c", "import torch, lightning"], REPO),
+        }, repeats)
+    return print_row(f"start-up: medians of {repeats} interleaved runs",
+                     f"python -m recipes.train debug=fast_dev_run {med['recipe']:.2f}s, python -c 'import torch, "
+                     f"lightning' {med['floor']:.2f}s: {med['recipe'] - med['floor']:.2f}s over the floor",
+                     "start-up", med["recipe"] / med["floor"])
 
 
 ROWS = ("loop", "data", "startup")
