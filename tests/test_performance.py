@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from torchvision.transforms import v2
+from typing_extensions import override
 
 from callbacks.progress import PromptRichProgressBar
 from modules.classifier import ClassifierModule
@@ -48,6 +49,7 @@ class BatchProbe(pl.Callback):
     def __init__(self) -> None:
         self.batches: list[tuple[torch.Tensor, ...]] = []
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         self.batches.append(tuple(t.clone() for t in batch))
 
@@ -132,6 +134,7 @@ class StopTimer(pl.Callback):
     def __init__(self, start: bool, record: dict[str, float]) -> None:
         self.start, self.record = start, record
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.record["start" if self.start else "end"] = time.perf_counter()
 
@@ -141,6 +144,7 @@ class CountingBar(PromptRichProgressBar):
 
     updates = 0
 
+    @override
     def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.updates += 1
         super()._update_metrics(trainer, pl_module)
@@ -219,6 +223,7 @@ class InputProbe(pl.Callback):
         self.channels_last: list[bool] = []
         self.compiled: list[bool] = []
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.conv:
             return
@@ -226,6 +231,7 @@ class InputProbe(pl.Callback):
         conv.register_forward_pre_hook(
             lambda module, args: self.channels_last.append(args[0].is_contiguous(memory_format=torch.channels_last)))
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         self.compiled.append(pl_module.net._compiled_call_impl is not None)
 
