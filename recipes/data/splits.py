@@ -81,7 +81,7 @@ class ImageSplit(Split):
 
     def _raw(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.base[index][:2]
-        return self.steps(image), label
+        return self.steps(image).as_subclass(torch.Tensor), label  # a plain tensor, not a tv_tensors.Image
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self._raw(index)
