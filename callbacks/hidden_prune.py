@@ -124,7 +124,10 @@ class HiddenNodePruning(CompressionStep):
     def training_inputs(self, trainer: pl.Trainer) -> torch.Tensor:
         """The first `activation_samples` inputs of the training loader, as one batch."""
         inputs, count = [], 0
+        datamodule = trainer.datamodule
         for batch in trainer.train_dataloader:
+            if datamodule is not None:  # the batch as training sees it (augmented, normalized: recipes/data/base.py)
+                batch = datamodule.on_after_batch_transfer(batch, 0)
             inputs.append(batch[0])
             count += len(batch[0])
             if count >= self.activation_samples:

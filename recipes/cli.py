@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from recipes import config_errors
+from recipes.cuda_check import drop_nvml_check_without_gpus
 from recipes.errors import RecipeError, RunStopped
 
 EXIT_BAD_INPUT = 2
@@ -210,6 +211,7 @@ def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) ->
     RunStopped (diverged, SIGTERM) print one line (rank 0) and exit with its code, keeping the run dir."""
     quiet_libraries()  # again here: a submitit job calls the task function without run_main
     log_libraries_to_file()
+    drop_nvml_check_without_gpus()  # after Lightning's import set it: see recipes/cuda_check.py
     fresh = run_dir is not None and _only_hydra_files(Path(run_dir))
     try:
         return task(cfg)

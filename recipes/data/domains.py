@@ -8,11 +8,12 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from recipes.data.base import ImageDataModule
 from recipes.data.mixing import MixingSampler
+from recipes.data.splits import ConcatSplit, Split
 
 
 class TwoDomainDataModule(pl.LightningDataModule):
@@ -53,11 +54,11 @@ class TwoDomainDataModule(pl.LightningDataModule):
         self.source.setup(stage)
         self.target.setup(stage)
 
-    def training_dataset(self) -> Dataset:
+    def training_dataset(self) -> Split:
         """What the training loader indexes: the new domain's training set, after the old one's when mixing."""
         if self.mix is None:
             return self.target.training_dataset()
-        return ConcatDataset([self.source.training_dataset(), self.target.training_dataset()])
+        return ConcatSplit([self.source.training_dataset(), self.target.training_dataset()])
 
     @override
     def train_dataloader(self) -> DataLoader:
@@ -84,3 +85,11 @@ class TwoDomainDataModule(pl.LightningDataModule):
 
     def domain_test_dataloader(self, domain: str) -> DataLoader:
         return getattr(self, domain).test_dataloader()
+
+    @override
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The new domain finishes its own training batches; mixed batches arrive finished (ConcatSplit)."""
+        if self.mix is not None:
+            return batch
+        self.target.trainer = self.trainer
+        return self.target.on_after_batch_transfer(batch, dataloader_idx)
