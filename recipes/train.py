@@ -74,9 +74,21 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     return results
 
 
+def objective(results: dict[str, Any] | None) -> float | None:
+    """What a sweep optimizes: the task's monitored metric at the run's best checkpoint (results.json's
+    monitor.best; its direction is the task's monitor_mode), or None (another rank, nothing scored)."""
+    monitor = (results or {}).get("monitor")
+    return float(monitor["best"]) if monitor else None
+
+
+# Sweep jobs in another process (hydra/launcher=joblib, submitit) compose their config there, with
+# this module imported (to unpickle the task function) but without main(): the resolvers must exist.
+cli.register_resolvers()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
-    cli.guarded(train, cfg, run_dir=cfg.paths.run_dir)
+def _hydra_main(cfg: DictConfig) -> float | None:
+    return objective(cli.guarded(train, cfg, run_dir=cfg.paths.run_dir))
 
 
 def main() -> None:
