@@ -2,7 +2,8 @@
 SQLAlchemy URL), so that a sweep that is killed resumes with its finished trials kept and several sweep
 processes can share one study.
 
-Each trial records the sweep process that asked for it (`owner`: host and pid). A trial still RUNNING
+Each trial records the sweep process that asked for it (`owner`: host and pid), from its creation on
+(it is queued with the owner, then taken). A trial still RUNNING
 whose owner process on this host is gone was cut off by a kill: on resume it is marked FAIL with
 `interrupted` set (so it does not count as one of the study's finished trials) and its parameters are
 queued again, so the restarted sweep runs exactly the trials that did not finish.
@@ -80,7 +81,7 @@ def requeue_interrupted(study: optuna.Study) -> int:
         if _owner_is_gone(trial):
             Trial(study, trial._trial_id).set_user_attr(INTERRUPTED, True)
             study.tell(trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params)
+            study.enqueue_trial(trial.params, user_attrs={OWNER: owner()})
             count += 1
     return count
 
@@ -97,9 +98,13 @@ def in_flight(study: optuna.Study) -> int:
 
 
 def ask(study: optuna.Study, distributions: dict[str, Any]) -> Trial:
-    """A new trial (a queued one first) with its parameters sampled and its owner recorded."""
+    """A new trial (a queued one first) with its parameters sampled and its owner recorded. The trial
+    is queued with the owner first and then taken, so that no kill can leave a RUNNING trial without
+    one (which no restart could tell from another process's live trial)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):  # else take a queued one (it has an owner)
+        study.enqueue_trial({}, user_attrs={OWNER: owner()})  # no parameters fixed: the sampler picks them all
     trial = study.ask(fixed_distributions=distributions)
-    trial.set_user_attr(OWNER, owner())
+    trial.set_user_attr(OWNER, owner())  # the oldest queued trial may be another process's
     return trial
 
 

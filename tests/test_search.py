@@ -18,7 +18,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from optuna.trial import TrialState
 
-from recipes.cli import group_options, register_resolvers
+from recipes.cli import group_options, preflight, register_resolvers
+from recipes.errors import RecipeError
 from recipes.search_space import parse
 from recipes.startup import check_plan
 from recipes.summarize import CSV_NAME, PLOT_NAME, summarize
@@ -114,15 +115,21 @@ def test_a_killed_sweep_resumes_and_runs_only_the_remaining_trials(tmp_path: Pat
     assert "1 of 3 trials finished before, 1 interrupted trials queued again" in resumed.stdout + resumed.stderr
 
 
+def test_an_unknown_hparams_search_is_refused_at_preflight() -> None:
+    """The same pre-flight as recipe=nope (tests/test_bad_input.py runs that path end to end)."""
+    with pytest.raises(RecipeError, match=r"^unknown hparams_search 'nope' in 'hparams_search=nope': choose one of "
+                                          r"baseline, distill, prune$"):
+        preflight(["-m", "hparams_search=nope"])
+
+
 @pytest.mark.parametrize(("overrides", "expected"), [
-    (["hparams_search=nope"], "unknown hparams_search 'nope' in 'hparams_search=nope': choose one of baseline"),
     (["hparams_search=baseline", "task.optimizer.nope=interval(0,1)"],
      "the search space does not fit the config: task.optimizer.nope is not a config key"),
     (["hparams_search=baseline", "task.monitor=val/nope"],
      "task.monitor=val/nope is not a metric ClassifierModule logs: choose one of val/acc"),
     (["hparams_search=baseline", "hydra.sweeper.storage=sqlite:////nonexistent/dir/optuna.db"],
      "hydra.sweeper.storage=sqlite:////nonexistent/dir/optuna.db cannot be opened"),
-], ids=["unknown-hparams-search", "nonexistent-key", "metric-not-logged", "unreachable-storage"])
+], ids=["nonexistent-key", "metric-not-logged", "unreachable-storage"])
 def test_bad_search_input_is_refused_before_any_trial(tmp_path: Path, overrides: list[str], expected: str) -> None:
     sweep_dir = tmp_path / "sweep"
     proc = run_module("recipes.train", "-m", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=basic", *overrides)
