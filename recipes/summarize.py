@@ -4,7 +4,7 @@ multirun or sweep dir, from their results.json and .hydra/overrides.yaml files.
 Prints the overrides that differ between jobs (those all jobs share once, above the table), the
 monitored metric at each job's best checkpoint (a search's objective), the test metrics and the fit
 seconds; then the best job and its overrides. Writes DIR/summary.csv (one row per job, every metric)
-and DIR/objective.png (the objective over the jobs in launch order, and the best so far). A job dir
+and DIR/objective.png (the objective over the jobs by number, i.e. launch order, and the best so far). A job dir
 without results.json (a failed or unfinished trial) is listed as such.
 """
 
@@ -105,7 +105,7 @@ def plot_objective(path: Path, jobs: list[Job], name: str) -> None:
 
     best = best_job(jobs)
     mode = best.results["monitor"]["mode"] if best else "max"
-    xs = list(range(len(jobs)))
+    xs = [int(job.path.name) if job.path.name.isdigit() else i for i, job in enumerate(jobs)]  # the job number
     done = [(x, job.objective) for x, job in zip(xs, jobs, strict=True) if job.objective is not None]
     so_far, running = [], None
     for _, value in done:
@@ -117,7 +117,7 @@ def plot_objective(path: Path, jobs: list[Job], name: str) -> None:
     failed = [x for x, job in zip(xs, jobs, strict=True) if job.objective is None]
     if failed and done:
         ax.plot(failed, [min(v for _, v in done)] * len(failed), "rx", label="failed")
-    ax.set_xlabel("job (launch order)")
+    ax.set_xlabel("job (number: launch order; a search's trial number)")
     ax.set_ylabel(name)
     ax.legend()
     fig.tight_layout()

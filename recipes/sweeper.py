@@ -48,7 +48,10 @@ def objective_of(ret: JobReturn) -> tuple[float | None, str | None]:
         return None, (str(err).strip().splitlines() or [type(err).__name__])[0]
     if value is None:
         return None, "the run returned no objective (its task.monitor was never logged)"
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None, f"the run returned {value!r}, not a number"
     if not math.isfinite(value):
         return None, f"the objective is {value}"
     return value, None
