@@ -4,23 +4,29 @@ processes can share one study.
 
 Each trial records the sweep process that asked for it (`owner`: host and pid), from its creation on
 (it is queued with the owner, then taken). A trial still RUNNING
-whose owner process on this host is gone was cut off by a kill: on resume it is marked FAIL with
-`interrupted` set (so it does not count as one of the study's finished trials) and its parameters are
-queued again, so the restarted sweep runs exactly the trials that did not finish.
+whose owner process on this host is gone was cut off by a kill. On resume, one whose run had finished
+(results.json in its job dir, <sweep dir>/<trial number>/) is recorded with its objective; any other
+is marked FAIL with `interrupted` set (so it does not count as one of the study's finished trials) and
+its parameters are queued again, so the restarted sweep runs exactly the trials that did not finish.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from recipes.errors import RecipeError
+from recipes.results import FILE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +79,38 @@ def _owner_is_gone(trial: FrozenTrial) -> bool:
     return int(pid) == os.getpid()  # this very process asked for it before (an in-process restart)
 
 
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Mark RUNNING trials of a killed sweep on this host FAIL + interrupted and queue their parameters
-    again; returns how many."""
-    count = 0
+def _finished_run(trial: FrozenTrial, sweep_dir: Path) -> float | None:
+    """The objective of a trial whose run finished (its job dir <sweep dir>/<number>/ holds results.json
+    and was launched with the trial's parameters) before the kill stopped the sweep from recording it."""
+    job = sweep_dir / str(trial.number)
+    results, overrides = job / FILE_NAME, job / ".hydra" / "overrides.yaml"
+    if not trial.params or not results.is_file() or not overrides.is_file():
+        return None
+    launched = {str(line) for line in OmegaConf.load(overrides)}
+    if not {f"{key}={value}" for key, value in trial.params.items()} <= launched:
+        return None
+    best = (json.loads(results.read_text()).get("monitor") or {}).get("best")
+    return float(best) if best is not None and math.isfinite(best) else None
+
+
+def recover_interrupted(study: optuna.Study, sweep_dir: Path) -> tuple[int, int]:
+    """RUNNING trials of a killed sweep on this host: a trial whose run had finished is recorded with
+    its objective; the others are marked FAIL + interrupted and their parameters queued again.
+    Returns (recorded, queued again)."""
+    recorded = queued = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _owner_is_gone(trial):
-            Trial(study, trial._trial_id).set_user_attr(INTERRUPTED, True)
-            study.tell(trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={OWNER: owner()})
-            count += 1
-    return count
+        if not _owner_is_gone(trial):
+            continue
+        value = _finished_run(trial, sweep_dir)
+        if value is not None:
+            study.tell(trial.number, value)
+            recorded += 1
+            continue
+        Trial(study, trial._trial_id).set_user_attr(INTERRUPTED, True)  # FrozenTrial has no public id
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={OWNER: owner()})
+        queued += 1
+    return recorded, queued
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:

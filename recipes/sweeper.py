@@ -130,10 +130,10 @@ class OptunaSweeper(Sweeper):
         study = self._open_study(sweep_dir, probe)
         if study.get_trials(deepcopy=False):
             self.sampler.reseed_rng()  # a resumed or shared study: do not propose the seeded first trials again
-        requeued = studies.requeue_interrupted(study)
+        recorded, requeued = studies.recover_interrupted(study, sweep_dir)
         log.info(f"study {study.study_name!r} ({self.storage}): objective {probe.task.monitor} "
                  f"({study.direction.name.lower()}), {len(studies.finished(study))} of {self.n_trials} trials "
-                 f"finished before, {requeued} interrupted trials queued again")
+                 f"finished before ({recorded} of them recorded now), {requeued} interrupted trials queued again")
         self._run_trials(study, space)
         self._report(study, sweep_dir)
 

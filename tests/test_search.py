@@ -6,6 +6,7 @@ is refused in one line before any trial runs."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -89,10 +90,10 @@ def test_a_diverged_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Pat
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_a_killed_sweep_resumes_and_runs_only_the_remaining_trials(tmp_path: Path) -> None:
-    """3 trials; SIGKILL the sweep while its second trial runs; the same command again runs the cut-off
-    trial's parameters again and one new trial: 3 finished in all, the first one kept, not re-run."""
+    """3 trials, one at a time; SIGKILL the sweep while its second trial runs; the same command again runs
+    the cut-off trial's parameters again and one new trial: 3 finished in all, the first one kept."""
     sweep_dir = tmp_path / "sweep"
-    command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=3")
+    command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1")
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 300
@@ -112,7 +113,34 @@ def test_a_killed_sweep_resumes_and_runs_only_the_remaining_trials(tmp_path: Pat
     assert after[1].state == TrialState.FAIL and after[1].user_attrs["interrupted"]
     assert [t.state for t in after[2:]] == [TrialState.COMPLETE, TrialState.COMPLETE]  # the remaining two
     assert after[2].params == before[1].params  # the cut-off trial, again
-    assert "1 of 3 trials finished before, 1 interrupted trials queued again" in resumed.stdout + resumed.stderr
+    assert "1 of 3 trials finished before (0 of them recorded now), 1 interrupted trials queued again" in (
+        resumed.stdout + resumed.stderr)
+
+
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
+def test_a_trial_that_finished_before_the_kill_is_recorded_not_run_again(tmp_path: Path) -> None:
+    """2 trials in one batch (the basic launcher runs them in turn, and Optuna hears of both at the batch's
+    end): SIGKILL while the second runs; on resume the first, whose results.json is there, is recorded
+    with its objective; only the second runs again."""
+    sweep_dir = tmp_path / "sweep"
+    command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (sweep_dir / "1").is_dir():  # trial 1 started: trial 0's run has finished
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert [t.state for t in study_trials(sweep_dir)] == [TrialState.RUNNING, TrialState.RUNNING]
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = study_trials(sweep_dir)
+    best = json.loads((sweep_dir / "0" / "results.json").read_text())["monitor"]["best"]
+    assert after[0].state == TrialState.COMPLETE and after[0].value == pytest.approx(best)
+    assert after[1].user_attrs["interrupted"] and after[2].params == after[1].params
+    assert [t.state for t in after] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
 
 
 def test_an_unknown_hparams_search_is_refused_at_preflight() -> None:
