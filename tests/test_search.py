@@ -39,6 +39,21 @@ def study_trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="baseline", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").get_trials()
 
 
+def kill_when_trial_1_starts(command: list[str], sweep_dir: Path) -> None:
+    """Start the sweep in its own process group and SIGKILL the group (sweep and trials, as a crash or
+    scancel would) once trial 1's job dir appears."""
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (sweep_dir / "1").is_dir():
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
 @pytest.mark.parametrize("name", group_options("hparams_search"))
 def test_each_search_space_fits_its_recipe(tmp_path: Path, name: str) -> None:
     """Every key of the space exists in the recipe it selects, and a trial at the space's corner passes
@@ -94,16 +109,7 @@ def test_a_killed_sweep_resumes_and_runs_only_the_remaining_trials(tmp_path: Pat
     the cut-off trial's parameters again and one new trial: 3 finished in all, the first one kept."""
     sweep_dir = tmp_path / "sweep"
     command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1")
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if (sweep_dir / "optuna.db").is_file() and (sweep_dir / "1").is_dir():  # trial 1 started: trial 0 told
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_trial_1_starts(command, sweep_dir)  # one trial per batch: trial 0 was told
     before = study_trials(sweep_dir)
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -124,15 +130,7 @@ def test_a_trial_that_finished_before_the_kill_is_recorded_not_run_again(tmp_pat
     with its objective; only the second runs again."""
     sweep_dir = tmp_path / "sweep"
     command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if (sweep_dir / "1").is_dir():  # trial 1 started: trial 0's run has finished
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
+    kill_when_trial_1_starts(command, sweep_dir)  # trial 0's run has finished, not yet told
     assert [t.state for t in study_trials(sweep_dir)] == [TrialState.RUNNING, TrialState.RUNNING]
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
