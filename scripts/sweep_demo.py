@@ -55,15 +55,15 @@ def sweep(sweep_dir: Path, args: argparse.Namespace, kill_after: int | None) -> 
     cmd = [sys.executable, "-m", "recipes.train", "-m", "hparams_search=baseline", f"hydra.sweep.dir={sweep_dir}",
            f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.n_jobs={args.jobs}",
            f"trainer.max_epochs={args.epochs}", *QUIET]
-    log = open(sweep_dir.parent / ("sweep_killed.log" if kill_after else "sweep_resumed.log"), "w")
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    while proc.poll() is None:
-        time.sleep(1.0)
-        if kill_after is not None and finished_trials(sweep_dir / "optuna.db") >= kill_after:
-            os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its joblib workers, as a crash or scancel would
-            proc.wait()
-            break
+    with open(sweep_dir.parent / ("sweep_killed.log" if kill_after else "sweep_resumed.log"), "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        while proc.poll() is None:
+            time.sleep(1.0)
+            if kill_after is not None and finished_trials(sweep_dir / "optuna.db") >= kill_after:
+                os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its joblib workers, as a crash or scancel would
+                proc.wait()
+                break
     return proc.returncode, time.monotonic() - start
 
 

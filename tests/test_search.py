@@ -84,10 +84,10 @@ def test_a_diverged_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Pat
     """Two trials, one at lr=1e30 (it diverges): the study holds one FAIL and one COMPLETE whose value is
     the run's best val/acc (results.json), the sweep exits 0; recipes.summarize tables both."""
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.run(sweep_command(sweep_dir, "hydra.sweeper.n_trials=2", "~hydra.sweeper.sampler.n_startup_trials",
-                                        "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
-                                        "task.optimizer.lr=choice(1e30,0.001)"),
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=2", "~hydra.sweeper.sampler.n_startup_trials",
+                            "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
+                            "task.optimizer.lr=choice(1e30,0.001)")
+    proc = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = {t.params["task.optimizer.lr"]: t for t in study_trials(sweep_dir)}
     assert trials[1e30].state == TrialState.FAIL and trials[0.001].state == TrialState.COMPLETE
@@ -95,7 +95,7 @@ def test_a_diverged_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Pat
     done = trials[0.001]
     best = summarize(sweep_dir)
     assert best is not None and best.path == sweep_dir / str(done.number)
-    assert best.objective == pytest.approx(done.value) and f"task.optimizer.lr=0.001" in best.overrides
+    assert best.objective == pytest.approx(done.value) and "task.optimizer.lr=0.001" in best.overrides
     with open(sweep_dir / CSV_NAME, newline="") as file:
         rows = {row["job"]: row for row in csv.DictReader(file)}
     assert rows[str(trials[1e30].number)]["status"] == "failed" and rows[str(done.number)]["status"] == "done"
@@ -112,7 +112,7 @@ def test_a_killed_sweep_resumes_and_runs_only_the_remaining_trials(tmp_path: Pat
     kill_when_trial_1_starts(command, sweep_dir)  # one trial per batch: trial 0 was told
     before = study_trials(sweep_dir)
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
-    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = study_trials(sweep_dir)
     assert after[0].datetime_complete == before[0].datetime_complete  # kept, not run again
@@ -132,7 +132,7 @@ def test_a_trial_that_finished_before_the_kill_is_recorded_not_run_again(tmp_pat
     command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
     kill_when_trial_1_starts(command, sweep_dir)  # trial 0's run has finished, not yet told
     assert [t.state for t in study_trials(sweep_dir)] == [TrialState.RUNNING, TrialState.RUNNING]
-    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = study_trials(sweep_dir)
     best = json.loads((sweep_dir / "0" / "results.json").read_text())["monitor"]["best"]
