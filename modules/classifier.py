@@ -108,6 +108,11 @@ class ClassifierModule(Task):
     def test_metric_names(cls) -> tuple[str, ...]:
         return ("test/acc", "test/loss")
 
+    @classmethod
+    @override
+    def monitorable_metric_names(cls) -> tuple[str, ...] | None:
+        return ("val/acc", "val/loss", "train/acc", "train/loss")
+
     @override
     def parity_inputs(self, datamodule: Any) -> torch.Tensor:
         """The test split's images: an export must match the net on real data (zeros would let a

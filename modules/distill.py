@@ -127,6 +127,11 @@ class DistillModule(ClassifierModule):
     def test_metric_names(cls) -> tuple[str, ...]:
         return (*super().test_metric_names(), "test/soft_acc")
 
+    @classmethod
+    @override
+    def monitorable_metric_names(cls) -> tuple[str, ...] | None:
+        return (*(super().monitorable_metric_names() or ()), "val/soft_acc")
+
     @override
     def _evaluate(self, batch: Any, stage: str) -> None:
         logits = super()._evaluate(batch, stage)

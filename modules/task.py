@@ -115,6 +115,14 @@ class Task(RecipeModule, ABC):
                              "modules.task.Task.load_from_checkpoint, which takes any task)")
         return module.to(map_location) if map_location is not None else module
 
+    @classmethod
+    def monitorable_metric_names(cls) -> tuple[str, ...] | None:
+        """The metrics the task logs at every validation (or training epoch end): the names
+        `task.monitor` (the best checkpoint's metric, and a search's objective) may take. The start-up
+        checks refuse any other name before anything trains; None (the default) declares nothing, and
+        a misnamed monitor then fails at the first validation, in Lightning's words."""
+        return None
+
     def parity_inputs(self, datamodule: Any) -> Any:
         """The inputs on which an exported `shipped_net` must match the trained one; by default
         `example_input(256)` (a task whose example input is random, e.g. latent vectors, needs no more)."""
