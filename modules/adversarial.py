@@ -26,7 +26,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from modules.attacks import PixelModel, check_eps, check_steps, fgsm, normalization_of, pgd
+from modules.attacks import PixelModel, check_eps, check_steps, fgsm, normalization_of, pgd, seeded
 from modules.classifier import ClassifierModule
 
 METHODS = ("fgsm_mix", "pgd", "fast")
@@ -140,10 +140,11 @@ class AdversarialModule(ClassifierModule):
         return loss
 
     # --- evaluation -----------------------------------------------------------------------------
-    def _robust(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, steps: int) -> None:
+    def _robust(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str, steps: int) -> None:
         x, y = batch[0], batch[1]
         model = self.pixel_model()
-        adv = pgd(model, model.to_pixels(x), y, self.eps, steps, 2.5 * self.eps / steps)
+        with seeded(batch_idx, x.device):  # the same random starts in every evaluation of a checkpoint
+            adv = pgd(model, model.to_pixels(x), y, self.eps, steps, 2.5 * self.eps / steps)
         metric = getattr(self, f"{stage}_robust_acc")
         with torch.no_grad():
             metric.update(model(adv), y)
@@ -152,12 +153,12 @@ class AdversarialModule(ClassifierModule):
     @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
-        self._robust(batch, "val", self.eval_steps)
+        self._robust(batch, batch_idx, "val", self.eval_steps)
 
     @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         super().test_step(batch, batch_idx)
-        self._robust(batch, "test", self.test_steps)
+        self._robust(batch, batch_idx, "test", self.test_steps)
 
     # --- the catastrophic-overfitting guard ---------------------------------------------------------
     @override
@@ -171,12 +172,13 @@ class AdversarialModule(ClassifierModule):
         """Keep this epoch's weights as the last good ones, or, when `robust` fell more than guard_drop
         below the best so far, put the last good weights back and stop training (every DDP rank sees
         the same synced metric, so all decide alike). Returns whether the guard fired."""
-        if self.best_robust is not None and self.good_weights is not None and robust < self.best_robust - self.guard_drop:
+        best = self.best_robust
+        if best is not None and self.good_weights is not None and robust < best - self.guard_drop:
             self.net.load_state_dict(self.good_weights)
-            self.guard_record = {"fired": True, "epoch": epoch, "robust_acc": robust, "best_robust_acc": self.best_robust,
+            self.guard_record = {"fired": True, "epoch": epoch, "robust_acc": robust, "best_robust_acc": best,
                                  "restored_epoch": self.good_epoch}
             rank_zero_warn(f"catastrophic overfitting at epoch {epoch}: val/robust_acc fell to {robust:.4f} from "
-                           f"{self.best_robust:.4f}; restored the weights of epoch {self.good_epoch} and stopped training")
+                           f"{best:.4f}; restored the weights of epoch {self.good_epoch} and stopped training")
             if self._trainer is not None:
                 self.trainer.should_stop = True
             return True
@@ -195,7 +197,8 @@ class AdversarialModule(ClassifierModule):
         state = checkpoint.get(GUARD_KEY)
         if not state:
             return
-        self.best_robust, self.guard_record, self.good_epoch = state["best_robust"], state["record"], state["good_epoch"]
+        self.best_robust, self.guard_record = state["best_robust"], state["record"]
+        self.good_epoch = state["good_epoch"]
         # The checkpoint's weights are those of its last validated epoch, good or already restored.
         prefix = f"{self.shipped_prefix()}."
         self.good_weights = copy.deepcopy({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items()

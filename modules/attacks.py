@@ -53,6 +53,15 @@ def normalization_of(datamodule: Any) -> tuple[list[float], list[float]] | None:
     return datamodule.pixel_normalization()
 
 
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Random starts drawn from `seed`, the global RNG streams untouched: an evaluation (a batch's
+    PGD) gives the same figures in recipes.train, recipes.evaluate and recipes.attack."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 class PixelModel(nn.Module):
     """`net` seen from pixel space: takes images in [0, 1] and normalizes them as the data module does
     (`mean` / `std` per channel, or none) before the net. The attacks only ever see this model."""
@@ -273,7 +282,8 @@ class AutoAttack(WhiteBoxAttack):
         if version not in ("standard", "plus", "rand"):
             raise ValueError(f"attack.version={version} must be one of standard, plus, rand")
         if importlib.util.find_spec("torchattacks") is None:
-            raise ValueError("attack=autoattack needs torchattacks, which is not installed: pip install -e '.[attacks]'")
+            raise ValueError("attack=autoattack needs torchattacks, which is not installed: "
+                             "pip install -e '.[attacks]'")
         self.norm, self.version, self.seed = norm, version, seed
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:

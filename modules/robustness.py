@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from modules.attacks import Attack, PixelModel, WhiteBoxAttack, gradients_on
+from modules.attacks import Attack, PixelModel, WhiteBoxAttack, gradients_on, seeded
 from modules.transfer_attack import LabelOracle, Transfer
 
 
@@ -45,7 +45,7 @@ class RobustnessProbe(pl.LightningModule):
         room = len(y) if self.attack.max_samples is None else self.attack.max_samples - self.seen
         if room <= 0:
             return
-        with gradients_on():
+        with gradients_on(), seeded(batch_idx, x.device):  # random starts: the same figures every run
             pixels, y = self.model.to_pixels(x[:room].clone()), y[:room].clone()
             clean = self.oracle.labels(pixels) == y
             for i, eps in enumerate(self.attack.eps):

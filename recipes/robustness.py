@@ -82,7 +82,7 @@ def plot(reports: dict[str, dict[str, Any]], path: Path, title: str = "robustnes
             by_attack.setdefault(row["attack"], [(0.0, report["clean_acc"])]).append((row["eps"], row["robust_acc"]))
         for attack, points in by_attack.items():
             points.sort()
-            label = attack if len(reports) == 1 else f"{name} {attack}"
+            label = attack if len(reports) == 1 else name if len(by_attack) == 1 else f"{name} {attack}"
             ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=label)
     ax.set_xlabel("eps (L-inf or L2, pixel units in [0, 1])")
     ax.set_ylabel("accuracy under attack (%)")

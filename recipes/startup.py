@@ -138,7 +138,8 @@ def check_attack(cfg: DictConfig, choices: dict[str, Any]) -> None:
     task = get_object(cfg.task._target_)
     if not (isinstance(task, type) and issubclass(task, Task) and task.classifies_images):
         raise RecipeError(f"attack={choices.get('attack')} needs a task that classifies images, but task="
-                          f"{choices.get('task')} ({cfg.task._target_}) does not: drop attack, or use a classifier recipe")
+                          f"{choices.get('task')} ({cfg.task._target_}) does not: drop attack, or use a classifier "
+                          "recipe")
 
 
 def check_plan(cfg: DictConfig, choices: dict[str, Any]) -> None:

@@ -35,7 +35,8 @@ def test_adversarial_training_raises_robust_accuracy_over_the_standard_model(tmp
         robust[name] = results["robustness"]["results"][0]["robust_acc"]
         if name == "pgd":
             assert results["metrics"]["test/robust_acc"] > 0 and results["adversarial"]["method"] == "pgd"
-            assert json.loads((tmp_path / name / "results.json").read_text())["adversarial"]["guard"] == {"fired": False}
+            written = json.loads((tmp_path / name / "results.json").read_text())
+            assert written["adversarial"]["guard"] == {"fired": False}
     assert robust["pgd"] >= robust["standard"] + 0.2, robust
 
 
