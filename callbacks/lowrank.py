@@ -14,9 +14,10 @@ import math
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
+from typing_extensions import override
 
+from callbacks.step import CompressionStep, Stage
 from callbacks.structure import applied, factored, rebuild_optimizers, record, set_module, snapshot
 from modules.nets import output_layer
 
@@ -41,10 +42,14 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
     return int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype)).item()) + 1
 
 
-class LowRankFactorization(Callback):
+class LowRankFactorization(CompressionStep):
     """Factor the net's Linear / Conv2d layers by truncated SVD at the start of epoch `epoch`."""
 
     step = "svd"
+    stage = Stage.STRUCTURE
+    order_in_stage = 1  # after hidden-node pruning: factor the layers that remain
+    order_reason = "factoring a pruned matrix makes it dense again"
+    changes_shapes = True
 
     def __init__(self, epoch: int = 10, rank: int | None = None, energy: float | None = None,
                  param_ratio: float | None = None, include_head: bool = False) -> None:
@@ -65,6 +70,7 @@ class LowRankFactorization(Callback):
         self.include_head = include_head
         self.before: nn.Module | None = None  # a copy of the net just before factoring
 
+    @override
     def epochs(self) -> tuple[int, int]:
         """First and last epoch at which this step changes the net."""
         return self.epoch, self.epoch
@@ -77,6 +83,7 @@ class LowRankFactorization(Callback):
             layers.pop(output_layer(net), None)
         return layers
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up checks: the schedule fits the budget and a fixed rank fits every target layer."""
         if self.epoch >= max_epochs:
@@ -103,6 +110,7 @@ class LowRankFactorization(Callback):
         singular_values = torch.linalg.svdvals(layer.weight.detach().reshape(m, n))
         return energy_rank(singular_values, self.energy)
 
+    @override
     def restructure(self, net: nn.Module) -> None:
         """What this step does to the net's shapes (a dry run on a copy at start-up)."""
         self.factor(net)
@@ -118,6 +126,7 @@ class LowRankFactorization(Callback):
         record(net, {"kind": "factor", "step": self.step, "ranks": ranks})
         return ranks
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch < self.epoch or applied(pl_module.shipped_net, self.step):
             return

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn.utils import prune
+from typing_extensions import override
 
+from callbacks.step import CompressionStep, Stage
 from callbacks.structure import snapshot
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
@@ -52,7 +53,7 @@ def cubic_sparsity(epoch: float, final: float, start: int, end: int) -> float:
     return final * (1 - (1 - (epoch - start) / (end - start)) ** 3)
 
 
-class MagnitudePruning(Callback):
+class MagnitudePruning(CompressionStep):
     """Unstructured L1 pruning of Linear / Conv2d weights, `scope="global"` (one threshold over all
     layers) or `"layer"` (each layer to the same sparsity), on `pl_module.shipped_net`."""
 
@@ -73,17 +74,23 @@ class MagnitudePruning(Callback):
         self.before: nn.Module | None = None  # a copy of the net just before its first prune
 
     step = "prune"
+    stage = Stage.SPARSITY
+    order_reason = "prune the weights that ship, then change how they are stored"
+    excludes = {"dsd": "both mask the weights"}
 
+    @override
     def epochs(self) -> tuple[int, int]:
         """First and last epoch at which this step changes the net."""
         return self.start_epoch, self.end_epoch
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up check: the net trains with the final mask before the budget ends."""
         if self.end_epoch >= max_epochs:
             raise ValueError(f"compress.prune.end_epoch={self.end_epoch} must be < trainer.max_epochs={max_epochs} "
                              "so the net trains with the final mask")
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self.ensure_masks(pl_module.shipped_net)
@@ -96,6 +103,7 @@ class MagnitudePruning(Callback):
             if not prune.is_pruned(module):
                 prune.identity(module, name)
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
                              batch_idx: int) -> None:
         epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
@@ -103,6 +111,7 @@ class MagnitudePruning(Callback):
             return
         self.prune_to(pl_module.shipped_net, cubic_sparsity(epoch, self.sparsity, self.start_epoch, self.end_epoch))
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.ensure_masks(pl_module.shipped_net)
         if trainer.current_epoch == self.end_epoch:  # land exactly on the final sparsity
@@ -126,6 +135,7 @@ class MagnitudePruning(Callback):
                 prune.l1_unstructured(module, name, amount=amount, importance_scores=scores[(module, name)])
         self.history.append(weight_sparsity(net))
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for module, name in prunable(pl_module.shipped_net):
             if prune.is_pruned(module):

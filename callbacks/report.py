@@ -1,48 +1,67 @@
 """The compression report: what a model costs as it would ship, counted from its tensors.
 
 A pruned net saved densely is no smaller, so zeros only count as savings under a sparse encoding:
-here every tensor with zeros is stored as its nonzero values plus a 1-bit-per-weight mask (the
-cheaper of that and the dense tensor); tensors without zeros are stored densely.
+by default every tensor with zeros is stored as its nonzero values plus a 1-bit-per-weight mask (the
+cheaper of that and the dense tensor); tensors without zeros are stored densely. A compression step
+that changes how weights ship (int8, bit-packed, shared values) counts its tensors itself
+(`CompressionStep.encoded_bytes`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from callbacks.step import CompressionStep
+
 ENCODING = "nonzero values at their dtype + 1-bit mask per weight (dense where smaller)"
+TRAINING_ONLY = ("num_batches_tracked",)  # BatchNorm's step counter: state for training, not shipped
 
 
-def model_size(net: nn.Module) -> dict[str, int]:
-    """Parameter counts and bytes of `net` as it would ship (plain weights, masks already folded in)."""
+def default_bytes(tensor: torch.Tensor) -> int:
+    """A tensor at its own dtype, stored as its nonzero values plus a 1-bit-per-element mask where
+    that is smaller than storing it densely."""
+    count, size = tensor.numel(), tensor.element_size()
+    return min(count * size, int((tensor != 0).sum()) * size + math.ceil(count / 8))
+
+
+def model_size(net: nn.Module, steps: Iterable[CompressionStep] = ()) -> dict[str, int]:
+    """Parameter counts and bytes of `net` as it would ship (plain weights, masks already folded in):
+    every tensor of its state dict but training-only counters, at the default encoding unless a
+    compression step counts it its own way (the last step that does wins)."""
     params = sum(p.numel() for p in net.parameters())
     nonzero = sum(int((p != 0).sum()) for p in net.parameters())
+    claimed: dict[str, int] = {}
+    for step in steps:
+        claimed.update(step.encoded_bytes(net))
     dense_bytes = compressed_bytes = 0
-    for tensor in net.state_dict().values():  # what ships: parameters and float buffers (BatchNorm)
-        if not tensor.is_floating_point():
+    for key, tensor in net.state_dict().items():
+        if key.rpartition(".")[2] in TRAINING_ONLY:
             continue
-        count, size = tensor.numel(), tensor.element_size()
-        dense_bytes += count * size
-        compressed_bytes += min(count * size, int((tensor != 0).sum()) * size + math.ceil(count / 8))
+        dense_bytes += tensor.numel() * tensor.element_size()
+        compressed_bytes += claimed[key] if key in claimed else default_bytes(tensor)
     return {"params": params, "nonzero_params": nonzero, "dense_bytes": dense_bytes, "compressed_bytes": compressed_bytes}
 
 
-def compression_report(net: nn.Module, steps: list[str], dense: dict[str, int]) -> dict[str, Any]:
+def compression_report(net: nn.Module, steps: dict[str, CompressionStep], dense: dict[str, int]) -> dict[str, Any]:
     """The compressed `net` against `dense`, the `model_size` of the net as the config built it:
     `dense_bytes` is what the uncompressed model ships, `compressed_bytes` what this one does."""
-    size = model_size(net)
+    size = model_size(net, steps.values())
+    encodings = [ENCODING, *(f"{name}: {step.encoding}" for name, step in steps.items() if step.encoding)]
     return {
         "params": size["params"],
         "nonzero_params": size["nonzero_params"],
         "dense_params": dense["params"],
         "dense_bytes": dense["dense_bytes"],
         "compressed_bytes": size["compressed_bytes"],
-        "encoding": ENCODING,
+        "encoding": "; ".join(encodings),
         "ratio": round(dense["dense_bytes"] / size["compressed_bytes"], 3),
-        "steps": steps,
+        "steps": list(steps),
     }
 
 

@@ -104,6 +104,11 @@ class AdversarialModule(ClassifierModule):
     def test_metric_names(cls) -> tuple[str, ...]:
         return ("test/acc", "test/robust_acc", "test/loss")
 
+    @classmethod
+    @override
+    def monitorable_metric_names(cls) -> tuple[str, ...] | None:
+        return (*(super().monitorable_metric_names() or ()), "val/robust_acc")
+
     @override
     def run_record(self) -> dict[str, Any]:
         return {"adversarial": {"method": self.method, "eps": self.eps, "train_eps": self.train_eps,

@@ -23,7 +23,7 @@ def compression_results(cfg: DictConfig, parts: Parts, metrics: dict[str, float]
     module = parts.module
     metric = module.test_metric_names()[0]
     short, prefix = metric.rpartition("/")[2], module.shipped_prefix()
-    report = compression_report(module.shipped_net, list(parts.compression), parts.dense_size)
+    report = compression_report(module.shipped_net, parts.compression, parts.dense_size)
     befores = [(name, getattr(step, "before", None)) for name, step in parts.compression.items()]
     values = []
     for _, net in befores:

@@ -13,6 +13,7 @@ from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.step import CompressionStep
 from modules.attacks import Attack
 from modules.task import MODES, Task
 from recipes.errors import RecipeError
@@ -67,6 +68,11 @@ def check_accelerator(cfg: DictConfig) -> None:
                           f"torch can use: run with trainer=cpu (or trainer.accelerator=auto)")
 
 
+def changes_shapes(target: Any) -> bool:
+    """Whether a compression step's class declares that it edits layer shapes during training."""
+    return isinstance(target, type) and issubclass(target, CompressionStep) and target.changes_shapes
+
+
 def check_strategy(cfg: DictConfig, choices: dict[str, Any]) -> None:
     """The strategy's own declarations against the task and the compression steps (see Strategy in
     the strategy contract): `check_task(task_class)` and `restructurable`."""
@@ -82,7 +88,7 @@ def check_strategy(cfg: DictConfig, choices: dict[str, Any]) -> None:
         except ValueError as err:
             raise RecipeError(str(err)) from None
     reshaping = [name for name, node in (cfg.get("compress") or {}).items()
-                 if node and "_target_" in node and hasattr(get_object(node._target_), "restructure")]
+                 if node and "_target_" in node and changes_shapes(get_object(node._target_))]
     if reshaping and not getattr(strategy, "restructurable", True):
         raise RecipeError(f"compress={','.join(reshaping)} changes layer shapes during training, which "
                           f"strategy={choices.get('strategy')} cannot follow; use strategy=ddp or single")
@@ -96,11 +102,20 @@ def pending_prerequisites(cfg: DictConfig) -> list[str]:
 
 def check_monitor(cfg: DictConfig) -> None:
     """task.monitor_mode, which the task and the best-checkpoint callback read, before a prerequisite
-    trains (the task itself refuses it too, but only once the run's own build starts)."""
-    mode = (cfg.get("task") or {}).get("monitor_mode")
+    trains (the task itself refuses it too, but only once the run's own build starts); task.monitor
+    against the metrics the task declares it logs (Task.monitorable_metric_names)."""
+    task = cfg.get("task") or {}
+    mode, monitor = task.get("monitor_mode"), task.get("monitor")
     if mode is not None and mode not in MODES:
         raise RecipeError(f"task.monitor_mode={mode} must be min or max (the direction in which "
-                          f"task.monitor={cfg.task.get('monitor')} improves)")
+                          f"task.monitor={monitor} improves)")
+    cls = get_object(task["_target_"]) if task.get("_target_") else None
+    if not (isinstance(cls, type) and issubclass(cls, Task)) or monitor is None:
+        return
+    logged = cls.monitorable_metric_names()
+    if logged is not None and monitor not in logged:
+        raise RecipeError(f"task.monitor={monitor} is not a metric {cls.__name__} logs: choose one of "
+                          f"{', '.join(logged)} (and task.monitor_mode=min|max)")
 
 
 def check_task_arguments(cfg: DictConfig) -> None:

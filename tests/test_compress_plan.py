@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import EarlyStopping
+from torch import nn
+
+from callbacks.dsd import DenseSparseDense
+from callbacks.plan import check_plan
+from callbacks.prune import MagnitudePruning
+from callbacks.step import CompressionStep, Stage
 
 from recipes.build import build_training
 from recipes.errors import RecipeError
@@ -54,3 +61,40 @@ def test_bad_plan_exits_in_one_line_before_anything_is_written(run_dir: Path) ->
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: compress=[prune,svd]: svd must come before prune")
     assert not run_dir.exists()
+
+
+class _Precision(CompressionStep):
+    """A step that only this test knows: the plan orders it from its declarations alone."""
+
+    step = "toy_precision"
+    stage = Stage.PRECISION
+    order_reason = "toy reason"
+    excludes = {"dsd": "cannot share a plan with DSD"}
+
+    def epochs(self) -> tuple[int, int]:
+        return 15, 15
+
+    def check(self, net: nn.Module, max_epochs: int) -> None:
+        pass
+
+
+def _steps(*names: str) -> dict[str, CompressionStep]:
+    made = {"prune": lambda: MagnitudePruning(0.5, 1, 10), "dsd": lambda: DenseSparseDense(0.5, 1, 10),
+            "toy_precision": _Precision}
+    return {name: made[name]() for name in names}
+
+
+def test_a_new_step_joins_a_plan_by_its_declarations() -> None:
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    check_plan(_steps("prune", "toy_precision"), net, max_epochs=20)
+    with pytest.raises(ValueError, match=r"prune must come before toy_precision \(prune the weights .*use "
+                                         r"compress=\[prune,toy_precision\]"):
+        check_plan(_steps("toy_precision", "prune"), net, max_epochs=20)
+    with pytest.raises(ValueError, match="dsd and toy_precision cannot share a plan with DSD; use one of them"):
+        check_plan(_steps("dsd", "toy_precision"), net, max_epochs=20)
+
+
+def test_a_callback_that_is_not_a_step_is_refused() -> None:
+    net = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="compress.bar: .*EarlyStopping is not a compression step"):
+        check_plan({"bar": EarlyStopping(monitor="val/acc")}, net, max_epochs=20)
