@@ -53,6 +53,8 @@ class ClassifierModule(Task):
     (backbone BatchNorm statistics frozen too); `backbone_lr_scale` gives the backbone a lower LR.
     """
 
+    classifies_images = True  # the task contract's capability: its net can be attacked (recipes.attack)
+
     def __init__(
         self,
         net: nn.Module,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,6 +26,14 @@ class Task(RecipeModule, ABC):
     `task.monitor=val/loss task.monitor_mode=min` picks another best checkpoint from the command line;
     conf/callbacks/default.yaml's best-checkpoint callback reads them from there.
     """
+
+    #: Declared capability: `shipped_net` maps a batch of images, as the data module gives them, to
+    #: class logits, so recipes.attack (and `attack=...` on recipes.train) can measure its robustness.
+    #: A GAN's generator does not; such a checkpoint is refused in one line.
+    classifies_images: ClassVar[bool] = False
+    #: Declared need: the validation and test steps take input gradients (e.g. an attack), so the test
+    #: trainer runs with inference_mode=False (recipes.testing).
+    evaluates_with_gradients: ClassVar[bool] = False
 
     def __init__(self, monitor: str, monitor_mode: str) -> None:
         super().__init__()
@@ -65,6 +73,11 @@ class Task(RecipeModule, ABC):
     def test_metric_names(cls) -> tuple[str, ...]:
         """The metrics `trainer.test` logs, headline first (results.json's compression section
         reports the headline one before and after each step)."""
+
+    def run_record(self) -> dict[str, Any]:
+        """Sections this task adds to results.json about its own run (public keys, e.g. an adversarial
+        task's `adversarial` section with its overfitting guard); empty by default."""
+        return {}
 
     @override
     def forward(self, *inputs: Any) -> Any:

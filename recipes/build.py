@@ -178,11 +178,13 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logg
                             strategy=build_strategy(cfg))
 
 
-def build_test_trainer(cfg: DictConfig) -> pl.Trainer:
+def build_test_trainer(cfg: DictConfig, inference_mode: bool = True) -> pl.Trainer:
     """One device, whatever the training strategy: a DistributedSampler would pad the test set
-    with duplicates, and the same trainer in recipes.evaluate reproduces the numbers exactly."""
+    with duplicates, and the same trainer in recipes.evaluate reproduces the numbers exactly.
+    `inference_mode=False` for test steps that need input gradients (attacks, Task.evaluates_with_gradients)."""
     trainer_cfg = cfg.trainer
     return pl.Trainer(
+        inference_mode=inference_mode,
         accelerator=trainer_cfg.accelerator,
         devices=1,
         num_nodes=1,

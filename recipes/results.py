@@ -44,8 +44,10 @@ def strict_json(value: Any, **kwargs: Any) -> str:
 
 
 def run_results(choices: dict[str, Any], run_dir: Path, seed: int, metrics: dict[str, float], fit_seconds: float,
-                parallel: dict[str, Any], checkpoint: str | None, monitor: dict[str, Any]) -> dict[str, Any]:
-    """results.json's sections that every run has (compression and export are added when they apply)."""
+                parallel: dict[str, Any], checkpoint: str | None, monitor: dict[str, Any],
+                task_record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """results.json's sections that every run has (compression and export are added when they apply);
+    `task_record`: the sections the task adds about its own run (Task.run_record)."""
     results: dict[str, Any] = {
         "recipe": choices.get("recipe"),
         "task": choices.get("task"),
@@ -59,6 +61,7 @@ def run_results(choices: dict[str, Any], run_dir: Path, seed: int, metrics: dict
         results["checkpoint"] = relative(checkpoint, run_dir)
     if monitor:
         results["monitor"] = monitor
+    results.update(task_record or {})
     return results
 
 

@@ -14,6 +14,7 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.step import CompressionStep
+from modules.attacks import Attack
 from modules.task import MODES, Task
 from recipes.errors import RecipeError
 
@@ -135,6 +136,27 @@ def check_task_arguments(cfg: DictConfig) -> None:
         raise RecipeError(str(err)) from None
 
 
+def check_attack(cfg: DictConfig, choices: dict[str, Any]) -> None:
+    """`attack=...` (results.json's robustness section): its values (Attack.check_arguments) and a task
+    that declares an image classifier (Task.classifies_images), before anything trains."""
+    attack = cfg.get("attack")
+    if not attack:
+        return
+    cls = get_object(attack._target_)
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise RecipeError(f"attack._target_={attack._target_} is not a modules.attacks.Attack")
+    plain = OmegaConf.to_container(attack, resolve=True)
+    try:
+        cls.check_arguments({k: v for k, v in plain.items() if not k.startswith("_") and not isinstance(v, dict)})
+    except (ValueError, TypeError) as err:
+        raise RecipeError(str(err)) from None
+    task = get_object(cfg.task._target_)
+    if not (isinstance(task, type) and issubclass(task, Task) and task.classifies_images):
+        raise RecipeError(f"attack={choices.get('attack')} needs a task that classifies images, but task="
+                          f"{choices.get('task')} ({cfg.task._target_}) does not: drop attack, or use a classifier "
+                          "recipe")
+
+
 def check_plan(cfg: DictConfig, choices: dict[str, Any]) -> None:
     """Every start-up check of the run's own config, cheapest first."""
     check_seed(cfg.get("seed"))
@@ -143,3 +165,4 @@ def check_plan(cfg: DictConfig, choices: dict[str, Any]) -> None:
     check_strategy(cfg, choices)
     check_monitor(cfg)
     check_task_arguments(cfg)
+    check_attack(cfg, choices)

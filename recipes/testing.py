@@ -22,11 +22,12 @@ def test_metrics(cfg: DictConfig, module: Task, datamodule: Any,
     A data module with `test_domains` (old and new domain) is also tested on each domain's test set,
     reported as `test/<metric>_<domain>`; plain `test/<metric>` is the training domain's.
     """
-    trainer = build_test_trainer(cfg)
+    inference = not module.evaluates_with_gradients
+    trainer = build_test_trainer(cfg, inference)
     metrics = {name: float(value) for name, value in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
     for domain in getattr(datamodule, "test_domains", ()):
         loader = datamodule.domain_test_dataloader(domain)
-        for name, value in build_test_trainer(cfg).test(module, dataloaders=loader, verbose=False)[0].items():
+        for name, value in build_test_trainer(cfg, inference).test(module, dataloaders=loader, verbose=False)[0].items():
             metrics[f"{name}_{domain}"] = float(value)
     for logger in loggers:
         adopt_csv_header(logger)

@@ -21,6 +21,7 @@ from recipes.fitting import fit
 from recipes.prerequisites import ensure_prerequisites
 from recipes.reporting import compression_results
 from recipes.results import print_summary, run_results, write_results
+from recipes.robustness import robustness_results
 from recipes.startup import check_plan
 from recipes.testing import test_shipped
 from recipes.tracking import finish_runs, log_run_files
@@ -62,7 +63,8 @@ def _fit_and_report(cfg: DictConfig, choices: dict[str, Any], parts: Parts, run_
     metrics = test_shipped(cfg, parts.module, parts.datamodule, fitted.shipped, parts.loggers,
                            step=parts.trainer.global_step)
     results = run_results(choices, run_dir, cfg.seed, metrics, fitted.seconds, fitted.parallel, fitted.shipped,
-                          fitted.monitor)
+                          fitted.monitor, parts.module.run_record())
+    results.update(robustness_results(cfg, parts.module, parts.datamodule))  # `attack=...`: the robustness section
     if parts.compression:
         results["compression"] = compression_results(cfg, parts, metrics)
     if wants_export(cfg):

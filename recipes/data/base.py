@@ -85,6 +85,14 @@ class ImageDataModule(pl.LightningDataModule):
         side = self.image_size or self.native_size
         return (self.channels, side, side)
 
+    def pixel_normalization(self) -> tuple[list[float], list[float]] | None:
+        """Per-channel (mean, std) the loaders' images are normalized with, or None: what maps them
+        back to [0, 1], the pixel units in which attacks measure eps (modules.attacks.PixelNormalized)."""
+        if not self._normalize:
+            return None
+        step = self._normalize[0]
+        return [float(m) for m in step.mean], [float(s) for s in step.std]
+
     def deterministic_steps(self) -> list[Callable]:
         """Float conversion, size, channels and domain shift: the same for every split."""
         return [to_float_image(), *geometry_and_domain(self.native_channels, self.channels, self.image_size, self.shift)]

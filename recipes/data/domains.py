@@ -44,6 +44,10 @@ class TwoDomainDataModule(pl.LightningDataModule):
     def return_index(self, value: bool) -> None:
         self.target.return_index = value
 
+    def pixel_normalization(self) -> tuple[list[float], list[float]] | None:
+        """The new domain's normalization (modules.attacks.PixelNormalized): its loaders are the ones tested."""
+        return self.target.pixel_normalization()
+
     @override
     def prepare_data(self) -> None:
         self.source.prepare_data()

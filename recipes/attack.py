@@ -1,0 +1,58 @@
+"""`python -m recipes.attack ckpt_path=PATH attack=fgsm|pgd|pgd_l2|noise|transfer|autoattack
+attack.eps=[0.05,0.1,0.2]`: the robustness of a classifier checkpoint on its test split (or the first
+`attack.max_samples` images), rebuilt from the config saved in it as recipes.evaluate does. Prints a
+table and writes robustness.json and robustness.png to `out_dir`. Console script `recipes-attack`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from modules.task import Task
+from recipes import cli
+from recipes.build import rebuild
+from recipes.checkpoint import load_checkpoint
+from recipes.errors import RecipeError
+from recipes.robustness import build_attack, measure, print_table, write_report
+from recipes.trusted import saved_config
+
+
+def check_classifier_checkpoint(path: str, trusted: list[str]) -> None:
+    """Refuse a checkpoint whose task does not classify images (Task.classifies_images) before its
+    model, and the reference models it needs, are built."""
+    saved = saved_config(load_checkpoint(path), "ckpt_path", path, trusted)
+    task = get_object(saved.task._target_)  # a shipped or trusted target: saved_config checked it
+    if not (isinstance(task, type) and issubclass(task, Task) and task.classifies_images):
+        raise RecipeError(f"ckpt_path={path} holds a {task.__name__} model, which does not classify images: "
+                          f"recipes.attack needs a classifier checkpoint (e.g. of recipe=baseline or recipe=adv_train)")
+
+
+def attack(cfg: DictConfig) -> dict[str, Any]:
+    chosen = build_attack(cfg.attack)  # bad attack values fail before the checkpoint is read
+    trusted = list(cfg.trusted_targets)
+    check_classifier_checkpoint(str(cfg.ckpt_path), trusted)
+    overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.overrides else {}
+    saved_cfg, datamodule, module, choices = rebuild(cfg.ckpt_path, overrides, trusted)
+    report = {"checkpoint": str(cfg.ckpt_path), "recipe": choices.get("recipe"), "task": choices.get("task"),
+              **measure(saved_cfg, chosen, module, datamodule, f"ckpt_path={cfg.ckpt_path}")}
+    print_table(report)
+    write_report(report, Path(cfg.out_dir))
+    print(f"wrote {Path(cfg.out_dir) / 'robustness.json'} and robustness.png")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="robustness")
+def _hydra_main(cfg: DictConfig) -> None:
+    cli.guarded(attack, cfg)
+
+
+def main() -> None:
+    cli.run_main(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()
