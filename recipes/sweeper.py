@@ -31,6 +31,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+from typing_extensions import override
 
 from recipes.config_errors import unknown_key_message
 from recipes.errors import RecipeError, RunStopped
@@ -69,6 +70,7 @@ class OptunaSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
 
+    @override
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
@@ -114,6 +116,7 @@ class OptunaSweeper(Sweeper):
         study.set_user_attr("objective", str(probe.task.monitor))
         return study
 
+    @override
     def sweep(self, arguments: list[str]) -> None:
         from recipes import search_space
         from recipes import study as studies
