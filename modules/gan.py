@@ -5,6 +5,7 @@ offline metrics (Frechet distance and class coverage in a classifier's features,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from modules.gan_ema import ParameterAverage
 from modules.gan_losses import LOSSES, discriminator_loss, generator_loss
 from modules.gan_metrics import PenultimateFeatures, class_coverage, frechet_distance
 from modules.gan_pictures import save_grid, sample_grid
@@ -32,6 +34,10 @@ class GanModule(Task):
     `feature`: the frozen classifier (from `task.feature_ckpt`) whose penultimate features measure
     the Frechet distance; `val/fd` compares a fixed latent batch's samples with the validation
     images, and picks the best checkpoint.
+    `ema_decay` > 0 keeps an exponential moving average of the generator's weights (modules.gan_ema):
+    val/fd and the grids sample from it, and every checkpoint holds it as the generator's weights (so
+    the tested, exported and evaluated generator is the averaged one), with the trained weights kept
+    beside it for an exact resume.
     """
 
     # Declared on the class for the strategies' start-up checks (recipes/startup.py): this task steps
@@ -47,6 +53,7 @@ class GanModule(Task):
         loss: str = "non_saturating",
         d_steps: int = 1,
         label_smoothing: float = 0.0,
+        ema_decay: float = 0.0,
         latent_dim: int = 32,
         conditional: bool = False,
         fd_samples: int = 1000,
@@ -58,7 +65,7 @@ class GanModule(Task):
     ) -> None:
         super().__init__(monitor, monitor_mode)
         self.check_arguments({"d_steps": d_steps, "latent_dim": latent_dim, "loss": loss,
-                              "label_smoothing": label_smoothing, "fd_samples": fd_samples,
+                              "label_smoothing": label_smoothing, "ema_decay": ema_decay, "fd_samples": fd_samples,
                               "val_samples": val_samples, "grid_every_n_epochs": grid_every_n_epochs})
         if conditional and net.num_classes < 2:
             raise ValueError(f"task.conditional=true needs labelled data with at least 2 classes, but the data gives "
@@ -75,6 +82,7 @@ class GanModule(Task):
         self.loss, self.d_steps, self.label_smoothing = loss, d_steps, label_smoothing
         self.latent_dim, self.conditional, self.num_classes = latent_dim, conditional, net.num_classes
         self.fd_samples, self.sample_seed, self.grid_every_n_epochs = fd_samples, sample_seed, grid_every_n_epochs
+        self.generator_average = ParameterAverage(net.generator, ema_decay) if ema_decay else None
         self.features = PenultimateFeatures(feature)
         self.val_fd = frechet_distance(self.features)
         self.test_fd, self.test_fd_real = frechet_distance(self.features), frechet_distance(self.features)
@@ -99,6 +107,9 @@ class GanModule(Task):
         smoothing = get("label_smoothing", 0.0)
         if not 0 <= smoothing < 1 or (smoothing and loss == "hinge"):
             raise ValueError(f"task.label_smoothing={smoothing} must be in [0, 1), and 0 with task.loss=hinge")
+        if not 0 <= get("ema_decay", 0.0) < 1:
+            raise ValueError(f"task.ema_decay={get('ema_decay')} must be in [0, 1) (0: no average of the generator's "
+                             "weights), e.g. 0.998")
         for key in ("fd_samples", "val_samples"):
             if get(key, 2) < 2:
                 raise ValueError(f"task.{key}={get(key)} must be >= 2 (a Frechet distance needs a covariance)")
@@ -171,6 +182,8 @@ class GanModule(Task):
                 g_opt.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
                 g_opt.step()
+            if self.generator_average is not None:
+                self.generator_average.update()
             self.track_train_loss(g_loss)  # train/loss: the generator's
             self._epoch_losses[1].add_(torch.stack([g_loss.detach(), torch.ones_like(loss)]))
             loss = loss + g_loss.detach()
@@ -218,13 +231,40 @@ class GanModule(Task):
     @override
     def on_validation_epoch_end(self) -> None:
         rank, world = self.global_rank, self.trainer.world_size
-        samples = self.sample(self.fixed_z[rank::world], self.fixed_labels[rank::world])  # each rank its share
+        with self.averaged_generator():
+            samples = self.sample(self.fixed_z[rank::world], self.fixed_labels[rank::world])  # each rank its share
+            epoch = self.current_epoch
+            if not self.trainer.sanity_checking and epoch % self.grid_every_n_epochs == 0:
+                self.write_grid(Path(self.trainer.default_root_dir) / "samples" / f"epoch{epoch:04d}.png", step=epoch)
         self.val_fd.update(samples, real=False)
         self.log("val/fd", self.val_fd.compute(), prog_bar=True, sync_dist=False)
         self.val_fd.reset()
-        epoch = self.current_epoch
-        if not self.trainer.sanity_checking and epoch % self.grid_every_n_epochs == 0:
-            self.write_grid(Path(self.trainer.default_root_dir) / "samples" / f"epoch{epoch:04d}.png", step=epoch)
+
+    def averaged_generator(self) -> AbstractContextManager[None]:
+        """The generator with its averaged weights (when task.ema_decay > 0) for the block."""
+        return self.generator_average.swapped_in() if self.generator_average is not None else nullcontext()
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The checkpoint's generator is the averaged one (what is tested, exported and evaluated);
+        # the trained weights and the average ride along for a resume.
+        if self.generator_average is None or not self.generator_average.average:
+            return
+        prefix, state = f"{self.shipped_prefix()}.", checkpoint["state_dict"]
+        average = self.generator_average.state_dict()
+        checkpoint["generator_average"] = {
+            "average": average, "trained": {name: state[prefix + name] for name in average if prefix + name in state}}
+        state.update({prefix + name: value for name, value in average.items() if prefix + name in state})
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A resume (trainer.fit(ckpt_path=...)) continues from the trained weights and their average.
+        saved = checkpoint.get("generator_average")
+        if saved is None or self.generator_average is None:
+            return
+        prefix = f"{self.shipped_prefix()}."
+        checkpoint["state_dict"].update({prefix + name: value for name, value in saved["trained"].items()})
+        self.generator_average.load_state_dict(saved["average"])
 
     def grid(self) -> torch.Tensor:
         """Samples of the fixed latent batch: 10 x 10 (one row per class when conditional)."""
@@ -248,7 +288,8 @@ class GanModule(Task):
 
     @override
     def on_fit_end(self) -> None:
-        self.write_grid(Path(self.trainer.default_root_dir) / "samples.png", step=self.current_epoch)
+        with self.averaged_generator():
+            self.write_grid(Path(self.trainer.default_root_dir) / "samples.png", step=self.current_epoch)
 
     # --- test: test/fd, test/fd_real, test/class_coverage, test/cond_acc --------------------------
     @override

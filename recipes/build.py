@@ -31,6 +31,7 @@ from recipes.divergence import DivergenceGuard
 from recipes.errors import RecipeError
 from recipes.interrupt import SigtermStop
 from recipes.loggers import continue_history
+from recipes.prerequisites import prerequisite_config
 from recipes.startup import check_strategy, pending_prerequisites
 from recipes.trusted import saved_config
 from recipes.validate import check_node
@@ -251,12 +252,21 @@ def build_run(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
     return build_training(cfg, choices, resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.run_dir)))
 
 
-def check_compression_plan(cfg: DictConfig) -> None:
-    """The compression plan needs the shipped net; build the task (data shape, model, task) now when a
-    prerequisite would otherwise train before the run's own build finds the plan wrong."""
-    if not cfg.get("compress") or not pending_prerequisites(cfg):
+def check_build_plan(cfg: DictConfig) -> None:
+    """Build the run's task now (data, model, task, compression plan), with untrained stand-ins of the
+    same shape for the reference nets that prerequisites would train, when a prerequisite would
+    otherwise train before the run's own build finds a value wrong: a value only the data can judge
+    (e.g. task.conditional=true on data with one class) or a compression plan that does not fit the
+    shipped net. Without a pending prerequisite the run's own build comes first and refuses them."""
+    pending = pending_prerequisites(cfg)
+    if not pending:
         return
-    module = build_module(cfg, build_datamodule(cfg), cfg.get("trusted_targets") or ())
+    run_dir = Path(cfg.paths.run_dir)
+    stand_ins = {}
+    for name in pending:
+        sub = prerequisite_config(cfg, name, run_dir / name)
+        stand_ins[name] = build_task(sub, DataShape.of(build_datamodule(sub)), references={}).shipped_net
+    module = build_task(cfg, DataShape.of(build_datamodule(cfg)), stand_ins)
     build_compression(cfg, module.shipped_net)
 
 

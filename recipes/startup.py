@@ -1,8 +1,8 @@
 """Start-up checks of the whole plan of a run, before any model (a prerequisite included) trains: the
 values Lightning or torch would only reject mid-run (or accept and do nothing with), and the
 combinations a strategy refuses. Each check reads the config and class declarations only; nothing is
-built here. (A compression plan needs the net: recipes.build.check_compression_plan checks it before
-a prerequisite trains.)"""
+built here. (A compression plan and the values only the data can judge need the built task:
+recipes.build.check_build_plan checks them before a prerequisite trains.)"""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from recipes import cli
-from recipes.build import Parts, build_run, check_compression_plan
+from recipes.build import Parts, build_run, check_build_plan
 from recipes.errors import RecipeError
 from recipes.exporting import export_shipped, wants_export
 from recipes.fitting import fit
@@ -81,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     run_dir = Path(cfg.paths.run_dir)
     choices = dict(HydraConfig.get().runtime.choices)
     check_plan(cfg, choices)  # the whole plan, before any prerequisite trains
-    check_compression_plan(cfg)
+    check_build_plan(cfg)
     ensure_prerequisites(cfg, run_dir, choices, run)
     return run(cfg, choices)  # its summary ends with the run dir
 

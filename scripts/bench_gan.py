@@ -88,6 +88,11 @@ def main() -> None:
               f"| {mean_std([r['test/fd'] / r['fd_init'] for r in runs], 3)} "
               f"| {mean_std([r['test/class_coverage'] for r in runs], 3)} | {cond_acc} "
               f"| {mean_std([r['seconds'] for r in runs], 0)} |")
+    print("\nper seed: model conditional seed fd / fd_real, fd / fd_init, coverage, cond_acc, seconds")
+    for model, conditional, runs in rows:
+        for seed, r in zip(args.seeds, runs):
+            print(f"{model} {conditional} {seed} {r['test/fd'] / r['test/fd_real']:.2f} {r['test/fd'] / r['fd_init']:.3f} "
+                  f"{r['test/class_coverage']:.3f} {r.get('test/cond_acc', float('nan')):.3f} {r['seconds']:.0f}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """GAN task (issue 9): Algorithm 1's step structure, the loss formulas, the offline Frechet distance,
-bad input, and one tiny in-process fit that logs val/fd, writes the sample grids and the test metrics."""
+the moving average of the generator's weights, bad input, and one tiny in-process fit that logs
+val/fd, writes the sample grids and the test metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from modules.gan import GanModule
+from modules.gan_ema import ParameterAverage
 from modules.gan_losses import discriminator_loss, generator_loss
 from modules.gan_metrics import PenultimateFeatures, class_coverage, frechet_distance
 from modules.nets.dcgan import DCGan
@@ -117,6 +119,7 @@ def test_class_coverage_is_normalized_entropy():
     ({"latent_dim": 0}, "task.latent_dim=0 "),
     ({"loss": "wasserstein"}, "task.loss=wasserstein "),
     ({"loss": "hinge", "label_smoothing": 0.1}, "task.label_smoothing=0.1 "),
+    ({"ema_decay": 1.0}, "task.ema_decay=1.0 "),
 ])
 def test_bad_task_values_name_the_key(task, message):
     with pytest.raises(ValueError, match=f"^{message}"):
@@ -145,3 +148,41 @@ def test_tiny_fit_logs_val_fd_writes_grids_and_test_metrics(tmp_path, pair, cond
     assert metrics["test/fd"] > metrics["test/fd_real"] >= 0
     z, *labels = module.example_input(4)
     assert module.shipped_net(z, *labels).shape == (4, 1, 8, 8)
+
+
+def test_parameter_average_is_an_ema_by_name_and_restarts_for_new_layers():
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    average = ParameterAverage(net, decay=0.75)
+    average.update()  # the first update starts from the current weights
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(4.0)
+    average.update()
+    assert torch.allclose(average.average["0.weight"], start + 1.0)  # 0.75 * w + 0.25 * (w + 4)
+    with average.swapped_in():
+        assert torch.equal(net[0].weight, average.average["0.weight"])
+    assert torch.equal(net[0].weight, start + 4.0)  # the trained weights are back
+    net[1] = nn.Sequential(nn.Linear(3, 1, bias=False), nn.Linear(1, 1))  # as SVD factoring replaces a layer
+    average.update()
+    assert set(average.average) == {"0.weight", "0.bias", "1.0.weight", "1.1.weight", "1.1.bias"}
+    assert torch.equal(average.average["1.0.weight"], net[1][0].weight)
+
+
+def test_checkpoints_ship_the_averaged_generator_and_resume_from_the_trained_one(tmp_path):
+    module = gan(ema_decay=0.9)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(module, datamodule=digits())
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    ckpt = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    trained = {name: p.detach().clone() for name, p in module.net.generator.named_parameters()}
+    average = module.generator_average.average
+    assert set(average) == set(trained)
+    assert not all(torch.equal(average[name], trained[name]) for name in trained)
+    for name in trained:  # what load_weights (evaluate, export, test) reads is the average
+        assert torch.equal(ckpt["state_dict"][f"net.generator.{name}"], average[name])
+        assert torch.equal(ckpt["generator_average"]["trained"][name], trained[name])
+    resumed = gan(ema_decay=0.9)
+    resumed.on_load_checkpoint(ckpt)  # what trainer.fit(ckpt_path=...) does before loading the state dict
+    resumed.load_state_dict(ckpt["state_dict"])
+    for name, p in resumed.net.generator.named_parameters():
+        assert torch.equal(p, trained[name]) and torch.equal(resumed.generator_average.average[name], average[name])

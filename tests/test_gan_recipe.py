@@ -1,6 +1,7 @@
 """recipe=gan through the core, as a user runs it: the feature classifier trained first, results.json's
 GAN metrics, sample grids, export of the generator with pruning, recipes.evaluate reproducing the
-test metrics, recipes.generate, exact resume of both optimizers, DDP replicas, refusals at start-up."""
+test metrics, recipes.generate, exact resume of both optimizers, DDP replicas, SVD factoring of the
+generator, refusals at start-up."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.hydra_config import HydraConfig
 
-from tests.conftest import run_module, train, train_ok
+import recipes.train
+from recipes.build import check_build_plan
+from recipes.errors import RecipeError
+from tests.conftest import compose_train, run_module, train, train_ok
+from tests.data_files import write_image_folder
 
 TINY = ["recipe=gan", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1", "+trainer.limit_train_batches=5",
         "task.fd_samples=100", "task.val_samples=100", "logger=csv"]
@@ -94,4 +100,37 @@ def test_bad_gan_input_is_one_line_and_leaves_no_run_dir(override, message, run_
     proc = train(run_dir, "recipe=gan", override)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert not run_dir.exists()
+
+
+def test_svd_factors_the_generator_and_leaves_the_discriminator(feature_ckpt, tmp_path):
+    """compress=[svd] on recipe=gan: the plan is checked before the feature classifier would train (an
+    untrained stand-in of its shape takes its place), then the generator, the shipped net, is factored."""
+    run_dir = tmp_path / "run"
+    cfg = compose_train(run_dir, *TINY, "compress=[svd]", "compress.svd.epoch=1", "trainer.max_epochs=2",
+                        "task.fd_samples=50", "task.val_samples=50")
+    check_build_plan(cfg)  # task.feature_ckpt unset: the prerequisite is still to train
+    assert not run_dir.exists()
+    cfg.task.feature_ckpt = feature_ckpt
+    results = recipes.train.run(cfg, dict(HydraConfig.get().runtime.choices))
+    compression = results["compression"]
+    assert compression["steps"] == ["svd"] and compression["params"] < compression["dense_params"]
+    assert set(compression["per_step"][0]) == {"step", "fd_before", "fd_after"}
+    state = torch.load(run_dir / results["checkpoint"], weights_only=True)["state_dict"]
+    # MLP generator body: Linear 0 and 2 factored into (n->k, k->m) pairs; the output layer 4 kept
+    assert {"net.generator.body.0.0.weight", "net.generator.body.0.1.weight", "net.generator.body.2.0.weight",
+            "net.generator.body.4.weight"} <= set(state)
+    assert {"net.discriminator.body.0.weight", "net.discriminator.body.2.weight"} <= set(state)
+    assert not any(k.startswith("net.discriminator.body.0.0.") for k in state)
+    assert state["net.generator.body.0.0.weight"].shape[0] < 32  # the rank: below the 32 latent inputs
+
+
+def test_conditional_on_one_class_is_refused_before_the_feature_classifier_trains(tmp_path):
+    root = write_image_folder(tmp_path / "images", layout="single", classes=("only",), per_class=10, size=8, mode="L")
+    run_dir = tmp_path / "run"
+    cfg = compose_train(run_dir, "recipe=gan", "data=imagefolder", f"data.root={root}", "data.image_size=8",
+                        "data.channels=1", "data.num_workers=0", "task.conditional=true")
+    with pytest.raises(RecipeError, match="task.conditional=true needs labelled data with at least 2 classes, but "
+                                          "the data gives 1; set task.conditional=false"):
+        recipes.train.train(cfg)
     assert not run_dir.exists()
