@@ -17,7 +17,7 @@ from recipes.data.folder import ImageFolderDataModule
 from recipes.data.shift import domain_shift
 from recipes.data.vision import TorchvisionDataModule
 from recipes.errors import RecipeError
-from tests.conftest import train_ok
+from tests.conftest import train_ok_in_process
 from tests.data_files import write_cifar10, write_image_folder, write_mnist_idx
 
 SPLITS = ("train", "val", "test")
@@ -235,7 +235,7 @@ def assert_valid_accuracy(results: dict[str, Any]) -> None:
 
 def test_cli_trains_on_mnist_files(tmp_path: Path, run_dir: Path) -> None:
     root = write_mnist_idx(tmp_path / "mnist")
-    results = train_ok(run_dir, "data=mnist", f"data.root={root}", "data.batch_size=16", "trainer.max_epochs=1")
+    results = train_ok_in_process(run_dir, "data=mnist", f"data.root={root}", "data.batch_size=16", "trainer.max_epochs=1")
     assert_valid_accuracy(results)
 
 
@@ -244,13 +244,13 @@ def test_cli_trains_on_mnist_files(tmp_path: Path, run_dir: Path) -> None:
                          "the in-process tests cover the module with only that check disabled")
 def test_cli_trains_on_cifar10_files(tmp_path: Path, run_dir: Path) -> None:
     root = write_cifar10(tmp_path / "cifar10")
-    results = train_ok(run_dir, "data=cifar10", f"data.root={root}", "data.num_workers=0", "model=lenet5",
+    results = train_ok_in_process(run_dir, "data=cifar10", f"data.root={root}", "data.num_workers=0", "model=lenet5",
                        "data.batch_size=16", "trainer.max_epochs=1")
     assert_valid_accuracy(results)
 
 
 def test_cli_trains_on_an_image_folder(tmp_path: Path, run_dir: Path) -> None:
     root = write_image_folder(tmp_path / "images", layout="splits", per_class=6, size=24)
-    results = train_ok(run_dir, "data=imagefolder", f"data.root={root}", "model=convnet", "data.batch_size=16",
+    results = train_ok_in_process(run_dir, "data=imagefolder", f"data.root={root}", "model=convnet", "data.batch_size=16",
                        "trainer.max_epochs=1")
     assert_valid_accuracy(results)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_module, train, train_ok
+from tests.conftest import run_module, train_in_process, train_ok
 
 TINY = ["recipe=gan", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1", "+trainer.limit_train_batches=5",
         "task.fd_samples=100", "task.val_samples=100", "logger=csv"]
@@ -91,7 +91,7 @@ def test_ddp_replicas_hold_equal_weights(trained_feature_ckpt, run_dir):
 ])
 def test_bad_gan_input_is_one_line_and_leaves_no_run_dir(override, message, run_dir):
     """Refused at start-up, before the feature classifier (a prerequisite) would train."""
-    proc = train(run_dir, "recipe=gan", override)
+    proc = train_in_process(run_dir, "recipe=gan", override)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
     assert not run_dir.exists()
