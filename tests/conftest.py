@@ -83,7 +83,8 @@ def _process_state_kept(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
     consoles = {h: h.stream for name in _RUN_LOGGERS[1:] for h in handlers[name]
                 if type(h) is logging.StreamHandler}
     sigterm = signal.getsignal(signal.SIGTERM)
-    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
     reporter = hydra_utils.run_and_report
     for handler in consoles:
         handler.setStream(err)

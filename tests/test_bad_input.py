@@ -92,7 +92,8 @@ def test_missing_checkpoint(run_dir: Path, tmp_path: Path) -> None:
 def test_corrupt_checkpoint(run_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
-    assert_clean_failure(train_in_process(run_dir, f"ckpt_path={bad}"), run_dir, "bad.ckpt is not a readable checkpoint")
+    assert_clean_failure(train_in_process(run_dir, f"ckpt_path={bad}"), run_dir,
+                         "bad.ckpt is not a readable checkpoint")
     assert_clean_failure(run_module("recipes.evaluate", f"ckpt_path={bad}"), None, "not a readable checkpoint")
 
 
