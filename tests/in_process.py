@@ -9,6 +9,7 @@ import importlib
 import io
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,9 +31,10 @@ _RUN_LOGGERS = ("", "lightning", "lightning.pytorch", "lightning.fabric")
 @contextlib.contextmanager
 def _process_state_kept(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
     """What a run changes in its process, put back afterwards so that the next test starts as it would
-    in a fresh one: environment (Lightning's PL_GLOBAL_SEED...), cwd, sys.argv, logging handlers and
-    levels, the SIGTERM handler, torch's deterministic mode, Hydra's global state and reporter. Output
-    written to sys.stdout/sys.stderr or through Lightning's console handlers goes to `out`/`err`."""
+    after a subprocess: environment (Lightning's PL_GLOBAL_SEED...), cwd, logging handlers and levels,
+    the SIGTERM handler, the random generators (the run seeds them), torch's deterministic mode, Hydra's
+    global state and its reporter (recipes.config_errors wraps it). Output written to sys.stdout and
+    sys.stderr or through Lightning's own console handler goes to `out` and `err`."""
     from hydra._internal import utils as hydra_utils
     from hydra.core.global_hydra import GlobalHydra
 
@@ -43,6 +46,7 @@ def _process_state_kept(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
     consoles = {h: h.stream for name in _RUN_LOGGERS[1:] for h in handlers[name]
                 if type(h) is logging.StreamHandler}
     sigterm = signal.getsignal(signal.SIGTERM)
+    generators = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     reporter = hydra_utils.run_and_report
@@ -64,6 +68,9 @@ def _process_state_kept(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
         os.environ.update(environ)
         os.chdir(cwd)
         signal.signal(signal.SIGTERM, sigterm)
+        random.setstate(generators[0])
+        np.random.set_state(generators[1])
+        torch.set_rng_state(generators[2])
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         hydra_utils.run_and_report = reporter
         if GlobalHydra.instance().is_initialized():
