@@ -1,9 +1,18 @@
-"""Shared helpers: run an entry point in a subprocess, exactly as a user would from the shell."""
+"""Shared helpers: run an entry point in a subprocess, exactly as a user would from the shell, or through
+the same console-script body in this process, and trained runs shared by several tests.
+
+Which to use: a subprocess (run_module, train, train_ok) where the process itself is what a test proves
+(a shell's view of the CLI contract, once per kind of refusal; console scripts; DDP ranks, torchrun and
+srun launches; signals; hangs); in this process (run_module_in_process, train_in_process,
+train_ok_in_process) everywhere else: the same pre-flight, Hydra run, error guard and exit status, without
+paying ~5 s of `import torch, lightning` per run. A trained model that several tests only read comes
+from a session fixture (two_epoch_run, feature_ckpt); a test that changes it works on a copy (copy_run)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +24,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.in_process import REPO, run_module_in_process
+
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
 
 
@@ -36,9 +46,24 @@ def train(run_dir: Path, *overrides: str, quiet: bool = True, **kwargs: Any) -> 
 
 def train_ok(run_dir: Path, *overrides: str, **kwargs: Any) -> dict[str, Any]:
     """Train and return results.json, failing the test with the run's output if it did not succeed."""
-    proc = train(run_dir, *overrides, **kwargs)
+    return _results(run_dir, train(run_dir, *overrides, **kwargs))
+
+
+def _results(run_dir: Path, proc: subprocess.CompletedProcess) -> dict[str, Any]:
     assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads((run_dir / "results.json").read_text())
+
+
+def train_in_process(run_dir: Path, *overrides: str, quiet: bool = True, **kwargs: Any) -> subprocess.CompletedProcess:
+    """`python -m recipes.train hydra.run.dir=RUN_DIR ...` through the same entry, in this process: Hydra's
+    run (run dir, .hydra/, train.log, its callbacks), the pre-flight and the error guard, all real."""
+    extra = QUIET if quiet else []
+    return run_module_in_process("recipes.train", f"hydra.run.dir={run_dir}", *extra, *overrides, **kwargs)
+
+
+def train_ok_in_process(run_dir: Path, *overrides: str, **kwargs: Any) -> dict[str, Any]:
+    """train_ok through train_in_process."""
+    return _results(run_dir, train_in_process(run_dir, *overrides, **kwargs))
 
 
 @pytest.fixture
@@ -57,6 +82,21 @@ def assert_clean_failure(proc, run_dir: Path | None, *expected: str) -> None:
         assert text in last, last
     if run_dir is not None:
         assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
+
+
+@pytest.fixture(scope="session")
+def two_epoch_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished `python -m recipes.train trainer.max_epochs=2` (baseline MLP on digits): results.json,
+    checkpoints/last.ckpt and the best checkpoint (both at epoch 1), csv/metrics.csv, train.log. Trained
+    once for every test that needs a trained baseline; a test that changes the run works on copy_run(...)."""
+    run_dir = tmp_path_factory.mktemp("baseline") / "run"
+    train_ok_in_process(run_dir, "trainer.max_epochs=2")
+    return run_dir
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of a shared run, at tmp_path/run."""
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
 
 
 def compose_train(tmp_path: Path, *overrides: str):

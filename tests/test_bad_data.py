@@ -3,7 +3,6 @@ in any split, a worker's decoding error, and MNIST image/label files that disagr
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from recipes.data.files import DataFileError
 from recipes.data.folder import ImageFolderDataModule
 from recipes.data.vision import TorchvisionDataModule
-from tests.conftest import train
+from tests.conftest import train_in_process
 from tests.data_files import IDX_LABELS_MAGIC, _write_idx, write_image_folder, write_mnist_idx, write_png_header
 from tests.conftest import assert_clean_failure
 
@@ -83,6 +82,6 @@ def test_cli_refuses_a_corrupt_test_image_before_training(run_dir: Path, tmp_pat
     root = write_image_folder(tmp_path / "imgs", per_class=2, size=8)
     bad = root / "test" / "fox" / "fox_0.png"
     _random_bytes(bad)
-    proc = train(run_dir, "data=imagefolder", f"data.root={root}", "data.num_workers=0", "data.image_size=8")
+    proc = train_in_process(run_dir, "data=imagefolder", f"data.root={root}", "data.num_workers=0", "data.image_size=8")
     assert_clean_failure(proc, run_dir, str(bad), "not a readable image")
     assert "Epoch" not in proc.stdout + proc.stderr

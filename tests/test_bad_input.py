@@ -1,19 +1,23 @@
-"""Bad input: one line naming the bad value and the fix, a non-zero exit, no traceback, nothing written."""
+"""Bad input: one line naming the bad value and the fix, a non-zero exit, no traceback, nothing written.
+
+A pre-flight refusal and a start-up refusal run in a real subprocess (the CLI contract as a shell sees
+it; evaluate's is in test_checkpoint_trust.py, a multirun's in test_startup_contract.py); the other
+values run the same entry point in this process (tests/conftest.py: train_in_process)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_clean_failure, run_module, train, train_ok
+from tests.conftest import (assert_clean_failure, run_module, run_module_in_process, train, train_in_process,
+                            train_ok_in_process)
 
 
-@pytest.fixture(scope="module")
-def mlp_checkpoint(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("ckpt") / "run"
-    results = train_ok(run_dir, "trainer.max_epochs=1")
-    return run_dir / results["checkpoint"]
+@pytest.fixture
+def mlp_checkpoint(two_epoch_run: Path) -> Path:
+    return two_epoch_run / json.loads((two_epoch_run / "results.json").read_text())["checkpoint"]
 
 
 def _image_folder(root: Path, splits: dict[str, list[str]], images: bool = True) -> Path:
@@ -46,35 +50,41 @@ CASES = {
 }
 
 
+# One refusal of the pre-flight (before Hydra) and one of the start-up checks (inside the run) in a subprocess.
+IN_A_SUBPROCESS = {"unknown recipe", "zero batch size"}
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_bad_override(case: str, run_dir: Path) -> None:
     overrides, expected = CASES[case]
-    assert_clean_failure(train(run_dir, *overrides), run_dir, *expected)
+    run = train if case in IN_A_SUBPROCESS else train_in_process
+    assert_clean_failure(run(run_dir, *overrides), run_dir, *expected)
 
 
 def test_missing_data_dir(run_dir: Path, tmp_path: Path) -> None:
-    proc = train(run_dir, "data=mnist", f"data.root={tmp_path / 'nowhere'}")
+    proc = train_in_process(run_dir, "data=mnist", f"data.root={tmp_path / 'nowhere'}")
     assert_clean_failure(proc, run_dir, "data.root=", "data.download=true")
 
 
 def test_empty_data_dir(run_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    proc = train(run_dir, "data=cifar10", f"data.root={tmp_path / 'empty'}")
+    proc = train_in_process(run_dir, "data=cifar10", f"data.root={tmp_path / 'empty'}")
     assert_clean_failure(proc, run_dir, "missing or empty")
 
 
 def test_image_folder_without_images(run_dir: Path, tmp_path: Path) -> None:
     root = _image_folder(tmp_path / "imgs", {"": ["cat", "dog"]}, images=False)
-    assert_clean_failure(train(run_dir, "data=imagefolder", f"data.root={root}"), run_dir, "no images")
+    assert_clean_failure(train_in_process(run_dir, "data=imagefolder", f"data.root={root}"), run_dir, "no images")
 
 
 def test_image_folder_with_a_class_missing_from_a_split(run_dir: Path, tmp_path: Path) -> None:
     root = _image_folder(tmp_path / "imgs", {"train": ["cat", "dog"], "val": ["cat", "dog"], "test": ["cat"]})
-    assert_clean_failure(train(run_dir, "data=imagefolder", f"data.root={root}"), run_dir, "test/", "['dog']")
+    assert_clean_failure(train_in_process(run_dir, "data=imagefolder", f"data.root={root}"), run_dir, "test/",
+                         "['dog']")
 
 
 def test_missing_checkpoint(run_dir: Path, tmp_path: Path) -> None:
-    proc = train(run_dir, f"ckpt_path={tmp_path / 'no.ckpt'}")
+    proc = train_in_process(run_dir, f"ckpt_path={tmp_path / 'no.ckpt'}")
     assert_clean_failure(proc, run_dir, "no.ckpt does not exist")
 
 
@@ -82,30 +92,33 @@ def test_missing_checkpoint(run_dir: Path, tmp_path: Path) -> None:
 def test_corrupt_checkpoint(run_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
-    assert_clean_failure(train(run_dir, f"ckpt_path={bad}"), run_dir, "bad.ckpt is not a readable checkpoint")
+    assert_clean_failure(train_in_process(run_dir, f"ckpt_path={bad}"), run_dir,
+                         "bad.ckpt is not a readable checkpoint")
     assert_clean_failure(run_module("recipes.evaluate", f"ckpt_path={bad}"), None, "not a readable checkpoint")
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_checkpoint_from_another_architecture(run_dir: Path, mlp_checkpoint: Path) -> None:
-    proc = train(run_dir, f"ckpt_path={mlp_checkpoint}", "model=lenet5")
+    proc = train_in_process(run_dir, f"ckpt_path={mlp_checkpoint}", "model=lenet5")
     assert_clean_failure(proc, run_dir, "model=mlp", "does not fit")
-    proc = train(run_dir, f"ckpt_path={mlp_checkpoint}", "model.hidden=[64]")
+    proc = train_in_process(run_dir, f"ckpt_path={mlp_checkpoint}", "model.hidden=[64]")
     assert_clean_failure(proc, run_dir, "shape")
 
 
 def test_evaluate_needs_a_checkpoint(tmp_path: Path) -> None:
-    assert_clean_failure(run_module("recipes.evaluate", f"ckpt_path={tmp_path / 'x.ckpt'}"), None, "does not exist")
+    proc = run_module_in_process("recipes.evaluate", f"ckpt_path={tmp_path / 'x.ckpt'}")
+    assert_clean_failure(proc, None, "does not exist")
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_existing_run_dir_is_kept_on_error(run_dir: Path, mlp_checkpoint: Path) -> None:
     """An error in a run dir that already holds results must not delete them."""
-    train_ok(run_dir, "debug=fast_dev_run")
-    proc = train(run_dir, "data.batch_size=0")
+    train_ok_in_process(run_dir, "debug=fast_dev_run")
+    proc = train_in_process(run_dir, "data.batch_size=0")
     assert proc.returncode != 0 and (run_dir / "results.json").is_file()
 
 
 def test_multirun_with_a_relaunching_strategy_fails_fast(tmp_path: Path) -> None:
-    proc = run_module("recipes.train", "--multirun", "seed=0,1", "trainer=ddp_sim", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = run_module_in_process("recipes.train", "--multirun", "seed=0,1", "trainer=ddp_sim",
+                                 f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert_clean_failure(proc, tmp_path / "sweep" / "0", "multirun", "ddp_spawn", "torchrun", "srun", "submitit")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import errno
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,8 +19,7 @@ from recipes.checkpoint import resolve_ckpt_path
 from recipes.checkpoint_io import AtomicCheckpointIO
 from recipes.errors import RecipeError
 from recipes.loggers import HistoryCSVLogger
-from tests.conftest import train, train_ok
-from tests.conftest import compose_train
+from tests.conftest import compose_train, copy_run, train, train_in_process, train_ok, train_ok_in_process
 
 
 def rows(run_dir: Path) -> list[dict[str, str]]:
@@ -38,16 +36,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> 
     return line
 
 
-@pytest.fixture(scope="module")
-def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def two_epochs(two_epoch_run: Path) -> Path:
     """A finished 2-epoch run (last.ckpt and the best checkpoint both at epoch 1); tests resume copies."""
-    run_dir = tmp_path_factory.mktemp("files") / "run"
-    train_ok(run_dir, "trainer.max_epochs=2")
-    return run_dir
-
-
-def copy_run(run_dir: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+    return two_epoch_run
 
 
 def test_a_failed_write_leaves_the_old_checkpoint_and_no_temp_file(tmp_path: Path,
@@ -135,7 +127,7 @@ def test_a_resume_appends_to_metrics_csv(two_epochs: Path, tmp_path: Path) -> No
     """2 epochs, then `ckpt_path=last` to 3: metrics.csv holds epochs 0..2, the first rows unchanged."""
     run_dir = copy_run(two_epochs, tmp_path)
     before = rows(run_dir)
-    train_ok(run_dir, "trainer.max_epochs=3", "ckpt_path=last")
+    train_ok_in_process(run_dir, "trainer.max_epochs=3", "ckpt_path=last")
     after = rows(run_dir)
     assert after[: len(before)] == before
     assert sorted({int(row["epoch"]) for row in after if "epoch" in row}) == [0, 1, 2]
@@ -147,7 +139,8 @@ def test_a_resume_that_fails_at_start_up_leaves_metrics_csv_as_it_was(two_epochs
     logger already exists by then, yet metrics.csv is byte-identical."""
     run_dir = copy_run(two_epochs, tmp_path)
     before = (run_dir / "csv" / "metrics.csv").read_bytes()
-    assert_one_line_error(train(run_dir, "model=lenet5", "ckpt_path=last"), "does not fit the configured model")
+    assert_one_line_error(train_in_process(run_dir, "model=lenet5", "ckpt_path=last"),
+                          "does not fit the configured model")
     assert (run_dir / "csv" / "metrics.csv").read_bytes() == before
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,24 +14,17 @@ from typing import Any
 import pytest
 import torch
 
-from recipes.build import build_datamodule, build_module, plain_config, reference_net
+from recipes.build import reference_net
 from recipes.errors import RecipeError
 from recipes.evaluate import rebuild
 from recipes.trusted import saved_config, shipped_targets
-from tests.conftest import REPO, run_module, train
-from tests.conftest import compose_train
+from tests.conftest import REPO, run_module, train_in_process
 
 
-@pytest.fixture(scope="module")
-def genuine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture
+def genuine(feature_ckpt: str) -> dict[str, Any]:
     """A checkpoint as recipes.train writes it (baseline MLP on digits, untrained weights)."""
-    cfg = compose_train(tmp_path_factory.mktemp("genuine"))
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule)
-    return {"state_dict": module.state_dict(),
-            "recipe": {"config": plain_config(cfg),
-                       "choices": {"recipe": "baseline", "task": "classifier", "model": "mlp"},
-                       "data": {"input_shape": [1, 8, 8], "num_classes": 10}}}
+    return torch.load(feature_ckpt, weights_only=True)
 
 
 def with_node(ckpt: dict[str, Any], dotted: str, node: Any) -> dict[str, Any]:
@@ -202,12 +194,14 @@ def test_export_refuses_a_checkpoint_that_runs_a_shell_command(genuine: dict[str
     assert traps.untouched() and not (tmp_path / "run" / "export").exists()
 
 
-def test_train_refuses_a_teacher_from_an_unknown_package(genuine: dict[str, Any], tmp_path: Path) -> None:
+def test_train_refuses_a_teacher_from_an_unknown_package(genuine: dict[str, Any], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process, so that `evilpkg` (importable here) would show in sys.modules had it been imported."""
     traps = Traps(tmp_path / "traps")
+    monkeypatch.syspath_prepend(str(traps.site))
     path, named = hostile(genuine, traps, "unknown_module", tmp_path / "ckpts")
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(traps.site), os.environ.get("PYTHONPATH")]))}
     run_dir = tmp_path / "run"
-    proc = train(run_dir, "recipe=distill", f"task.teacher_ckpt={path}", env=env)
+    proc = train_in_process(run_dir, "recipe=distill", f"task.teacher_ckpt={path}")
     assert_refused(proc, f"task.teacher_ckpt={path}: its saved config asks to build {named}")
     assert traps.untouched() and not run_dir.exists()
 

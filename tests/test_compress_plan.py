@@ -17,8 +17,7 @@ from callbacks.step import CompressionStep, Stage
 
 from recipes.build import build_training
 from recipes.errors import RecipeError
-from tests.conftest import train
-from tests.conftest import compose_train
+from tests.conftest import compose_train, train_in_process
 
 BAD_PLANS = [
     (["compress=[prune,svd]"], "svd must come before prune (factoring a pruned matrix makes it dense again); "
@@ -57,7 +56,7 @@ def test_valid_plans_build(overrides: tuple[str, ...], tmp_path: Path) -> None:
 
 
 def test_bad_plan_exits_in_one_line_before_anything_is_written(run_dir: Path) -> None:
-    proc = train(run_dir, "compress=[prune,svd]", "trainer.max_epochs=30")
+    proc = train_in_process(run_dir, "compress=[prune,svd]", "trainer.max_epochs=30")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: compress=[prune,svd]: svd must come before prune")
     assert not run_dir.exists()

@@ -17,7 +17,7 @@ from recipes.data.folder import ImageFolderDataModule
 from recipes.data.shift import domain_shift
 from recipes.data.vision import TorchvisionDataModule
 from recipes.errors import RecipeError
-from tests.conftest import train_ok
+from tests.conftest import train_ok_in_process
 from tests.data_files import write_cifar10, write_image_folder, write_mnist_idx
 
 SPLITS = ("train", "val", "test")
@@ -163,7 +163,8 @@ def test_torchvision_root_errors_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_cifar10_real_integrity_check_rejects_home_made_files(tmp_path: Path) -> None:
-    """Why the CLI test on CIFAR-10 is skipped: unpatched torchvision refuses any non-original file."""
+    """Why the CLI test on CIFAR-10 turns the md5 check off: unpatched torchvision refuses any non-original
+    file."""
     write_cifar10(tmp_path)
     dm = TorchvisionDataModule(dataset="CIFAR10", root=str(tmp_path))
     with pytest.raises(RecipeError, match="corrupted"):
@@ -235,22 +236,23 @@ def assert_valid_accuracy(results: dict[str, Any]) -> None:
 
 def test_cli_trains_on_mnist_files(tmp_path: Path, run_dir: Path) -> None:
     root = write_mnist_idx(tmp_path / "mnist")
-    results = train_ok(run_dir, "data=mnist", f"data.root={root}", "data.batch_size=16", "trainer.max_epochs=1")
+    results = train_ok_in_process(run_dir, "data=mnist", f"data.root={root}", "data.batch_size=16",
+                                  "trainer.max_epochs=1")
     assert_valid_accuracy(results)
 
 
-@pytest.mark.skip(reason="torchvision's CIFAR10 compares every file with the md5 of the real download even "
-                         "with download=False, so home-made files cannot load in an unpatched subprocess; "
-                         "the in-process tests cover the module with only that check disabled")
+@pytest.mark.usefixtures("cifar_md5_off")
 def test_cli_trains_on_cifar10_files(tmp_path: Path, run_dir: Path) -> None:
+    """In this process: torchvision's CIFAR10 compares every file with the md5 of the real download even
+    with download=False, so home-made files load only with that one check off (cifar_md5_off)."""
     root = write_cifar10(tmp_path / "cifar10")
-    results = train_ok(run_dir, "data=cifar10", f"data.root={root}", "data.num_workers=0", "model=lenet5",
-                       "data.batch_size=16", "trainer.max_epochs=1")
+    results = train_ok_in_process(run_dir, "data=cifar10", f"data.root={root}", "data.num_workers=0", "model=lenet5",
+                                  "data.batch_size=16", "trainer.max_epochs=1")
     assert_valid_accuracy(results)
 
 
 def test_cli_trains_on_an_image_folder(tmp_path: Path, run_dir: Path) -> None:
     root = write_image_folder(tmp_path / "images", layout="splits", per_class=6, size=24)
-    results = train_ok(run_dir, "data=imagefolder", f"data.root={root}", "model=convnet", "data.batch_size=16",
-                       "trainer.max_epochs=1")
+    results = train_ok_in_process(run_dir, "data=imagefolder", f"data.root={root}", "model=convnet",
+                                  "data.batch_size=16", "trainer.max_epochs=1")
     assert_valid_accuracy(results)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import train_ok
+from tests.conftest import train_ok, train_ok_in_process
 
 SAME_WORK = ("data.shuffle=false", "data.train_samples=512", "trainer.max_epochs=2", "model.hidden=[64]",
              "callbacks.model_summary=null", "logger=csv")
@@ -17,7 +17,7 @@ SAME_WORK = ("data.shuffle=false", "data.train_samples=512", "trainer.max_epochs
 def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path: Path) -> None:
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     ddp_results = train_ok(ddp, "trainer=ddp_sim", "data.batch_size=32", *SAME_WORK)
-    single_results = train_ok(single, "trainer=cpu", "data.batch_size=64", *SAME_WORK)
+    single_results = train_ok_in_process(single, "trainer=cpu", "data.batch_size=64", *SAME_WORK)
     a = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(single / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["recipe"]["config"]["trainer"]["devices"] == 2 and b["recipe"]["config"]["trainer"]["devices"] == 1

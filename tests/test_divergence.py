@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from recipes.results import strict_json
-from tests.conftest import train
+from tests.conftest import train_in_process
 
 
 def test_nonfinite_loss_stops_the_run(run_dir: Path) -> None:
-    proc = train(run_dir, "task.optimizer.lr=1e30", "trainer.max_epochs=2")
+    proc = train_in_process(run_dir, "task.optimizer.lr=1e30", "trainer.max_epochs=2")
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -31,7 +31,7 @@ def test_nonfinite_loss_stops_the_run(run_dir: Path) -> None:
 
 
 def test_infinite_learning_rate_refused(run_dir: Path) -> None:
-    proc = train(run_dir, "task.optimizer.lr=inf")
+    proc = train_in_process(run_dir, "task.optimizer.lr=inf")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: task.optimizer.lr=inf must be a finite positive number, e.g. task.optimizer.lr=0.001")
@@ -47,7 +47,7 @@ def test_strict_json_writes_null_for_nonfinite() -> None:
 def test_a_run_that_did_not_learn_ends_with_a_warning(run_dir: Path) -> None:
     """lr=1e4 stays finite and ends near 31% on digits: the run succeeds, but its loss stayed above a
     uniform guess's (ln 10), and it says so."""
-    proc = train(run_dir, "task.optimizer.lr=1e4", "trainer.max_epochs=3")
+    proc = train_in_process(run_dir, "task.optimizer.lr=1e4", "trainer.max_epochs=3")
     assert proc.returncode == 0, proc.stderr[-2000:]
     output = proc.stdout + proc.stderr
     assert "the run did not learn" in output and "task.optimizer.lr=10000" in output, output[-3000:]

@@ -6,7 +6,6 @@ generator, refusals at start-up."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 import recipes.train
 from recipes.build import check_build_plan
 from recipes.errors import RecipeError
-from tests.conftest import compose_train, run_module, train, train_ok
+from tests.conftest import compose_train, run_module, train_in_process, train_ok
 from tests.data_files import write_image_folder
 
 TINY = ["recipe=gan", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1", "+trainer.limit_train_batches=5",
@@ -97,7 +96,7 @@ def test_ddp_replicas_hold_equal_weights(trained_feature_ckpt, run_dir):
 ])
 def test_bad_gan_input_is_one_line_and_leaves_no_run_dir(override, message, run_dir):
     """Refused at start-up, before the feature classifier (a prerequisite) would train."""
-    proc = train(run_dir, "recipe=gan", override)
+    proc = train_in_process(run_dir, "recipe=gan", override)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
     assert not run_dir.exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import QUIET, REPO, train, train_ok
+from tests.conftest import QUIET, REPO, train, train_in_process, train_ok
 
 TINY = ("trainer.max_epochs=1", "callbacks.model_summary=null", "logger=csv", "model.hidden=[32]")
 
@@ -36,7 +36,7 @@ def test_a_stopped_rank_fails_the_run_within_the_timeout(tmp_path: Path) -> None
 
 
 def test_bad_timeout_is_refused_in_one_line(tmp_path: Path) -> None:
-    proc = train(tmp_path / "run", "trainer=ddp_sim", "strategy.timeout=0")
+    proc = train_in_process(tmp_path / "run", "trainer=ddp_sim", "strategy.timeout=0")
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and "strategy.timeout=0 must be a positive number of seconds" in last, last
 

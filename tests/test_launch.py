@@ -20,8 +20,7 @@ from recipes import cli
 from recipes.build import build_training
 from recipes.errors import RecipeError
 from recipes.train import check_launch
-from tests.conftest import QUIET, REPO, train
-from tests.conftest import compose_train
+from tests.conftest import QUIET, REPO, compose_train, train_in_process
 
 TINY = ("data.train_samples=256", "trainer.max_epochs=1", "model.hidden=[64]", "logger=csv",
         "callbacks.model_summary=null", *QUIET)
@@ -121,7 +120,8 @@ def assert_one_run_dir_written_by_rank_zero(tmp_path: Path, expected_name: str |
 
 
 def test_bf16_mixed_trains_on_cpu(run_dir: Path) -> None:
-    proc = train(run_dir, "trainer.precision=bf16-mixed", *TINY, "data.train_samples=512", "trainer.max_epochs=4")
+    proc = train_in_process(run_dir, "trainer.precision=bf16-mixed", *TINY, "data.train_samples=512",
+                            "trainer.max_epochs=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Using bfloat16 Automatic Mixed Precision (AMP)" in proc.stdout + proc.stderr
     results = json.loads((run_dir / "results.json").read_text())

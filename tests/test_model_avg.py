@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import train, train_ok
+from tests.conftest import train_in_process, train_ok
 
 TINY = ("data.shuffle=false", "data.batch_size=32", "model.hidden=[64]", "model.batch_norm=true",
         "callbacks.model_summary=null", "logger=csv", "trainer=ddp_sim")
@@ -68,7 +68,7 @@ def test_model_avg_sends_period_times_fewer_bytes_than_ddp(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("period", ["0"])
 def test_bad_period_is_one_line_error(tmp_path: Path, period: str) -> None:
-    proc = train(tmp_path / "run", "trainer=ddp_sim", "strategy=model_avg", f"strategy.period={period}")
+    proc = train_in_process(tmp_path / "run", "trainer=ddp_sim", "strategy=model_avg", f"strategy.period={period}")
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and f"strategy.period={period}" in last and "Traceback" not in proc.stderr, last

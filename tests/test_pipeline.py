@@ -18,7 +18,7 @@ from modules.nets.mlp import MLP
 from recipes.build import build_datamodule, build_module
 from recipes.strategies import pipeline_stages as stages
 from recipes.strategies.pipeline import PipelineStrategy
-from tests.conftest import run_module, train, train_ok
+from tests.conftest import run_module, train_in_process, train_ok
 
 SMALL = ("model.hidden=[64]", "logger=csv", "callbacks.model_summary=null")
 PIPELINE = ("trainer=ddp_sim", "strategy=pipeline", "strategy.microbatches=4")
@@ -75,7 +75,7 @@ def test_pipeline_trains_and_ships_the_whole_net(run_dir: Path) -> None:
 
 
 def test_bad_schedule_is_one_error_line(run_dir: Path) -> None:
-    proc = train(run_dir, *PIPELINE, "strategy.schedule=zigzag")
+    proc = train_in_process(run_dir, *PIPELINE, "strategy.schedule=zigzag")
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode != 0 and len(errors) == 1 and "strategy.schedule='zigzag'" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr

@@ -17,7 +17,7 @@ from callbacks.prune import MagnitudePruning, cubic_sparsity, prunable, weight_s
 from modules.classifier import ClassifierModule
 from modules.nets.mlp import MLP
 from recipes.data.digits import DigitsDataModule
-from tests.conftest import train, train_ok
+from tests.conftest import train_in_process, train_ok_in_process
 
 
 def test_cubic_schedule() -> None:
@@ -56,13 +56,13 @@ SCHEDULE = ("recipe=prune", "trainer.max_epochs=6", "compress.prune.start_epoch=
 def test_masks_survive_resume(tmp_path: Path) -> None:
     """Interrupted mid-ramp, resumed with ckpt_path=last: the same final weights and zeros as straight."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    a = train_ok(straight, *SCHEDULE, *FAST)
-    train_ok(resumed, *SCHEDULE, *FAST, "trainer.max_steps=60")  # 20 batches/epoch: stops after epoch 3
+    a = train_ok_in_process(straight, *SCHEDULE, *FAST)
+    train_ok_in_process(resumed, *SCHEDULE, *FAST, "trainer.max_steps=60")  # 20 batches/epoch: stops after epoch 3
     mid = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     masks = [k for k in mid["state_dict"] if k.endswith("weight_mask")]
     assert len(masks) == 3 and mid["epoch"] == 2
     assert 0 < float(1 - mid["state_dict"][masks[0]].mean()) < 0.9  # mid-ramp
-    b = train_ok(resumed, *SCHEDULE, *FAST, "ckpt_path=last")
+    b = train_ok_in_process(resumed, *SCHEDULE, *FAST, "ckpt_path=last")
     wa = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     wb = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert set(wa) == set(wb)
@@ -75,7 +75,7 @@ def test_masks_survive_resume(tmp_path: Path) -> None:
 
 
 def test_prune_recipe_exports_ninety_percent_zeros(run_dir: Path) -> None:
-    results = train_ok(run_dir, *SCHEDULE, *FAST, "compress.prune.sparsity=0.9", "export=onnx")
+    results = train_ok_in_process(run_dir, *SCHEDULE, *FAST, "compress.prune.sparsity=0.9", "export=onnx")
     comp = results["compression"]
     assert comp["steps"] == ["prune"] and comp["ratio"] > 5
     assert comp["compressed_bytes"] < comp["dense_bytes"] / 5
@@ -94,7 +94,7 @@ def test_prune_recipe_exports_ninety_percent_zeros(run_dir: Path) -> None:
     ("compress.prune.end_epoch=6", "trainer.max_epochs=6"),
 ])
 def test_bad_pruning_settings_fail_at_start_up(override: str, message: str, run_dir: Path) -> None:
-    proc = train(run_dir, *SCHEDULE, override)
+    proc = train_in_process(run_dir, *SCHEDULE, override)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
     assert not run_dir.exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import QUIET, REPO
+from tests.conftest import QUIET, REPO, run_module_in_process
 
 SLOW_STEPS = ["+callbacks.slow._target_=tests.slow_worker.SlowWorker", "+callbacks.slow.rank=0",
               "+callbacks.slow.seconds=0.1", "trainer.limit_train_batches=10", "trainer.limit_val_batches=2"]
@@ -54,8 +54,7 @@ def test_sigterm_exits_143_and_resumes(run_dir: Path) -> None:
     command = assert_stopped(code, stderr, run_dir)
     assert not (run_dir / "results.json").exists()
     resumed = [a for a in command[3:] if not a.startswith("+callbacks.slow.")]  # full speed now
-    proc = subprocess.run([sys.executable, "-m", "recipes.train", *resumed], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_module_in_process("recipes.train", *resumed)  # the command as printed, in this process
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2

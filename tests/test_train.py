@@ -1,4 +1,5 @@
-"""The entry points end to end, in subprocesses, as a user runs them."""
+"""The entry points end to end, as a user runs them: their console-script bodies with the user's
+command-line arguments (in this process), the console script itself and the DDP launch in subprocesses."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import pytest
 import torch
 
 from recipes.cli import group_options
-from tests.conftest import REPO, run_module, train_ok
+from tests.conftest import REPO, run_module, run_module_in_process, train_ok_in_process
 
 
 def test_main_job_reaches_the_target_accuracy(run_dir: Path) -> None:
     """`python -m recipes.train` with no overrides: the baseline on digits, test/acc >= 0.95."""
-    results = train_ok(run_dir)
+    results = train_ok_in_process(run_dir)
     assert results["recipe"] == "baseline" and results["task"] == "classifier" and results["seed"] == 0
     assert results["metrics"]["test/acc"] >= 0.95
     assert results["fit_seconds"] > 0
@@ -32,7 +33,7 @@ def test_main_job_reaches_the_target_accuracy(run_dir: Path) -> None:
 
 @pytest.mark.parametrize("recipe", group_options("recipe"))
 def test_every_recipe_runs_fast_dev_run(recipe: str, run_dir: Path) -> None:
-    results = train_ok(run_dir, f"recipe={recipe}", "debug=fast_dev_run")
+    results = train_ok_in_process(run_dir, f"recipe={recipe}", "debug=fast_dev_run")
     assert results["recipe"] == recipe
     assert set(results) >= {"recipe", "task", "run_dir", "seed", "metrics", "fit_seconds"}
     assert "checkpoint" not in results  # fast_dev_run writes none: absent, never faked
@@ -58,11 +59,11 @@ def test_console_script_is_the_same_command(tmp_path: Path) -> None:
 def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path: Path) -> None:
     """2 epochs, interrupted, then `ckpt_path=last` to 4 == 4 epochs straight (same weights, bit for bit)."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train_ok(straight, "trainer.max_epochs=4")
+    train_ok_in_process(straight, "trainer.max_epochs=4")
     # An interruption after epoch 2 of a 4-epoch run: the LR schedule is the 4-epoch one throughout.
-    train_ok(resumed, "trainer.max_epochs=4", "trainer.max_steps=40")  # 20 batches of 64 per epoch
+    train_ok_in_process(resumed, "trainer.max_epochs=4", "trainer.max_steps=40")  # 20 batches of 64 per epoch
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
-    train_ok(resumed, "trainer.max_epochs=4", "ckpt_path=last")
+    train_ok_in_process(resumed, "trainer.max_epochs=4", "ckpt_path=last")
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (3, 80)
@@ -71,17 +72,17 @@ def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path: Path) -> None:
 
 
 def test_evaluate_reproduces_the_training_end_metrics(run_dir: Path, tmp_path: Path) -> None:
-    results = train_ok(run_dir, "trainer.max_epochs=3", "model=lenet5")
+    results = train_ok_in_process(run_dir, "trainer.max_epochs=3", "model=lenet5")
     out = tmp_path / "eval.json"
-    proc = run_module("recipes.evaluate", f"ckpt_path={run_dir / results['checkpoint']}", f"out={out}")
+    proc = run_module_in_process("recipes.evaluate", f"ckpt_path={run_dir / results['checkpoint']}", f"out={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     evaluated = json.loads(out.read_text())
     assert evaluated["metrics"] == results["metrics"]  # exactly, not approximately
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == results["metrics"]
     assert not list(REPO.glob("evaluate.log")), "evaluate writes no files besides out="
     # A patched saved config (here another batch size) rebuilds the same test set: same accuracy.
-    proc = run_module("recipes.evaluate", f"ckpt_path={run_dir / results['checkpoint']}",
-                      "+overrides.data.batch_size=7")
+    proc = run_module_in_process("recipes.evaluate", f"ckpt_path={run_dir / results['checkpoint']}",
+                                 "+overrides.data.batch_size=7")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["test/acc"] == results["metrics"]["test/acc"]
 

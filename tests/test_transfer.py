@@ -23,7 +23,7 @@ from modules.distill import DistillModule, distillation_loss
 from modules.nets.convnet import ConvNet
 from modules.nets.mlp import MLP
 from recipes.data.digits import DigitsDataModule
-from tests.conftest import train, train_ok
+from tests.conftest import train, train_ok, train_ok_in_process
 
 SHAPE = (1, 8, 8)
 SGD = partial(torch.optim.SGD, lr=0.1)
@@ -296,7 +296,7 @@ def test_adapt_recipe_end_to_end_and_resume_reuses_the_source(run_dir: Path) -> 
 
 @pytest.mark.parametrize("recipe", ["finetune", pytest.param("data_mix", marks=pytest.mark.slow)])
 def test_init_recipes_end_to_end(recipe: str, run_dir: Path) -> None:
-    results = train_ok(run_dir, f"recipe={recipe}", *FAST, "prerequisites.init.trainer.max_epochs=1")
+    results = train_ok_in_process(run_dir, f"recipe={recipe}", *FAST, "prerequisites.init.trainer.max_epochs=1")
     assert results["recipe"] == recipe
     ckpt = check_run(run_dir, results, "init", domains=True)
     assert Path(ckpt["recipe"]["config"]["task"]["init_ckpt"]).is_file()
