@@ -63,6 +63,9 @@ class QuantizationAwareTraining(CompressionStep):
         if self.start_epoch < 0:
             raise ValueError(f"compress.qat.start_epoch={self.start_epoch} must be >= 0; lower compress.qat.epochs "
                              f"or raise trainer.max_epochs={max_epochs}")
+        if self.start_epoch >= max_epochs:
+            raise ValueError(f"compress.qat.start_epoch={self.start_epoch} must be < trainer.max_epochs={max_epochs} "
+                             "so the net trains fake-quantized")
         if not 0 <= freeze_epochs < max_epochs - self.start_epoch:
             raise ValueError(f"compress.qat.freeze_epochs={freeze_epochs} must be in [0, {max_epochs - self.start_epoch}) "
                              f"(the QAT epochs from start_epoch={self.start_epoch} to trainer.max_epochs={max_epochs}), "
@@ -78,10 +81,7 @@ class QuantizationAwareTraining(CompressionStep):
         return self.start_epoch, self.freeze_epoch
 
     def check(self, net: nn.Module, max_epochs: int) -> None:
-        """Start-up check: QAT starts within the budget and the net is quantizable."""
-        if self.start_epoch >= max_epochs:
-            raise ValueError(f"compress.qat.start_epoch={self.start_epoch} must be < trainer.max_epochs={max_epochs} "
-                             "so the net trains fake-quantized")
+        """Start-up check: the net is quantizable (the schedule was checked against the budget above)."""
         check_quantizable(self.step, net)
 
     def phase(self, epoch: int) -> Phase:
