@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 from torch import nn
 from typing_extensions import override
 
-from callbacks.quantize import Phase, bn_pairs, instrument, quantized_layers, set_phase, shipped_bytes
+from callbacks.quantize import Phase, instrument, links, quantized_layers, set_phase, shipped_bytes
 from callbacks.step import CompressionStep, Stage
 from callbacks.structure import snapshot
 
@@ -38,9 +38,9 @@ def check_quantizable(step: str, net: nn.Module) -> None:
     if not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in net.modules()):
         raise ValueError(f"compress.{step}: {type(net).__name__} has no Linear / Conv2d layer to quantize")
     try:
-        bn_pairs(net)
+        links(net)
     except ValueError as err:
-        raise ValueError(f"compress.{step}: {err}: BatchNorm folding needs a traceable net (no data-dependent "
+        raise ValueError(f"compress.{step}: {err}: BatchNorm folding and ReLU fusion need a traceable net (no data-dependent "
                          "control flow in forward); use a model of modules/nets or drop this step") from None
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import types
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import torch
@@ -39,6 +40,7 @@ from callbacks.structure import edits, record, set_module
 
 QUANTIZABLE = (nn.Linear, nn.Conv2d)
 FOLDABLE = (nn.BatchNorm1d, nn.BatchNorm2d)
+PRESERVING = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)  # a quantized input stays on its grid
 WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127]
 ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations
 EDIT = "quantize"
@@ -63,46 +65,84 @@ def is_quantized(net: nn.Module) -> bool:
     return any(int(m.quant_phase) != Phase.FLOAT for m in quantized_layers(net).values())
 
 
-def bn_pairs(net: nn.Module) -> dict[str, str]:
-    """Linear / Conv2d layers whose only consumer is a BatchNorm, as {layer name: BatchNorm name},
-    from a torch.fx trace of `net`; ValueError naming the reason when `net` cannot be traced."""
+@dataclass
+class Links:
+    """What a quantized layer shares with its neighbours, found in the traced graph (by name)."""
+
+    batchnorm: dict[str, str] = field(default_factory=dict)  # layer -> the BatchNorm folded into it
+    relu: dict[str, str] = field(default_factory=dict)  # layer -> the ReLU fused into its output
+    source: dict[str, str] = field(default_factory=dict)  # layer -> the layer whose quantized output it takes
+
+
+def trace(net: nn.Module) -> torch.fx.Graph:
+    """The torch.fx graph of `net` (library layers as leaves); ValueError naming the reason when
+    `net` cannot be traced (e.g. control flow on tensor values)."""
     try:
-        graph = torch.fx.Tracer().trace(net)
+        return torch.fx.Tracer().trace(net)
     except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise ValueError(f"torch.fx cannot trace {type(net).__name__} ({reason})") from None
-    pairs = {}
+
+
+def links(net: nn.Module) -> Links:
+    """Fold a BatchNorm that is a layer's only consumer into it; fuse a ReLU module that consumes it
+    (or its BatchNorm) and is called nowhere else; and let a layer whose input comes from another
+    quantized layer through value-preserving ops only (ReLU, max-pool, flatten, dropout) take that
+    layer's output quantization instead of its own, so onnxruntime chains its int8 kernels without
+    requantizing in between (the fusions onnxruntime's and torchao's x86 quantizers make)."""
+    graph = trace(net)
+    module = lambda node: net.get_submodule(node.target) if node.op == "call_module" else None  # noqa: E731
+    calls: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(net.get_submodule(node.target), QUANTIZABLE):
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    found, owner = Links(), {}  # owner: node whose quantized output is a layer's (the layer, its BN, its ReLU)
+    for node in graph.nodes:
+        if not isinstance(module(node), QUANTIZABLE):
             continue
-        users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module" and isinstance(net.get_submodule(users[0].target), FOLDABLE):
-            pairs[node.target] = users[0].target
-    return pairs
+        last = node
+        users = list(last.users)
+        if len(users) == 1 and isinstance(module(users[0]), FOLDABLE):
+            found.batchnorm[node.target], last = users[0].target, users[0]
+        users = list(last.users)
+        if len(users) == 1 and isinstance(module(users[0]), nn.ReLU) and calls[users[0].target] == 1:
+            found.relu[node.target], last = users[0].target, users[0]
+        owner[last] = node.target
+    for node in graph.nodes:
+        if not isinstance(module(node), QUANTIZABLE) or not node.args:
+            continue
+        producer = node.args[0]
+        while producer not in owner and isinstance(producer, torch.fx.Node) and len(producer.users) == 1 and (
+                isinstance(module(producer), PRESERVING) or producer.target in (torch.flatten, "flatten")):
+            producer = producer.args[0]
+        if producer in owner and len(producer.users) == 1:
+            found.source[node.target] = owner[producer]
+    return found
 
 
 def instrument(net: nn.Module, average: float | None = 0.01) -> None:
     """Give every Linear / Conv2d of `net` that has none yet the quantization buffers and forward
-    (FLOAT phase: nothing changes yet), pair it with the BatchNorm after it, and record the edit.
+    (FLOAT phase: nothing changes yet), link it with its neighbours (`links`), and record the edit.
     `average`: the observers' moving-average constant (None: running min / max, for calibration)."""
-    pairs = bn_pairs(net)
+    found = links(net)
     for name, layer in net.named_modules():
         if not isinstance(layer, QUANTIZABLE):
             continue
         layer.observer_average = average
-        if hasattr(layer, "quant_phase"):
-            continue
-        device = layer.weight.device if hasattr(layer, "weight") else None
-        layer.register_buffer("quant_phase", torch.tensor(int(Phase.FLOAT), device=device))
-        layer.register_buffer("input_range", torch.tensor([math.inf, -math.inf], device=device))
-        layer.register_buffer("output_range", torch.tensor([math.inf, -math.inf], device=device))
-        layer.forward = types.MethodType(fake_quant_forward, layer)
-        layer.__dict__["folded_bn"] = None
-    for name, bn_name in pairs.items():
-        layer, bn = net.get_submodule(name), net.get_submodule(bn_name)
-        layer.__dict__["folded_bn"] = bn  # a plain reference: not a submodule, so no new state-dict keys
-        bn.__dict__["folded_into"] = layer
-        bn.forward = types.MethodType(folded_bn_forward, bn)
+        if not hasattr(layer, "quant_phase"):
+            device = layer.weight.device
+            layer.register_buffer("quant_phase", torch.tensor(int(Phase.FLOAT), device=device))
+            layer.register_buffer("input_range", torch.tensor([math.inf, -math.inf], device=device))
+            layer.register_buffer("output_range", torch.tensor([math.inf, -math.inf], device=device))
+            layer.forward = types.MethodType(fake_quant_forward, layer)
+        # plain references, not submodules, so no new state-dict keys
+        layer.__dict__["folded_bn"] = net.get_submodule(found.batchnorm[name]) if name in found.batchnorm else None
+        layer.__dict__["fused_relu"] = name in found.relu
+        layer.__dict__["input_from"] = net.get_submodule(found.source[name]) if name in found.source else None
+    for name, partner in [*found.batchnorm.items(), *found.relu.items()]:
+        absorbed = net.get_submodule(partner)
+        absorbed.__dict__["absorbed_into"] = net.get_submodule(name)
+        absorbed.forward = types.MethodType(absorbed_forward, absorbed)
     if not any(edit.get("kind") == EDIT for edit in edits(net)):
         record(net, {"kind": EDIT, "step": EDIT})
 
@@ -174,22 +214,26 @@ def fake_quant_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if phase == Phase.FLOAT:
         return type(layer).forward(layer, x)
     observing = phase == Phase.OBSERVE and layer.training
-    if observing:
+    source = layer.__dict__["input_from"]
+    if observing and source is None:
         observe(layer.input_range, x, layer.observer_average)
-    x = fake_quant_activation(x, layer.input_range)
+    x = fake_quant_activation(x, layer.input_range if source is None else source.output_range)
     weight, bias = folded_weight_bias(layer)
     y = apply_layer(layer, x, fake_quant_weight(weight), bias)
+    if layer.__dict__["fused_relu"]:
+        y = F.relu(y)
     if observing:
         observe(layer.output_range, y, layer.observer_average)
     return fake_quant_activation(y, layer.output_range)
 
 
-def folded_bn_forward(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A BatchNorm folded into the layer before it passes its input through while that layer is
-    quantized (its running statistics are then frozen: the layer computes with them)."""
-    if int(bn.__dict__["folded_into"].quant_phase) != Phase.FLOAT:
+def absorbed_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A BatchNorm folded into, or a ReLU fused into, the layer before it passes its input through
+    while that layer is quantized (that layer computes it; a folded BatchNorm's statistics are then
+    frozen, as the layer uses them)."""
+    if int(module.__dict__["absorbed_into"].quant_phase) != Phase.FLOAT:
         return x
-    return type(bn).forward(bn, x)
+    return type(module).forward(module, x)
 
 
 def float_copy(net: nn.Module) -> nn.Module:
@@ -198,8 +242,8 @@ def float_copy(net: nn.Module) -> nn.Module:
     net = copy.deepcopy(net)
     for module in net.modules():
         module.__dict__.pop("forward", None)
-        module.__dict__.pop("folded_bn", None)
-        module.__dict__.pop("folded_into", None)
+        for name in ("folded_bn", "fused_relu", "input_from", "absorbed_into"):
+            module.__dict__.pop(name, None)
         for name in ("quant_phase", "input_range", "output_range"):
             module._buffers.pop(name, None)
     return net
@@ -212,7 +256,9 @@ class Int8Layer(nn.Module):
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
-        if layer.input_range[0] > layer.input_range[1] or layer.output_range[0] > layer.output_range[1]:
+        source = layer.__dict__["input_from"]
+        input_range = layer.input_range if source is None else source.output_range
+        if input_range[0] > input_range[1] or layer.output_range[0] > layer.output_range[1]:
             raise ValueError("a quantized layer has never observed its activations: run QAT or PTQ calibration first")
         weight, bias = folded_weight_bias(layer)
         weight, bias = weight.detach().float(), None if bias is None else bias.detach().float()
@@ -223,7 +269,8 @@ class Int8Layer(nn.Module):
         self.register_buffer("weight_scale", scales)
         self.register_buffer("weight_zero_point", torch.zeros_like(scales, dtype=torch.int64))
         self.register_buffer("bias", bias)
-        self.qparams = [(float(s), int(z)) for s, z in (activation_qparams(r) for r in (layer.input_range, layer.output_range))]
+        self.qparams = [(float(s), int(z)) for s, z in (activation_qparams(r) for r in (input_range, layer.output_range))]
+        self.relu = layer.__dict__["fused_relu"]
         self.linear = isinstance(layer, nn.Linear)
         self.conv = None if self.linear else dict(stride=layer.stride, padding=layer.padding,
                                                   dilation=layer.dilation, groups=layer.groups)
@@ -238,29 +285,22 @@ class Int8Layer(nn.Module):
         weight = qd.dequantize_per_channel(self.weight_int8, self.weight_scale, self.weight_zero_point, 0,
                                            -WEIGHT_QMAX, WEIGHT_QMAX, torch.int8)
         y = F.linear(x, weight, self.bias) if self.linear else F.conv2d(x, weight, self.bias, **self.conv)
+        if self.relu:
+            y = F.relu(y)
         return self.requantize(y, *self.qparams[1])
 
 
 def int8_module(net: nn.Module) -> nn.Module:
-    """A copy of the quantized `net` with every quantized layer an `Int8Layer` and every folded
-    BatchNorm an Identity: what the int8 export traces."""
+    """A copy of the quantized `net` with every quantized layer an `Int8Layer` and every BatchNorm
+    or ReLU it absorbed an Identity: what the int8 export traces."""
     net = copy.deepcopy(net).cpu().eval()
-    folded = {}
-    for name, layer in quantized_layers(net).items():
-        bn = layer.__dict__.get("folded_bn")
-        if bn is not None:
-            folded[next(n for n, m in net.named_modules() if m is bn)] = nn.Identity()
-        set_module(net, name, Int8Layer(layer))
-    for name, identity in folded.items():
-        set_module(net, name, identity)
+    absorbed = [name for name, m in net.named_modules() if "absorbed_into" in m.__dict__]
+    int8 = {name: Int8Layer(layer) for name, layer in quantized_layers(net).items()}  # before any is replaced
+    for name, layer in int8.items():
+        set_module(net, name, layer)
+    for name in absorbed:
+        set_module(net, name, nn.Identity())
     return net
-
-
-def freeze_batchnorm(net: nn.Module) -> None:
-    """BatchNorms folded into a quantized layer stop updating their statistics (eval mode)."""
-    for module in net.modules():
-        if isinstance(module, FOLDABLE) and "folded_into" in module.__dict__:
-            module.eval()
 
 
 def shipped_bytes(net: nn.Module) -> dict[str, int]:
@@ -276,7 +316,8 @@ def shipped_bytes(net: nn.Module) -> dict[str, int]:
         count = weight.numel()
         values = min(count, int((weight != 0).sum()) + math.ceil(count / 8))
         sizes[f"{prefix}weight"] = values + 5 * weight.shape[0]
-        sizes[f"{prefix}input_range"] = sizes[f"{prefix}output_range"] = 5
+        sizes[f"{prefix}output_range"] = 5
+        sizes[f"{prefix}input_range"] = 0 if layer.__dict__["input_from"] is not None else 5  # shared otherwise
         sizes[f"{prefix}quant_phase"] = 0
         bn = layer.__dict__.get("folded_bn")
         if bn is not None:

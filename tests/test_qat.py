@@ -61,9 +61,10 @@ def test_prune_then_qat_ships_sparse_int8_that_onnxruntime_runs_in_int8(tmp_path
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
     assert zeros == pytest.approx(0.5, abs=0.01)
     assert all(len(np.unique(row)) <= 255 for w in weights for row in w)
-    # int8 nonzeros + 1-bit mask + scales and zero points (5 B per channel) + fp32 biases + 2 ranges each
+    # int8 nonzeros + 1-bit mask + scales and zero points (5 B per channel) + fp32 biases + the
+    # input and output ranges (the second layer takes the first's output range as its input's)
     nonzero = sum(int((w != 0).sum()) for w in weights)
-    expected = sum(min(w.size, int((w != 0).sum()) + -(-w.size // 8)) for w in weights) + 5 * 42 + 4 * 42 + 4 * 5
+    expected = sum(min(w.size, int((w != 0).sum()) + -(-w.size // 8)) for w in weights) + 5 * 42 + 4 * 42 + 3 * 5
     assert comp["compressed_bytes"] == expected and nonzero < comp["compressed_bytes"]
     assert comp["ratio"] == round(comp["dense_bytes"] / expected, 3) and comp["ratio"] > 5
     ckpt = torch.load(tmp_path / results["checkpoint"], weights_only=True)
@@ -141,7 +142,7 @@ class DataDependent(nn.Module):
 
 def test_an_untraceable_net_is_refused_with_the_reason() -> None:
     with pytest.raises(ValueError, match=r"compress.qat: torch.fx cannot trace DataDependent \(.*\): BatchNorm "
-                                         r"folding needs a traceable net"):
+                                         r"folding and ReLU fusion need a traceable net"):
         check_quantizable("qat", DataDependent())
 
 
