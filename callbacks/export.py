@@ -1,7 +1,13 @@
 """Final export: ONNX (dynamic batch) and a `torch.export` program of a task's shipped net, traced
 with the task's example input, each loaded back and checked against the trained net on the task's
 parity inputs (the test images for a classifier: max |diff| and top-1 agreement), plus latency at a
-fixed batch. A failed export or a parity miss raises: a model that does not match is not shipped."""
+fixed batch. A failed export or a parity miss raises: a model that does not match is not shipped.
+
+A quantized net (QAT / PTQ, callbacks/quantize.py) has two references: the fp32 formats write its
+fp32 version (quantization off) and match it as tightly as a plain net; `onnx_int8` writes the int8
+model (int8 weights on disk, QDQ nodes that onnxruntime fuses into int8 kernels) and must agree with
+the fake-quantized net on the top-1 class of at least `int8_agreement` of the inputs, its logits
+within `int8_atol` (one rounding step of an activation can move a logit by a few scales)."""
 
 from __future__ import annotations
 
@@ -18,11 +24,16 @@ import numpy as np
 import torch
 from torch import nn
 
-FORMATS = ("onnx", "program")
+from callbacks.quantize import float_copy, int8_module, is_quantized, quantized_layers
+
+FORMATS = ("onnx", "program", "onnx_int8")
+FILE_NAMES = {"onnx": "model.onnx", "program": "model.pt2", "onnx_int8": "model_int8.onnx"}
+INT8_FORMATS = ("onnx_int8",)
+# onnxruntime ops that compute in int8 (QGemm: its fused Linear; ConvInteger / MatMulInteger: dynamic)
+INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
 # Loggers of torch.onnx's dynamo exporter passes: at INFO they report every pass ("No unused functions to
 # remove", "Skipping constant folding ...") on each export, and the run's logging config shows INFO.
 ONNX_PASS_LOGGERS = ("onnxscript", "onnx_ir")
-FILE_NAMES = {"onnx": "model.onnx", "program": "model.pt2"}
 
 
 class ExportError(RuntimeError):
@@ -56,15 +67,25 @@ def quiet_onnx_passes() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def torch_onnx_export(net: nn.Module, example: Inputs, path: Path, opset: int) -> None:
+    """Export with torch.onnx (dynamo), a dynamic batch dimension, one file."""
+    with quiet_onnx_passes():
+        torch.onnx.export(net, example, str(path), dynamo=True, dynamic_shapes=_dynamic_batch(example),
+                          opset_version=opset, input_names=_input_names(example), output_names=["logits"],
+                          external_data=False, verbose=False)
+
+
 def write_onnx(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
     """Export with torch.onnx (dynamo) and return an onnxruntime runner of the file."""
+    torch_onnx_export(net, example, path, opset)
+    return onnx_runner(path, example)
+
+
+def onnx_runner(path: Path, example: Inputs) -> Runner:
+    """An onnxruntime session of the file at `path`, as a runner of the net's inputs."""
     import onnxruntime as ort
 
     names = _input_names(example)
-    with quiet_onnx_passes():
-            torch.onnx.export(net, example, str(path), dynamo=True, dynamic_shapes=_dynamic_batch(example),
-                          opset_version=opset, input_names=names, output_names=["logits"], external_data=False,
-                          verbose=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda xs: session.run(None, dict(zip(names, xs)))[0]
 
@@ -81,7 +102,52 @@ def write_program(net: nn.Module, example: Inputs, path: Path, opset: int) -> Ru
     return run
 
 
-WRITERS = {"onnx": write_onnx, "program": write_program}
+def write_onnx_int8(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
+    """The int8 module of a quantized net (int8 weight initializers, QuantizeLinear /
+    DequantizeLinear around each layer) written by torch.onnx, run by onnxruntime. The exporter's
+    per-node metadata (source stack, module scopes) and shape annotations are dropped from the file:
+    they weigh a third of an int8 MLP's weights and onnxruntime does not need them."""
+    import onnx
+
+    torch_onnx_export(int8_module(net), example, path, opset)
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+    return onnx_runner(path, example)
+
+
+def runtime_ops(path: Path) -> dict[str, int]:
+    """Op counts of the graph onnxruntime really runs (after its graph optimizations, which fuse QDQ
+    groups into int8 kernels), read back from SessionOptions.optimized_model_filepath."""
+    import onnx
+    import onnxruntime as ort
+
+    optimized = path.with_name(f"{path.stem}.optimized.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(optimized)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    optimized.unlink()
+    return counts
+
+
+def initializer_bytes(path: Path) -> dict[str, int]:
+    """Bytes of the ONNX file's initializers (weights, scales, biases) by element type."""
+    import onnx
+    from onnx import numpy_helper
+
+    sizes: dict[str, int] = {}
+    for tensor in onnx.load(str(path)).graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        sizes[array.dtype.name] = sizes.get(array.dtype.name, 0) + array.nbytes
+    return sizes
+
+
+WRITERS = {"onnx": write_onnx, "program": write_program, "onnx_int8": write_onnx_int8}
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -112,14 +178,17 @@ def export_and_verify(
     example: Any,
     inputs: Any,
     out_dir: Path,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = FORMATS[:2],
     batch_size: int = 256,
     repeats: int = 30,
     atol: float = 1e-4,
     opset: int = 18,
+    int8_atol: float = 1.0,
+    int8_agreement: float = 0.99,
 ) -> dict[str, Any]:
     """Write each format of `net`, traced with `example` (the task's example input), to `out_dir`,
-    run it on `inputs` (the task's parity inputs, e.g. the test images) and compare it with `net`.
+    run it on `inputs` (the task's parity inputs, e.g. the test images) and compare it with `net`
+    (an int8 format with the fake-quantized net, the others with its fp32 version).
 
     Returns the `export` section of results.json (paths relative to `out_dir`'s parent).
     """
@@ -127,35 +196,53 @@ def export_and_verify(
     if unknown:
         raise ExportError(f"export.formats has unknown {unknown}: choose from {', '.join(FORMATS)}")
     net = copy.deepcopy(net).cpu().eval()
+    quantized = is_quantized(net)
+    if not quantized and any(f in INT8_FORMATS for f in formats):
+        raise ExportError("export.formats has onnx_int8 but the net is not quantized: add qat or ptq to compress "
+                          "(e.g. compress=[qat]), or drop onnx_int8")
+    fp32_net = float_copy(net) if quantized_layers(net) else net
     example, inputs = as_inputs(example), as_inputs(inputs)
     with torch.no_grad():
-        reference = net(*inputs).numpy()
+        reference = {"fp32": fp32_net(*inputs).numpy(), "int8": net(*inputs).numpy()}
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"batch_size": batch_size, "latency_ms": {}}
     timing_batch = fixed_batch(inputs, batch_size)
     timing_arrays = tuple(x.numpy() for x in timing_batch)
     with torch.no_grad():
-        report["latency_ms"]["torch_fp32"] = round(median_ms(lambda: net(*timing_batch), repeats), 4)
+        report["latency_ms"]["torch_fp32"] = round(median_ms(lambda: fp32_net(*timing_batch), repeats), 4)
     diffs, agreements = [], []
     for fmt in formats:
         path = out_dir / FILE_NAMES[fmt]
+        int8 = fmt in INT8_FORMATS
         try:
-            run = WRITERS[fmt](net, example, path, opset)
+            run = WRITERS[fmt](net if int8 else fp32_net, example, path, opset)
             outputs = run(tuple(x.numpy() for x in inputs))
         except Exception as err:  # noqa: BLE001 - any exporter failure is reported the same way
             path.unlink(missing_ok=True)
             raise ExportError(f"export to {fmt} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
-        diff = float(np.abs(outputs - reference).max())
-        agreement = float((outputs.argmax(1) == reference.argmax(1)).mean())
-        if diff > atol or agreement < 1.0:
+        expected = reference["int8" if int8 else "fp32"]
+        diff = float(np.abs(outputs - expected).max())
+        agreement = float((outputs.argmax(1) == expected.argmax(1)).mean())
+        limit, needed = (int8_atol, int8_agreement) if int8 else (atol, 1.0)
+        if diff > limit or agreement < needed:
             path.unlink(missing_ok=True)
-            raise ExportError(f"{fmt} export does not match the trained net: max |diff| {diff:.2e} (export.atol={atol}), "
-                              f"top-1 agreement {agreement:.4f} (needs 1.0)")
+            keys = ("export.int8_atol", "export.int8_agreement") if int8 else ("export.atol", "needs")
+            against = "the fake-quantized net" if int8 else "the trained net"
+            raise ExportError(f"{fmt} export does not match {against}: max |diff| {diff:.2e} ({keys[0]}={limit}), "
+                              f"top-1 agreement {agreement:.4f} ({keys[1]} {needed})")
         report[fmt] = f"{out_dir.name}/{path.name}"
+        latency = round(median_ms(lambda: run(timing_arrays), repeats), 4)
+        if int8:
+            kernels = runtime_ops(path)
+            report["int8"] = {"parity_max_abs_diff": diff, "top1_agreement": agreement, "file_bytes": path.stat().st_size,
+                              "initializer_bytes": initializer_bytes(path),
+                              "kernels": {op: n for op, n in kernels.items() if op in INT8_KERNELS}}
+            report["latency_ms"]["onnx_int8"] = latency
+            continue
         diffs.append(diff)
         agreements.append(agreement)
-        report["latency_ms"]["onnx" if fmt == "onnx" else "program"] = round(
-            median_ms(lambda: run(timing_arrays), repeats), 4)
-    report["parity_max_abs_diff"] = max(diffs)
-    report["top1_agreement"] = min(agreements)
+        report["latency_ms"]["onnx" if fmt == "onnx" else "program"] = latency
+    if diffs:
+        report["parity_max_abs_diff"] = max(diffs)
+        report["top1_agreement"] = min(agreements)
     return report

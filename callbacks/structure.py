@@ -126,8 +126,12 @@ def shapes_of(net: nn.Module) -> dict[str, list[int]]:
 
 
 def replay(net: nn.Module, recorded: list[dict[str, Any]]) -> nn.Module:
-    """Apply recorded edits to a freshly built `net` (whose weights are loaded afterwards)."""
+    """Apply recorded edits to a freshly built `net` (whose weights are loaded afterwards). An int8
+    quantization edit (callbacks/quantize.py) instruments the layers the other edits leave, so it is
+    applied last whatever its place in the record."""
     for edit in recorded:
+        if edit["kind"] == "quantize":
+            continue
         if edit["kind"] == "factor":
             for name, rank in edit["ranks"].items():
                 set_module(net, name, factored(net.get_submodule(name), rank))
@@ -137,6 +141,10 @@ def replay(net: nn.Module, recorded: list[dict[str, Any]]) -> nn.Module:
         else:
             raise ValueError(f"unknown structural edit {edit['kind']!r} in the checkpoint")
         record(net, edit)
+    if any(edit["kind"] == "quantize" for edit in recorded):
+        from callbacks.quantize import instrument  # it builds on this module
+
+        instrument(net)
     return net
 
 

@@ -9,6 +9,14 @@ fixed batch), and reported as a ratio to the dense model's.
 
     python scripts/bench_compression.py                  # seeds 0 1 2, 40 epochs: about 3 minutes on 2 CPU cores
     python scripts/bench_compression.py --seeds 0 --epochs 20 --batch 256 --out outputs/bench
+
+The int8 rows (ptq, qat, prune_qat) export with export=int8 and are timed as their int8 ONNX model
+(onnxruntime's int8 kernels), beside the same run's fp32 ONNX model; `artifact bytes` is the file
+that ships (int8 for those rows). A convnet at 32 px on 3 channels (digits resized, channel
+replicated), where int8 convolutions have enough work to win:
+
+    python scripts/bench_compression.py --recipes baseline ptq qat --epochs 20 \
+        --overrides model=convnet data.image_size=32 data.channels=3
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import onnxruntime as ort
 
 from runs import mean_std, train
 
-RECIPES = ["baseline", "prune", "hidden_prune", "svd", "dsd"]
+RECIPES = ["baseline", "prune", "hidden_prune", "svd", "dsd", "ptq", "qat", "prune_qat"]
+INT8 = ("ptq", "qat", "prune_qat")  # rows that ship an int8 model (export=int8)
 
 
 def onnx_latencies(files: dict[str, Path], batch: int, rounds: int) -> dict[str, float]:
@@ -50,18 +59,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="batch size of the latency measurement")
     parser.add_argument("--rounds", type=int, default=200, help="timed rounds of 10 calls per model")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_compression"))
+    parser.add_argument("--overrides", nargs="*", default=[], help="overrides of every row, e.g. model=convnet")
     args = parser.parse_args()
 
     results = {name: [train(args.out / name / f"seed{seed}", f"recipe={name}", f"trainer.max_epochs={args.epochs}",
-                            "export=onnx", "logger=csv", f"seed={seed}") for seed in args.seeds]
+                            "export=int8" if name in INT8 else "export=onnx", "logger=csv", f"seed={seed}",
+                            *args.overrides) for seed in args.seeds]
                for name in args.recipes}
     first_seed = {name: runs[0] for name, runs in results.items()}
-    latency = onnx_latencies({name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["onnx"]
-                              for name, r in first_seed.items()}, args.batch, args.rounds)
+    shipped = {name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["onnx_int8" if name in INT8 else "onnx"]
+               for name, r in first_seed.items()}
+    latency = onnx_latencies(shipped, args.batch, args.rounds)
     dense = latency[args.recipes[0]]
-    print(f"\nMLP [300, 100] on digits, {args.epochs} epochs, seeds {args.seeds}; onnxruntime at batch {args.batch}\n")
-    print("| recipe | params | nonzero | compressed bytes | ratio | test acc % | ORT latency | vs dense |")
-    print("|---|---|---|---|---|---|---|---|")
+    net = " ".join(args.overrides) or "MLP [300, 100]"
+    print(f"\n{net} on digits, {args.epochs} epochs, seeds {args.seeds}; onnxruntime at batch {args.batch}\n")
+    print("| recipe | params | nonzero | compressed bytes | ratio | test acc % | artifact bytes | ORT latency | vs dense |")
+    print("|---|---|---|---|---|---|---|---|---|")
     # the dense model's size, as every compressed run reports it for the net it started from
     reference = next(r[0]["compression"] for r in results.values() if "compression" in r[0])
     for name, runs in results.items():
@@ -71,7 +84,23 @@ def main() -> None:
         else:
             size = f"{reference['dense_params']:,} | {reference['dense_params']:,} | {reference['dense_bytes']:,} | 1.00x"
         print(f"| {name} | {size} | {mean_std([r['metrics']['test/acc'] for r in runs])} "
-              f"| {latency[name]:.3f} ms | {latency[name] / dense:.2f}x |")
+              f"| {shipped[name].stat().st_size:,} | {latency[name]:.3f} ms | {latency[name] / dense:.2f}x |")
+    int8_rows = [name for name in results if name in INT8]
+    if int8_rows:
+        print("\nint8 vs fp32 ONNX of the same run (results.json export.latency_ms at export.batch_size, "
+              "and this process's round-robin timing):\n")
+        print("| recipe | int8 / fp32 bytes | fp32 ms (export) | int8 ms (export) | speed-up (export) | int8 kernels "
+              "| int8 top-1 agreement |")
+        print("|---|---|---|---|---|---|---|")
+        for name in int8_rows:
+            exports = [r["export"] for r in results[name]]
+            fp32 = [e["latency_ms"]["onnx"] for e in exports]
+            int8 = [e["latency_ms"]["onnx_int8"] for e in exports]
+            folder = args.out / name / f"seed{args.seeds[0]}"
+            ratio = (folder / exports[0]["onnx_int8"]).stat().st_size / (folder / exports[0]["onnx"]).stat().st_size
+            speedup = statistics.mean(f / i for f, i in zip(fp32, int8))
+            print(f"| {name} | {ratio:.3f} | {statistics.mean(fp32):.3f} | {statistics.mean(int8):.3f} | {speedup:.2f}x "
+                  f"| {exports[0]['int8']['kernels']} | {min(e['int8']['top1_agreement'] for e in exports):.4f} |")
 
 if __name__ == "__main__":
     main()

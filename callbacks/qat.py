@@ -1,0 +1,108 @@
+"""Quantization-aware training (Jacob et al. 2018; Krishnamoorthi 2018): fp32 training first, then
+from `start_epoch` every Linear / Conv2d computes with fake-quantized int8 weights (per-channel
+symmetric) and uint8 activations (per-tensor affine), BatchNorm folded in with frozen statistics,
+so the net learns to live with the rounding; for the last `freeze_epochs` epochs the activation
+observers are frozen too, so the final epochs train against the exact parameters that ship. The
+mechanics (fake-quant forward, BatchNorm folding, the int8 export module) are callbacks/quantize.py.
+
+The quantization buffers are added to every layer in `setup`, before Lightning restores a
+checkpoint or builds the optimizer (as the pruning masks are), and the phase is set from the epoch at
+each epoch start, so a run resumed at any epoch has the same keys and the same phase as the
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from torch import nn
+from typing_extensions import override
+
+from callbacks.quantize import Phase, instrument, links, quantized_layers, set_phase, shipped_bytes
+from callbacks.step import CompressionStep, Stage
+from callbacks.structure import snapshot
+
+SUPPORTED_BITS = (8,)
+VALUE_STEPS = {"binary": "both set how the weights are stored", "ternary": "both set how the weights are stored",
+               "kmeans": "both set how the weights are stored"}
+
+
+def check_bits(step: str, bits: int) -> None:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"compress.{step}.bits={bits} is not supported: the int8 export (onnxruntime's int8 "
+                         "kernels) takes 8-bit weights and activations only; set compress.{step}.bits=8"
+                         .replace("{step}", step))
+
+
+def check_quantizable(step: str, net: nn.Module) -> None:
+    """The net has a Linear / Conv2d layer and torch.fx can trace it (to pair layers with BatchNorms)."""
+    if not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in net.modules()):
+        raise ValueError(f"compress.{step}: {type(net).__name__} has no Linear / Conv2d layer to quantize")
+    try:
+        links(net)
+    except ValueError as err:
+        raise ValueError(f"compress.{step}: {err}: BatchNorm folding and ReLU fusion need a traceable net (no data-dependent "
+                         "control flow in forward); use a model of modules/nets or drop this step") from None
+
+
+class QuantizationAwareTraining(CompressionStep):
+    """Fake-quantized int8 training of `pl_module.shipped_net` from `start_epoch` to the end."""
+
+    step = "qat"
+    stage = Stage.PRECISION
+    order_in_stage = 1  # after a step that only chooses the values (none yet): quantize last
+    order_reason = "quantize the weights that ship last"
+    excludes = VALUE_STEPS
+    encoding = "int8 weights (1 byte, nonzeros + 1-bit mask where smaller) + per-channel fp32 scale and int8 zero point"
+
+    def __init__(self, max_epochs: int, start_epoch: int | None = None, epochs: int = 3, freeze_epochs: int = 1,
+                 bits: int = 8, observer_average: float = 0.01) -> None:
+        check_bits(self.step, bits)
+        if epochs < 1:
+            raise ValueError(f"compress.qat.epochs={epochs} must be >= 1 (the fake-quantized epochs at the end)")
+        self.start_epoch = max_epochs - epochs if start_epoch is None else start_epoch
+        if self.start_epoch < 0:
+            raise ValueError(f"compress.qat.start_epoch={self.start_epoch} must be >= 0; lower compress.qat.epochs "
+                             f"or raise trainer.max_epochs={max_epochs}")
+        if self.start_epoch >= max_epochs:
+            raise ValueError(f"compress.qat.start_epoch={self.start_epoch} must be < trainer.max_epochs={max_epochs} "
+                             "so the net trains fake-quantized")
+        if not 0 <= freeze_epochs < max_epochs - self.start_epoch:
+            raise ValueError(f"compress.qat.freeze_epochs={freeze_epochs} must be in [0, {max_epochs - self.start_epoch}) "
+                             f"(the QAT epochs from start_epoch={self.start_epoch} to trainer.max_epochs={max_epochs}), "
+                             "so the observers see at least one epoch")
+        if not 0 < observer_average <= 1:
+            raise ValueError(f"compress.qat.observer_average={observer_average} must be in (0, 1], e.g. 0.01")
+        self.max_epochs, self.freeze_epoch = max_epochs, max_epochs - freeze_epochs
+        self.observer_average = observer_average
+        self.before: nn.Module | None = None  # the fp32 net just before fake quantization began
+
+    def epochs(self) -> tuple[int, int]:
+        """First and last epoch at which this step changes the net (starts, then freezes observers)."""
+        return self.start_epoch, self.freeze_epoch
+
+    def check(self, net: nn.Module, max_epochs: int) -> None:
+        """Start-up check: the net is quantizable (the schedule was checked against the budget above)."""
+        check_quantizable(self.step, net)
+
+    def phase(self, epoch: int) -> Phase:
+        if epoch < self.start_epoch:
+            return Phase.FLOAT
+        return Phase.OBSERVE if epoch < self.freeze_epoch else Phase.FROZEN
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            instrument(pl_module.shipped_net, self.observer_average)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        net = pl_module.shipped_net
+        instrument(net, self.observer_average)  # layers an earlier step created this epoch
+        phase = self.phase(trainer.current_epoch)
+        if phase != Phase.FLOAT and self.before is None and trainer.current_epoch == self.start_epoch:
+            self.before = snapshot(net)
+        set_phase(net, phase)
+
+    def encoded_bytes(self, net: nn.Module) -> dict[str, int]:
+        """The int8 encoding of every quantized layer (callbacks/quantize.py: shipped_bytes)."""
+        return shipped_bytes(net) if quantized_layers(net) else {}
