@@ -63,6 +63,12 @@ class RunDirLock(Callback):
             self.held.close()  # the next job of a sweep runs in this process, in another dir
             self.held = None
 
+    @override
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.held is not None:  # the run is over; a caller that goes on (a notebook, a test) may start another
+            self.held.close()
+            self.held = None
+
     def lock(self, run_dir: Path, config: DictConfig) -> None:
         if process_rank() != 0:
             return

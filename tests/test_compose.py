@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.core.hydra_config import HydraConfig
 
+from recipes.acceleration import model_options
 from recipes.build import build_training, instantiate_part
 from recipes.cli import group_options
 from tests.conftest import compose_train
@@ -41,7 +42,8 @@ def test_every_model_fits_the_data_shape(model: str, size: int | None, tmp_path:
                         *task)
     if task:
         datamodule = instantiate_part(cfg.data, "data")
-        net = instantiate_part(cfg.model, "model", input_shape=list(datamodule.input_shape),
+        model, _ = model_options(cfg.model)  # the net's own keys, without model.compile / channels_last
+        net = instantiate_part(model, "model", input_shape=list(datamodule.input_shape),
                                num_classes=datamodule.num_classes)
     else:
         net = build_training(cfg, {}).module.net
