@@ -231,7 +231,7 @@ def export_and_verify(
             raise ExportError(f"{fmt} export does not match {against}: max |diff| {diff:.2e} ({keys[0]}={limit}), "
                               f"top-1 agreement {agreement:.4f} ({keys[1]} {needed})")
         report[fmt] = f"{out_dir.name}/{path.name}"
-        latency = round(median_ms(lambda: run(timing_arrays), repeats), 4)
+        latency = round(median_ms(lambda: run(timing_arrays), repeats), 4)  # noqa: B023 (called here)
         if int8:
             kernels = runtime_ops(path)
             report["int8"] = {"parity_max_abs_diff": diff, "top1_agreement": agreement, "file_bytes": path.stat().st_size,
