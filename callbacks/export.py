@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-FORMATS = ("onnx", "program")
-FILE_NAMES = {"onnx": "model.onnx", "program": "model.pt2"}
+FORMATS = ("onnx", "program", "dcz")
+FILE_NAMES = {"onnx": "model.onnx", "program": "model.pt2", "dcz": "model.dcz"}
+EXACT = ("dcz",)  # formats that must give the trained net's outputs bit for bit
 
 
 class ExportError(RuntimeError):
@@ -61,7 +62,21 @@ def write_program(net: nn.Module, example: Inputs, path: Path, opset: int) -> Ru
     return run
 
 
-WRITERS = {"onnx": write_onnx, "program": write_program}
+def write_dcz(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
+    """Write Deep Compression's file (callbacks/dcz.py) and return a runner of the net decoded from it."""
+    from callbacks import dcz
+
+    dcz.write(net, path)
+    decoded = dcz.load_into(copy.deepcopy(net), path).eval()
+
+    def run(xs: tuple[np.ndarray, ...]) -> np.ndarray:
+        with torch.no_grad():
+            return decoded(*(torch.from_numpy(x) for x in xs)).numpy()
+
+    return run
+
+
+WRITERS = {"onnx": write_onnx, "program": write_program, "dcz": write_dcz}
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -127,14 +142,18 @@ def export_and_verify(
             raise ExportError(f"export to {fmt} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
         diff = float(np.abs(outputs - reference).max())
         agreement = float((outputs.argmax(1) == reference.argmax(1)).mean())
+        if fmt in EXACT and diff != 0:
+            path.unlink(missing_ok=True)
+            raise ExportError(f"{fmt} export does not give the trained net back bit for bit: max |diff| {diff:.2e}")
         if diff > atol or agreement < 1.0:
             path.unlink(missing_ok=True)
             raise ExportError(f"{fmt} export does not match the trained net: max |diff| {diff:.2e} (export.atol={atol}), "
                               f"top-1 agreement {agreement:.4f} (needs 1.0)")
         report[fmt] = f"{out_dir.name}/{path.name}"
+        report.setdefault("bytes", {})[fmt] = path.stat().st_size
         diffs.append(diff)
         agreements.append(agreement)
-        report["latency_ms"]["onnx" if fmt == "onnx" else "program"] = round(
+        report["latency_ms"][fmt] = round(
             median_ms(lambda: run(timing_arrays), repeats), 4)
     report["parity_max_abs_diff"] = max(diffs)
     report["top1_agreement"] = min(agreements)

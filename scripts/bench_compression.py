@@ -2,7 +2,7 @@
 [300, 100]), data (digits), seeds and epoch budget, in one table.
 
 Each row is `python -m recipes.train recipe=NAME trainer.max_epochs=E export=onnx seed=S`, as a user
-runs it. Parameters, compressed bytes (the sparse encoding of callbacks/report.py) and ratio come
+runs it (`export=dcz` for the rows whose recipe ships a .dcz: it writes the ONNX file too). Parameters, compressed bytes (the sparse encoding of callbacks/report.py) and ratio come
 from results.json; test accuracy is the mean over seeds; the onnxruntime latency of every row's
 exported model is then timed side by side in this one process (round-robin, median of repeats, one
 fixed batch), and reported as a ratio to the dense model's.
@@ -23,7 +23,10 @@ import onnxruntime as ort
 
 from runs import mean_std, train
 
-RECIPES = ["baseline", "prune", "hidden_prune", "svd", "dsd"]
+DCZ = ("binary", "ternary", "kmeans", "deep_compression")  # recipes whose artifact is model.dcz
+STAGES = ("pruned", "quantized", "huffman")  # Han's Table 1 columns, from results.json's compression.stages
+
+RECIPES = ["baseline", "prune", "hidden_prune", "svd", "dsd", "binary", "ternary", "kmeans", "deep_compression"]
 
 
 def onnx_latencies(files: dict[str, Path], batch: int, rounds: int) -> dict[str, float]:
@@ -53,7 +56,8 @@ def main() -> None:
     args = parser.parse_args()
 
     results = {name: [train(args.out / name / f"seed{seed}", f"recipe={name}", f"trainer.max_epochs={args.epochs}",
-                            "export=onnx", "logger=csv", f"seed={seed}") for seed in args.seeds]
+                            f"export={'dcz' if name in DCZ else 'onnx'}", "logger=csv", f"seed={seed}")
+                      for seed in args.seeds]
                for name in args.recipes}
     first_seed = {name: runs[0] for name, runs in results.items()}
     latency = onnx_latencies({name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["onnx"]
@@ -72,6 +76,18 @@ def main() -> None:
             size = f"{reference['dense_params']:,} | {reference['dense_params']:,} | {reference['dense_bytes']:,} | 1.00x"
         print(f"| {name} | {size} | {mean_std([r['metrics']['test/acc'] for r in runs])} "
               f"| {latency[name]:.3f} ms | {latency[name] / dense:.2f}x |")
+    staged = {name: runs for name, runs in results.items() if "stages" in runs[0].get("compression", {})}
+    if staged:
+        print("\nBytes after each stage (Han's Table 1; mean over seeds; the last is the .dcz file's size):\n")
+        print("| recipe | " + " | ".join(STAGES) + " | test acc % |")
+        print("|---|" + "---|" * (len(STAGES) + 1))
+        for name, runs in staged.items():
+            cells = []
+            for stage in STAGES:
+                size = statistics.mean(r["compression"]["stages"][stage]["bytes"] for r in runs)
+                ratio = statistics.mean(r["compression"]["stages"][stage]["ratio"] for r in runs)
+                cells.append(f"{size:,.0f} ({ratio:.1f}x)")
+            print(f"| {name} | {' | '.join(cells)} | {mean_std([r['metrics']['test/acc'] for r in runs])} |")
 
 if __name__ == "__main__":
     main()
