@@ -49,6 +49,7 @@ class BinaryWeight(LatentWeight):
         signs = SignSTE.apply(latent)
         return signs * channel_scale(latent) if self.scale == "channel" else signs
 
+    @torch.no_grad()
     def activate(self, latent: torch.Tensor, weight: torch.Tensor) -> None:
         latent.clamp_(-1, 1)
         super().activate(latent, weight)

@@ -83,6 +83,7 @@ class TernaryWeight(LatentWeight):
             return TernarySTE.apply(latent, delta) * twn_scale(latent.detach(), delta)
         return TTQFunction.apply(latent, self.w_p, self.w_n, delta)
 
+    @torch.no_grad()
     def activate(self, latent: torch.Tensor, weight: torch.Tensor) -> None:
         delta = self.delta(latent)
         positive, negative = latent[latent > delta], latent[latent < -delta]

@@ -51,6 +51,7 @@ class SharedWeight(LatentWeight):
         shared = self.centroids[self.index.long()]
         return torch.where(self.zero, torch.zeros((), dtype=shared.dtype, device=shared.device), shared)
 
+    @torch.no_grad()
     def activate(self, latent: torch.Tensor, weight: torch.Tensor) -> None:
         """Cluster the nonzeros of `weight` (the layer's weight as the net computes it, masks applied)."""
         self.zero.copy_(weight == 0)
