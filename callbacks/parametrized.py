@@ -17,7 +17,7 @@ parametrized instead, and the pruning mask still multiplies the result, so prune
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from typing import Any
 
 import lightning.pytorch as pl
@@ -34,14 +34,14 @@ from callbacks.structure import snapshot
 FOLDED = "folded"  # the buffer holding the computed weight in a checkpoint (see recipes.checkpoint)
 
 
-class LatentWeight(nn.Module):
+class LatentWeight(nn.Module, ABC):
     """A parametrization `latent -> weight`, the identity until `activate`d."""
 
     def __init__(self, owner: str, shape: torch.Size) -> None:
         super().__init__()
         self.owner = owner  # the step that registered it
         self.register_buffer("active", torch.zeros((), dtype=torch.bool))  # restored on resume
-        self.register_buffer(FOLDED, torch.zeros(shape))  # the computed weight, refreshed at each save
+        self.register_buffer(FOLDED, torch.zeros(shape))  # in checkpoints: the computed weight (on_save_checkpoint)
 
     @abstractmethod
     def compute(self, latent: torch.Tensor) -> torch.Tensor:

@@ -85,11 +85,12 @@ def _fresh() -> nn.Module:
 
 
 TINY = ("recipe=deep_compression", "trainer.max_epochs=4", "compress.prune.start_epoch=0", "compress.prune.end_epoch=1",
-        "compress.kmeans.start_epoch=2", "callbacks.model_summary=null", "callbacks.lr_monitor=null", "logger=csv")
+        "compress.kmeans.start_epoch=2", "callbacks.model_summary=null", "callbacks.lr_monitor=null", "logger=csv",
+        "export.repeats=2", "export.batch_size=32")
 
 
 def test_deep_compression_ships_a_dcz_whose_size_the_report_states(run_dir: Path) -> None:
-    results = train_ok(run_dir, *TINY)
+    results = train_ok(run_dir, *TINY, timeout=900)  # a few seconds on a quiet machine
     comp, export = results["compression"], results["export"]
     dcz_file = run_dir / export["dcz"]
     assert comp["compressed_bytes"] == dcz_file.stat().st_size == export["bytes"]["dcz"]
@@ -107,7 +108,7 @@ def test_deep_compression_ships_a_dcz_whose_size_the_report_states(run_dir: Path
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_evaluate_the_dcz_reproduces_the_test_accuracy(run_dir: Path, tmp_path: Path) -> None:
-    results = train_ok(run_dir, *TINY, "export=none")
+    results = train_ok(run_dir, *TINY, "export=none", timeout=900)
     ckpt = run_dir / results["checkpoint"]
     proc = run_module("recipes.export", f"ckpt_path={ckpt}", "export=dcz", f"out_dir={tmp_path / 'out'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
