@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from typing_extensions import override
 
 from callbacks.prune import MagnitudePruning, prunable
 
@@ -35,14 +36,17 @@ class DenseSparseDense(MagnitudePruning):
         super().__init__(sparsity=sparsity, start_epoch=sparse_epoch, end_epoch=sparse_epoch, scope=scope)
         self.redense_epoch, self.redense_lr_scale = redense_epoch, redense_lr_scale
 
+    @override
     def epochs(self) -> tuple[int, int]:
         return self.start_epoch, self.redense_epoch
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         if self.redense_epoch >= max_epochs:
             raise ValueError(f"compress.dsd.redense_epoch={self.redense_epoch} must be < trainer.max_epochs="
                              f"{max_epochs} so the net retrains dense")
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
         if trainer.current_epoch == self.redense_epoch:

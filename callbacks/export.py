@@ -5,10 +5,12 @@ fixed batch. A failed export or a parity miss raises: a model that does not matc
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,9 @@ import torch
 from torch import nn
 
 FORMATS = ("onnx", "program", "dcz")
+# Loggers of torch.onnx's dynamo exporter passes: at INFO they report every pass ("No unused functions to
+# remove", "Skipping constant folding ...") on each export, and the run's logging config shows INFO.
+ONNX_PASS_LOGGERS = ("onnxscript", "onnx_ir")
 FILE_NAMES = {"onnx": "model.onnx", "program": "model.pt2", "dcz": "model.dcz"}
 EXACT = ("dcz",)  # formats that must give the trained net's outputs bit for bit
 
@@ -38,14 +43,29 @@ def _input_names(example: Inputs) -> list[str]:
     return ["input"] if len(example) == 1 else [f"input{i}" for i in range(len(example))]
 
 
+@contextlib.contextmanager
+def quiet_onnx_passes() -> Iterator[None]:
+    """The exporter's pass loggers at WARNING for the export (their warnings and errors still show)."""
+    loggers = [logging.getLogger(name) for name in ONNX_PASS_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def write_onnx(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
     """Export with torch.onnx (dynamo) and return an onnxruntime runner of the file."""
     import onnxruntime as ort
 
     names = _input_names(example)
-    torch.onnx.export(net, example, str(path), dynamo=True, dynamic_shapes=_dynamic_batch(example),
-                      opset_version=opset, input_names=names, output_names=["logits"], external_data=False,
-                      verbose=False)
+    with quiet_onnx_passes():
+            torch.onnx.export(net, example, str(path), dynamo=True, dynamic_shapes=_dynamic_batch(example),
+                          opset_version=opset, input_names=names, output_names=["logits"], external_data=False,
+                          verbose=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda xs: session.run(None, dict(zip(names, xs)))[0]
 

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 import torch_pruning as tp
 from torch import nn
+from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
 from callbacks.structure import applied, rebuild_optimizers, record, remove_masks, shapes_of, snapshot
@@ -60,10 +61,12 @@ class HiddenNodePruning(CompressionStep):
         self.importance, self.scope, self.activation_samples = importance, scope, activation_samples
         self.before: nn.Module | None = None  # a copy of the net just before its first round
 
+    @override
     def epochs(self) -> tuple[int, int]:
         """First and last epoch at which this step changes the net."""
         return self.start_epoch, self.start_epoch + self.steps - 1
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up checks: rounds end before the budget does; the net has hidden units to prune."""
         if self.epochs()[1] >= max_epochs:
@@ -73,6 +76,7 @@ class HiddenNodePruning(CompressionStep):
             raise ValueError("compress.hidden_prune: the net has no hidden layer to shrink (only its head); "
                              "use a net with hidden layers, e.g. model=mlp")
 
+    @override
     def restructure(self, net: nn.Module) -> None:
         """What this step does to the net's shapes (a dry run on a copy at start-up): every round,
         by weight norm (the widths removed do not depend on the importance)."""
@@ -88,6 +92,7 @@ class HiddenNodePruning(CompressionStep):
             global_pruning=self.scope == "global",
         )
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = pl_module.shipped_net
         due = min(self.steps, trainer.current_epoch - self.start_epoch + 1)
@@ -119,7 +124,10 @@ class HiddenNodePruning(CompressionStep):
     def training_inputs(self, trainer: pl.Trainer) -> torch.Tensor:
         """The first `activation_samples` inputs of the training loader, as one batch."""
         inputs, count = [], 0
+        datamodule = trainer.datamodule
         for batch in trainer.train_dataloader:
+            if datamodule is not None:  # the batch as training sees it (augmented, normalized: recipes/data/base.py)
+                batch = datamodule.on_after_batch_transfer(batch, 0)
             inputs.append(batch[0])
             count += len(batch[0])
             if count >= self.activation_samples:

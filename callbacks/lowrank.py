@@ -15,6 +15,7 @@ import math
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
 from callbacks.structure import applied, factored, rebuild_optimizers, record, set_module, snapshot
@@ -69,6 +70,7 @@ class LowRankFactorization(CompressionStep):
         self.include_head = include_head
         self.before: nn.Module | None = None  # a copy of the net just before factoring
 
+    @override
     def epochs(self) -> tuple[int, int]:
         """First and last epoch at which this step changes the net."""
         return self.epoch, self.epoch
@@ -81,6 +83,7 @@ class LowRankFactorization(CompressionStep):
             layers.pop(output_layer(net), None)
         return layers
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up checks: the schedule fits the budget and a fixed rank fits every target layer."""
         if self.epoch >= max_epochs:
@@ -107,6 +110,7 @@ class LowRankFactorization(CompressionStep):
         singular_values = torch.linalg.svdvals(layer.weight.detach().reshape(m, n))
         return energy_rank(singular_values, self.energy)
 
+    @override
     def restructure(self, net: nn.Module) -> None:
         """What this step does to the net's shapes (a dry run on a copy at start-up)."""
         self.factor(net)
@@ -122,6 +126,7 @@ class LowRankFactorization(CompressionStep):
         record(net, {"kind": "factor", "step": self.step, "ranks": ranks})
         return ranks
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch < self.epoch or applied(pl_module.shipped_net, self.step):
             return

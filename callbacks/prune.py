@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
 from callbacks.structure import snapshot
@@ -77,16 +78,19 @@ class MagnitudePruning(CompressionStep):
     order_reason = "prune the weights that ship, then change how they are stored"
     excludes = {"dsd": "both mask the weights"}
 
+    @override
     def epochs(self) -> tuple[int, int]:
         """First and last epoch at which this step changes the net."""
         return self.start_epoch, self.end_epoch
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up check: the net trains with the final mask before the budget ends."""
         if self.end_epoch >= max_epochs:
             raise ValueError(f"compress.prune.end_epoch={self.end_epoch} must be < trainer.max_epochs={max_epochs} "
                              "so the net trains with the final mask")
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self.ensure_masks(pl_module.shipped_net)
@@ -99,6 +103,7 @@ class MagnitudePruning(CompressionStep):
             if not prune.is_pruned(module):
                 prune.identity(module, name)
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
                              batch_idx: int) -> None:
         epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
@@ -106,6 +111,7 @@ class MagnitudePruning(CompressionStep):
             return
         self.prune_to(pl_module.shipped_net, cubic_sparsity(epoch, self.sparsity, self.start_epoch, self.end_epoch))
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.ensure_masks(pl_module.shipped_net)
         if trainer.current_epoch == self.end_epoch:  # land exactly on the final sparsity
@@ -129,6 +135,7 @@ class MagnitudePruning(CompressionStep):
                 prune.l1_unstructured(module, name, amount=amount, importance_scores=scores[(module, name)])
         self.history.append(weight_sparsity(net))
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for module, name in prunable(pl_module.shipped_net):
             if prune.is_pruned(module):

@@ -36,13 +36,22 @@ def applied(net: nn.Module, step: str) -> int:
     return sum(1 for edit in edits(net) if edit.get("step") == step)
 
 
+def pruned_names(module: nn.Module) -> list[str]:
+    """The names of `module`'s own tensors that `torch.nn.utils.prune` masks: prune keeps each as a
+    parameter `<name>_orig` and a buffer `<name>_mask` (its documented layout)."""
+    parameters = {name for name, _ in module.named_parameters(recurse=False)}
+    if parametrize.is_parametrized(module):  # a parametrized `<name>_orig` (weight sharing after pruning)
+        parameters |= set(module.parametrizations)
+    return [name[: -len("_mask")] for name, _ in module.named_buffers(recurse=False)
+            if name.endswith("_mask") and name[: -len("_mask")] + "_orig" in parameters]
+
+
 def remove_masks(net: nn.Module) -> nn.Module:
     """Fold every `torch.nn.utils.prune` mask into its weight, leaving plain parameters (the same
     Parameter objects, so an optimizer over them stays valid)."""
     for module in net.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
+        for name in pruned_names(module):
+            prune.remove(module, name)
     return net
 
 
@@ -51,9 +60,8 @@ def snapshot(net: nn.Module) -> nn.Module:
     folded in): what the
     compression report tests as the model before a step."""
     for module in net.modules():  # a pruned weight is recomputed by each forward: drop its autograd
-        for hook in module._forward_pre_hooks.values():  # history so that deepcopy can copy it
-            if isinstance(hook, prune.BasePruningMethod):
-                setattr(module, hook._tensor_name, getattr(module, hook._tensor_name).detach())
+        for name in pruned_names(module):  # history so that deepcopy can copy it
+            setattr(module, name, getattr(module, name).detach())
     plain = copy.deepcopy(net)
     for module in plain.modules():  # a parametrized weight (binary, ternary, shared values) as computed
         if parametrize.is_parametrized(module):

@@ -75,8 +75,8 @@ class ClassifierModule(Task):
         if init is not None:
             load_backbone(net, init, keep_head=not reinit_head)
         self.freeze_backbone, self.backbone_lr_scale = freeze_backbone, backbone_lr_scale
-        if freeze_backbone:
-            backbone(net).requires_grad_(False).eval()
+        if freeze_backbone:  # its BatchNorm statistics are frozen too, by eval mode from the first epoch on
+            backbone(net).requires_grad_(False)  # (on_train_epoch_start: eval before fit starts is warned about)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         classes = net.num_classes
@@ -108,15 +108,16 @@ class ClassifierModule(Task):
     def test_metric_names(cls) -> tuple[str, ...]:
         return ("test/acc", "test/loss")
 
+    @classmethod
+    @override
+    def monitorable_metric_names(cls) -> tuple[str, ...] | None:
+        return ("val/acc", "val/loss", "train/acc", "train/loss")
+
     @override
     def parity_inputs(self, datamodule: Any) -> torch.Tensor:
         """The test split's images: an export must match the net on real data (zeros would let a
         wrong weight layout through)."""
         return torch.cat([batch[0] for batch in datamodule.test_dataloader()])
-
-    @override
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
     # --- training -------------------------------------------------------------------------------
     @override
@@ -170,7 +171,9 @@ class ClassifierModule(Task):
 
     @override
     def on_train_epoch_start(self) -> None:
-        # Lightning restores submodule modes by attribute, not through train(): re-assert eval here.
+        # Lightning restores submodule modes by attribute, not through train(): re-assert eval here. This
+        # is after Lightning's check for modules in eval mode at the start of training (fit_loop), which
+        # would warn about a backbone that was frozen already in __init__.
         if self.freeze_backbone:
             backbone(self.net).eval()
 

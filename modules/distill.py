@@ -109,10 +109,10 @@ class DistillModule(ClassifierModule):
         return self._reference()(batch[0])
 
     @override
-    @override
     def chance_loss(self) -> float | None:
         return None  # the loss mixes cross-entropy with a KL term whose "learned nothing" level differs
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self.net(x)
@@ -126,6 +126,11 @@ class DistillModule(ClassifierModule):
     @override
     def test_metric_names(cls) -> tuple[str, ...]:
         return (*super().test_metric_names(), "test/soft_acc")
+
+    @classmethod
+    @override
+    def monitorable_metric_names(cls) -> tuple[str, ...] | None:
+        return (*(super().monitorable_metric_names() or ()), "val/soft_acc")
 
     @override
     def _evaluate(self, batch: Any, stage: str) -> None:

@@ -120,6 +120,11 @@ class GanModule(Task):
     def test_metric_names(cls) -> tuple[str, ...]:
         return ("test/fd", "test/fd_real", "test/class_coverage", "test/cond_acc")
 
+    @classmethod
+    @override
+    def monitorable_metric_names(cls) -> tuple[str, ...] | None:
+        return ("val/fd", "train/d_loss", "train/g_loss")
+
     # --- sampling -------------------------------------------------------------------------------
     def latent_batch(self, n: int, seed: int | None = None, device: Any = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:

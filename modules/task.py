@@ -5,9 +5,13 @@ accuracy metric. Every task under modules/ derives from `Task`."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
+from typing_extensions import Self, override
 
 from modules.base import RecipeModule
 
@@ -61,6 +65,63 @@ class Task(RecipeModule, ABC):
     def test_metric_names(cls) -> tuple[str, ...]:
         """The metrics `trainer.test` logs, headline first (results.json's compression section
         reports the headline one before and after each step)."""
+
+    @override
+    def forward(self, *inputs: Any) -> Any:
+        """The shipped net's forward: what `module(x)` / `predict_step` return for a loaded checkpoint,
+        and what the model summary measures (FLOPs, sizes) with `example_input_array`."""
+        return self.shipped_net(*inputs)
+
+    @property
+    @override
+    def example_input_array(self) -> Any:
+        """`example_input(1)`: Lightning's model summary runs it to count FLOPs and show layer sizes
+        (without one it prints `Total FLOPs: 0`)."""
+        return self.example_input(1)
+
+    @classmethod
+    @override
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool | None = None,
+                             trusted_targets: Iterable[str] = (), **task_overrides: Any) -> Self:
+        """Lightning's loader for a recipes checkpoint: `ClassifierModule.load_from_checkpoint(path)`.
+
+        Lightning's own would call `cls(**checkpoint["hyper_parameters"])`, but a task's constructor
+        takes built nets, not config, and those hyper-parameters would be code to run from a file (its
+        `_instantiator`). Here the task is rebuilt the way recipes.evaluate rebuilds it: from the config
+        saved in the checkpoint (only this project's shipped `_target_`s, or `trusted_targets`; structure
+        edits replayed), sized by the data shape it recorded, its reference nets (teacher, source, feature
+        classifier) loaded from the paths its config names, then its weights loaded strictly from a
+        `torch.load(weights_only=True)`. `task_overrides` patch the saved task config, e.g.
+        `DistillModule.load_from_checkpoint(path, teacher_ckpt=None)` when the teacher file is not at hand.
+        `map_location`: the device to put the module on (CPU by default).
+
+        The rebuild path lives in recipes/ (the trust rules); it is imported here, at call time, the one
+        place a task module reaches up into it."""
+        refused = {"hparams_file": hparams_file is not None, "strict=False": strict is False,
+                   "weights_only=False": weights_only is False,
+                   "map_location": map_location is not None and not isinstance(map_location, (str, torch.device))}
+        if any(refused.values()):
+            given = ", ".join(name for name, bad in refused.items() if bad)
+            raise ValueError(f"{cls.__name__}.load_from_checkpoint: {given} is not supported: a recipes checkpoint "
+                             "holds its own config, loads strictly with weights_only=True, and map_location names "
+                             "one device (e.g. 'cpu', 'cuda:0')")
+        from recipes.build import load_task
+
+        module = load_task(str(checkpoint_path), {f"task.{k}": v for k, v in task_overrides.items()}, trusted_targets)
+        if not isinstance(module, cls):
+            raise ValueError(f"{checkpoint_path} holds a {type(module).__module__}.{type(module).__name__}, not a "
+                             f"{cls.__name__}: load it with {type(module).__name__}.load_from_checkpoint (or "
+                             "modules.task.Task.load_from_checkpoint, which takes any task)")
+        return module.to(map_location) if map_location is not None else module
+
+    @classmethod
+    def monitorable_metric_names(cls) -> tuple[str, ...] | None:
+        """The metrics the task logs at every validation (or training epoch end): the names
+        `task.monitor` (the best checkpoint's metric, and a search's objective) may take. The start-up
+        checks refuse any other name before anything trains; None (the default) declares nothing, and
+        a misnamed monitor then fails at the first validation, in Lightning's words."""
+        return None
 
     def parity_inputs(self, datamodule: Any) -> Any:
         """The inputs on which an exported `shipped_net` must match the trained one; by default

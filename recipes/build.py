@@ -25,6 +25,7 @@ from callbacks.plan import check_plan
 from callbacks.report import model_size
 from callbacks.step import CompressionStep
 from modules.task import Task
+from recipes.acceleration import CompileNet, model_options, to_channels_last
 from recipes.checkpoint import KEY, RecipeState, load_checkpoint, load_weights, resolve_ckpt_path
 from recipes.divergence import DivergenceGuard
 from recipes.errors import RecipeError
@@ -93,7 +94,10 @@ class DataShape:
 def build_task(cfg: DictConfig, shape: DataShape, references: dict[str, nn.Module | None]) -> Task:
     """The net sized by `shape`, wrapped in the task's LightningModule; `references` are the
     reference nets of the task's `<name>_ckpt` keys (a key absent from it is passed as None)."""
-    net = instantiate_part(cfg.model, "model", input_shape=list(shape.input_shape), num_classes=shape.num_classes)
+    model, options = model_options(cfg.model)
+    net = instantiate_part(model, "model", input_shape=list(shape.input_shape), num_classes=shape.num_classes)
+    if options["channels_last"]:
+        to_channels_last(net)
     ckpt_keys = [str(k) for k in cfg.task if str(k).endswith("_ckpt")]
     task = copy.copy(cfg.task)  # shallow: keeps interpolations to the root config working
     with open_dict(task):
@@ -114,13 +118,19 @@ def build_module(cfg: DictConfig, datamodule: Any, trusted: Iterable[str] = ()) 
     `trusted`: targets beyond the shipped ones that those checkpoints may build; the caller's own
     setting, never read from `cfg`, which may itself come from a checkpoint.
     """
-    shape = DataShape.of(datamodule)
+    module = build_sized_task(cfg, DataShape.of(datamodule), trusted)
+    if getattr(module, "needs_sample_index", False):
+        datamodule.return_index = True
+    return module
+
+
+def build_sized_task(cfg: DictConfig, shape: DataShape, trusted: Iterable[str] = ()) -> Task:
+    """build_module's task for a data shape, no data module needed: the reference nets loaded from the
+    task's `<name>_ckpt` paths, the optimizer checked."""
     references = {str(k)[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", shape.input_shape, trusted)
                   for k in cfg.task if str(k).endswith("_ckpt") and cfg.task[k]}
     module = build_task(cfg, shape, references)
     check_optimizer(module)
-    if getattr(module, "needs_sample_index", False):
-        datamodule.return_index = True
     return module
 
 
@@ -219,10 +229,16 @@ def build_training(cfg: DictConfig, choices: dict[str, Any], ckpt_path: str | No
     resolved = plain_config(cfg)
     callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(resolved, choices, data),
                  DivergenceGuard(), SigtermStop()]
+    if model_options(cfg.model)[1]["compile"]:
+        callbacks.append(CompileNet())
     loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, callbacks, loggers)
+    if cfg.trainer.get("fast_dev_run"):
+        # Lightning swaps the trainer's loggers for a no-op one: the recipe's own writes skip them too
+        # (a smoke test neither imports TensorBoard nor writes hyperparameters or event files).
+        loggers = []
     for logger in loggers:
         logger.log_hyperparams(resolved)
-    trainer = build_trainer(cfg, callbacks, loggers)
     continue_history(loggers, resumed)  # start-up passed: metrics.csv may change
     return Parts(datamodule, module, compression, callbacks, loggers, trainer, dense_size, ckpt_path)
 
@@ -254,6 +270,19 @@ def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: It
     datamodule = build_datamodule(cfg)
     module = load_weights(ckpt, build_module(cfg, datamodule, trusted), ckpt_path)
     return cfg, datamodule, module, ckpt[KEY].get("choices", {})
+
+
+def load_task(ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: Iterable[str] = ()) -> Task:
+    """The weight-loaded task of a checkpoint without its data (`Task.load_from_checkpoint`): the same
+    trusted config, structure replay and strict weights_only load as `rebuild`, the net sized by the
+    data shape the checkpoint recorded."""
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = saved_config(ckpt, "ckpt_path", ckpt_path, trusted)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value, merge=True)
+    data = ckpt[KEY]["data"]
+    module = build_sized_task(cfg, DataShape(tuple(data["input_shape"]), data["num_classes"]), trusted)
+    return load_weights(ckpt, module, ckpt_path)
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:

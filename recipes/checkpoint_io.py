@@ -8,11 +8,11 @@ which Lightning hands to every strategy, so every checkpoint of every recipe is 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
@@ -23,7 +23,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """TorchCheckpointIO whose local saves are temp file + fsync + rename beside the target."""
 
     @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             # remote storage (s3://...) commits whole objects itself; Lightning's path handles it
             super().save_checkpoint(checkpoint, path, storage_options)

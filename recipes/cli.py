@@ -19,7 +19,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from recipes import config_errors
-from recipes.errors import RecipeError, RunStopped
+from recipes.cuda_check import drop_nvml_check_without_gpus
+from recipes.errors import EXIT_SIGTERM, RecipeError, RunStopped
 
 EXIT_BAD_INPUT = 2
 # What Hydra itself (and recipes/run_lock.py, its callback) puts in a run dir before the task function runs.
@@ -205,11 +206,29 @@ def _remove_fresh(run_dir: str) -> None:
         shutil.rmtree(sweep, ignore_errors=True)
 
 
+class TrialFailed(Exception):
+    """A trial of a search (recipes/sweeper.py) that failed or diverged: raised instead of exiting, so
+    that Hydra records the job as failed, the sweeper tells Optuna and the sweep goes on."""
+
+
+def in_search_trial() -> bool:
+    """True in a job launched by the Optuna sweeper (hydra/sweeper=optuna, e.g. hparams_search=NAME)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    target = str(HydraConfig.get().sweeper.get("_target_", ""))
+    return target.endswith("recipes_optuna_sweeper.OptunaSweeper")
+
+
 def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) -> Any:
     """Run `task(cfg)`; on RecipeError print one line, remove a run dir this run created, exit 2; on
-    RunStopped (diverged, SIGTERM) print one line (rank 0) and exit with its code, keeping the run dir."""
+    RunStopped (diverged, SIGTERM) print one line (rank 0) and exit with its code, keeping the run dir.
+    In a search trial, both raise TrialFailed instead (the line printed alike), except a SIGTERM, which
+    stops the sweep as it stops a run."""
     quiet_libraries()  # again here: a submitit job calls the task function without run_main
     log_libraries_to_file()
+    drop_nvml_check_without_gpus()  # after Lightning's import set it: see recipes/cuda_check.py
     fresh = run_dir is not None and _only_hydra_files(Path(run_dir))
     try:
         return task(cfg)
@@ -220,6 +239,8 @@ def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) ->
             print(f"error: {err}", file=sys.stderr)
         else:
             _outlive_launcher()
+        if err.exit_code != EXIT_SIGTERM and in_search_trial():
+            raise TrialFailed(str(err)) from None
         sys.exit(err.exit_code)
     except RecipeError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -227,6 +248,8 @@ def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) ->
         if fresh and process_rank() == 0:
             _remove_fresh(run_dir)
         print(f"error: {err}", file=sys.stderr)
+        if in_search_trial():
+            raise TrialFailed(str(err)) from None
         sys.exit(EXIT_BAD_INPUT)
 
 

@@ -3,7 +3,9 @@
 Hydra reports a key that is not in the config as a multi-line composition error and exits 1, from
 inside `run_and_report`, which wraps composition and the run alike and offers no hook. Composing the
 config a second time just to check keys would add start-up time to every run, so instead the one
-reporter Hydra calls is wrapped: every other error goes to Hydra's own report unchanged.
+reporter Hydra calls is wrapped: every other error goes to Hydra's own report unchanged. A RecipeError
+or RunStopped that a sweeper raises (outside any job, so outside recipes.cli.guarded) gets the same one
+line and exit status as one raised in a run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from recipes.errors import RecipeError, RunStopped
 
 
 def unknown_key_message(err: BaseException) -> str | None:
@@ -36,7 +40,8 @@ def unknown_key_message(err: BaseException) -> str | None:
 
 
 def one_line_unknown_keys(report: Callable[[Callable[[], Any]], Any]) -> Callable[[Callable[[], Any]], Any]:
-    """Wrap Hydra's `run_and_report(func)` so an unknown-key override exits 2 with one line."""
+    """Wrap Hydra's `run_and_report(func)` so an unknown-key override (or a sweeper's RecipeError) exits 2
+    with one line."""
 
     def run(func: Callable[[], Any]) -> Any:
         def checked() -> Any:
@@ -50,6 +55,13 @@ def one_line_unknown_keys(report: Callable[[Callable[[], Any]], Any]) -> Callabl
 
                 print(f"error: {line}", file=sys.stderr)
                 sys.exit(EXIT_BAD_INPUT)  # SystemExit is no Exception: Hydra's report lets it through
+            except (RecipeError, RunStopped) as err:  # raised outside a job: by a sweeper (recipes/sweeper.py)
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                from recipes.cli import EXIT_BAD_INPUT
+
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(err.exit_code if isinstance(err, RunStopped) else EXIT_BAD_INPUT)
 
         return report(checked)
 

@@ -31,8 +31,10 @@ def step_loss(outputs: Any) -> torch.Tensor | None:
 class DivergenceGuard(Callback):
     """Stops the run when the training loss (or a validation metric) is NaN or infinite.
 
-    Each step only records, on the loss's device, the first step whose loss was not finite: a check
-    that read the loss every step would stall a GPU once per step. The record is read, and agreed on
+    Each step only keeps its (detached) loss; the kept losses are examined together, on their device,
+    whenever the record is read (a check that read the loss every step would stall a GPU once per
+    step, and a few tensor ops per step cost more than a tiny step's arithmetic). The record, the
+    first step whose loss was not finite, is read, and agreed on
     by every rank (a collective, so all ranks stop at the same point and none waits on a stopped one),
     every `trainer.log_every_n_steps` steps, before validation, at epoch end and before any
     checkpoint is written; so no checkpoint holds the diverged weights, and none becomes "best".
@@ -46,13 +48,15 @@ class DivergenceGuard(Callback):
         self.first_bad: torch.Tensor | None = None  # step of the first non-finite loss on this rank
         self.bad_loss: torch.Tensor | None = None  # that loss (nan, inf or -inf)
         self.window = 0
+        self.total = 0.0
         self.head = [0.0, 0]  # on-device sum and count of the losses in the first window of steps
         self.tail = [0.0, 0]
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not examined yet
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        total = trainer.estimated_stepping_batches
-        self.window = max(1, int(total) // 10) if math.isfinite(total) and total >= 2 else 0
+        self.total = trainer.estimated_stepping_batches
+        self.window = max(1, int(self.total) // 10) if math.isfinite(self.total) and self.total >= 2 else 0
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -61,26 +65,35 @@ class DivergenceGuard(Callback):
         if loss is None:
             return
         step = trainer.global_step  # optimizer steps done, this one included
-        if self.first_bad is None:
-            self.first_bad = torch.full((), _NONE, dtype=torch.long, device=loss.device)
-            self.bad_loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
-        new = torch.logical_and(~torch.isfinite(loss), self.first_bad == _NONE)
-        self.first_bad = torch.where(new, step, self.first_bad)
-        self.bad_loss = torch.where(new, loss, self.bad_loss)
-        self._track_progress(loss, step, trainer)
+        self.pending.append((step, loss))
         if step % max(1, trainer.log_every_n_steps) == 0:
             self.check(trainer)
 
-    def _track_progress(self, loss: torch.Tensor, step: int, trainer: pl.Trainer) -> None:
-        if not self.window:
+    def examine(self) -> None:
+        """Fold the kept losses into the record (first non-finite step and loss) and the head and
+        tail sums, with a handful of tensor ops for all of them."""
+        if not self.pending:
             return
-        if step <= self.window:
-            self.head = [self.head[0] + loss, self.head[1] + 1]
-        elif step > trainer.estimated_stepping_batches - self.window:
-            self.tail = [self.tail[0] + loss, self.tail[1] + 1]
+        steps = torch.tensor([step for step, _ in self.pending])
+        losses = torch.stack([loss for _, loss in self.pending])
+        self.pending = []
+        if self.first_bad is None:
+            self.first_bad = torch.full((), _NONE, dtype=torch.long, device=losses.device)
+            self.bad_loss = torch.zeros((), dtype=losses.dtype, device=losses.device)
+        bad = ~torch.isfinite(losses)
+        first = bad.int().argmax()  # the first non-finite one, if any
+        new = torch.logical_and(bad.any(), self.first_bad == _NONE)
+        self.first_bad = torch.where(new, steps.to(losses.device)[first], self.first_bad)
+        self.bad_loss = torch.where(new, losses[first], self.bad_loss)
+        if self.window:
+            for part, chosen in ((self.head, steps <= self.window), (self.tail, steps > self.total - self.window)):
+                count = int(chosen.sum())
+                if count:
+                    part[0], part[1] = part[0] + losses[chosen.to(losses.device)].sum(), part[1] + count
 
     def check(self, trainer: pl.Trainer) -> None:
         """Raise RunStopped on every rank when any rank has seen a non-finite training loss."""
+        self.examine()
         local = self.first_bad if self.first_bad is not None else torch.tensor(_NONE, device=trainer.strategy.root_device)
         first = int(trainer.strategy.reduce(local.clone(), reduce_op="min"))
         if first == _NONE:
@@ -118,6 +131,7 @@ class DivergenceGuard(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.examine()  # the steps after the last check (a run stopped by max_steps mid-epoch)
         chance = pl_module.chance_loss() if isinstance(pl_module, Task) else None
         if chance is None or not (self.head[1] and self.tail[1]) or not trainer.is_global_zero:
             return  # a task with no "learned nothing" level (a GAN) is not judged by its loss

@@ -4,6 +4,8 @@ Entry points print their message as a single line, with no traceback unless HYDR
 every message must say what happened and what to do next.
 """
 
+EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell and SLURM report for a job stopped by SIGTERM
+
 
 class RecipeError(Exception):
     """Bad input: a config value, a path, a checkpoint. The message is shown to the user as is."""

@@ -4,6 +4,9 @@ section of results.json, and the choice of the checkpoint the run ships."""
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,16 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
     return getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "") or None
 
 
+@contextmanager
+def resuming(ckpt_path: str | None) -> Iterator[None]:
+    """A resumed fit writes into the checkpoint dir it resumes from on purpose: ModelCheckpoint's warning
+    that the dir "exists and is not empty" (meant for a new run on top of an old one) is dropped."""
+    with warnings.catch_warnings():
+        if ckpt_path:
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        yield
+
+
 def fit(parts: Parts, run_dir: Path, keep_weights: bool = False) -> Fitted | None:
     """Fit; on rank 0 return what the later stages need, on other ranks None.
 
@@ -43,7 +56,7 @@ def fit(parts: Parts, run_dir: Path, keep_weights: bool = False) -> Fitted | Non
     for a model that a later run of the recipe starts from."""
     trainer, module = parts.trainer, parts.module
     start = time.perf_counter()
-    with stop_on_sigterm(trainer):
+    with stop_on_sigterm(trainer), resuming(parts.ckpt_path):
         try:
             trainer.fit(module, datamodule=parts.datamodule, ckpt_path=parts.ckpt_path, weights_only=True)
         except Exception as err:

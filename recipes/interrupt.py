@@ -32,9 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from recipes.errors import RunStopped
-
-EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell and SLURM report for a job stopped by SIGTERM
+from recipes.errors import EXIT_SIGTERM, RunStopped
 
 
 class SigtermStop(Callback):

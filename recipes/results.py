@@ -97,19 +97,25 @@ def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[
 
 
 def print_summary(results: dict[str, Any], title: str = "run summary") -> None:
-    """Metrics, checkpoint and run dir on one screen."""
-    table = Table(title=f"{title}: recipe={results.get('recipe')} task={results.get('task')}", show_header=False)
+    """Metrics in a table, then the paths (checkpoint, run dir, exported files) whole, one line each:
+    a path wider than its table cell would be cut with "..." (narrow terminals, and 80 columns when
+    the output is a file or a pipe), and a cut path cannot be copied."""
+    heading = f"{title}: recipe={results.get('recipe')} task={results.get('task')}"
+    table = Table(title=heading, show_header=False, min_width=len(heading))  # a title wider than the rows stays whole
     for name, value in sorted(results.get("metrics", {}).items()):
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     monitor = results.get("monitor")
     if monitor:  # the metric that picked the checkpoint
         table.add_row(f"best {monitor['metric']} ({monitor['mode']})", f"{monitor['best']:.4f}")
-    for key in ("checkpoint", "fit_seconds", "run_dir"):
-        if key in results:
-            table.add_row(key, str(results[key]))
+    if "fit_seconds" in results:
+        table.add_row("fit_seconds", str(results["fit_seconds"]))
     export = results.get("export")
     if export:
-        files = ", ".join(export[f] for f in ("onnx", "program") if f in export)
-        table.add_row("export", f"{files} (max |diff| {export['parity_max_abs_diff']:.1e}, "
-                                f"top-1 agreement {export['top1_agreement']:.4f})")
+        table.add_row("export parity", f"max |diff| {export['parity_max_abs_diff']:.1e}, "
+                                       f"top-1 agreement {export['top1_agreement']:.4f}")
     Console().print(table)
+    paths = {key: str(results[key]) for key in ("checkpoint", "run_dir") if key in results}
+    if export:
+        paths["export"] = ", ".join(export[f] for f in ("onnx", "program") if f in export)
+    for key, value in paths.items():
+        print(f"{key}: {value}", flush=True)

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from typing_extensions import override
 
 from recipes.cli import EXIT_BAD_INPUT, process_rank
 
@@ -46,14 +47,17 @@ class RunDirLock(Callback):
     def __init__(self) -> None:
         self.held: TextIO | None = None
 
+    @override
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolves
         self.lock(Path(str(OmegaConf.select(config, "hydra.run.dir"))), config)
 
+    @override
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
             self.lock(Path(config.hydra.runtime.output_dir), config)
 
+    @override
     def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN and self.held is not None:
             self.held.close()  # the next job of a sweep runs in this process, in another dir

@@ -101,11 +101,20 @@ def pending_prerequisites(cfg: DictConfig) -> list[str]:
 
 def check_monitor(cfg: DictConfig) -> None:
     """task.monitor_mode, which the task and the best-checkpoint callback read, before a prerequisite
-    trains (the task itself refuses it too, but only once the run's own build starts)."""
-    mode = (cfg.get("task") or {}).get("monitor_mode")
+    trains (the task itself refuses it too, but only once the run's own build starts); task.monitor
+    against the metrics the task declares it logs (Task.monitorable_metric_names)."""
+    task = cfg.get("task") or {}
+    mode, monitor = task.get("monitor_mode"), task.get("monitor")
     if mode is not None and mode not in MODES:
         raise RecipeError(f"task.monitor_mode={mode} must be min or max (the direction in which "
-                          f"task.monitor={cfg.task.get('monitor')} improves)")
+                          f"task.monitor={monitor} improves)")
+    cls = get_object(task["_target_"]) if task.get("_target_") else None
+    if not (isinstance(cls, type) and issubclass(cls, Task)) or monitor is None:
+        return
+    logged = cls.monitorable_metric_names()
+    if logged is not None and monitor not in logged:
+        raise RecipeError(f"task.monitor={monitor} is not a metric {cls.__name__} logs: choose one of "
+                          f"{', '.join(logged)} (and task.monitor_mode=min|max)")
 
 
 def check_task_arguments(cfg: DictConfig) -> None:

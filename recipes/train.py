@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from recipes import cli
-from recipes.build import build_run, check_compression_plan
+from recipes.build import Parts, build_run, check_compression_plan
 from recipes.errors import RecipeError
 from recipes.exporting import export_shipped, wants_export
 from recipes.fitting import fit
@@ -23,6 +23,7 @@ from recipes.reporting import compression_results
 from recipes.results import print_summary, run_results, write_results
 from recipes.startup import check_plan
 from recipes.testing import test_shipped
+from recipes.tracking import finish_runs, log_run_files
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -44,6 +45,17 @@ def run(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = False) ->
     for a model that a later run of the recipe starts from."""
     run_dir = Path(cfg.paths.run_dir)
     parts = build_run(cfg, choices)
+    try:
+        results = _fit_and_report(cfg, choices, parts, run_dir, keep_weights)
+    except BaseException:
+        finish_runs(parts.loggers, failed=True)
+        raise
+    finish_runs(parts.loggers, failed=False)
+    return results
+
+
+def _fit_and_report(cfg: DictConfig, choices: dict[str, Any], parts: Parts, run_dir: Path,
+                    keep_weights: bool) -> dict[str, Any] | None:
     fitted = fit(parts, run_dir, keep_weights)
     if fitted is None:
         return None
@@ -56,6 +68,7 @@ def run(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = False) ->
     if wants_export(cfg):
         results["export"] = export_shipped(cfg.export, parts.module, parts.datamodule, run_dir / "export")
     write_results(run_dir, results)
+    log_run_files(parts.loggers, run_dir)
     print_summary(results)
     return results
 
@@ -68,15 +81,24 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     check_plan(cfg, choices)  # the whole plan, before any prerequisite trains
     check_compression_plan(cfg)
     ensure_prerequisites(cfg, run_dir, choices, run)
-    results = run(cfg, choices)
-    if results is not None:
-        print(f"run dir: {run_dir}")
-    return results
+    return run(cfg, choices)  # its summary ends with the run dir
+
+
+def objective(results: dict[str, Any] | None) -> float | None:
+    """What a sweep optimizes: the task's monitored metric at the run's best checkpoint (results.json's
+    monitor.best; its direction is the task's monitor_mode), or None (another rank, nothing scored)."""
+    monitor = (results or {}).get("monitor")
+    return float(monitor["best"]) if monitor else None
+
+
+# Sweep jobs in another process (hydra/launcher=joblib, submitit) compose their config there, with
+# this module imported (to unpickle the task function) but without main(): the resolvers must exist.
+cli.register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
-    cli.guarded(train, cfg, run_dir=cfg.paths.run_dir)
+def _hydra_main(cfg: DictConfig) -> float | None:
+    return objective(cli.guarded(train, cfg, run_dir=cfg.paths.run_dir))
 
 
 def main() -> None:

@@ -119,7 +119,8 @@ def check_node(node: Any, key: str) -> None:
                 continue  # built by Hydra: checked by the recursion below
             if not matches(plain, hints[name]):
                 example = f", e.g. the default {defaults[name]!r}" if name in defaults else ""
-                source = f" (from {node._get_node(name)._value()})" if OmegaConf.is_interpolation(node, name) else ""
+                source = (f" (from {OmegaConf.to_container(node, resolve=False)[name]})"
+                          if OmegaConf.is_interpolation(node, name) else "")
                 raise RecipeError(f"{key}.{name}={plain!r}{source} is a {type(plain).__name__}; "
                                   f"it must be {_describe(hints[name])}{example}")
     for name in node:

@@ -9,17 +9,29 @@ the plain loop by appending to a CSV file). Validation, checkpointing and the pr
 in the recipe run, since the plain loop does none of them. Runs alternate (recipe, plain, recipe,
 ...) after one warm-up each, and the medians are compared.
 
-    python scripts/bench_overhead.py                 # both workloads, prints `ratio convnet: X`, `ratio mlp: Y`
-    python scripts/bench_overhead.py --repeats 9 --workloads mlp
+Two more rows, also measured side by side in the same run:
+
+- data path: samples/s of the recipe's MNIST-format loader (`data=mnist`: decoded once, served as
+  batches) against a plain torchvision `MNIST` + `ToTensor` + `Normalize` DataLoader on the same
+  files (60,000 generated 28x28 images written as real IDX files), one epoch each, same batch size.
+- start-up: wall time of `python -m recipes.train debug=fast_dev_run` against a bare
+  `python -c "import torch, lightning"` (the floor every Lightning program pays).
+
+    python scripts/bench_overhead.py                 # every row, prints `ratio convnet: X`, `ratio mlp: Y`, ...
+    python scripts/bench_overhead.py --repeats 9 --workloads mlp --rows loop
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -28,9 +40,16 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import open_dict
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision import transforms as T
 
-from recipes.build import build_datamodule, build_module
-from recipes.cli import quiet_libraries, register_resolvers
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's recipes (and tests.data_files), not an installed copy
+
+from recipes.build import build_datamodule, build_module  # noqa: E402
+from recipes.cli import quiet_libraries, register_resolvers  # noqa: E402
+from tests.data_files import write_mnist_idx  # noqa: E402
 
 # name -> (overrides, epochs)
 WORKLOADS = {
@@ -141,15 +160,101 @@ def measure(name: str, repeats: int) -> float:
     return ratio
 
 
+def interleaved(measures: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Each measure run `repeats` times, alternating with the others, after one dropped warm-up
+    round (caches, allocator, file cache); the median of each."""
+    values: dict[str, list[float]] = {name: [] for name in measures}
+    for i in range(repeats + 1):
+        for name, measure in measures.items():
+            value = measure()
+            if i:
+                values[name].append(value)
+    return {name: statistics.median(found) for name, found in values.items()}
+
+
+def print_row(heading: str, detail: str, name: str, ratio: float) -> float:
+    print(heading)
+    print(f"  {detail}")
+    print(f"ratio {name}: {ratio:.2f}")
+    return ratio
+
+
+def epoch_samples_per_second(loader: DataLoader) -> float:
+    """One full pass over `loader`: samples per second."""
+    start, count = time.perf_counter(), 0
+    for batch in loader:
+        count += len(batch[0])
+    return count / (time.perf_counter() - start)
+
+
+def data_path(repeats: int) -> float:
+    """The recipe's MNIST loader vs torchvision's MNIST + ToTensor + Normalize, on the same IDX files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_mnist_idx(Path(tmp) / "mnist", n_train=60_000, n_test=10_000)
+        cfg = compose_config(["data=mnist", f"data.root={root}"], 1, Path(tmp) / "run")
+        start = time.perf_counter()
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+        decode = time.perf_counter() - start
+        stats = cfg.data.normalize
+        plain_set = datasets.MNIST(str(root), train=True, transform=T.Compose([
+            T.ToTensor(), T.Normalize(list(stats["mean"]), list(stats["std"]))]))
+        med = interleaved({
+            "recipe": lambda: epoch_samples_per_second(datamodule.train_dataloader()),
+            "plain": lambda: epoch_samples_per_second(DataLoader(plain_set, batch_size=cfg.data.batch_size,
+                                                                 shuffle=True)),
+        }, repeats)
+    return print_row(f"data path: MNIST IDX files, 60,000 28x28 images, batch {cfg.data.batch_size}, medians of "
+                     f"{repeats} epochs each",
+                     f"recipe loader {med['recipe']:,.0f} samples/s (after decoding once in {decode:.2f}s), "
+                     f"torchvision MNIST + ToTensor + Normalize {med['plain']:,.0f} samples/s",
+                     "data path", med["recipe"] / med["plain"])
+
+
+def wall_seconds(command: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def startup(repeats: int) -> float:
+    """`recipes.train debug=fast_dev_run` against the bare `import torch, lightning` floor."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = iter(range(2 * repeats + 2))
+        med = interleaved({
+            "recipe": lambda: wall_seconds([sys.executable, "-m", "recipes.train", "debug=fast_dev_run",
+                                            f"hydra.run.dir={tmp}/run{next(runs)}"], REPO),
+            "floor": lambda: wall_seconds([sys.executable, "-c", "import torch, lightning"], REPO),
+        }, repeats)
+    return print_row(f"start-up: medians of {repeats} interleaved runs",
+                     f"python -m recipes.train debug=fast_dev_run {med['recipe']:.2f}s, python -c 'import torch, "
+                     f"lightning' {med['floor']:.2f}s: {med['recipe'] - med['floor']:.2f}s over the floor",
+                     "start-up", med["recipe"] / med["floor"])
+
+
+ROWS = ("loop", "data", "startup")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each loop per workload")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
+                        help="loop: the training-loop workloads; data: the data path; startup: fast_dev_run wall time")
+    parser.add_argument("--side-repeats", type=int, default=3, help="timed runs of the data and start-up rows")
     args = parser.parse_args()
     quiet_libraries()
     torch.use_deterministic_algorithms(True)  # what trainer=cpu sets: both loops run under it from the start
-    for name in args.workloads:
-        measure(name, args.repeats)
+    if "loop" in args.rows:
+        for name in args.workloads:
+            measure(name, args.repeats)
+    if "data" in args.rows:
+        data_path(args.side_repeats)
+    if "startup" in args.rows:
+        startup(args.side_repeats)
 
 
 if __name__ == "__main__":

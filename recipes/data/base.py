@@ -1,5 +1,12 @@
-"""What every image data module shares: knob validation, the transform pipeline and loaders whose
-shuffling is seeded by (seed, epoch), so a resumed run sees the same batches as an uninterrupted one."""
+"""What every image data module shares: knob validation, the transform pipeline, in-memory decoding,
+and loaders whose shuffling is seeded by (seed, epoch), so a resumed run sees the same batches as an
+uninterrupted one.
+
+Data that fits in `cache_mb` is decoded and given its deterministic transforms once and served as
+whole batches of tensors (recipes/data/splits.py); the training split's random augmentation, and
+the normalization after it, run on whole batches on the device (`on_after_batch_transfer`), in
+`augment_draws` independent draws per batch.
+"""
 
 from __future__ import annotations
 
@@ -10,42 +17,19 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from typing_extensions import override
 
+from recipes.data.splits import Batches, ImageSplit, IndexedSplit, Split, TensorSplit, keep_batch
 from recipes.data.transforms import compose, geometry_and_domain, normalization, to_float_image
 
-
-class TransformedDataset(Dataset):
-    """Applies `transform` to the image of each (image, label) pair of `base`."""
-
-    def __init__(self, base: Dataset, transform: Callable) -> None:
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, label = self.base[index]
-        return self.transform(image), label
-
-
-class IndexedDataset(Dataset):
-    """(image, label, index) triples: lets a task cache per-sample values (e.g. teacher logits)."""
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
-        image, label = self.base[index][:2]
-        return image, label, index
+DECODE_CHUNK = 4096  # images transformed at once when decoding into memory (bounds the peak memory)
 
 
 class ImageDataModule(pl.LightningDataModule):
     """Base of the image data modules. Subclasses set `native_channels`, `num_classes` and the three
-    datasets `train_set`, `val_set`, `test_set` in `setup`."""
+    splits `train_set`, `val_set`, `test_set` (recipes.data.splits.Split) in `setup`, most simply
+    with `tensor_split` for data decoded into memory, else `image_split`."""
 
     native_channels: int = 1
     native_size: int = 8
@@ -63,6 +47,8 @@ class ImageDataModule(pl.LightningDataModule):
         shift: dict[str, Any] | None = None,
         split_seed: int = 0,
         train_samples: int | None = None,
+        augment_draws: int = 8,
+        cache_mb: float = 2048,
     ) -> None:
         super().__init__()
         if train_samples is not None and train_samples <= 0:
@@ -76,16 +62,22 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"data.image_size={image_size} must be a positive number of pixels or null")
         if channels not in (1, 3):
             raise ValueError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
+        if augment_draws < 1:
+            raise ValueError(f"data.augment_draws={augment_draws} must be >= 1 (independent augmentation draws per "
+                             "batch; 1 = one for the whole batch)")
+        if cache_mb < 0:
+            raise ValueError(f"data.cache_mb={cache_mb} must be >= 0 (MiB of decoded images held in memory; 0 = none)")
         self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
         self.image_size, self.channels, self.split_seed = image_size, channels, split_seed
-        self.train_samples = train_samples
+        self.train_samples, self.augment_draws, self.cache_mb = train_samples, augment_draws, cache_mb
         self.return_index = False  # set by the builder when the task caches per-sample values
         self.augment = list(augment or [])
         self.shift = dict(shift) if shift else None
         self._normalize = normalization(normalize, channels)  # validated now, not mid-training
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
-        self.test_set: Dataset | None = None
+        self.train_set: Split | None = None
+        self.val_set: Split | None = None
+        self.test_set: Split | None = None
+        self._training: Split | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -97,22 +89,51 @@ class ImageDataModule(pl.LightningDataModule):
         """Float conversion, size, channels and domain shift: the same for every split."""
         return [to_float_image(), *geometry_and_domain(self.native_channels, self.channels, self.image_size, self.shift)]
 
-    def transform(self, train: bool) -> Callable:
-        """The whole per-sample pipeline of a split: augmentation on training images only."""
-        return compose([*self.deterministic_steps(), *(self.augment if train else []), *self._normalize])
+    def finish(self, train: bool) -> Callable | None:
+        """What a split leaves for its batches: augmentation then normalization for training images
+        when there is augmentation; None otherwise (normalization is then part of decoding)."""
+        return compose([*self.augment, *self._normalize]) if train and self.augment else None
 
-    def limit_train(self, dataset: Dataset) -> Dataset:
+    def fits_in_memory(self, count: int) -> bool:
+        """Whether `count` decoded images (float32, input_shape) fit in data.cache_mb."""
+        channels, height, width = self.input_shape
+        return count * channels * height * width * 4 <= self.cache_mb * 2**20
+
+    def decode(self, images: torch.Tensor, steps: Sequence[Callable] | None = None) -> torch.Tensor:
+        """`images` (N x C x H x W, uint8 or float in [0, 1]) through the deterministic steps, in chunks.
+        A domain shift's noise is part of the data: it is seeded by split_seed, the same in every run."""
+        pipeline = compose(self.deterministic_steps() if steps is None else steps)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.split_seed)
+            chunks = [pipeline(chunk).as_subclass(torch.Tensor) for chunk in images.split(DECODE_CHUNK)]
+        return torch.cat(chunks) if chunks else images.float()
+
+    def tensor_split(self, images: torch.Tensor, labels: torch.Tensor, train: bool, base: Any = None) -> TensorSplit:
+        """A split of decoded images (the output of `decode`), normalized now unless `finish` does it."""
+        finish = self.finish(train)
+        if finish is None and self._normalize:
+            images = compose(self._normalize)(images)
+        return TensorSplit(images.contiguous(), labels.long(), base, finish)
+
+    def image_split(self, base: Any, train: bool) -> ImageSplit:
+        """A split read image by image from `base` ((PIL image or tensor, label) pairs); loaders decode
+        it into memory once when it fits (`cache_mb`)."""
+        finish = self.finish(train)
+        steps = [*self.deterministic_steps(), *([] if finish is not None else self._normalize)]
+        return ImageSplit(base, compose(steps), finish)
+
+    def limit_train(self, dataset: Split) -> Split:
         """A seeded subset of `train_samples` training samples (few labelled samples of a new domain)."""
-        if self.train_samples is None or self.train_samples >= len(dataset):  # type: ignore[arg-type]
+        if self.train_samples is None or self.train_samples >= len(dataset):
             return dataset
         generator = torch.Generator().manual_seed(self.split_seed)
-        order = torch.randperm(len(dataset), generator=generator)  # type: ignore[arg-type]
-        return Subset(dataset, sorted(order[: self.train_samples].tolist()))
+        order = torch.randperm(len(dataset), generator=generator)
+        return dataset.subset(sorted(order[: self.train_samples].tolist()))
 
-    def train_loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+    def train_loader(self, dataset: Split, sampler: Sampler | None = None) -> DataLoader:
         """The training DataLoader of `dataset`; by default an epoch-seeded shard of it per rank."""
         if self.return_index:
-            dataset = IndexedDataset(dataset)
+            dataset = IndexedSplit(dataset)
         if sampler is None:
             # Epoch-seeded shuffling that Lightning advances with set_epoch; under DDP each rank gets
             # its shard (the strategy says how many: a pipeline's ranks all share one). Lightning
@@ -128,29 +149,58 @@ class ImageDataModule(pl.LightningDataModule):
             )
         return self._loader(dataset, sampler)
 
-    def _loader(self, dataset: Dataset | None, sampler: Sampler | None = None) -> DataLoader:
+    def _in_memory(self, split: Split) -> Split:
+        """An ImageSplit that fits decoded once (in the configured workers); anything else as it is."""
+        if isinstance(split, ImageSplit) and self.fits_in_memory(len(split)):
+            return split.decoded(self.num_workers)
+        if isinstance(split, IndexedSplit):
+            return IndexedSplit(self._in_memory(split.base))
+        return split
+
+    def _loader(self, dataset: Split | None, sampler: Sampler | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() has not run: call datamodule.setup(stage) first")
+        dataset = self._in_memory(dataset)
+        in_memory = isinstance(dataset, TensorSplit) or (isinstance(dataset, IndexedSplit)
+                                                         and isinstance(dataset.base, TensorSplit))
+        workers = 0 if in_memory else self.num_workers  # worker processes only add start-up cost to in-memory data
+        on_gpu = bool(self.trainer and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
         return DataLoader(
-            dataset,
+            Batches(dataset),
             batch_size=self.batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=bool(self.trainer and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"),
+            collate_fn=keep_batch,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=on_gpu,  # page-locked batches: Lightning then copies them with non_blocking=True
         )
 
-    def training_dataset(self) -> Dataset:
+    def training_dataset(self) -> Split:
         """Exactly what the training loader indexes (sample indices refer to it)."""
         if self.train_set is None:
             raise RuntimeError("setup() has not run: call datamodule.setup(stage) first")
-        return self.limit_train(self.train_set)
+        if self._training is None:
+            self._training = self.limit_train(self.train_set)
+        return self._training
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self.train_loader(self.training_dataset())
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set)
+
+    @override
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The training split's augmentation and normalization, on whole batches where they now are
+        (the accelerator), in `augment_draws` groups that each draw their own random parameters."""
+        finish = self._training.finish if self._training is not None else None
+        if finish is None or self.trainer is None or not self.trainer.training:
+            return batch
+        images = torch.cat([finish(group) for group in batch[0].tensor_split(min(self.augment_draws, len(batch[0])))])
+        return (images, *batch[1:])

@@ -7,17 +7,17 @@ from typing import Any
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import TensorDataset
+from typing_extensions import override
 
-from recipes.data.base import ImageDataModule, TransformedDataset
-from recipes.data.transforms import compose
+from recipes.data.base import ImageDataModule
 
 
 class DigitsDataModule(ImageDataModule):
     """1797 grayscale 8x8 digits, split stratified into train/val/test by `split_seed`.
 
     The data is small enough to preprocess once: resize, channels, domain shift and (without
-    augmentation) normalization run over the whole tensor at setup, not per sample.
+    augmentation) normalization run over the whole tensor at setup, not per sample; augmentation
+    runs per batch (recipes/data/base.py).
     """
 
     native_channels = 1
@@ -47,21 +47,13 @@ class DigitsDataModule(ImageDataModule):
         )
         return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         bunch = load_digits()
         images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # N x 1 x 8 x 8 in [0, 1]
         labels = torch.tensor(bunch.target, dtype=torch.long)
-        with torch.random.fork_rng():  # the domain shift's noise is part of the data: fix it
-            torch.manual_seed(self.split_seed)
-            images = compose(self.deterministic_steps()[1:])(images)  # already float
-        normalize = compose(self._normalize)
-        split = self.split_indices(bunch.target.tolist())
-        for name, idx in split.items():
-            x, y = images[idx], labels[idx]
-            if name == "train" and self.augment:
-                dataset = TransformedDataset(TensorDataset(x, y), compose([*self.augment, normalize]))
-            else:
-                dataset = TensorDataset(normalize(x), y)
-            setattr(self, f"{name}_set", dataset)
+        images = self.decode(images, self.deterministic_steps()[1:])  # already float
+        for name, idx in self.split_indices(bunch.target.tolist()).items():
+            setattr(self, f"{name}_set", self.tensor_split(images[idx], labels[idx], train=name == "train"))

@@ -8,10 +8,12 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from recipes.data.base import ImageDataModule
 from recipes.data.mixing import MixingSampler
+from recipes.data.splits import ConcatSplit, Split
 
 
 class TwoDomainDataModule(pl.LightningDataModule):
@@ -42,20 +44,23 @@ class TwoDomainDataModule(pl.LightningDataModule):
     def return_index(self, value: bool) -> None:
         self.target.return_index = value
 
+    @override
     def prepare_data(self) -> None:
         self.source.prepare_data()
         self.target.prepare_data()
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         self.source.setup(stage)
         self.target.setup(stage)
 
-    def training_dataset(self) -> Dataset:
+    def training_dataset(self) -> Split:
         """What the training loader indexes: the new domain's training set, after the old one's when mixing."""
         if self.mix is None:
             return self.target.training_dataset()
-        return ConcatDataset([self.source.training_dataset(), self.target.training_dataset()])
+        return ConcatSplit([self.source.training_dataset(), self.target.training_dataset()])
 
+    @override
     def train_dataloader(self) -> DataLoader:
         self.target.trainer = self.trainer  # the target's loader shards by this trainer's ranks
         dataset = self.training_dataset()
@@ -70,11 +75,21 @@ class TwoDomainDataModule(pl.LightningDataModule):
         )
         return self.target.train_loader(dataset, sampler)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self.target.val_dataloader()
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self.target.test_dataloader()
 
     def domain_test_dataloader(self, domain: str) -> DataLoader:
         return getattr(self, domain).test_dataloader()
+
+    @override
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The new domain finishes its own training batches; mixed batches arrive finished (ConcatSplit)."""
+        if self.mix is not None:
+            return batch
+        self.target.trainer = self.trainer
+        return self.target.on_after_batch_transfer(batch, dataloader_idx)

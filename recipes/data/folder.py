@@ -10,8 +10,9 @@ from typing import Any
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
+from typing_extensions import override
 
-from recipes.data.base import ImageDataModule, TransformedDataset
+from recipes.data.base import ImageDataModule
 from recipes.data.files import check_image, load_image
 from recipes.errors import RecipeError
 
@@ -20,7 +21,11 @@ SPLITS = ("train", "val", "test")
 
 class ImageFolderDataModule(ImageDataModule):
     """Scans the folders and checks every image file at construction (see recipes/data/files.py), so a
-    bad layout or a bad file fails at start-up, before any training, and names the file."""
+    bad layout or a bad file fails at start-up, before any training, and names the file.
+
+    A folder whose decoded images fit data.cache_mb is decoded once, when its first loader is made
+    (in data.num_workers workers; a file that fails to decode is named then), and served from memory;
+    a larger one is decoded image by image every epoch."""
 
     def __init__(
         self,
@@ -91,9 +96,10 @@ class ImageFolderDataModule(ImageDataModule):
                               "or give train/, val/, test/ folders") from None
         return {"train": Subset(folder, train), "val": Subset(folder, val), "test": Subset(folder, test)}
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         splits = self._folders if "all" not in self._folders else self._split_single_folder()
         for name in SPLITS:
-            setattr(self, f"{name}_set", TransformedDataset(splits[name], self.transform(train=name == "train")))
+            setattr(self, f"{name}_set", self.image_split(splits[name], train=name == "train"))

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 from torchvision import datasets
+from typing_extensions import override
 
-from recipes.data.base import ImageDataModule, TransformedDataset
+from recipes.data.base import ImageDataModule
 from recipes.data.files import check_idx_pair
 from recipes.errors import RecipeError
 
@@ -25,7 +26,11 @@ KNOWN = {
 
 
 class TorchvisionDataModule(ImageDataModule):
-    """Train/val split of the official training set (seeded), official test set for testing."""
+    """Train/val split of the official training set (seeded), official test set for testing.
+
+    These data sets hold all their images in one array (`data`), so they are decoded into memory at
+    setup with one pass of the deterministic transforms over the whole array, unless they would
+    exceed data.cache_mb (e.g. CIFAR resized to 224 px): then they are read image by image."""
 
     def __init__(
         self, dataset: str, root: str, download: bool = False, val_fraction: float = 0.1, **common: Any
@@ -64,11 +69,13 @@ class TorchvisionDataModule(ImageDataModule):
             hint = "check the network or put the files there yourself" if download else "pass data.download=true"
             raise RecipeError(f"could not {action} {self.dataset} in data.root={self.root}: {err} ({hint})") from None
 
+    @override
     def prepare_data(self) -> None:
         if self.download:
             self._open(train=True, download=True)
             self._open(train=False, download=True)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -78,6 +85,20 @@ class TorchvisionDataModule(ImageDataModule):
         order = torch.randperm(len(full_train), generator=generator).tolist()
         n_val = max(1, round(self.val_fraction * len(full_train)))
         train_idx, val_idx = sorted(order[n_val:]), sorted(order[:n_val])
-        self.train_set = TransformedDataset(Subset(full_train, train_idx), self.transform(train=True))
-        self.val_set = TransformedDataset(Subset(full_train, val_idx), self.transform(train=False))
-        self.test_set = TransformedDataset(test, self.transform(train=False))
+        train_base, val_base = Subset(full_train, train_idx), Subset(full_train, val_idx)
+        if not self.fits_in_memory(len(full_train) + len(test)):
+            self.train_set = self.image_split(train_base, train=True)
+            self.val_set, self.test_set = self.image_split(val_base, train=False), self.image_split(test, train=False)
+            return
+        images, labels = self.decode(all_images(full_train)), torch.as_tensor(full_train.targets)
+        self.train_set = self.tensor_split(images[train_idx], labels[train_idx], train=True, base=train_base)
+        self.val_set = self.tensor_split(images[val_idx], labels[val_idx], train=False, base=val_base)
+        self.test_set = self.tensor_split(self.decode(all_images(test)), torch.as_tensor(test.targets), train=False,
+                                          base=test)
+
+
+def all_images(dataset: Any) -> torch.Tensor:
+    """A torchvision data set's whole image array as N x C x H x W uint8: the MNIST family keeps an
+    N x H x W tensor, CIFAR an N x H x W x C array."""
+    data = torch.as_tensor(dataset.data)
+    return data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)

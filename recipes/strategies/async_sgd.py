@@ -67,6 +67,7 @@ from lightning.pytorch.strategies.strategy import Strategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim import Optimizer
+from typing_extensions import override
 
 from recipes.strategies import refuse_self_stepping
 from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, collective_timeout
@@ -77,6 +78,7 @@ START_METHODS = ("forkserver", "spawn")
 class _HogwildLauncher(_MultiProcessingLauncher):
     """Lightning's multiprocessing launcher, with the parameters in shared memory before workers start."""
 
+    @override
     def launch(self, function: Callable, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
         self._strategy.share_parameters()
         if self._start_method == "forkserver":
@@ -113,7 +115,8 @@ class AsyncSGDStrategy(DDPStrategy):
         if not isinstance(sync_every, int) or sync_every < 1:
             raise ValueError(f"strategy.sync_every={sync_every} must be an integer >= 1 (node updates between "
                              "averages across nodes), e.g. strategy.sync_every=32")
-        super().__init__(start_method=start_method, timeout=collective_timeout(startup_timeout, "startup_timeout"),
+        self.startup_timeout = collective_timeout(startup_timeout, "startup_timeout")
+        super().__init__(start_method=start_method, timeout=self.startup_timeout,
                          **kwargs)
         self.collective_timeout = collective_timeout(timeout)
         self.sync_every = sync_every
@@ -129,6 +132,7 @@ class AsyncSGDStrategy(DDPStrategy):
         self._marked_done = False
 
     # --- processes and shared memory ---------------------------------------------------------------
+    @override
     def _configure_launcher(self) -> None:
         if not isinstance(self.accelerator, CPUAccelerator):
             raise ValueError(f"strategy=async shares parameters between CPU processes (Hogwild) and cannot run on "
@@ -162,6 +166,7 @@ class AsyncSGDStrategy(DDPStrategy):
         """Bytes this node's leader sent averaging with the other nodes (0 on one node: nothing is sent)."""
         return 0 if self._comm is None else int(self._comm[0])
 
+    @override
     def set_world_ranks(self) -> None:
         """torchrun (--nproc_per_node=1) and srun (--ntasks-per-node=1) start one process per node, which
         starts the node's workers itself: their ranks come from the node rank and the local rank, not from
@@ -174,6 +179,7 @@ class AsyncSGDStrategy(DDPStrategy):
             self.cluster_environment = LightningEnvironment()
         super().set_world_ranks()
 
+    @override
     def setup_distributed(self) -> None:
         """Ranks and seed as DDP sets them, but no process group: nothing may make workers wait."""
         reset_seed()
@@ -181,10 +187,11 @@ class AsyncSGDStrategy(DDPStrategy):
         if self.num_nodes > 1 and self.local_rank == 0:
             env = self.cluster_environment
             store = dist.TCPStore(env.main_address, env.main_port, self.num_nodes, self.node_rank == 0,
-                                  timeout=self._timeout)
+                                  timeout=self.startup_timeout)
             self._leaders = dist.ProcessGroupGloo(dist.PrefixStore("async_sgd_leaders", store), self.node_rank,
                                                   self.num_nodes, self.collective_timeout)
 
+    @override
     def setup(self, trainer: Any) -> None:
         # Strategy.setup, not DDPStrategy's: the module is not wrapped in DistributedDataParallel.
         # Every worker validates on the whole validation set: nothing syncs the metric across workers,
@@ -207,23 +214,29 @@ class AsyncSGDStrategy(DDPStrategy):
                                        f"after sharing ({shared.dtype} {tuple(shared.shape)})")
                 param.data = shared
 
+    @override
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model  # no DDP wrapper: gradients are never all-reduced
 
     # --- every synchronisation point is rank-local ---------------------------------------------------
+    @override
     def barrier(self, *args: Any, **kwargs: Any) -> None:
         """Workers never wait for each other while training."""
 
+    @override
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         return obj
 
+    @override
     def reduce(self, tensor: Any, group: Any = None, reduce_op: Any = "mean") -> Any:
         return tensor  # the local value: a collective would make the fast worker wait for the slow one
 
+    @override
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         return decision  # this rank's (checkpoint, early stop); the parent compares a sum with world_size
 
     # --- step accounting --------------------------------------------------------------------------
+    @override
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any = None,
                        **kwargs: Any) -> Any:
         output = super().optimizer_step(optimizer, closure, model, **kwargs)
@@ -233,6 +246,7 @@ class AsyncSGDStrategy(DDPStrategy):
             self._average()
         return output
 
+    @override
     def on_train_start(self) -> None:
         super().on_train_start()
         # Every node plans the same update count (equal shards, same epochs), hence the same rounds.
@@ -268,11 +282,13 @@ class AsyncSGDStrategy(DDPStrategy):
                 offset += param.numel()
         self._comm[1] += 1
 
+    @override
     def on_validation_start(self) -> None:
         trainer = self.lightning_module.trainer
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and _training_over(trainer):
             self._training_done()
 
+    @override
     def on_train_end(self) -> None:
         self._training_done()  # when no validation ran after the last step (or early stopping ended it)
 
@@ -314,6 +330,7 @@ class AsyncSGDStrategy(DDPStrategy):
             extra.update(nodes=self.num_nodes, sync_every=self.sync_every, node_averages=int(self._comm[1]))
         return extra
 
+    @override
     def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:
         # Resuming: each node's local rank 0 restores its shared weights; another worker loading too could
         # overwrite updates that it has already made (nobody waits for the load to finish).

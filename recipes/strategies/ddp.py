@@ -62,6 +62,7 @@ class DDPStrategy(TimedDDPStrategy):
         counted_hook.__qualname__ = f"counted({getattr(hook, '__qualname__', hook)})"
         return counted_hook
 
+    @override
     def _register_ddp_hooks(self) -> None:
         hook = self._ddp_comm_hook or default_hooks.allreduce_hook
         _register_ddp_comm_hook(model=self.model, ddp_comm_state=self._ddp_comm_state,

@@ -24,6 +24,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.post_localSGD_hook import PostLocalSGDState, post_localSGD_hook
 from torch.distributed.algorithms.model_averaging import utils
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+from typing_extensions import override
 
 from recipes.strategies import refuse_self_stepping
 from recipes.strategies.ddp import DDPStrategy
@@ -88,10 +89,12 @@ class ModelAveragingStrategy(DDPStrategy):
         self.warmup_steps = warmup_steps
 
     @property
+    @override
     def comm_bytes(self) -> int:
         averager = self._model_averager
         return self.hook_bytes + (averager.sent_bytes if isinstance(averager, ReplicaAverager) else 0)
 
+    @override
     def configure_ddp(self) -> None:
         # The hook state is made here, once the process group exists; Lightning's setup sees it and
         # calls _enable_model_averaging after the optimizers are built.
@@ -101,14 +104,17 @@ class ModelAveragingStrategy(DDPStrategy):
         self._ddp_comm_hook = post_localSGD_hook
         super().configure_ddp()
 
+    @override
     def hook_sends(self, state: PostLocalSGDState) -> bool:
         return state.iter < state.start_localSGD_iter  # warm-up: global all-reduce; then nothing
 
+    @override
     def _enable_model_averaging(self) -> None:
         super()._enable_model_averaging()  # Lightning's check that no optimizer is a distributed one
         self._model_averager = ReplicaAverager(self._model_averaging_period, self.warmup_steps,
                                                floating_buffers(self.lightning_module))
 
+    @override
     def on_train_start(self) -> None:
         """Resuming: continue the warm-up and averaging schedule from the restored step."""
         super().on_train_start()
@@ -129,10 +135,12 @@ class ModelAveragingStrategy(DDPStrategy):
         if isinstance(averager, ReplicaAverager) and not averager.in_sync:
             averager.average([p for p in self.lightning_module.parameters() if p.requires_grad])
 
+    @override
     def on_validation_start(self) -> None:
         super().on_validation_start()
         self.average_replicas()  # validate the model the checkpoint will hold
 
+    @override
     def lightning_module_state_dict(self) -> dict[str, Any]:
         self.average_replicas()
         return super().lightning_module_state_dict()

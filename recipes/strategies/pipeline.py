@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.optimizer import _optimizer_to_device
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
@@ -28,6 +29,11 @@ from recipes.strategies import pipeline_stages as stages
 from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, TimedDDPStrategy
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+
+
+def plain_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside Lightning's LightningOptimizer wrapper (or `optimizer` itself)."""
+    return optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
 
 
 class _StageGrads(torch.autograd.Function):
@@ -79,6 +85,7 @@ class PipelineStrategy(TimedDDPStrategy):
         self._schedules: dict[int, Any] = {}
 
     # --- launch-time checks (run while the Trainer is built, before any process starts) ----------
+    @override
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
         world = self.num_processes * self.num_nodes
@@ -90,10 +97,12 @@ class PipelineStrategy(TimedDDPStrategy):
                              f"strategy.schedule=1f1b, e.g. strategy.microbatches={max(4, world)}")
 
     @property
+    @override
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
         return {"num_replicas": 1, "rank": 0}  # pipeline: all ranks work on the same batch
 
     # --- setup: cut the net, build the stage, keep only its parameters in the optimizer -----------
+    @override
     def configure_ddp(self) -> None:
         """Called by DDPStrategy.setup when fitting, where DDP would wrap the model."""
         module = self.lightning_module
@@ -127,6 +136,7 @@ class PipelineStrategy(TimedDDPStrategy):
                              f"nn.Sequential net (task=classifier); {type(module).__name__} is not one")
         return net
 
+    @override
     def setup_optimizers(self, trainer: pl.Trainer) -> None:
         super().setup_optimizers(trainer)
         mine = {id(p) for p in self.stage_module.parameters()}
@@ -163,6 +173,7 @@ class PipelineStrategy(TimedDDPStrategy):
         if not self.is_first:  # gradients of the received activations sent back
             self.comm_bytes += sum(t.numel() * t.element_size() for t in inputs)
 
+    @override
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         batch = args[0] if args else kwargs["batch"]
         x, y = batch[0], batch[1]
@@ -207,25 +218,30 @@ class PipelineStrategy(TimedDDPStrategy):
         """Every rank's net gets every stage's current weights."""
         self.comm_bytes += stages.gather_stages(self.full_net, self.bounds)
 
+    @override
     def on_validation_start(self) -> None:
         if self.lightning_module.trainer.state.fn == TrainerFn.FITTING:
             self.gather()
         super().on_validation_start()
 
+    @override
     def on_train_end(self) -> None:
         self.gather()
         super().on_train_end()
 
+    @override
     def lightning_module_state_dict(self) -> dict[str, Any]:
         """Called on every rank by trainer.save_checkpoint: gather, then the whole module's state."""
         self.gather()
         return super().lightning_module_state_dict()
 
+    @override
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
-        optimizer = getattr(optimizer, "_optimizer", optimizer)
-        layout = self._layouts[[getattr(o, "_optimizer", o) for o in self.optimizers].index(optimizer)]
+        optimizer = plain_optimizer(optimizer)
+        layout = self._layouts[[plain_optimizer(o) for o in self.optimizers].index(optimizer)]
         return stages.gather_optimizer_state(optimizer, self._names, layout)
 
+    @override
     def load_optimizer_state_dict(self, checkpoint: dict[str, Any]) -> None:
         for optimizer, layout, state in zip(self.optimizers, self._layouts, checkpoint["optimizer_states"]):
             optimizer.load_state_dict(stages.local_optimizer_state(state, optimizer, self._names, layout))

@@ -54,7 +54,7 @@ def _lost_peer(err: BaseException) -> bool:
 
 def collective_failure(err: BaseException, strategy: Any) -> str | None:
     """One line for a run that failed because another rank stopped answering in a collective, or None
-    when `err` is something else. `strategy` has `collective_timeout`, and `ranks_met` once the process
+    when `err` is something else. `strategy` has `collective_timeout`, `startup_timeout`, and `ranks_met` once the process
     group is up (see `meet`). A worker started by Lightning's multiprocessing launcher (spawn,
     forkserver) reaches the main process as a ProcessRaisedException that carries its traceback as text."""
     if not hasattr(strategy, "collective_timeout"):  # one process: no other rank to lose
@@ -71,7 +71,7 @@ def collective_failure(err: BaseException, strategy: Any) -> str | None:
     elif getattr(strategy, "ranks_met", False):
         key, waited = "timeout", f"={strategy.collective_timeout.total_seconds():g}s"
     else:
-        key, waited = "startup_timeout", f"={strategy._timeout.total_seconds():g}s"
+        key, waited = "startup_timeout", f"={strategy.startup_timeout.total_seconds():g}s"
     return (f"another rank stopped answering within strategy.{key}{waited} (it stopped, died or hung; "
             f"{reason[:200]}): check the other ranks' output, or raise strategy.{key} if ranks legitimately "
             "wait longer for each other")
@@ -96,7 +96,8 @@ class TimedDDPStrategy(DDPStrategy):
 
     def __init__(self, *args: Any, timeout: float | timedelta = DEFAULT_SECONDS,
                  startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS, **kwargs: Any) -> None:
-        super().__init__(*args, timeout=collective_timeout(startup_timeout, "startup_timeout"), **kwargs)
+        self.startup_timeout = collective_timeout(startup_timeout, "startup_timeout")
+        super().__init__(*args, timeout=self.startup_timeout, **kwargs)
         self.collective_timeout, self.ranks_met = collective_timeout(timeout), False
 
     @override
