@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from callbacks.parametrized import HiddenLayerStep, LatentWeight
 
@@ -45,15 +46,18 @@ class BinaryWeight(LatentWeight):
         super().__init__(owner, shape)
         self.scale = scale
 
+    @override
     def compute(self, latent: torch.Tensor) -> torch.Tensor:
         signs = SignSTE.apply(latent)
         return signs * channel_scale(latent) if self.scale == "channel" else signs
 
+    @override
     @torch.no_grad()
     def activate(self, latent: torch.Tensor, weight: torch.Tensor) -> None:
         latent.clamp_(-1, 1)
         super().activate(latent, weight)
 
+    @override
     def after_step(self, latent: torch.Tensor) -> None:
         latent.clamp_(-1, 1)  # BinaryConnect's clipping of the real-valued weights
 
@@ -73,5 +77,6 @@ class BinaryWeights(HiddenLayerStep):
         super().__init__(start_epoch, skip_first_last)
         self.scale = scale
 
+    @override
     def make(self, module: nn.Module, latent: torch.Tensor) -> LatentWeight:
         return BinaryWeight(self.step, latent.shape, self.scale)

@@ -55,6 +55,7 @@ class LatentWeight(nn.Module, ABC):
     def after_step(self, latent: torch.Tensor) -> None:
         """After each optimizer step while active (e.g. BinaryConnect clips its latent weights)."""
 
+    @override
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.compute(latent) if bool(self.active) else latent
 
@@ -99,10 +100,12 @@ class LatentWeightStep(CompressionStep):
     def make(self, module: nn.Module, latent: torch.Tensor) -> LatentWeight:
         """The parametrization of one target layer (`latent`: its weight now)."""
 
+    @override
     def epochs(self) -> tuple[int, int]:
         """The step changes the net once, at `start_epoch`; training then goes on through it."""
         return self.start_epoch, self.start_epoch
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """The net trains with the step on before the budget ends, and the step has layers to act on."""
         if self.start_epoch >= max_epochs:
@@ -118,10 +121,12 @@ class LatentWeightStep(CompressionStep):
                 name = weight_name(module)
                 parametrize.register_parametrization(module, name, self.make(module, getattr(module, name)))
 
+    @override
     def encoded_bytes(self, net: nn.Module) -> dict[str, int]:
         """Every tensor as the .dcz file holds it: the report's total is that file's size."""
         return dcz.encode_net(net)[1]
 
+    @override
     def results(self, net: nn.Module, dense_bytes: int) -> dict[str, Any]:
         """`stages`: bytes and ratio to dense after each of Han's stages (Table 1): pruning (nonzero fp32
         values + relative positions), quantization (codebooks + fixed-width indices), Huffman (the .dcz)."""
@@ -197,10 +202,12 @@ class HiddenLayerStep(LatentWeightStep):
         super().__init__(start_epoch)
         self.skip_first_last = skip_first_last
 
+    @override
     def targets(self, net: nn.Module) -> list[tuple[str, nn.Module]]:
         found = layers(net)
         return found[1:-1] if self.skip_first_last else found
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         super().check(net, max_epochs)
         if not self.targets(net):

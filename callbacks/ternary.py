@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from callbacks.parametrized import HiddenLayerStep, LatentWeight
 
@@ -77,12 +78,14 @@ class TernaryWeight(LatentWeight):
             return twn_threshold(latent.detach())
         return self.threshold * latent.detach().abs().max()
 
+    @override
     def compute(self, latent: torch.Tensor) -> torch.Tensor:
         delta = self.delta(latent)
         if self.method == "twn":
             return TernarySTE.apply(latent, delta) * twn_scale(latent.detach(), delta)
         return TTQFunction.apply(latent, self.w_p, self.w_n, delta)
 
+    @override
     @torch.no_grad()
     def activate(self, latent: torch.Tensor, weight: torch.Tensor) -> None:
         delta = self.delta(latent)
@@ -109,5 +112,6 @@ class TernaryWeights(HiddenLayerStep):
         super().__init__(start_epoch, skip_first_last)
         self.method, self.threshold = method, threshold
 
+    @override
     def make(self, module: nn.Module, latent: torch.Tensor) -> LatentWeight:
         return TernaryWeight(self.step, latent.shape, self.method, self.threshold)

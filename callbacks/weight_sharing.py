@@ -19,6 +19,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
+from typing_extensions import override
 
 from callbacks.parametrized import LatentWeight, LatentWeightStep, layers, parametrization
 
@@ -47,10 +48,12 @@ class SharedWeight(LatentWeight):
         self.register_buffer("index", torch.zeros(shape, dtype=torch.uint8))  # fixed assignments
         self.register_buffer("zero", torch.zeros(shape, dtype=torch.bool))  # weights kept at 0
 
+    @override
     def compute(self, latent: torch.Tensor) -> torch.Tensor:
         shared = self.centroids[self.index.long()]
         return torch.where(self.zero, torch.zeros((), dtype=shared.dtype, device=shared.device), shared)
 
+    @override
     @torch.no_grad()
     def activate(self, latent: torch.Tensor, weight: torch.Tensor) -> None:
         """Cluster the nonzeros of `weight` (the layer's weight as the net computes it, masks applied)."""
@@ -77,9 +80,11 @@ class WeightSharing(LatentWeightStep):
         super().__init__(start_epoch)
         self.bits = bits
 
+    @override
     def targets(self, net: nn.Module) -> list[tuple[str, nn.Module]]:
         """Every layer that no earlier step (binary, ternary) parametrized."""
         return [(name, m) for name, m in layers(net) if parametrization(m) is None]
 
+    @override
     def make(self, module: nn.Module, latent: torch.Tensor) -> LatentWeight:
         return SharedWeight(self.step, latent.shape, self.bits)
