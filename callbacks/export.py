@@ -26,9 +26,11 @@ from torch import nn
 
 from callbacks.quantize import float_copy, int8_module, is_quantized, quantized_layers
 
-FORMATS = ("onnx", "program", "onnx_int8")
-FILE_NAMES = {"onnx": "model.onnx", "program": "model.pt2", "onnx_int8": "model_int8.onnx"}
+FORMATS = ("onnx", "program", "onnx_int8", "dcz")
+DEFAULT_FORMATS = ("onnx", "program")
+FILE_NAMES = {"onnx": "model.onnx", "program": "model.pt2", "onnx_int8": "model_int8.onnx", "dcz": "model.dcz"}
 INT8_FORMATS = ("onnx_int8",)
+EXACT = ("dcz",)  # formats that must give the trained net's outputs bit for bit
 # onnxruntime ops that compute in int8 (QGemm: its fused Linear; ConvInteger / MatMulInteger: dynamic)
 INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
 # Loggers of torch.onnx's dynamo exporter passes: at INFO they report every pass ("No unused functions to
@@ -147,7 +149,21 @@ def initializer_bytes(path: Path) -> dict[str, int]:
     return sizes
 
 
-WRITERS = {"onnx": write_onnx, "program": write_program, "onnx_int8": write_onnx_int8}
+def write_dcz(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
+    """Write Deep Compression's file (callbacks/dcz.py) and return a runner of the net decoded from it."""
+    from callbacks import dcz
+
+    dcz.write(net, path)
+    decoded = dcz.load_into(copy.deepcopy(net), path).eval()
+
+    def run(xs: tuple[np.ndarray, ...]) -> np.ndarray:
+        with torch.no_grad():
+            return decoded(*(torch.from_numpy(x) for x in xs)).numpy()
+
+    return run
+
+
+WRITERS = {"onnx": write_onnx, "program": write_program, "onnx_int8": write_onnx_int8, "dcz": write_dcz}
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -178,7 +194,7 @@ def export_and_verify(
     example: Any,
     inputs: Any,
     out_dir: Path,
-    formats: Sequence[str] = FORMATS[:2],
+    formats: Sequence[str] = DEFAULT_FORMATS,
     batch_size: int = 256,
     repeats: int = 30,
     atol: float = 1e-4,
@@ -223,6 +239,9 @@ def export_and_verify(
         expected = reference["int8" if int8 else "fp32"]
         diff = float(np.abs(outputs - expected).max())
         agreement = float((outputs.argmax(1) == expected.argmax(1)).mean())
+        if fmt in EXACT and diff != 0:
+            path.unlink(missing_ok=True)
+            raise ExportError(f"{fmt} export does not give the trained net back bit for bit: max |diff| {diff:.2e}")
         limit, needed = (int8_atol, int8_agreement) if int8 else (atol, 1.0)
         if diff > limit or agreement < needed:
             path.unlink(missing_ok=True)
@@ -231,17 +250,16 @@ def export_and_verify(
             raise ExportError(f"{fmt} export does not match {against}: max |diff| {diff:.2e} ({keys[0]}={limit}), "
                               f"top-1 agreement {agreement:.4f} ({keys[1]} {needed})")
         report[fmt] = f"{out_dir.name}/{path.name}"
-        latency = round(median_ms(lambda: run(timing_arrays), repeats), 4)  # noqa: B023 (called here)
+        report.setdefault("bytes", {})[fmt] = path.stat().st_size
+        report["latency_ms"][fmt] = round(median_ms(lambda: run(timing_arrays), repeats), 4)  # noqa: B023 (called here)
         if int8:
             kernels = runtime_ops(path)
             report["int8"] = {"parity_max_abs_diff": diff, "top1_agreement": agreement, "file_bytes": path.stat().st_size,
                               "initializer_bytes": initializer_bytes(path),
                               "kernels": {op: n for op, n in kernels.items() if op in INT8_KERNELS}}
-            report["latency_ms"]["onnx_int8"] = latency
             continue
         diffs.append(diff)
         agreements.append(agreement)
-        report["latency_ms"]["onnx" if fmt == "onnx" else "program"] = latency
     if diffs:
         report["parity_max_abs_diff"] = max(diffs)
         report["top1_agreement"] = min(agreements)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import IntEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from lightning.pytorch.callbacks import Callback
 from torch import nn
@@ -73,4 +73,9 @@ class CompressionStep(Callback, ABC):
         """Bytes that the tensors this step encodes take as they ship, by state-dict key of the final
         `net` (e.g. int8 weights plus their scales); tensors not named are counted by the report's
         default encoding, and a later step's count of a tensor replaces an earlier one's."""
+        return {}
+
+    def results(self, net: nn.Module, dense_bytes: int) -> dict[str, Any]:
+        """Keys this step adds to results.json's compression section about the final `net`
+        (`dense_bytes`: the uncompressed net's), e.g. the size after each stage of its encoding."""
         return {}

@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 ATTR = "structure_edits"
 
@@ -40,6 +40,8 @@ def pruned_names(module: nn.Module) -> list[str]:
     """The names of `module`'s own tensors that `torch.nn.utils.prune` masks: prune keeps each as a
     parameter `<name>_orig` and a buffer `<name>_mask` (its documented layout)."""
     parameters = {name for name, _ in module.named_parameters(recurse=False)}
+    if parametrize.is_parametrized(module):  # a parametrized `<name>_orig` (weight sharing after pruning)
+        parameters |= set(module.parametrizations)
     return [name[: -len("_mask")] for name, _ in module.named_buffers(recurse=False)
             if name.endswith("_mask") and name[: -len("_mask")] + "_orig" in parameters]
 
@@ -54,12 +56,21 @@ def remove_masks(net: nn.Module) -> nn.Module:
 
 
 def snapshot(net: nn.Module) -> nn.Module:
-    """A detached copy of `net` as a plain net would load it (pruning masks folded in): what the
+    """A detached copy of `net` as a plain net would load it (pruning masks and parametrizations
+    folded in): what the
     compression report tests as the model before a step."""
     for module in net.modules():  # a pruned weight is recomputed by each forward: drop its autograd
         for name in pruned_names(module):  # history so that deepcopy can copy it
             setattr(module, name, getattr(module, name).detach())
-    return remove_masks(copy.deepcopy(net)).requires_grad_(False)
+    plain = copy.deepcopy(net)
+    for module in plain.modules():  # a parametrized weight (binary, ternary, shared values) as computed
+        if parametrize.is_parametrized(module):
+            # deepcopy shares the injected Parametrized<Layer> class, which removal edits: give the copy its own
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return remove_masks(plain).requires_grad_(False)
 
 
 def set_module(net: nn.Module, name: str, module: nn.Module) -> None:

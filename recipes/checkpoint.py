@@ -162,8 +162,10 @@ def load_weights(ckpt: dict[str, Any], module: Task, path: str, key: str = "ckpt
 
 
 def fold_masks(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A state dict with `torch.nn.utils.prune` masks applied (`x_orig * x_mask` becomes `x`): what
-    a plain net loads from a checkpoint written mid-pruning."""
+    """A state dict with `torch.nn.utils.prune` masks applied (`x_orig * x_mask` becomes `x`) and
+    parametrizations folded (`fold_parametrizations`): what a plain net loads from a checkpoint
+    written mid-pruning or mid-binarization."""
+    state_dict = fold_parametrizations(state_dict)
     folded = {}
     for key, value in state_dict.items():
         if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state_dict:
@@ -174,3 +176,23 @@ def fold_masks(state_dict: dict[str, Any]) -> dict[str, Any]:
         else:
             folded[key] = value
     return folded
+
+
+def fold_parametrizations(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A state dict with each `torch.nn.utils.parametrize` weight that carries its computed value
+    (`<layer>.parametrizations.<x>.0.folded`, callbacks/parametrized.py) as the plain `<layer>.<x>`:
+    the latent weight and the parametrization's own state (scales, centroids) are training state."""
+    marker = ".parametrizations."
+    folded_keys = {key for key in state_dict if marker in key and key.endswith(".0.folded")}
+    if not folded_keys:
+        return state_dict
+    bases = {key.rsplit(".0.folded", 1)[0] for key in folded_keys}  # <layer>.parametrizations.<x>
+    result = {}
+    for key, value in state_dict.items():
+        base = next((b for b in bases if key.startswith(b + ".")), None)
+        if base is None:
+            result[key] = value
+        elif key == f"{base}.0.folded":
+            layer, _, tensor = base.rpartition(marker)
+            result[f"{layer}.{tensor}"] = value
+    return result

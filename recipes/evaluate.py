@@ -1,5 +1,7 @@
-"""`python -m recipes.evaluate ckpt_path=PATH`: rebuild data and module from the checkpoint's saved
-config and print its test metrics, the same numbers recipes.train reported at the end of training."""
+"""`python -m recipes.evaluate ckpt_path=PATH [weights=RUN/export/model.dcz]`: rebuild data and module
+from the checkpoint's saved config and print its test metrics, the same numbers recipes.train reported
+at the end of training. With `weights`, the net's weights are those decoded from that .dcz file
+(recipes.export export=dcz), which holds weights only: the checkpoint gives the config."""
 
 from __future__ import annotations
 
@@ -8,19 +10,37 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from callbacks import dcz
 from recipes import cli
 from recipes.build import rebuild
+from recipes.errors import RecipeError
 from recipes.results import print_summary, strict_json
 from recipes.testing import test_metrics
 
 
+def load_dcz(net: nn.Module, path: Path) -> None:
+    """The weights of a .dcz file into `net`, or a one-line RecipeError."""
+    if not path.is_file():
+        raise RecipeError(f"weights={path} does not exist: pass the model.dcz that recipes.export export=dcz wrote")
+    try:
+        dcz.load_into(net, path)
+    except dcz.DczError as err:
+        raise RecipeError(f"weights={err}") from None
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.overrides else {}
+    if str(cfg.ckpt_path).endswith(".dcz"):
+        raise RecipeError(f"ckpt_path={cfg.ckpt_path} is a .dcz file, which holds weights only: pass the run's "
+                          f"checkpoint as ckpt_path and the file as weights={cfg.ckpt_path}")
     saved_cfg, datamodule, module, choices = rebuild(cfg.ckpt_path, overrides, cfg.trusted_targets)
+    if cfg.get("weights"):
+        load_dcz(module.shipped_net, Path(cfg.weights))
     metrics = test_metrics(saved_cfg, module, datamodule)
     report = {"recipe": choices.get("recipe"), "task": choices.get("task"), "checkpoint": str(cfg.ckpt_path),
-              "metrics": metrics}
+              **({"weights": str(cfg.weights)} if cfg.get("weights") else {}), "metrics": metrics}
     print_summary(report, title="evaluate")
     print(strict_json(metrics))
     if cfg.out:

@@ -1,4 +1,4 @@
-"""`python -m recipes.export ckpt_path=PATH [export=onnx|program|all]`: export an existing checkpoint's
+"""`python -m recipes.export ckpt_path=PATH [export=onnx|program|all|dcz]`: export an existing checkpoint's
 shipped net (its task's), verified against it on the test set, to <its run dir>/export/ (or out_dir=DIR)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from recipes.results import strict_json
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.export.formats:
-        raise RecipeError("export=none exports nothing: pass export=onnx, export=program or export=all")
+        raise RecipeError("export=none exports nothing: pass export=onnx, export=program, export=all or export=dcz")
     _, datamodule, module, _ = rebuild(cfg.ckpt_path, trusted=cfg.trusted_targets)
     datamodule.setup("test")
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt_path).resolve().parent.parent / "export"

@@ -24,6 +24,8 @@ def compression_results(cfg: DictConfig, parts: Parts, metrics: dict[str, float]
     metric = module.test_metric_names()[0]
     short, prefix = metric.rpartition("/")[2], module.shipped_prefix()
     report = compression_report(module.shipped_net, parts.compression, parts.dense_size)
+    for step in parts.compression.values():
+        report.update(step.results(module.shipped_net, report["dense_bytes"]))
     befores = [(name, getattr(step, "before", None)) for name, step in parts.compression.items()]
     values = []
     for _, net in befores:

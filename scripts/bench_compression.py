@@ -2,7 +2,7 @@
 [300, 100]), data (digits), seeds and epoch budget, in one table.
 
 Each row is `python -m recipes.train recipe=NAME trainer.max_epochs=E export=onnx seed=S`, as a user
-runs it. Parameters, compressed bytes (the sparse encoding of callbacks/report.py) and ratio come
+runs it (`export=dcz` for the rows whose recipe ships a .dcz: it writes the ONNX file too). Parameters, compressed bytes (the sparse encoding of callbacks/report.py) and ratio come
 from results.json; test accuracy is the mean over seeds; the onnxruntime latency of every row's
 exported model is then timed side by side in this one process (round-robin, median of repeats, one
 fixed batch), and reported as a ratio to the dense model's.
@@ -31,8 +31,16 @@ import onnxruntime as ort
 
 from runs import mean_std, train
 
-RECIPES = ["baseline", "prune", "hidden_prune", "svd", "dsd", "ptq", "qat", "prune_qat"]
+RECIPES = ["baseline", "prune", "hidden_prune", "svd", "dsd", "ptq", "qat", "prune_qat", "binary", "ternary", "kmeans",
+           "deep_compression"]
 INT8 = ("ptq", "qat", "prune_qat")  # rows that ship an int8 model (export=int8)
+DCZ = ("binary", "ternary", "kmeans", "deep_compression")  # recipes whose artifact is model.dcz
+STAGES = ("pruned", "quantized", "huffman")  # Han's Table 1 columns, from results.json's compression.stages
+
+
+def export_of(name: str) -> str:
+    """The export preset of a row: int8 ONNX, Deep Compression's file (with its fp32 ONNX), or fp32 ONNX."""
+    return "int8" if name in INT8 else "dcz" if name in DCZ else "onnx"
 
 
 def onnx_latencies(files: dict[str, Path], batch: int, rounds: int) -> dict[str, float]:
@@ -63,13 +71,15 @@ def main() -> None:
     args = parser.parse_args()
 
     results = {name: [train(args.out / name / f"seed{seed}", f"recipe={name}", f"trainer.max_epochs={args.epochs}",
-                            "export=int8" if name in INT8 else "export=onnx", "logger=csv", f"seed={seed}",
+                            f"export={export_of(name)}", "logger=csv", f"seed={seed}",
                             *args.overrides) for seed in args.seeds]
                for name in args.recipes}
     first_seed = {name: runs[0] for name, runs in results.items()}
-    shipped = {name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["onnx_int8" if name in INT8 else "onnx"]
+    onnx_files = {name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["onnx_int8" if name in INT8 else "onnx"]
+                  for name, r in first_seed.items()}
+    shipped = {name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["dcz"] if name in DCZ else onnx_files[name]
                for name, r in first_seed.items()}
-    latency = onnx_latencies(shipped, args.batch, args.rounds)
+    latency = onnx_latencies(onnx_files, args.batch, args.rounds)
     dense = latency[args.recipes[0]]
     net = " ".join(args.overrides) or "MLP [300, 100]"
     print(f"\n{net} on digits, {args.epochs} epochs, seeds {args.seeds}; onnxruntime at batch {args.batch}\n")
@@ -101,6 +111,18 @@ def main() -> None:
             speedup = statistics.mean(f / i for f, i in zip(fp32, int8))
             print(f"| {name} | {ratio:.3f} | {statistics.mean(fp32):.3f} | {statistics.mean(int8):.3f} | {speedup:.2f}x "
                   f"| {exports[0]['int8']['kernels']} | {min(e['int8']['top1_agreement'] for e in exports):.4f} |")
+    staged = {name: runs for name, runs in results.items() if "stages" in runs[0].get("compression", {})}
+    if staged:
+        print("\nBytes after each stage (Han's Table 1; mean over seeds; the last is the .dcz file's size):\n")
+        print("| recipe | " + " | ".join(STAGES) + " | test acc % |")
+        print("|---|" + "---|" * (len(STAGES) + 1))
+        for name, runs in staged.items():
+            cells = []
+            for stage in STAGES:
+                size = statistics.mean(r["compression"]["stages"][stage]["bytes"] for r in runs)
+                ratio = statistics.mean(r["compression"]["stages"][stage]["ratio"] for r in runs)
+                cells.append(f"{size:,.0f} ({ratio:.1f}x)")
+            print(f"| {name} | {' | '.join(cells)} | {mean_std([r['metrics']['test/acc'] for r in runs])} |")
 
 if __name__ == "__main__":
     main()
