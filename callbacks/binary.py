@@ -72,8 +72,10 @@ class BinaryWeights(HiddenLayerStep):
 
     def __init__(self, start_epoch: int = 0, scale: str = "channel", skip_first_last: bool = True) -> None:
         if scale not in SCALES:
-            raise ValueError(f"compress.binary.scale={scale!r} must be 'none' (BinaryConnect, +-1) or 'channel' "
-                             "(XNOR-Net, +-mean |W| per output channel)")
+            raise ValueError(
+                f"compress.binary.scale={scale!r} must be 'none' (BinaryConnect, +-1) or 'channel' "
+                "(XNOR-Net, +-mean |W| per output channel)"
+            )
         super().__init__(start_epoch, skip_first_last)
         self.scale = scale
 

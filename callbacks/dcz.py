@@ -65,8 +65,12 @@ def _fixed_bits(alphabet: int) -> int:
 def _shared(array: np.ndarray, codebook: np.ndarray) -> Encoded:
     symbols = np.searchsorted(codebook, array.ravel())
     lengths = huffman.code_lengths(symbols, len(codebook))
-    payload = (bytes([len(codebook) - 1]) + codebook.astype("<f4").tobytes() + lengths.tobytes()
-               + huffman.encode(symbols, lengths))
+    payload = (
+        bytes([len(codebook) - 1])
+        + codebook.astype("<f4").tobytes()
+        + lengths.tobytes()
+        + huffman.encode(symbols, lengths)
+    )
     quantized = 4 * len(codebook) + math.ceil(array.size * _fixed_bits(len(codebook)) / 8)
     return payload, array.nbytes, quantized
 
@@ -96,9 +100,15 @@ def _sparse_at(array: np.ndarray, codebook: np.ndarray, pbits: int) -> Encoded:
     value_lengths = huffman.code_lengths(symbols, len(codebook) + 1)
     gap_lengths = huffman.code_lengths(gaps, 2**pbits)
     value_stream = huffman.encode(symbols, value_lengths)
-    payload = (bytes([len(codebook) - 1, pbits]) + codebook.astype("<f4").tobytes()
-               + struct.pack("<II", len(gaps), len(value_stream)) + value_lengths.tobytes() + gap_lengths.tobytes()
-               + value_stream + huffman.encode(gaps, gap_lengths))
+    payload = (
+        bytes([len(codebook) - 1, pbits])
+        + codebook.astype("<f4").tobytes()
+        + struct.pack("<II", len(gaps), len(value_stream))
+        + value_lengths.tobytes()
+        + gap_lengths.tobytes()
+        + value_stream
+        + huffman.encode(gaps, gap_lengths)
+    )
     pruned = math.ceil(len(gaps) * (32 + pbits) / 8)
     quantized = 4 * len(codebook) + math.ceil(len(gaps) * (_fixed_bits(len(codebook) + 1) + pbits) / 8)
     return payload, pruned, quantized
@@ -151,8 +161,14 @@ def encode_tensor(tensor: torch.Tensor) -> tuple[str, Encoded]:
 
 def _record(key: str, tensor: torch.Tensor, encoding: str, payload: bytes) -> bytes:
     name = key.encode()
-    return (struct.pack("<B", len(name)) + name + struct.pack("<BB", ENCODINGS.index(encoding), tensor.dim())
-            + struct.pack(f"<{tensor.dim()}I", *tensor.shape) + struct.pack("<I", len(payload)) + payload)
+    return (
+        struct.pack("<B", len(name))
+        + name
+        + struct.pack("<BB", ENCODINGS.index(encoding), tensor.dim())
+        + struct.pack(f"<{tensor.dim()}I", *tensor.shape)
+        + struct.pack("<I", len(payload))
+        + payload
+    )
 
 
 def encode_net(net: nn.Module) -> tuple[bytes, dict[str, int], dict[str, int]]:
@@ -185,7 +201,7 @@ def _codebook(payload: bytes, start: int) -> tuple[np.ndarray, int]:
 def _decode_shared(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     codebook, at = _codebook(payload, 1)
     lengths = np.frombuffer(payload, dtype=np.uint8, count=len(codebook), offset=at)
-    symbols = huffman.decode(payload[at + len(codebook):], lengths, math.prod(shape))
+    symbols = huffman.decode(payload[at + len(codebook) :], lengths, math.prod(shape))
     return codebook[symbols].reshape(shape)
 
 
@@ -197,8 +213,8 @@ def _decode_sparse(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     value_lengths = np.frombuffer(payload, dtype=np.uint8, count=len(codebook) + 1, offset=at)
     gap_lengths = np.frombuffer(payload, dtype=np.uint8, count=2**pbits, offset=at + len(codebook) + 1)
     at += len(codebook) + 1 + 2**pbits
-    symbols = huffman.decode(payload[at:at + value_size], value_lengths, count)
-    gaps = huffman.decode(payload[at + value_size:], gap_lengths, count)
+    symbols = huffman.decode(payload[at : at + value_size], value_lengths, count)
+    gaps = huffman.decode(payload[at + value_size :], gap_lengths, count)
     flat = np.zeros(math.prod(shape), dtype=np.float32)
     values = np.append(codebook, np.float32(0))
     flat[np.cumsum(gaps + 1) - 1] = values[symbols]
@@ -217,14 +233,18 @@ def _decode_sign(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
 def _decode_ternary(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     positive, negative = np.frombuffer(payload, dtype="<f4", count=2).astype(np.float32)
     count = math.prod(shape)
-    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8, offset=8))[:2 * count].reshape(count, 2)
+    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8, offset=8))[: 2 * count].reshape(count, 2)
     codes = bits[:, 0] * 2 + bits[:, 1]
     return np.select([codes == 1, codes == 2], [positive, negative], np.float32(0)).astype(np.float32).reshape(shape)
 
 
 DECODERS: dict[str, Callable[[bytes, tuple[int, ...]], np.ndarray]] = {
-    "raw": _decode_raw, "shared": _decode_shared, "sparse": _decode_sparse, "sign": _decode_sign,
-    "ternary": _decode_ternary}
+    "raw": _decode_raw,
+    "shared": _decode_shared,
+    "sparse": _decode_sparse,
+    "sign": _decode_sign,
+    "ternary": _decode_ternary,
+}
 
 
 def decode(data: bytes) -> dict[str, torch.Tensor]:
@@ -235,13 +255,13 @@ def decode(data: bytes) -> dict[str, torch.Tensor]:
     at, state = HEADER, {}
     for _ in range(count):
         size = data[at]
-        key = data[at + 1:at + 1 + size].decode()
+        key = data[at + 1 : at + 1 + size].decode()
         at += 1 + size
         encoding, ndim = ENCODINGS[data[at]], data[at + 1]
         shape = struct.unpack_from(f"<{ndim}I", data, at + 2)
         at += 2 + 4 * ndim
         (length,) = struct.unpack_from("<I", data, at)
-        payload = data[at + 4:at + 4 + length]
+        payload = data[at + 4 : at + 4 + length]
         at += 4 + length
         state[key] = torch.from_numpy(DECODERS[encoding](payload, tuple(shape)))
     return state
@@ -264,7 +284,9 @@ def load_into(net: nn.Module, path: Path) -> nn.Module:
     expected = shipped_state(net)
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
         first = sorted(set(state) ^ set(expected)) or [k for k in state if state[k].shape != expected[k].shape]
-        raise DczError(f"{path} holds weights that do not fit this net (e.g. {first[0]}): use the checkpoint "
-                       "of the run that wrote it")
+        raise DczError(
+            f"{path} holds weights that do not fit this net (e.g. {first[0]}): use the checkpoint "
+            "of the run that wrote it"
+        )
     net.load_state_dict(state, strict=False)
     return net

@@ -24,13 +24,21 @@ class DenseSparseDense(MagnitudePruning):
     order_reason = "train dense-sparse-dense on the weights that ship, then change how they are stored"
     excludes = {"prune": "both mask the weights"}
 
-    def __init__(self, sparsity: float = 0.5, sparse_epoch: int = 10, redense_epoch: int = 25,
-                 scope: str = "layer", redense_lr_scale: float = 0.1) -> None:
+    def __init__(
+        self,
+        sparsity: float = 0.5,
+        sparse_epoch: int = 10,
+        redense_epoch: int = 25,
+        scope: str = "layer",
+        redense_lr_scale: float = 0.1,
+    ) -> None:
         if not 0 <= sparsity < 1:
             raise ValueError(f"compress.dsd.sparsity={sparsity} must be in [0, 1), e.g. 0.5")
         if not 0 <= sparse_epoch < redense_epoch:
-            raise ValueError(f"compress.dsd.sparse_epoch={sparse_epoch} and redense_epoch={redense_epoch} need "
-                             "0 <= sparse_epoch < redense_epoch")
+            raise ValueError(
+                f"compress.dsd.sparse_epoch={sparse_epoch} and redense_epoch={redense_epoch} need "
+                "0 <= sparse_epoch < redense_epoch"
+            )
         if not 0 < redense_lr_scale <= 1:
             raise ValueError(f"compress.dsd.redense_lr_scale={redense_lr_scale} must be in (0, 1], e.g. 0.1")
         super().__init__(sparsity=sparsity, start_epoch=sparse_epoch, end_epoch=sparse_epoch, scope=scope)
@@ -43,8 +51,10 @@ class DenseSparseDense(MagnitudePruning):
     @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         if self.redense_epoch >= max_epochs:
-            raise ValueError(f"compress.dsd.redense_epoch={self.redense_epoch} must be < trainer.max_epochs="
-                             f"{max_epochs} so the net retrains dense")
+            raise ValueError(
+                f"compress.dsd.redense_epoch={self.redense_epoch} must be < trainer.max_epochs="
+                f"{max_epochs} so the net retrains dense"
+            )
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

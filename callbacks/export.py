@@ -72,9 +72,18 @@ def quiet_onnx_passes() -> Iterator[None]:
 def torch_onnx_export(net: nn.Module, example: Inputs, path: Path, opset: int) -> None:
     """Export with torch.onnx (dynamo), a dynamic batch dimension, one file."""
     with quiet_onnx_passes():
-        torch.onnx.export(net, example, str(path), dynamo=True, dynamic_shapes=_dynamic_batch(example),
-                          opset_version=opset, input_names=_input_names(example), output_names=["logits"],
-                          external_data=False, verbose=False)
+        torch.onnx.export(
+            net,
+            example,
+            str(path),
+            dynamo=True,
+            dynamic_shapes=_dynamic_batch(example),
+            opset_version=opset,
+            input_names=_input_names(example),
+            output_names=["logits"],
+            external_data=False,
+            verbose=False,
+        )
 
 
 def write_onnx(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
@@ -214,8 +223,10 @@ def export_and_verify(
     net = copy.deepcopy(net).cpu().eval()
     quantized = is_quantized(net)
     if not quantized and any(f in INT8_FORMATS for f in formats):
-        raise ExportError("export.formats has onnx_int8 but the net is not quantized: add qat or ptq to compress "
-                          "(e.g. compress=[qat]), or drop onnx_int8")
+        raise ExportError(
+            "export.formats has onnx_int8 but the net is not quantized: add qat or ptq to compress "
+            "(e.g. compress=[qat]), or drop onnx_int8"
+        )
     fp32_net = float_copy(net) if quantized_layers(net) else net
     example, inputs = as_inputs(example), as_inputs(inputs)
     with torch.no_grad():
@@ -235,7 +246,9 @@ def export_and_verify(
             outputs = run(tuple(x.numpy() for x in inputs))
         except Exception as err:  # noqa: BLE001 - any exporter failure is reported the same way
             path.unlink(missing_ok=True)
-            raise ExportError(f"export to {fmt} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+            raise ExportError(
+                f"export to {fmt} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            ) from err
         expected = reference["int8" if int8 else "fp32"]
         diff = float(np.abs(outputs - expected).max())
         agreement = float((outputs.argmax(1) == expected.argmax(1)).mean())
@@ -247,16 +260,22 @@ def export_and_verify(
             path.unlink(missing_ok=True)
             keys = ("export.int8_atol", "export.int8_agreement") if int8 else ("export.atol", "needs")
             against = "the fake-quantized net" if int8 else "the trained net"
-            raise ExportError(f"{fmt} export does not match {against}: max |diff| {diff:.2e} ({keys[0]}={limit}), "
-                              f"top-1 agreement {agreement:.4f} ({keys[1]} {needed})")
+            raise ExportError(
+                f"{fmt} export does not match {against}: max |diff| {diff:.2e} ({keys[0]}={limit}), "
+                f"top-1 agreement {agreement:.4f} ({keys[1]} {needed})"
+            )
         report[fmt] = f"{out_dir.name}/{path.name}"
         report.setdefault("bytes", {})[fmt] = path.stat().st_size
         report["latency_ms"][fmt] = round(median_ms(lambda: run(timing_arrays), repeats), 4)  # noqa: B023 (called here)
         if int8:
             kernels = runtime_ops(path)
-            report["int8"] = {"parity_max_abs_diff": diff, "top1_agreement": agreement, "file_bytes": path.stat().st_size,
-                              "initializer_bytes": initializer_bytes(path),
-                              "kernels": {op: n for op, n in kernels.items() if op in INT8_KERNELS}}
+            report["int8"] = {
+                "parity_max_abs_diff": diff,
+                "top1_agreement": agreement,
+                "file_bytes": path.stat().st_size,
+                "initializer_bytes": initializer_bytes(path),
+                "kernels": {op: n for op, n in kernels.items() if op in INT8_KERNELS},
+            }
             continue
         diffs.append(diff)
         agreements.append(agreement)

@@ -44,13 +44,22 @@ class HiddenNodePruning(CompressionStep):
     order_reason = "shrink layers by their weights' norms before factoring, masking or quantizing them"
     changes_shapes = True
 
-    def __init__(self, amount: float = 0.5, start_epoch: int = 5, steps: int = 1, importance: str = "l1",
-                 scope: str = "layer", activation_samples: int = 1024) -> None:
+    def __init__(
+        self,
+        amount: float = 0.5,
+        start_epoch: int = 5,
+        steps: int = 1,
+        importance: str = "l1",
+        scope: str = "layer",
+        activation_samples: int = 1024,
+    ) -> None:
         if not 0 <= amount < 1:
             raise ValueError(f"compress.hidden_prune.amount={amount} must be in [0, 1), e.g. 0.5")
         if start_epoch < 0 or steps < 1:
-            raise ValueError(f"compress.hidden_prune.start_epoch={start_epoch} must be >= 0 and "
-                             f"compress.hidden_prune.steps={steps} >= 1")
+            raise ValueError(
+                f"compress.hidden_prune.start_epoch={start_epoch} must be >= 0 and "
+                f"compress.hidden_prune.steps={steps} >= 1"
+            )
         if importance not in IMPORTANCE:
             raise ValueError(f"compress.hidden_prune.importance={importance!r} must be one of {', '.join(IMPORTANCE)}")
         if scope not in ("layer", "global"):
@@ -70,11 +79,15 @@ class HiddenNodePruning(CompressionStep):
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up checks: rounds end before the budget does; the net has hidden units to prune."""
         if self.epochs()[1] >= max_epochs:
-            raise ValueError(f"compress.hidden_prune: the last round is at epoch {self.epochs()[1]} "
-                             f"(start_epoch + steps - 1) but must be < trainer.max_epochs={max_epochs}")
+            raise ValueError(
+                f"compress.hidden_prune: the last round is at epoch {self.epochs()[1]} "
+                f"(start_epoch + steps - 1) but must be < trainer.max_epochs={max_epochs}"
+            )
         if len(prunable_layers(net)) < 2:
-            raise ValueError("compress.hidden_prune: the net has no hidden layer to shrink (only its head); "
-                             "use a net with hidden layers, e.g. model=mlp")
+            raise ValueError(
+                "compress.hidden_prune: the net has no hidden layer to shrink (only its head); "
+                "use a net with hidden layers, e.g. model=mlp"
+            )
 
     @override
     def restructure(self, net: nn.Module) -> None:
@@ -84,10 +97,14 @@ class HiddenNodePruning(CompressionStep):
         for done in range(self.steps):
             self.pruner(net, example, tp.importance.MagnitudeImportance(p=1), done).step()
 
-    def pruner(self, net: nn.Module, example: torch.Tensor, importance: tp.importance.Importance,
-               done: int) -> tp.pruner.MetaPruner:
+    def pruner(
+        self, net: nn.Module, example: torch.Tensor, importance: tp.importance.Importance, done: int
+    ) -> tp.pruner.MetaPruner:
         return tp.pruner.MetaPruner(
-            net, example, importance=importance, pruning_ratio=round_ratio(self.amount, self.steps, done),
+            net,
+            example,
+            importance=importance,
+            pruning_ratio=round_ratio(self.amount, self.steps, done),
             ignored_layers=[net.get_submodule(output_layer(net))],  # its outputs are the net's (the classes)
             global_pruning=self.scope == "global",
         )

@@ -51,13 +51,24 @@ class LowRankFactorization(CompressionStep):
     order_reason = "factoring a pruned matrix makes it dense again"
     changes_shapes = True
 
-    def __init__(self, epoch: int = 10, rank: int | None = None, energy: float | None = None,
-                 param_ratio: float | None = None, include_head: bool = False) -> None:
-        given = [name for name, value in (("rank", rank), ("energy", energy), ("param_ratio", param_ratio))
-                 if value is not None]
+    def __init__(
+        self,
+        epoch: int = 10,
+        rank: int | None = None,
+        energy: float | None = None,
+        param_ratio: float | None = None,
+        include_head: bool = False,
+    ) -> None:
+        given = [
+            name
+            for name, value in (("rank", rank), ("energy", energy), ("param_ratio", param_ratio))
+            if value is not None
+        ]
         if len(given) != 1:
-            raise ValueError(f"compress.svd: set exactly one of rank, energy, param_ratio (got {given or 'none'}), "
-                             "e.g. compress.svd.param_ratio=0.3")
+            raise ValueError(
+                f"compress.svd: set exactly one of rank, energy, param_ratio (got {given or 'none'}), "
+                "e.g. compress.svd.param_ratio=0.3"
+            )
         if rank is not None and rank < 1:
             raise ValueError(f"compress.svd.rank={rank} must be >= 1, e.g. 16")
         if energy is not None and not 0 < energy <= 1:
@@ -77,8 +88,9 @@ class LowRankFactorization(CompressionStep):
 
     def targets(self, net: nn.Module) -> dict[str, nn.Module]:
         """The layers to factor, by name: Linear / Conv2d (groups=1), the head only if asked."""
-        layers = {name: m for name, m in net.named_modules()
-                  if isinstance(m, FACTORABLE) and getattr(m, "groups", 1) == 1}
+        layers = {
+            name: m for name, m in net.named_modules() if isinstance(m, FACTORABLE) and getattr(m, "groups", 1) == 1
+        }
         if not self.include_head and layers:
             layers.pop(output_layer(net), None)
         return layers
@@ -87,19 +99,25 @@ class LowRankFactorization(CompressionStep):
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up checks: the schedule fits the budget and a fixed rank fits every target layer."""
         if self.epoch >= max_epochs:
-            raise ValueError(f"compress.svd.epoch={self.epoch} must be < trainer.max_epochs={max_epochs} "
-                             "so the factors get fine-tuned")
+            raise ValueError(
+                f"compress.svd.epoch={self.epoch} must be < trainer.max_epochs={max_epochs} "
+                "so the factors get fine-tuned"
+            )
         targets = self.targets(net)
         if not targets:
-            raise ValueError("compress.svd: the net has no Linear / Conv2d layer to factor besides its head; "
-                             "set compress.svd.include_head=true")
+            raise ValueError(
+                "compress.svd: the net has no Linear / Conv2d layer to factor besides its head; "
+                "set compress.svd.include_head=true"
+            )
         if self.rank is not None:
             for name, layer in targets.items():
                 if self.rank > max_useful_rank(layer):
                     m, n = matrix_shape(layer)
-                    raise ValueError(f"compress.svd.rank={self.rank} is too large for layer net.{name} ({m}x{n} "
-                                     f"weights): at most {max_useful_rank(layer)} saves weights; lower it or use "
-                                     "compress.svd.param_ratio")
+                    raise ValueError(
+                        f"compress.svd.rank={self.rank} is too large for layer net.{name} ({m}x{n} "
+                        f"weights): at most {max_useful_rank(layer)} saves weights; lower it or use "
+                        "compress.svd.param_ratio"
+                    )
 
     def choose_rank(self, layer: nn.Module) -> int:
         m, n = matrix_shape(layer)

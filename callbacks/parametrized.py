@@ -82,8 +82,10 @@ class LatentWeightStep(CompressionStep):
     """A PRECISION step that parametrizes its target layers' weights from `start_epoch` to the end."""
 
     stage = Stage.PRECISION
-    encoding = ("the .dcz file (callbacks/dcz.py): each tensor in the smallest exact encoding of raw, Huffman-coded "
-                "shared values, Han's sparse format, packed sign or ternary bits")
+    encoding = (
+        "the .dcz file (callbacks/dcz.py): each tensor in the smallest exact encoding of raw, Huffman-coded "
+        "shared values, Han's sparse format, packed sign or ternary bits"
+    )
     excludes = {"qat": "both set how the weights are stored", "ptq": "both set how the weights are stored"}
 
     def __init__(self, start_epoch: int) -> None:
@@ -109,8 +111,10 @@ class LatentWeightStep(CompressionStep):
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """The net trains with the step on before the budget ends, and the step has layers to act on."""
         if self.start_epoch >= max_epochs:
-            raise ValueError(f"compress.{self.step}.start_epoch={self.start_epoch} must be < trainer.max_epochs="
-                             f"{max_epochs} so the net trains with {self.step} weights")
+            raise ValueError(
+                f"compress.{self.step}.start_epoch={self.start_epoch} must be < trainer.max_epochs="
+                f"{max_epochs} so the net trains with {self.step} weights"
+            )
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -131,7 +135,9 @@ class LatentWeightStep(CompressionStep):
         """`stages`: bytes and ratio to dense after each of Han's stages (Table 1): pruning (nonzero fp32
         values + relative positions), quantization (codebooks + fixed-width indices), Huffman (the .dcz)."""
         stages = dcz.encode_net(net)[2]
-        return {"stages": {name: {"bytes": size, "ratio": round(dense_bytes / size, 3)} for name, size in stages.items()}}
+        return {
+            "stages": {name: {"bytes": size, "ratio": round(dense_bytes / size, 3)} for name, size in stages.items()}
+        }
 
     def mine(self, net: nn.Module) -> list[tuple[nn.Module, LatentWeight]]:
         """The layers of `net` this step parametrized, with their parametrization."""
@@ -151,8 +157,9 @@ class LatentWeightStep(CompressionStep):
                 param.activate(latent(module), masked_weight(module, "weight").detach())
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object,
-                           batch: object, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int
+    ) -> None:
         with torch.no_grad():
             for module, param in self.mine(pl_module.shipped_net):
                 if bool(param.active):
@@ -211,6 +218,8 @@ class HiddenLayerStep(LatentWeightStep):
     def check(self, net: nn.Module, max_epochs: int) -> None:
         super().check(net, max_epochs)
         if not self.targets(net):
-            raise ValueError(f"compress.{self.step}.skip_first_last=true keeps all {len(layers(net))} weight layers of "
-                             f"this net at full precision: set compress.{self.step}.skip_first_last=false or use a "
-                             "deeper net, e.g. model.hidden=[300,100]")
+            raise ValueError(
+                f"compress.{self.step}.skip_first_last=true keeps all {len(layers(net))} weight layers of "
+                f"this net at full precision: set compress.{self.step}.skip_first_last=false or use a "
+                "deeper net, e.g. model.hidden=[300,100]"
+            )

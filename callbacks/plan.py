@@ -21,15 +21,16 @@ def check_order(steps: dict[str, CompressionStep]) -> None:
     plan = f"compress=[{','.join(steps)}]"
     classes = [type(step) for step in steps.values()]
     for i, earlier in enumerate(classes):
-        for later in classes[i + 1:]:
+        for later in classes[i + 1 :]:
             reason = earlier.excludes.get(later.step) or later.excludes.get(earlier.step)
             if reason:
                 raise ValueError(f"{plan}: {earlier.step} and {later.step} {reason}; use one of them")
     for earlier, later in zip(classes, classes[1:]):
         if earlier.place() > later.place():
             fixed = ",".join(sorted(steps, key=lambda name: type(steps[name]).place()))
-            raise ValueError(f"{plan}: {later.step} must come before {earlier.step} ({later.order_reason}); "
-                             f"use compress=[{fixed}]")
+            raise ValueError(
+                f"{plan}: {later.step} must come before {earlier.step} ({later.order_reason}); use compress=[{fixed}]"
+            )
 
 
 def check_plan(steps: dict[str, CompressionStep], net: nn.Module, max_epochs: int) -> None:
@@ -37,13 +38,17 @@ def check_plan(steps: dict[str, CompressionStep], net: nn.Module, max_epochs: in
     plan = f"compress=[{','.join(steps)}]"
     for name, step in steps.items():
         if not isinstance(step, CompressionStep):
-            raise ValueError(f"compress.{name}: {type(step).__module__}.{type(step).__qualname__} is not a "
-                             "compression step; its _target_ must subclass callbacks.step.CompressionStep")
+            raise ValueError(
+                f"compress.{name}: {type(step).__module__}.{type(step).__qualname__} is not a "
+                "compression step; its _target_ must subclass callbacks.step.CompressionStep"
+            )
     check_order(steps)
     for (name, step), (next_name, next_step) in zip(steps.items(), list(steps.items())[1:]):
         if step.epochs()[1] > next_step.epochs()[0]:
-            raise ValueError(f"{plan}: {name} changes the net until epoch {step.epochs()[1]} but {next_name} starts "
-                             f"at epoch {next_step.epochs()[0]}; steps run in list order, so move {next_name} later")
+            raise ValueError(
+                f"{plan}: {name} changes the net until epoch {step.epochs()[1]} but {next_name} starts "
+                f"at epoch {next_step.epochs()[0]}; steps run in list order, so move {next_name} later"
+            )
     preview = copy.deepcopy(net)
     for step in steps.values():
         step.check(preview, max_epochs)

@@ -32,8 +32,9 @@ class PromptRichProgressBar(RichProgressBar):
         self._next_update = 0.0  # time.monotonic() at which a training batch next updates the bar
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.monotonic()
         if self.refresh_rate <= 0 or now >= self._next_update or batch_idx + 1 >= self.total_train_batches:
             self._next_update = now + 1 / max(self.refresh_rate, 1e-9)

@@ -57,13 +57,20 @@ class MagnitudePruning(CompressionStep):
     """Unstructured L1 pruning of Linear / Conv2d weights, `scope="global"` (one threshold over all
     layers) or `"layer"` (each layer to the same sparsity), on `pl_module.shipped_net`."""
 
-    def __init__(self, sparsity: float = 0.9, start_epoch: int = 0, end_epoch: int = 10,
-                 scope: str = "global", every_n_steps: int = 10) -> None:
+    def __init__(
+        self,
+        sparsity: float = 0.9,
+        start_epoch: int = 0,
+        end_epoch: int = 10,
+        scope: str = "global",
+        every_n_steps: int = 10,
+    ) -> None:
         if not 0 <= sparsity < 1:
             raise ValueError(f"compress.prune.sparsity={sparsity} must be in [0, 1), e.g. 0.9")
         if not 0 <= start_epoch <= end_epoch:
-            raise ValueError(f"compress.prune.start_epoch={start_epoch} and end_epoch={end_epoch} need "
-                             "0 <= start_epoch <= end_epoch")
+            raise ValueError(
+                f"compress.prune.start_epoch={start_epoch} and end_epoch={end_epoch} need 0 <= start_epoch <= end_epoch"
+            )
         if every_n_steps < 1:
             raise ValueError(f"compress.prune.every_n_steps={every_n_steps} must be >= 1")
         if scope not in ("global", "layer"):
@@ -87,8 +94,10 @@ class MagnitudePruning(CompressionStep):
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up check: the net trains with the final mask before the budget ends."""
         if self.end_epoch >= max_epochs:
-            raise ValueError(f"compress.prune.end_epoch={self.end_epoch} must be < trainer.max_epochs={max_epochs} "
-                             "so the net trains with the final mask")
+            raise ValueError(
+                f"compress.prune.end_epoch={self.end_epoch} must be < trainer.max_epochs={max_epochs} "
+                "so the net trains with the final mask"
+            )
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -104,8 +113,9 @@ class MagnitudePruning(CompressionStep):
                 prune.identity(module, name)
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int
+    ) -> None:
         epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
         if not self.start_epoch <= epoch <= self.end_epoch or trainer.global_step % self.every_n_steps:
             return
@@ -128,8 +138,9 @@ class MagnitudePruning(CompressionStep):
         targets = prunable(net)
         scores = {(m, name): masked_weight(m, name).detach() for m, name in targets}
         if self.scope == "global":
-            prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=amount,
-                                      importance_scores=scores)
+            prune.global_unstructured(
+                targets, pruning_method=prune.L1Unstructured, amount=amount, importance_scores=scores
+            )
         else:
             for module, name in targets:
                 prune.l1_unstructured(module, name, amount=amount, importance_scores=scores[(module, name)])

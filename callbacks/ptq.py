@@ -54,8 +54,9 @@ class PostTrainingQuantization(CompressionStep):
         instrument(pl_module.shipped_net, average=None)  # layers an earlier step created this epoch
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         last = trainer.current_epoch == self.max_epochs - 1 and batch_idx == trainer.num_training_batches - 1
         if last and not trainer.sanity_checking:
             self.calibrate(trainer, pl_module.shipped_net)

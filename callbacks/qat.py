@@ -22,15 +22,19 @@ from callbacks.step import CompressionStep, Stage
 from callbacks.structure import snapshot
 
 SUPPORTED_BITS = (8,)
-VALUE_STEPS = {"binary": "both set how the weights are stored", "ternary": "both set how the weights are stored",
-               "kmeans": "both set how the weights are stored"}
+VALUE_STEPS = {
+    "binary": "both set how the weights are stored",
+    "ternary": "both set how the weights are stored",
+    "kmeans": "both set how the weights are stored",
+}
 
 
 def check_bits(step: str, bits: int) -> None:
     if bits not in SUPPORTED_BITS:
-        raise ValueError(f"compress.{step}.bits={bits} is not supported: the int8 export (onnxruntime's int8 "
-                         "kernels) takes 8-bit weights and activations only; set compress.{step}.bits=8"
-                         .replace("{step}", step))
+        raise ValueError(
+            f"compress.{step}.bits={bits} is not supported: the int8 export (onnxruntime's int8 "
+            "kernels) takes 8-bit weights and activations only; set compress.{step}.bits=8".replace("{step}", step)
+        )
 
 
 def check_quantizable(step: str, net: nn.Module) -> None:
@@ -40,8 +44,10 @@ def check_quantizable(step: str, net: nn.Module) -> None:
     try:
         links(net)
     except ValueError as err:
-        raise ValueError(f"compress.{step}: {err}: BatchNorm folding and ReLU fusion need a traceable net (no data-dependent "
-                         "control flow in forward); use a model of modules/nets or drop this step") from None
+        raise ValueError(
+            f"compress.{step}: {err}: BatchNorm folding and ReLU fusion need a traceable net (no data-dependent "
+            "control flow in forward); use a model of modules/nets or drop this step"
+        ) from None
 
 
 class QuantizationAwareTraining(CompressionStep):
@@ -54,22 +60,35 @@ class QuantizationAwareTraining(CompressionStep):
     excludes = VALUE_STEPS
     encoding = "int8 weights (1 byte, nonzeros + 1-bit mask where smaller) + per-channel fp32 scale and int8 zero point"
 
-    def __init__(self, max_epochs: int, start_epoch: int | None = None, epochs: int = 3, freeze_epochs: int = 1,
-                 bits: int = 8, observer_average: float = 0.01) -> None:
+    def __init__(
+        self,
+        max_epochs: int,
+        start_epoch: int | None = None,
+        epochs: int = 3,
+        freeze_epochs: int = 1,
+        bits: int = 8,
+        observer_average: float = 0.01,
+    ) -> None:
         check_bits(self.step, bits)
         if epochs < 1:
             raise ValueError(f"compress.qat.epochs={epochs} must be >= 1 (the fake-quantized epochs at the end)")
         self.start_epoch = max_epochs - epochs if start_epoch is None else start_epoch
         if self.start_epoch < 0:
-            raise ValueError(f"compress.qat.start_epoch={self.start_epoch} must be >= 0; lower compress.qat.epochs "
-                             f"or raise trainer.max_epochs={max_epochs}")
+            raise ValueError(
+                f"compress.qat.start_epoch={self.start_epoch} must be >= 0; lower compress.qat.epochs "
+                f"or raise trainer.max_epochs={max_epochs}"
+            )
         if self.start_epoch >= max_epochs:
-            raise ValueError(f"compress.qat.start_epoch={self.start_epoch} must be < trainer.max_epochs={max_epochs} "
-                             "so the net trains fake-quantized")
+            raise ValueError(
+                f"compress.qat.start_epoch={self.start_epoch} must be < trainer.max_epochs={max_epochs} "
+                "so the net trains fake-quantized"
+            )
         if not 0 <= freeze_epochs < max_epochs - self.start_epoch:
-            raise ValueError(f"compress.qat.freeze_epochs={freeze_epochs} must be in [0, {max_epochs - self.start_epoch}) "
-                             f"(the QAT epochs from start_epoch={self.start_epoch} to trainer.max_epochs={max_epochs}), "
-                             "so the observers see at least one epoch")
+            raise ValueError(
+                f"compress.qat.freeze_epochs={freeze_epochs} must be in [0, {max_epochs - self.start_epoch}) "
+                f"(the QAT epochs from start_epoch={self.start_epoch} to trainer.max_epochs={max_epochs}), "
+                "so the observers see at least one epoch"
+            )
         if not 0 < observer_average <= 1:
             raise ValueError(f"compress.qat.observer_average={observer_average} must be in (0, 1], e.g. 0.01")
         self.max_epochs, self.freeze_epoch = max_epochs, max_epochs - freeze_epochs

@@ -112,8 +112,12 @@ def links(net: nn.Module) -> Links:
         if not isinstance(module(node), QUANTIZABLE) or not node.args:
             continue
         producer = node.args[0]
-        while producer not in owner and isinstance(producer, torch.fx.Node) and len(producer.users) == 1 and (
-                isinstance(module(producer), PRESERVING) or producer.target in (torch.flatten, "flatten")):
+        while (
+            producer not in owner
+            and isinstance(producer, torch.fx.Node)
+            and len(producer.users) == 1
+            and (isinstance(module(producer), PRESERVING) or producer.target in (torch.flatten, "flatten"))
+        ):
             producer = producer.args[0]
         if producer in owner and len(producer.users) == 1:
             found.source[node.target] = owner[producer]
@@ -264,16 +268,23 @@ class Int8Layer(nn.Module):
         weight, bias = weight.detach().float(), None if bias is None else bias.detach().float()
         scales = weight_scales(weight)
         shape = (-1, *[1] * (weight.dim() - 1))
-        self.register_buffer("weight_int8", torch.clamp(torch.round(weight / scales.reshape(shape)),
-                                                         -WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8))
+        self.register_buffer(
+            "weight_int8",
+            torch.clamp(torch.round(weight / scales.reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8),
+        )
         self.register_buffer("weight_scale", scales)
         self.register_buffer("weight_zero_point", torch.zeros_like(scales, dtype=torch.int64))
         self.register_buffer("bias", bias)
-        self.qparams = [(float(s), int(z)) for s, z in (activation_qparams(r) for r in (input_range, layer.output_range))]
+        self.qparams = [
+            (float(s), int(z)) for s, z in (activation_qparams(r) for r in (input_range, layer.output_range))
+        ]
         self.relu = layer.__dict__["fused_relu"]
         self.linear = isinstance(layer, nn.Linear)
-        self.conv = None if self.linear else dict(stride=layer.stride, padding=layer.padding,
-                                                  dilation=layer.dilation, groups=layer.groups)
+        self.conv = (
+            None
+            if self.linear
+            else dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+        )
 
     @staticmethod
     def requantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
@@ -282,8 +293,9 @@ class Int8Layer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.requantize(x, *self.qparams[0])
-        weight = qd.dequantize_per_channel(self.weight_int8, self.weight_scale, self.weight_zero_point, 0,
-                                           -WEIGHT_QMAX, WEIGHT_QMAX, torch.int8)
+        weight = qd.dequantize_per_channel(
+            self.weight_int8, self.weight_scale, self.weight_zero_point, 0, -WEIGHT_QMAX, WEIGHT_QMAX, torch.int8
+        )
         y = F.linear(x, weight, self.bias) if self.linear else F.conv2d(x, weight, self.bias, **self.conv)
         if self.relu:
             y = F.relu(y)

@@ -45,7 +45,12 @@ def model_size(net: nn.Module, steps: Iterable[CompressionStep] = ()) -> dict[st
             continue
         dense_bytes += tensor.numel() * tensor.element_size()
         compressed_bytes += claimed[key] if key in claimed else default_bytes(tensor)
-    return {"params": params, "nonzero_params": nonzero, "dense_bytes": dense_bytes, "compressed_bytes": compressed_bytes}
+    return {
+        "params": params,
+        "nonzero_params": nonzero,
+        "dense_bytes": dense_bytes,
+        "compressed_bytes": compressed_bytes,
+    }
 
 
 def compression_report(net: nn.Module, steps: dict[str, CompressionStep], dense: dict[str, int]) -> dict[str, Any]:
@@ -74,8 +79,15 @@ def layer_table(net: nn.Module, prefix: str) -> list[dict[str, Any]]:
             weights = [p for p in module.parameters(recurse=False)]
             count = sum(p.numel() for p in weights)
             nonzero = sum(int((p != 0).sum()) for p in weights)
-            rows.append({"layer": f"{prefix}.{name}", "type": type(module).__name__, "params": count, "nonzero": nonzero,
-                         "sparsity": round(1 - nonzero / count, 4)})
+            rows.append(
+                {
+                    "layer": f"{prefix}.{name}",
+                    "type": type(module).__name__,
+                    "params": count,
+                    "nonzero": nonzero,
+                    "sparsity": round(1 - nonzero / count, 4),
+                }
+            )
     return rows
 
 
@@ -93,12 +105,15 @@ def _row(name: str, before: dict[str, Any] | None, after: dict[str, Any] | None)
     params_before = f"{before['params']:,}" if before else "(new)"
     if after is None:
         return f"| {name} | {kind} | {params_before} | (replaced) | | |"
-    return (f"| {name} | {kind} | {params_before} | {after['params']:,} | {after['nonzero']:,} "
-            f"| {100 * after['sparsity']:.1f}% |")
+    return (
+        f"| {name} | {kind} | {params_before} | {after['params']:,} | {after['nonzero']:,} "
+        f"| {100 * after['sparsity']:.1f}% |"
+    )
 
 
-def write_report(run_dir: Path, compression: dict[str, Any], before: list[dict[str, Any]],
-                 after: list[dict[str, Any]], metric: str) -> Path:
+def write_report(
+    run_dir: Path, compression: dict[str, Any], before: list[dict[str, Any]], after: list[dict[str, Any]], metric: str
+) -> Path:
     """report.md with a per-layer table and compression.png (parameters before / nonzero after, and
     sparsity, per layer) in `run_dir`; `metric`: the task's headline test metric, whose values the
     compression section holds as `<name>_before` / `<name>_after` (e.g. acc_before)."""
@@ -114,10 +129,12 @@ def write_report(run_dir: Path, compression: dict[str, Any], before: list[dict[s
     names = sorted({*before_by_name, *after_by_name}, key=_layer_order)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, len(names) * 0.9), 6), sharex=True)
     x = range(len(names))
-    top.bar([i - 0.2 for i in x], [before_by_name.get(n, {}).get("nonzero", 0) for n in names], 0.4,
-            label="nonzero before")
-    top.bar([i + 0.2 for i in x], [after_by_name.get(n, {}).get("nonzero", 0) for n in names], 0.4,
-            label="nonzero after")
+    top.bar(
+        [i - 0.2 for i in x], [before_by_name.get(n, {}).get("nonzero", 0) for n in names], 0.4, label="nonzero before"
+    )
+    top.bar(
+        [i + 0.2 for i in x], [after_by_name.get(n, {}).get("nonzero", 0) for n in names], 0.4, label="nonzero after"
+    )
     top.set_ylabel("parameters")
     top.set_yscale("log")
     top.legend()
@@ -145,8 +162,10 @@ def write_report(run_dir: Path, compression: dict[str, Any], before: list[dict[s
         "",
         f"{metric} of the net as each step found it and as the next step (or the end) found it:",
         "",
-        *(f"- {step['step']}: {_value(step.get(f'{short}_before'))} before, {_value(step.get(f'{short}_after'))} after"
-          for step in compression.get("per_step", [])),
+        *(
+            f"- {step['step']}: {_value(step.get(f'{short}_before'))} before, {_value(step.get(f'{short}_after'))} after"
+            for step in compression.get("per_step", [])
+        ),
         "",
         "![per-layer parameters and sparsity](compression.png)",
         "",

@@ -42,8 +42,11 @@ def pruned_names(module: nn.Module) -> list[str]:
     parameters = {name for name, _ in module.named_parameters(recurse=False)}
     if parametrize.is_parametrized(module):  # a parametrized `<name>_orig` (weight sharing after pruning)
         parameters |= set(module.parametrizations)
-    return [name[: -len("_mask")] for name, _ in module.named_buffers(recurse=False)
-            if name.endswith("_mask") and name[: -len("_mask")] + "_orig" in parameters]
+    return [
+        name[: -len("_mask")]
+        for name, _ in module.named_buffers(recurse=False)
+        if name.endswith("_mask") and name[: -len("_mask")] + "_orig" in parameters
+    ]
 
 
 def remove_masks(net: nn.Module) -> nn.Module:
@@ -93,8 +96,16 @@ def factored(layer: nn.Module, rank: int) -> nn.Sequential:
         first = nn.Linear(layer.in_features, rank, bias=False)
         second = nn.Linear(rank, layer.out_features, bias=has_bias)
     else:
-        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                          bias=False, padding_mode=layer.padding_mode)
+        first = nn.Conv2d(
+            layer.in_channels,
+            rank,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            bias=False,
+            padding_mode=layer.padding_mode,
+        )
         second = nn.Conv2d(rank, layer.out_channels, 1, bias=has_bias)
     with torch.no_grad():
         first.weight.copy_(first_w.reshape(first.weight.shape))

@@ -48,16 +48,22 @@ class TTQFunction(torch.autograd.Function):
     """TTQ's forward `w_p` / 0 / `-w_n` and its gradients to the latent weights and both scales."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, weight: torch.Tensor, w_p: torch.Tensor,
-                w_n: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        weight: torch.Tensor,
+        w_p: torch.Tensor,
+        w_n: torch.Tensor,
+        delta: torch.Tensor,
+    ) -> torch.Tensor:
         positive, negative = weight > delta, weight < -delta
         ctx.save_for_backward(positive, negative, w_p, w_n)
         zero = torch.zeros((), dtype=weight.dtype, device=weight.device)
         return torch.where(positive, w_p, torch.where(negative, -w_n, zero))
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         positive, negative, w_p, w_n = ctx.saved_tensors
         latent = torch.where(positive, w_p * grad, torch.where(negative, w_n * grad, grad))
         return latent, grad[positive].sum().reshape(w_p.shape), -grad[negative].sum().reshape(w_n.shape), None
@@ -103,8 +109,9 @@ class TernaryWeights(HiddenLayerStep):
     order_reason = "ternarize the weights first; weight sharing then clusters the layers left at full precision"
     excludes = {**HiddenLayerStep.excludes, "binary": "both set the hidden layers' weights to a few values"}
 
-    def __init__(self, method: str = "ttq", start_epoch: int = 0, threshold: float = 0.05,
-                 skip_first_last: bool = True) -> None:
+    def __init__(
+        self, method: str = "ttq", start_epoch: int = 0, threshold: float = 0.05, skip_first_last: bool = True
+    ) -> None:
         if method not in METHODS:
             raise ValueError(f"compress.ternary.method={method!r} must be 'twn' or 'ttq'")
         if not 0 < threshold < 1:

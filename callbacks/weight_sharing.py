@@ -75,8 +75,9 @@ class WeightSharing(LatentWeightStep):
 
     def __init__(self, bits: int = 4, start_epoch: int = 0) -> None:
         if not isinstance(bits, int) or not 1 <= bits <= 8:
-            raise ValueError(f"compress.kmeans.bits={bits} must be an integer in [1, 8] (2^bits shared values "
-                             "per layer), e.g. 4")
+            raise ValueError(
+                f"compress.kmeans.bits={bits} must be an integer in [1, 8] (2^bits shared values per layer), e.g. 4"
+            )
         super().__init__(start_epoch)
         self.bits = bits
 

@@ -29,7 +29,14 @@ class AdaptModule(DistillModule):
         cache_source_logits: bool = True,
         **classifier: Any,
     ) -> None:
-        super().__init__(net, optimizer, teacher=source, temperature=1.0, alpha=alpha,
-                         cache_teacher_logits=cache_source_logits, **classifier)
+        super().__init__(
+            net,
+            optimizer,
+            teacher=source,
+            temperature=1.0,
+            alpha=alpha,
+            cache_teacher_logits=cache_source_logits,
+            **classifier,
+        )
         if source is not None:
             net.load_state_dict(source.state_dict())

@@ -61,9 +61,19 @@ class AdversarialModule(ClassifierModule):
         **classifier: Any,
     ) -> None:
         super().__init__(net, optimizer, monitor=monitor, monitor_mode=monitor_mode, **classifier)
-        self.check_arguments({"method": method, "eps": eps, "train_eps": train_eps, "alpha": alpha,
-                              "train_steps": train_steps, "train_step_size": train_step_size,
-                              "eval_steps": eval_steps, "test_steps": test_steps, "guard_drop": guard_drop})
+        self.check_arguments(
+            {
+                "method": method,
+                "eps": eps,
+                "train_eps": train_eps,
+                "alpha": alpha,
+                "train_steps": train_steps,
+                "train_step_size": train_step_size,
+                "eval_steps": eval_steps,
+                "test_steps": test_steps,
+                "guard_drop": guard_drop,
+            }
+        )
         self.method, self.eps, self.alpha = method, eps, alpha
         self.train_eps = eps if train_eps is None else train_eps
         self.train_steps = 1 if method == "fast" else train_steps
@@ -111,9 +121,16 @@ class AdversarialModule(ClassifierModule):
 
     @override
     def run_record(self) -> dict[str, Any]:
-        return {"adversarial": {"method": self.method, "eps": self.eps, "train_eps": self.train_eps,
-                                "train_steps": self.train_steps, "train_step_size": self.train_step_size,
-                                "guard": self.guard_record or {"fired": False}}}
+        return {
+            "adversarial": {
+                "method": self.method,
+                "eps": self.eps,
+                "train_eps": self.train_eps,
+                "train_steps": self.train_steps,
+                "train_step_size": self.train_step_size,
+                "guard": self.guard_record or {"fired": False},
+            }
+        }
 
     # --- pixel space ----------------------------------------------------------------------------
     @override
@@ -180,10 +197,17 @@ class AdversarialModule(ClassifierModule):
         best = self.best_robust
         if best is not None and self.good_weights is not None and robust < best - self.guard_drop:
             self.net.load_state_dict(self.good_weights)
-            self.guard_record = {"fired": True, "epoch": epoch, "robust_acc": robust, "best_robust_acc": best,
-                                 "restored_epoch": self.good_epoch}
-            rank_zero_warn(f"catastrophic overfitting at epoch {epoch}: val/robust_acc fell to {robust:.4f} from "
-                           f"{best:.4f}; restored the weights of epoch {self.good_epoch} and stopped training")
+            self.guard_record = {
+                "fired": True,
+                "epoch": epoch,
+                "robust_acc": robust,
+                "best_robust_acc": best,
+                "restored_epoch": self.good_epoch,
+            }
+            rank_zero_warn(
+                f"catastrophic overfitting at epoch {epoch}: val/robust_acc fell to {robust:.4f} from "
+                f"{best:.4f}; restored the weights of epoch {self.good_epoch} and stopped training"
+            )
             if self._trainer is not None:
                 self.trainer.should_stop = True
             return True
@@ -194,8 +218,11 @@ class AdversarialModule(ClassifierModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[GUARD_KEY] = {"best_robust": self.best_robust, "record": self.guard_record,
-                                 "good_epoch": self.good_epoch}
+        checkpoint[GUARD_KEY] = {
+            "best_robust": self.best_robust,
+            "record": self.guard_record,
+            "good_epoch": self.good_epoch,
+        }
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -206,5 +233,6 @@ class AdversarialModule(ClassifierModule):
         self.good_epoch = state["good_epoch"]
         # The checkpoint's weights are those of its last validated epoch, good or already restored.
         prefix = f"{self.shipped_prefix()}."
-        self.good_weights = copy.deepcopy({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items()
-                                           if k.startswith(prefix)})
+        self.good_weights = copy.deepcopy(
+            {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        )

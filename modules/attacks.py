@@ -48,8 +48,10 @@ class PixelNormalized(Protocol):
 def normalization_of(datamodule: Any) -> tuple[list[float], list[float]] | None:
     """The (mean, std) a data module normalizes its images with (None: none)."""
     if not isinstance(datamodule, PixelNormalized):
-        raise ValueError(f"{type(datamodule).__name__} does not say how its images are normalized "
-                         "(pixel_normalization), so eps cannot be measured in pixel units")
+        raise ValueError(
+            f"{type(datamodule).__name__} does not say how its images are normalized "
+            "(pixel_normalization), so eps cannot be measured in pixel units"
+        )
     return datamodule.pixel_normalization()
 
 
@@ -94,8 +96,9 @@ class PixelModel(nn.Module):
 
 def check_eps(eps: float, key: str = "attack.eps") -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
-        raise ValueError(f"{key}={eps} must be in [0, 1] (pixel units of images in [0, 1], before normalization), "
-                         f"e.g. {key}=0.1")
+        raise ValueError(
+            f"{key}={eps} must be in [0, 1] (pixel units of images in [0, 1], before normalization), e.g. {key}=0.1"
+        )
 
 
 def check_steps(steps: int, key: str) -> None:
@@ -143,8 +146,17 @@ def ascent_step(grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor
     return step_size * grad / norms
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
-        norm: str = "linf", random_start: bool = True, restarts: int = 1) -> torch.Tensor:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    norm: str = "linf",
+    random_start: bool = True,
+    restarts: int = 1,
+) -> torch.Tensor:
     """Projected gradient ascent on the cross-entropy inside the eps ball of `norm` and [0, 1]
     (Madry et al. 2018). With several restarts, each sample keeps the first restart that fools the
     model (else the last one)."""
@@ -188,8 +200,9 @@ class Attack(ABC):
     def check_arguments(cls, arguments: dict[str, Any]) -> None:
         eps = arguments.get("eps", [0.1])
         if isinstance(eps, str) or not isinstance(eps, Sequence) or not eps:
-            raise ValueError(f"attack.eps={eps} must be a non-empty list of strengths in [0, 1], e.g. "
-                             f"attack.eps=[0.05,0.1,0.2]")
+            raise ValueError(
+                f"attack.eps={eps} must be a non-empty list of strengths in [0, 1], e.g. attack.eps=[0.05,0.1,0.2]"
+            )
         for value in eps:
             check_eps(value)
         samples = arguments.get("max_samples")
@@ -222,8 +235,16 @@ class PGD(WhiteBoxAttack):
 
     name = "pgd"
 
-    def __init__(self, eps: list[float], steps: int = 20, step_size: float | None = None, norm: str = "linf",
-                 random_start: bool = True, restarts: int = 1, max_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        eps: list[float],
+        steps: int = 20,
+        step_size: float | None = None,
+        norm: str = "linf",
+        random_start: bool = True,
+        restarts: int = 1,
+        max_samples: int | None = None,
+    ) -> None:
         super().__init__(eps, max_samples)
         self.check_arguments({"steps": steps, "step_size": step_size, "norm": norm, "restarts": restarts})
         self.steps, self.step_size, self.norm = steps, step_size, norm
@@ -249,8 +270,13 @@ class PGD(WhiteBoxAttack):
         return pgd(model, x, y, eps, self.steps, self.size_for(eps), self.norm, self.random_start, self.restarts)
 
     def describe(self, eps: float) -> dict[str, Any]:
-        return {"attack": self.name, "norm": self.norm, "steps": self.steps, "restarts": self.restarts,
-                "step_size": self.size_for(eps)}
+        return {
+            "attack": self.name,
+            "norm": self.norm,
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "step_size": self.size_for(eps),
+        }
 
 
 class RandomNoise(WhiteBoxAttack):
@@ -274,24 +300,37 @@ class AutoAttack(WhiteBoxAttack):
 
     name = "autoattack"
 
-    def __init__(self, eps: list[float], norm: str = "linf", version: str = "standard", seed: int = 0,
-                 max_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        eps: list[float],
+        norm: str = "linf",
+        version: str = "standard",
+        seed: int = 0,
+        max_samples: int | None = None,
+    ) -> None:
         super().__init__(eps, max_samples)
         if norm not in NORMS:
             raise ValueError(f"attack.norm={norm} must be one of {', '.join(NORMS)}")
         if version not in ("standard", "plus", "rand"):
             raise ValueError(f"attack.version={version} must be one of standard, plus, rand")
         if importlib.util.find_spec("torchattacks") is None:
-            raise ValueError("attack=autoattack needs torchattacks, which is not installed: "
-                             "pip install -e '.[attacks]'")
+            raise ValueError(
+                "attack=autoattack needs torchattacks, which is not installed: pip install -e '.[attacks]'"
+            )
         self.norm, self.version, self.seed = norm, version, seed
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         import torchattacks  # optional dependency (the `attacks` extra), checked in __init__
 
         classes = int(model(x[:1]).shape[1])
-        attack = torchattacks.AutoAttack(model, norm="Linf" if self.norm == "linf" else "L2", eps=eps,
-                                         version=self.version, n_classes=classes, seed=self.seed)
+        attack = torchattacks.AutoAttack(
+            model,
+            norm="Linf" if self.norm == "linf" else "L2",
+            eps=eps,
+            version=self.version,
+            n_classes=classes,
+            seed=self.seed,
+        )
         with gradients_on():
             return attack(x.detach().clone(), y.clone()).detach()
 

@@ -35,12 +35,16 @@ def load_backbone(net: nn.Module, init: nn.Module, keep_head: bool) -> None:
         theirs = [v.shape for k, v in state.items() if k.startswith(head_prefix)]
         ours = [v.shape for k, v in net.state_dict().items() if k.startswith(head_prefix)]
         if theirs != ours:
-            raise ValueError(f"the checkpoint's head does not fit this data's {net.num_classes} classes "
-                             f"(head shapes {[tuple(t) for t in theirs]}); pass task.reinit_head=true")
+            raise ValueError(
+                f"the checkpoint's head does not fit this data's {net.num_classes} classes "
+                f"(head shapes {[tuple(t) for t in theirs]}); pass task.reinit_head=true"
+            )
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(head_prefix) for k in missing):
-        raise ValueError(f"the checkpoint's net does not match model (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]}); use the model settings it was trained with")
+        raise ValueError(
+            f"the checkpoint's net does not match model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); use the model settings it was trained with"
+        )
 
 
 class ClassifierModule(Task):
@@ -186,11 +190,16 @@ class ClassifierModule(Task):
             optimizer = self.optimizer_factory(trainable)
         else:
             head_ids = {id(p) for p in head(self.net).parameters()}
-            groups = [{"params": [p for p in trainable if id(p) not in head_ids], "lr_scale": self.backbone_lr_scale},
-                      {"params": [p for p in trainable if id(p) in head_ids], "lr_scale": 1.0}]
+            groups = [
+                {"params": [p for p in trainable if id(p) not in head_ids], "lr_scale": self.backbone_lr_scale},
+                {"params": [p for p in trainable if id(p) in head_ids], "lr_scale": 1.0},
+            ]
             optimizer = self.optimizer_factory([g for g in groups if g["params"]])
             for group in optimizer.param_groups:  # before the scheduler records each group's initial LR
                 group["lr"] *= group["lr_scale"]
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
+        }

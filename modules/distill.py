@@ -116,8 +116,9 @@ class DistillModule(ClassifierModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self.net(x)
-        loss = distillation_loss(logits, self.teacher_logits(batch), y, self.temperature, self.alpha,
-                                 self.loss_fn.label_smoothing)
+        loss = distillation_loss(
+            logits, self.teacher_logits(batch), y, self.temperature, self.alpha, self.loss_fn.label_smoothing
+        )
         self.count_correct(logits, y)
         self.track_train_loss(loss)
         return loss

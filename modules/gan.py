@@ -18,7 +18,7 @@ from typing_extensions import override
 from modules.gan_ema import ParameterAverage
 from modules.gan_losses import LOSSES, discriminator_loss, generator_loss
 from modules.gan_metrics import PenultimateFeatures, class_coverage, frechet_distance
-from modules.gan_pictures import save_grid, sample_grid
+from modules.gan_pictures import sample_grid, save_grid
 from modules.nets.gan_pair import GanPair
 from modules.task import Task
 
@@ -64,18 +64,33 @@ class GanModule(Task):
         monitor_mode: str = "min",
     ) -> None:
         super().__init__(monitor, monitor_mode)
-        self.check_arguments({"d_steps": d_steps, "latent_dim": latent_dim, "loss": loss,
-                              "label_smoothing": label_smoothing, "ema_decay": ema_decay, "fd_samples": fd_samples,
-                              "val_samples": val_samples, "grid_every_n_epochs": grid_every_n_epochs})
+        self.check_arguments(
+            {
+                "d_steps": d_steps,
+                "latent_dim": latent_dim,
+                "loss": loss,
+                "label_smoothing": label_smoothing,
+                "ema_decay": ema_decay,
+                "fd_samples": fd_samples,
+                "val_samples": val_samples,
+                "grid_every_n_epochs": grid_every_n_epochs,
+            }
+        )
         if conditional and net.num_classes < 2:
-            raise ValueError(f"task.conditional=true needs labelled data with at least 2 classes, but the data gives "
-                             f"{net.num_classes}; set task.conditional=false")
+            raise ValueError(
+                f"task.conditional=true needs labelled data with at least 2 classes, but the data gives "
+                f"{net.num_classes}; set task.conditional=false"
+            )
         if (net.latent_dim, net.conditional) != (latent_dim, conditional):
-            raise ValueError(f"model.latent_dim={net.latent_dim} / model.conditional={net.conditional} differ from "
-                             f"task.latent_dim={latent_dim} / task.conditional={conditional}: set them in task only")
+            raise ValueError(
+                f"model.latent_dim={net.latent_dim} / model.conditional={net.conditional} differ from "
+                f"task.latent_dim={latent_dim} / task.conditional={conditional}: set them in task only"
+            )
         if feature is None:
-            raise ValueError("task.feature_ckpt is not set: pass task.feature_ckpt=PATH of a classifier trained on "
-                             "this data, or use recipe=gan, which trains one first")
+            raise ValueError(
+                "task.feature_ckpt is not set: pass task.feature_ckpt=PATH of a classifier trained on "
+                "this data, or use recipe=gan, which trains one first"
+            )
         self.automatic_optimization = not self.manual_optimization
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -99,8 +114,9 @@ class GanModule(Task):
         if get("d_steps", 1) < 1:
             raise ValueError(f"task.d_steps={get('d_steps')} must be >= 1 (discriminator updates per generator update)")
         if get("latent_dim", 1) < 1:
-            raise ValueError(f"task.latent_dim={get('latent_dim')} must be >= 1 (the size of the generator's noise "
-                             "input)")
+            raise ValueError(
+                f"task.latent_dim={get('latent_dim')} must be >= 1 (the size of the generator's noise input)"
+            )
         loss = get("loss", "non_saturating")
         if loss not in LOSSES:
             raise ValueError(f"task.loss={loss} is not one of {', '.join(LOSSES)}")
@@ -108,8 +124,10 @@ class GanModule(Task):
         if not 0 <= smoothing < 1 or (smoothing and loss == "hinge"):
             raise ValueError(f"task.label_smoothing={smoothing} must be in [0, 1), and 0 with task.loss=hinge")
         if not 0 <= get("ema_decay", 0.0) < 1:
-            raise ValueError(f"task.ema_decay={get('ema_decay')} must be in [0, 1) (0: no average of the generator's "
-                             "weights), e.g. 0.998")
+            raise ValueError(
+                f"task.ema_decay={get('ema_decay')} must be in [0, 1) (0: no average of the generator's "
+                "weights), e.g. 0.998"
+            )
         for key in ("fd_samples", "val_samples"):
             if get(key, 2) < 2:
                 raise ValueError(f"task.{key}={get(key)} must be >= 2 (a Frechet distance needs a covariance)")
@@ -137,8 +155,7 @@ class GanModule(Task):
         return ("val/fd", "train/d_loss", "train/g_loss")
 
     # --- sampling -------------------------------------------------------------------------------
-    def latent_batch(self, n: int, seed: int | None = None, device: Any = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def latent_batch(self, n: int, seed: int | None = None, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """n latent vectors and class labels (cycling through the classes); seeded: the same every call."""
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         z = torch.randn(n, self.latent_dim, generator=generator)
@@ -156,7 +173,7 @@ class GanModule(Task):
         """Generated images in eval mode (BatchNorm running statistics), in chunks."""
         mode = self.net.generator.training
         self.net.generator.eval()
-        images = torch.cat([self.generate(z[i:i + chunk], labels[i:i + chunk]) for i in range(0, len(z), chunk)])
+        images = torch.cat([self.generate(z[i : i + chunk], labels[i : i + chunk]) for i in range(0, len(z), chunk)])
         self.net.generator.train(mode)
         return images
 
@@ -169,8 +186,12 @@ class GanModule(Task):
         fake_labels = torch.randint(0, max(1, self.num_classes), (len(real),), device=self.device)
         fake = self.generate(z, fake_labels)
         # Discriminator step: on real images and detached samples (no gradient reaches G).
-        d_loss = discriminator_loss(self.discriminate(real, labels), self.discriminate(fake.detach(), fake_labels),
-                                    self.loss, self.label_smoothing)
+        d_loss = discriminator_loss(
+            self.discriminate(real, labels),
+            self.discriminate(fake.detach(), fake_labels),
+            self.loss,
+            self.label_smoothing,
+        )
         d_opt.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         d_opt.step()
@@ -206,8 +227,10 @@ class GanModule(Task):
 
     @override
     def configure_optimizers(self) -> Any:
-        optimizers = [self.optimizer_factory(self.net.generator.parameters()),
-                      self.optimizer_factory(self.net.discriminator.parameters())]
+        optimizers = [
+            self.optimizer_factory(self.net.generator.parameters()),
+            self.optimizer_factory(self.net.discriminator.parameters()),
+        ]
         if self.scheduler_factory is None:
             return optimizers
         return optimizers, [self.scheduler_factory(opt) for opt in optimizers]
@@ -253,7 +276,9 @@ class GanModule(Task):
         prefix, state = f"{self.shipped_prefix()}.", checkpoint["state_dict"]
         average = self.generator_average.state_dict()
         checkpoint["generator_average"] = {
-            "average": average, "trained": {name: state[prefix + name] for name in average if prefix + name in state}}
+            "average": average,
+            "trained": {name: state[prefix + name] for name in average if prefix + name in state},
+        }
         state.update({prefix + name: value for name, value in average.items() if prefix + name in state})
 
     @override
@@ -311,8 +336,11 @@ class GanModule(Task):
         datamodule.setup("fit")  # the training split is the floor's reference (a no-op once set up)
         for batch in DataLoader(datamodule.training_dataset(), batch_size=512):
             self.test_fd_real.update(batch[0].to(self.device), real=False)
-        metrics = {"test/fd": self.test_fd.compute(), "test/fd_real": self.test_fd_real.compute(),
-                   "test/class_coverage": class_coverage(predicted, self.num_classes).float()}
+        metrics = {
+            "test/fd": self.test_fd.compute(),
+            "test/fd_real": self.test_fd_real.compute(),
+            "test/class_coverage": class_coverage(predicted, self.num_classes).float(),
+        }
         if self.conditional:
             metrics["test/cond_acc"] = (predicted == labels).float().mean()
         self.log_dict(metrics)

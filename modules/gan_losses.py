@@ -15,8 +15,9 @@ import torch.nn.functional as F
 LOSSES = ("non_saturating", "minimax", "hinge")
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
-                       label_smoothing: float = 0.0) -> torch.Tensor:
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str, label_smoothing: float = 0.0
+) -> torch.Tensor:
     if kind == "hinge":
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
     real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, 1 - label_smoothing))

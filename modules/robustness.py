@@ -70,9 +70,15 @@ class RobustnessProbe(pl.LightningModule):
         clean = self.clean_correct / self.seen
         results = []
         for eps, robust, seconds in zip(self.attack.eps, self.robust_correct, self.seconds):
-            results.append({**self.attack.describe(eps), "eps": eps, "robust_acc": robust / self.seen,
-                            "success_rate": 1 - robust / self.clean_correct if self.clean_correct else None,
-                            "seconds": round(seconds, 3)})
+            results.append(
+                {
+                    **self.attack.describe(eps),
+                    "eps": eps,
+                    "robust_acc": robust / self.seen,
+                    "success_rate": 1 - robust / self.clean_correct if self.clean_correct else None,
+                    "seconds": round(seconds, 3),
+                }
+            )
         report = {"clean_acc": clean, "samples": self.seen, "results": results}
         if self.attack.black_box:
             report["oracle_queries"] = self.oracle.queries

@@ -7,11 +7,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
-from typing_extensions import Self, override
+from typing_extensions import override
 
 from modules.base import RecipeModule
 
@@ -38,8 +38,10 @@ class Task(RecipeModule, ABC):
     def __init__(self, monitor: str, monitor_mode: str) -> None:
         super().__init__()
         if monitor_mode not in MODES:
-            raise ValueError(f"task.monitor_mode={monitor_mode!r} must be 'min' or 'max' (the direction in "
-                             f"which task.monitor={monitor} improves)")
+            raise ValueError(
+                f"task.monitor_mode={monitor_mode!r} must be 'min' or 'max' (the direction in "
+                f"which task.monitor={monitor} improves)"
+            )
         if not isinstance(monitor, str) or "/" not in monitor:
             raise ValueError(f"task.monitor={monitor!r} must name a logged metric, e.g. val/acc or val/loss")
         self.monitor, self.monitor_mode = monitor, monitor_mode
@@ -94,9 +96,16 @@ class Task(RecipeModule, ABC):
 
     @classmethod
     @override
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = None, hparams_file: Any = None,
-                             strict: bool | None = None, weights_only: bool | None = None,
-                             trusted_targets: Iterable[str] = (), **task_overrides: Any) -> Self:
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        trusted_targets: Iterable[str] = (),
+        **task_overrides: Any,
+    ) -> Self:
         """Lightning's loader for a recipes checkpoint: `ClassifierModule.load_from_checkpoint(path)`.
 
         Lightning's own would call `cls(**checkpoint["hyper_parameters"])`, but a task's constructor
@@ -111,21 +120,28 @@ class Task(RecipeModule, ABC):
 
         The rebuild path lives in recipes/ (the trust rules); it is imported here, at call time, the one
         place a task module reaches up into it."""
-        refused = {"hparams_file": hparams_file is not None, "strict=False": strict is False,
-                   "weights_only=False": weights_only is False,
-                   "map_location": map_location is not None and not isinstance(map_location, (str, torch.device))}
+        refused = {
+            "hparams_file": hparams_file is not None,
+            "strict=False": strict is False,
+            "weights_only=False": weights_only is False,
+            "map_location": map_location is not None and not isinstance(map_location, (str, torch.device)),
+        }
         if any(refused.values()):
             given = ", ".join(name for name, bad in refused.items() if bad)
-            raise ValueError(f"{cls.__name__}.load_from_checkpoint: {given} is not supported: a recipes checkpoint "
-                             "holds its own config, loads strictly with weights_only=True, and map_location names "
-                             "one device (e.g. 'cpu', 'cuda:0')")
+            raise ValueError(
+                f"{cls.__name__}.load_from_checkpoint: {given} is not supported: a recipes checkpoint "
+                "holds its own config, loads strictly with weights_only=True, and map_location names "
+                "one device (e.g. 'cpu', 'cuda:0')"
+            )
         from recipes.build import load_task
 
         module = load_task(str(checkpoint_path), {f"task.{k}": v for k, v in task_overrides.items()}, trusted_targets)
         if not isinstance(module, cls):
-            raise ValueError(f"{checkpoint_path} holds a {type(module).__module__}.{type(module).__name__}, not a "
-                             f"{cls.__name__}: load it with {type(module).__name__}.load_from_checkpoint (or "
-                             "modules.task.Task.load_from_checkpoint, which takes any task)")
+            raise ValueError(
+                f"{checkpoint_path} holds a {type(module).__module__}.{type(module).__name__}, not a "
+                f"{cls.__name__}: load it with {type(module).__name__}.load_from_checkpoint (or "
+                "modules.task.Task.load_from_checkpoint, which takes any task)"
+            )
         return module.to(map_location) if map_location is not None else module
 
     @classmethod

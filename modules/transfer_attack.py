@@ -57,14 +57,34 @@ class Transfer(Attack):
     name = "transfer"
     black_box = True
 
-    def __init__(self, eps: list[float], substitute: Callable[..., nn.Module], method: str = "fgsm",
-                 steps: int = 10, seed_size: int = 150, rounds: int = 5, lam: float = 0.1,
-                 substitute_epochs: int = 10, lr: float = 0.001, batch_size: int = 64, seed: int = 0,
-                 max_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        eps: list[float],
+        substitute: Callable[..., nn.Module],
+        method: str = "fgsm",
+        steps: int = 10,
+        seed_size: int = 150,
+        rounds: int = 5,
+        lam: float = 0.1,
+        substitute_epochs: int = 10,
+        lr: float = 0.001,
+        batch_size: int = 64,
+        seed: int = 0,
+        max_samples: int | None = None,
+    ) -> None:
         super().__init__(eps, max_samples)
-        self.check_arguments({"method": method, "steps": steps, "seed_size": seed_size, "rounds": rounds,
-                              "lam": lam, "substitute_epochs": substitute_epochs, "lr": lr,
-                              "batch_size": batch_size})
+        self.check_arguments(
+            {
+                "method": method,
+                "steps": steps,
+                "seed_size": seed_size,
+                "rounds": rounds,
+                "lam": lam,
+                "substitute_epochs": substitute_epochs,
+                "lr": lr,
+                "batch_size": batch_size,
+            }
+        )
         self.build_substitute, self.method, self.steps = substitute, method, steps
         self.seed_size, self.rounds, self.lam = seed_size, rounds, lam
         self.substitute_epochs, self.lr, self.batch_size, self.seed = substitute_epochs, lr, batch_size, seed
@@ -101,8 +121,9 @@ class Transfer(Attack):
         self.substitute = net.eval()
         self.substitute_samples = images.shape[0]
 
-    def train_round(self, net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                    labels: torch.Tensor) -> None:
+    def train_round(
+        self, net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
+    ) -> None:
         net.train()
         with gradients_on():
             for _ in range(self.substitute_epochs):
@@ -130,5 +151,11 @@ class Transfer(Attack):
         return pgd(self.substitute, x, y, eps, self.steps, 2.5 * eps / self.steps)
 
     def describe(self, eps: float) -> dict[str, Any]:
-        return {"attack": self.name, "method": self.method, "seed_size": self.seed_size, "rounds": self.rounds,
-                "lam": self.lam, "substitute_samples": self.substitute_samples}
+        return {
+            "attack": self.name,
+            "method": self.method,
+            "seed_size": self.seed_size,
+            "rounds": self.rounds,
+            "lam": self.lam,
+            "substitute_samples": self.substitute_samples,
+        }

@@ -27,8 +27,10 @@ def check_classifier_checkpoint(path: str, trusted: list[str]) -> None:
     saved = saved_config(load_checkpoint(path), "ckpt_path", path, trusted)
     task = get_object(saved.task._target_)  # a shipped or trusted target: saved_config checked it
     if not (isinstance(task, type) and issubclass(task, Task) and task.classifies_images):
-        raise RecipeError(f"ckpt_path={path} holds a {task.__name__} model, which does not classify images: "
-                          f"recipes.attack needs a classifier checkpoint (e.g. of recipe=baseline or recipe=adv_train)")
+        raise RecipeError(
+            f"ckpt_path={path} holds a {task.__name__} model, which does not classify images: "
+            f"recipes.attack needs a classifier checkpoint (e.g. of recipe=baseline or recipe=adv_train)"
+        )
 
 
 def attack(cfg: DictConfig) -> dict[str, Any]:
@@ -37,8 +39,12 @@ def attack(cfg: DictConfig) -> dict[str, Any]:
     check_classifier_checkpoint(str(cfg.ckpt_path), trusted)
     overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.overrides else {}
     saved_cfg, datamodule, module, choices = rebuild(cfg.ckpt_path, overrides, trusted)
-    report = {"checkpoint": str(cfg.ckpt_path), "recipe": choices.get("recipe"), "task": choices.get("task"),
-              **measure(saved_cfg, chosen, module, datamodule, f"ckpt_path={cfg.ckpt_path}")}
+    report = {
+        "checkpoint": str(cfg.ckpt_path),
+        "recipe": choices.get("recipe"),
+        "task": choices.get("task"),
+        **measure(saved_cfg, chosen, module, datamodule, f"ckpt_path={cfg.ckpt_path}"),
+    }
     print_table(report)
     write_report(report, Path(cfg.out_dir))
     print(f"wrote {Path(cfg.out_dir) / 'robustness.json'} and robustness.png")

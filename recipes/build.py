@@ -58,7 +58,7 @@ def keyed_message(message: str, key: str, hydra_message: str) -> str:
     found = re.search(r"full_key: (\S+)\s*$", hydra_message)
     full_key = found.group(1) if found else key
     if message.startswith(f"{key}."):
-        return full_key + message[len(key):] if full_key.startswith(f"{key}.") else message
+        return full_key + message[len(key) :] if full_key.startswith(f"{key}.") else message
     return f"{full_key}: {message}"
 
 
@@ -74,8 +74,10 @@ def reference_net(path: str, key: str, input_shape: tuple[int, ...], trusted: It
     entry = ckpt[KEY]
     saved = saved_config(ckpt, key, path, trusted)
     if tuple(entry["data"]["input_shape"]) != tuple(input_shape):
-        raise RecipeError(f"{key}={path} was trained on inputs {tuple(entry['data']['input_shape'])} but the data gives "
-                          f"{tuple(input_shape)}: set data.image_size / data.channels to match")
+        raise RecipeError(
+            f"{key}={path} was trained on inputs {tuple(entry['data']['input_shape'])} but the data gives "
+            f"{tuple(input_shape)}: set data.image_size / data.channels to match"
+        )
     module = build_task(saved, DataShape(**entry["data"]), references={})
     return load_weights(ckpt, module, path, key).shipped_net.eval().requires_grad_(False)
 
@@ -128,8 +130,11 @@ def build_module(cfg: DictConfig, datamodule: Any, trusted: Iterable[str] = ()) 
 def build_sized_task(cfg: DictConfig, shape: DataShape, trusted: Iterable[str] = ()) -> Task:
     """build_module's task for a data shape, no data module needed: the reference nets loaded from the
     task's `<name>_ckpt` paths, the optimizer checked."""
-    references = {str(k)[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", shape.input_shape, trusted)
-                  for k in cfg.task if str(k).endswith("_ckpt") and cfg.task[k]}
+    references = {
+        str(k)[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", shape.input_shape, trusted)
+        for k in cfg.task
+        if str(k).endswith("_ckpt") and cfg.task[k]
+    }
     module = build_task(cfg, shape, references)
     check_optimizer(module)
     return module
@@ -175,8 +180,9 @@ def build_strategy(cfg: DictConfig) -> Any:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> pl.Trainer:
-    return instantiate_part(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                            strategy=build_strategy(cfg))
+    return instantiate_part(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, strategy=build_strategy(cfg)
+    )
 
 
 def build_test_trainer(cfg: DictConfig, inference_mode: bool = True) -> pl.Trainer:
@@ -230,8 +236,13 @@ def build_training(cfg: DictConfig, choices: dict[str, Any], ckpt_path: str | No
     if resumed is not None:
         load_weights(resumed, module, ckpt_path)
     resolved = plain_config(cfg)
-    callbacks = [*build_callbacks(cfg), *compression.values(), RecipeState(resolved, choices, data),
-                 DivergenceGuard(), SigtermStop()]
+    callbacks = [
+        *build_callbacks(cfg),
+        *compression.values(),
+        RecipeState(resolved, choices, data),
+        DivergenceGuard(),
+        SigtermStop(),
+    ]
     if model_options(cfg.model)[1]["compile"]:
         callbacks.append(CompileNet())
     loggers = build_loggers(cfg)
@@ -270,8 +281,9 @@ def check_build_plan(cfg: DictConfig) -> None:
     build_compression(cfg, module.shipped_net)
 
 
-def rebuild(ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: Iterable[str] = ()
-            ) -> tuple[DictConfig, Any, Task, dict[str, Any]]:
+def rebuild(
+    ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: Iterable[str] = ()
+) -> tuple[DictConfig, Any, Task, dict[str, Any]]:
     """Config, datamodule and weight-loaded module of a checkpoint, and its group choices (what
     recipes.evaluate and recipes.export start from); `overrides` patch the saved config; `trusted`:
     targets beyond the shipped ones it may build."""

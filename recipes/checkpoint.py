@@ -73,8 +73,11 @@ def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
             peek(last)
         except ValueError as err:
             good = newest_readable(last.parent)
-            fix = (f"the newest readable checkpoint is {good}: resume with ckpt_path={good}" if good else
-                   "there is no other readable checkpoint beside it: start over without ckpt_path")
+            fix = (
+                f"the newest readable checkpoint is {good}: resume with ckpt_path={good}"
+                if good
+                else "there is no other readable checkpoint beside it: start over without ckpt_path"
+            )
             raise RecipeError(f"ckpt_path=last: {last} is corrupt ({err}); {fix}") from None
         return str(last)
     return str(value)
@@ -146,10 +149,15 @@ def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str
     reshaped = sorted(k for k in set(saved) & set(current) if tuple(saved[k].shape) != tuple(current[k].shape))
     if missing or unexpected or reshaped:
         first = (reshaped or missing or unexpected)[0]
-        detail = (f"{first} has shape {tuple(saved[first].shape)} there but {tuple(current[first].shape)} here"
-                  if reshaped else f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. {first}")
-        raise RecipeError(f"{key}={path} holds a model={model_name(ckpt)} net that does not fit the configured "
-                          f"model ({detail}); use the model settings it was trained with")
+        detail = (
+            f"{first} has shape {tuple(saved[first].shape)} there but {tuple(current[first].shape)} here"
+            if reshaped
+            else f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. {first}"
+        )
+        raise RecipeError(
+            f"{key}={path} holds a model={model_name(ckpt)} net that does not fit the configured "
+            f"model ({detail}); use the model settings it was trained with"
+        )
 
 
 def load_weights(ckpt: dict[str, Any], module: Task, path: str, key: str = "ckpt_path") -> Task:

@@ -23,7 +23,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """TorchCheckpointIO whose local saves are temp file + fsync + rename beside the target."""
 
     @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None or "://" in str(path):
             # remote storage (s3://...) commits whole objects itself; Lightning's path handles it
             super().save_checkpoint(checkpoint, path, storage_options)

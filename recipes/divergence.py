@@ -59,8 +59,9 @@ class DivergenceGuard(Callback):
         self.window = max(1, int(self.total) // 10) if math.isfinite(self.total) and self.total >= 2 else 0
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = step_loss(outputs)
         if loss is None:
             return
@@ -94,14 +95,18 @@ class DivergenceGuard(Callback):
     def check(self, trainer: pl.Trainer) -> None:
         """Raise RunStopped on every rank when any rank has seen a non-finite training loss."""
         self.examine()
-        local = self.first_bad if self.first_bad is not None else torch.tensor(_NONE, device=trainer.strategy.root_device)
+        local = (
+            self.first_bad if self.first_bad is not None else torch.tensor(_NONE, device=trainer.strategy.root_device)
+        )
         first = int(trainer.strategy.reduce(local.clone(), reduce_op="min"))
         if first == _NONE:
             return
         value = float(self.bad_loss) if int(local) == first and self.bad_loss is not None else "non-finite"
-        raise RunStopped(f"train/loss became {value} at step {first} (epoch {trainer.current_epoch}): the run "
-                         f"diverged; likely {learning_rate(trainer)} is too high: lower it, or set "
-                         f"trainer.gradient_clip_val")
+        raise RunStopped(
+            f"train/loss became {value} at step {first} (epoch {trainer.current_epoch}): the run "
+            f"diverged; likely {learning_rate(trainer)} is too high: lower it, or set "
+            f"trainer.gradient_clip_val"
+        )
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -112,21 +117,27 @@ class DivergenceGuard(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The checkpoint callbacks run after this one (Lightning orders them last): a non-finite
         # validation metric stops the run before they pick a "best" from it.
-        bad = sorted(name for name, value in trainer.callback_metrics.items()
-                     if isinstance(value, torch.Tensor) and value.numel() == 1 and not torch.isfinite(value))
+        bad = sorted(
+            name
+            for name, value in trainer.callback_metrics.items()
+            if isinstance(value, torch.Tensor) and value.numel() == 1 and not torch.isfinite(value)
+        )
         if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
             what = f"{bad[0]} became {float(trainer.callback_metrics[bad[0]])}" if bad else "a metric became non-finite"
-            raise RunStopped(f"{what} at epoch {trainer.current_epoch} (step {trainer.global_step}): the run "
-                             f"diverged; likely {learning_rate(trainer)} is too high: lower it, or set "
-                             f"trainer.gradient_clip_val")
+            raise RunStopped(
+                f"{what} at epoch {trainer.current_epoch} (step {trainer.global_step}): the run "
+                f"diverged; likely {learning_rate(trainer)} is too high: lower it, or set "
+                f"trainer.gradient_clip_val"
+            )
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check(trainer)
 
     @override
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self.check(trainer)  # before the file is written: no checkpoint ever holds diverged weights
 
     @override
@@ -137,10 +148,15 @@ class DivergenceGuard(Callback):
             return  # a task with no "learned nothing" level (a GAN) is not judged by its loss
         first, last = float(self.head[0]) / self.head[1], float(self.tail[0]) / self.tail[1]
         if last >= chance or not last < first:
-            why = (f"is at or above {chance:.4g}, the loss of a model that learned nothing" if last >= chance
-                   else f"is not below that of the first {self.head[1]} ({first:.4g})")
-            log.warning(f"the run did not learn: the mean train/loss of the last {self.tail[1]} steps ({last:.4g}) "
-                        f"{why}; check {learning_rate(trainer)} (too high or too low)")
+            why = (
+                f"is at or above {chance:.4g}, the loss of a model that learned nothing"
+                if last >= chance
+                else f"is not below that of the first {self.head[1]} ({first:.4g})"
+            )
+            log.warning(
+                f"the run did not learn: the mean train/loss of the last {self.tail[1]} steps ({last:.4g}) "
+                f"{why}; check {learning_rate(trainer)} (too high or too low)"
+            )
 
 
 def learning_rate(trainer: pl.Trainer) -> str:

@@ -33,14 +33,21 @@ def load_dcz(net: nn.Module, path: Path) -> None:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.overrides else {}
     if str(cfg.ckpt_path).endswith(".dcz"):
-        raise RecipeError(f"ckpt_path={cfg.ckpt_path} is a .dcz file, which holds weights only: pass the run's "
-                          f"checkpoint as ckpt_path and the file as weights={cfg.ckpt_path}")
+        raise RecipeError(
+            f"ckpt_path={cfg.ckpt_path} is a .dcz file, which holds weights only: pass the run's "
+            f"checkpoint as ckpt_path and the file as weights={cfg.ckpt_path}"
+        )
     saved_cfg, datamodule, module, choices = rebuild(cfg.ckpt_path, overrides, cfg.trusted_targets)
     if cfg.get("weights"):
         load_dcz(module.shipped_net, Path(cfg.weights))
     metrics = test_metrics(saved_cfg, module, datamodule)
-    report = {"recipe": choices.get("recipe"), "task": choices.get("task"), "checkpoint": str(cfg.ckpt_path),
-              **({"weights": str(cfg.weights)} if cfg.get("weights") else {}), "metrics": metrics}
+    report = {
+        "recipe": choices.get("recipe"),
+        "task": choices.get("task"),
+        "checkpoint": str(cfg.ckpt_path),
+        **({"weights": str(cfg.weights)} if cfg.get("weights") else {}),
+        "metrics": metrics,
+    }
     print_summary(report, title="evaluate")
     print(strict_json(metrics))
     if cfg.out:

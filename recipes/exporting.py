@@ -16,8 +16,13 @@ from recipes.errors import RecipeError
 def export_shipped(export_cfg: DictConfig, module: Task, datamodule: Any, out_dir: Path) -> dict[str, Any]:
     """Export `module.shipped_net` as `export_cfg` says and verify it; a failure is a RecipeError."""
     try:
-        return export_and_verify(module.shipped_net, module.example_input(2), module.parity_inputs(datamodule),
-                                 out_dir, **OmegaConf.to_container(export_cfg))
+        return export_and_verify(
+            module.shipped_net,
+            module.example_input(2),
+            module.parity_inputs(datamodule),
+            out_dir,
+            **OmegaConf.to_container(export_cfg),
+        )
     except ExportError as err:
         raise RecipeError(str(err)) from None
 

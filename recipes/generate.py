@@ -12,10 +12,10 @@ import torch
 from omegaconf import DictConfig
 
 from modules.gan import GanModule
-from modules.gan_pictures import save_grid, sample_grid
+from modules.gan_pictures import sample_grid, save_grid
 from recipes import cli
-from recipes.errors import RecipeError
 from recipes.build import rebuild
+from recipes.errors import RecipeError
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
@@ -25,14 +25,18 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         raise RecipeError(f"out={cfg.out} must name a .png file, e.g. out=samples.png")
     _, _, module, choices = rebuild(cfg.ckpt_path, trusted=cfg.trusted_targets)
     if not isinstance(module, GanModule):
-        raise RecipeError(f"ckpt_path={cfg.ckpt_path} holds a task={choices.get('task')} model, not a GAN: "
-                          f"pass a checkpoint of recipe=gan (task=gan)")
+        raise RecipeError(
+            f"ckpt_path={cfg.ckpt_path} holds a task={choices.get('task')} model, not a GAN: "
+            f"pass a checkpoint of recipe=gan (task=gan)"
+        )
     z, labels = module.latent_batch(cfg.num_samples, cfg.seed)
     per_row = min(cfg.num_samples, 10)
     if cfg.label is not None:
         if not module.conditional:
-            raise RecipeError(f"label={cfg.label}: this GAN is not conditional (trained with task.conditional=false); "
-                              f"drop label, or train with task.conditional=true")
+            raise RecipeError(
+                f"label={cfg.label}: this GAN is not conditional (trained with task.conditional=false); "
+                f"drop label, or train with task.conditional=true"
+            )
         if not 0 <= cfg.label < module.num_classes:
             raise RecipeError(f"label={cfg.label} is not a class of this GAN: pick 0..{module.num_classes - 1}")
         labels = torch.full_like(labels, cfg.label)

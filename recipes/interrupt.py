@@ -52,8 +52,9 @@ class SigtermStop(Callback):
         signal.signal(signal.SIGTERM, note)
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.received:
             raise SIGTERMException
 
@@ -80,5 +81,6 @@ def stop_on_sigterm(trainer: pl.Trainer) -> Iterator[None]:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
         how = "resume with: " if resume else "no epoch had finished, so there is no checkpoint; run again with: "
-        raise RunStopped(f"stopped by SIGTERM at epoch {trainer.current_epoch}; {how}"
-                         f"{rerun_command(run_dir, resume)}", EXIT_SIGTERM) from None
+        raise RunStopped(
+            f"stopped by SIGTERM at epoch {trainer.current_epoch}; {how}{rerun_command(run_dir, resume)}", EXIT_SIGTERM
+        ) from None

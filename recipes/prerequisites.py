@@ -48,8 +48,10 @@ def prerequisite_config(cfg: DictConfig, name: str, run_dir: Path) -> DictConfig
             try:
                 node = copy.deepcopy(spec[key])  # interpolations such as ${data.source} resolve in cfg first
             except OmegaConfBaseException as err:
-                raise RecipeError(f"prerequisites.{name}.{key} cannot be built with this config ({err}); "
-                                  f"pass task.{name}_ckpt=PATH of a trained model instead") from None
+                raise RecipeError(
+                    f"prerequisites.{name}.{key} cannot be built with this config ({err}); "
+                    f"pass task.{name}_ckpt=PATH of a trained model instead"
+                ) from None
             sub[key] = node if key in _REPLACED or key not in sub else OmegaConf.merge(sub[key], node)
         if "task" not in spec:
             sub.task = default_task()
@@ -67,8 +69,9 @@ def _wait_for(results_file: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
     return json.loads(results_file.read_text())
 
 
-def ensure_prerequisites(cfg: DictConfig, run_dir: Path, choices: dict[str, Any],
-                         run: Callable[..., dict[str, Any] | None]) -> None:
+def ensure_prerequisites(
+    cfg: DictConfig, run_dir: Path, choices: dict[str, Any], run: Callable[..., dict[str, Any] | None]
+) -> None:
     """Fill every unset `task.<name>_ckpt` that has a `prerequisites.<name>` by training that model
     with `run` (recipes.train's pipeline, passed in so this module stays below it), then drop
     `prerequisites` from `cfg` (it may point at config, e.g. ${data.source}, that a user's overrides
@@ -86,8 +89,9 @@ def ensure_prerequisites(cfg: DictConfig, run_dir: Path, choices: dict[str, Any]
             rank_zero_info(f"task.{key} is not set: reusing the {name} model trained earlier in this run dir: {path}")
         else:
             rank_zero_info(f"task.{key} is not set: training the {name} model first, in {sub_dir}")
-            results = run(prerequisite_config(cfg, name, sub_dir), prerequisite_choices(choices, name),
-                          keep_weights=True)
+            results = run(
+                prerequisite_config(cfg, name, sub_dir), prerequisite_choices(choices, name), keep_weights=True
+            )
             if results is None:  # another DDP rank: rank 0 tests the model and writes results.json
                 results = _wait_for(done)
             path = sub_dir / results["checkpoint"]

@@ -36,13 +36,23 @@ def compression_results(cfg: DictConfig, parts: Parts, metrics: dict[str, float]
             value = test_metrics(cfg, probe, parts.datamodule)[metric]
         values.append(value)
     afters = [*values[1:], metrics[metric]]
-    report["per_step"] = [{"step": name, **({f"{short}_before": before} if before is not None else {}),
-                           **({f"{short}_after": after} if after is not None else {})}
-                          for name, before, after in zip(parts.compression, values, afters)]
+    report["per_step"] = [
+        {
+            "step": name,
+            **({f"{short}_before": before} if before is not None else {}),
+            **({f"{short}_after": after} if after is not None else {}),
+        }
+        for name, before, after in zip(parts.compression, values, afters)
+    ]
     if values[0] is not None:
         report[f"{short}_before"] = values[0]
     report[f"{short}_after"] = metrics[metric]
     first = befores[0][1]
-    write_report(Path(cfg.paths.run_dir), report, layer_table(first, prefix) if first is not None else [],
-                 layer_table(module.shipped_net, prefix), metric)
+    write_report(
+        Path(cfg.paths.run_dir),
+        report,
+        layer_table(first, prefix) if first is not None else [],
+        layer_table(module.shipped_net, prefix),
+        metric,
+    )
     return report

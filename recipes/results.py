@@ -43,9 +43,17 @@ def strict_json(value: Any, **kwargs: Any) -> str:
     return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
-def run_results(choices: dict[str, Any], run_dir: Path, seed: int, metrics: dict[str, float], fit_seconds: float,
-                parallel: dict[str, Any], checkpoint: str | None, monitor: dict[str, Any],
-                task_record: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_results(
+    choices: dict[str, Any],
+    run_dir: Path,
+    seed: int,
+    metrics: dict[str, float],
+    fit_seconds: float,
+    parallel: dict[str, Any],
+    checkpoint: str | None,
+    monitor: dict[str, Any],
+    task_record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """results.json's sections that every run has (compression and export are added when they apply);
     `task_record`: the sections the task adds about its own run (Task.run_record)."""
     results: dict[str, Any] = {
@@ -114,8 +122,10 @@ def print_summary(results: dict[str, Any], title: str = "run summary") -> None:
         table.add_row("fit_seconds", str(results["fit_seconds"]))
     export = results.get("export")
     if export:
-        table.add_row("export parity", f"max |diff| {export['parity_max_abs_diff']:.1e}, "
-                                       f"top-1 agreement {export['top1_agreement']:.4f}")
+        table.add_row(
+            "export parity",
+            f"max |diff| {export['parity_max_abs_diff']:.1e}, top-1 agreement {export['top1_agreement']:.4f}",
+        )
     Console().print(table)
     paths = {key: str(results[key]) for key in ("checkpoint", "run_dir") if key in results}
     if export:

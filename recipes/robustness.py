@@ -34,8 +34,10 @@ def build_attack(node: DictConfig) -> Attack:
 def check_classifier(module: Task, what: str) -> None:
     """Only a task that declares an image classifier (Task.classifies_images) can be attacked."""
     if not type(module).classifies_images:
-        raise RecipeError(f"{what} is a {type(module).__name__}, which does not classify images: attacks need a "
-                          f"classifier checkpoint (e.g. of recipe=baseline or recipe=adv_train)")
+        raise RecipeError(
+            f"{what} is a {type(module).__name__}, which does not classify images: attacks need a "
+            f"classifier checkpoint (e.g. of recipe=baseline or recipe=adv_train)"
+        )
 
 
 def attacker_pool(model: PixelModel, datamodule: Any) -> torch.Tensor:
@@ -62,8 +64,13 @@ def print_table(report: dict[str, Any]) -> None:
         table.add_column(column, justify="left" if column == "attack" else "right")
     for row in report["results"]:
         success = row["success_rate"]
-        table.add_row(row["attack"], f"{row['eps']:g}", f"{row['robust_acc']:.4f}",
-                      "-" if success is None else f"{success:.4f}", f"{row['seconds']:.2f}")
+        table.add_row(
+            row["attack"],
+            f"{row['eps']:g}",
+            f"{row['robust_acc']:.4f}",
+            "-" if success is None else f"{success:.4f}",
+            f"{row['seconds']:.2f}",
+        )
     Console().print(table)
 
 

@@ -23,14 +23,14 @@ def check_writable(folder: Path, key: str) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise RecipeError(f"{key}={folder} cannot be created: {existing} is a file, not a folder; "
-                          f"choose another {key}")
+        raise RecipeError(f"{key}={folder} cannot be created: {existing} is a file, not a folder; choose another {key}")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
-        raise RecipeError(f"{key}={folder} cannot be written ({err.strerror} in {existing}); "
-                          f"choose a writable {key}") from None
+        raise RecipeError(
+            f"{key}={folder} cannot be written ({err.strerror} in {existing}); choose a writable {key}"
+        ) from None
 
 
 class WritableRunDir(Callback):

@@ -74,16 +74,20 @@ class RunDirLock(Callback):
             return
         recipe, previous = config.hydra.runtime.choices.get("recipe"), finished_recipe(run_dir)
         if previous and recipe and previous != recipe and not config.get("ckpt_path"):
-            refuse(f"hydra.run.dir={run_dir} holds a finished recipe={previous} run; a recipe={recipe} run "
-                   f"there would mix their files: choose another hydra.run.dir (or resume with ckpt_path=last)")
+            refuse(
+                f"hydra.run.dir={run_dir} holds a finished recipe={previous} run; a recipe={recipe} run "
+                f"there would mix their files: choose another hydra.run.dir (or resume with ckpt_path=last)"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         handle = open(run_dir / LOCK_FILE, "a")  # noqa: SIM115 - held open for the life of the run
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            refuse(f"hydra.run.dir={run_dir} is in use by another run (it holds {run_dir / LOCK_FILE}); "
-                   f"wait for it to end, or choose another hydra.run.dir")
+            refuse(
+                f"hydra.run.dir={run_dir} is in use by another run (it holds {run_dir / LOCK_FILE}); "
+                f"wait for it to end, or choose another hydra.run.dir"
+            )
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")  # who holds it, for a person looking; the flock is the lock
         handle.flush()

@@ -81,8 +81,10 @@ def parse(entries: list[str]) -> SearchSpace:
     try:
         overrides = OverridesParser.create().parse_overrides(entries)
     except Exception as err:  # noqa: BLE001 - Hydra's parser raises its own error types
-        raise RecipeError(f"cannot parse the search space ({str(err).splitlines()[0]}): write each entry as "
-                          f"key: interval(a, b), tag(log, interval(a, b)), range(a, b, step) or choice(x, y)") from None
+        raise RecipeError(
+            f"cannot parse the search space ({str(err).splitlines()[0]}): write each entry as "
+            f"key: interval(a, b), tag(log, interval(a, b)), range(a, b, step) or choice(x, y)"
+        ) from None
     space = SearchSpace()
     for override in overrides:
         key = override.get_key_element()

@@ -30,8 +30,9 @@ def starts_from_weights(cfg: DictConfig) -> bool:
     a run that trains nothing still tests a trained net (e.g. the source model before fine-tuning)."""
     task = cfg.get("task") or {}
     references = [str(k)[: -len("_ckpt")] for k in task if str(k).endswith("_ckpt")]
-    return bool(cfg.get("ckpt_path")) or any(task[f"{name}_ckpt"] or name in (cfg.get("prerequisites") or {})
-                                             for name in references)
+    return bool(cfg.get("ckpt_path")) or any(
+        task[f"{name}_ckpt"] or name in (cfg.get("prerequisites") or {}) for name in references
+    )
 
 
 def check_budget(cfg: DictConfig) -> None:
@@ -43,11 +44,15 @@ def check_budget(cfg: DictConfig) -> None:
         if value is None or isinstance(value, bool) or not isinstance(value, int):
             continue  # null: Lightning's default; other types: the signature check names them
         if value < -1:
-            raise RecipeError(f"trainer.{key}={value} must be a positive count or {unlimited}, "
-                              f"e.g. trainer.{key}={20 if key == 'max_epochs' else -1}")
+            raise RecipeError(
+                f"trainer.{key}={value} must be a positive count or {unlimited}, "
+                f"e.g. trainer.{key}={20 if key == 'max_epochs' else -1}"
+            )
         if value == 0 and not trainer.get("fast_dev_run") and not starts_from_weights(cfg):
-            raise RecipeError(f"trainer.{key}=0 trains nothing, so the run would test and ship an untrained net: "
-                              f"give trainer.{key}>=1, or start from weights (task.init_ckpt=PATH or ckpt_path=PATH)")
+            raise RecipeError(
+                f"trainer.{key}=0 trains nothing, so the run would test and ship an untrained net: "
+                f"give trainer.{key}>=1, or start from weights (task.init_ckpt=PATH or ckpt_path=PATH)"
+            )
 
 
 def accelerator_available(name: str) -> bool:
@@ -64,8 +69,10 @@ def accelerator_available(name: str) -> bool:
 def check_accelerator(cfg: DictConfig) -> None:
     accelerator = cfg.trainer.get("accelerator", "auto")
     if isinstance(accelerator, str) and not accelerator_available(accelerator):
-        raise RecipeError(f"trainer.accelerator={accelerator} but this machine has no {accelerator} device that "
-                          f"torch can use: run with trainer=cpu (or trainer.accelerator=auto)")
+        raise RecipeError(
+            f"trainer.accelerator={accelerator} but this machine has no {accelerator} device that "
+            f"torch can use: run with trainer=cpu (or trainer.accelerator=auto)"
+        )
 
 
 def changes_shapes(target: Any) -> bool:
@@ -87,11 +94,16 @@ def check_strategy(cfg: DictConfig, choices: dict[str, Any]) -> None:
             check_task(get_object(task_target))
         except ValueError as err:
             raise RecipeError(str(err)) from None
-    reshaping = [name for name, node in (cfg.get("compress") or {}).items()
-                 if node and "_target_" in node and changes_shapes(get_object(node._target_))]
+    reshaping = [
+        name
+        for name, node in (cfg.get("compress") or {}).items()
+        if node and "_target_" in node and changes_shapes(get_object(node._target_))
+    ]
     if reshaping and not getattr(strategy, "restructurable", True):
-        raise RecipeError(f"compress={','.join(reshaping)} changes layer shapes during training, which "
-                          f"strategy={choices.get('strategy')} cannot follow; use strategy=ddp or single")
+        raise RecipeError(
+            f"compress={','.join(reshaping)} changes layer shapes during training, which "
+            f"strategy={choices.get('strategy')} cannot follow; use strategy=ddp or single"
+        )
 
 
 def pending_prerequisites(cfg: DictConfig) -> list[str]:
@@ -107,15 +119,18 @@ def check_monitor(cfg: DictConfig) -> None:
     task = cfg.get("task") or {}
     mode, monitor = task.get("monitor_mode"), task.get("monitor")
     if mode is not None and mode not in MODES:
-        raise RecipeError(f"task.monitor_mode={mode} must be min or max (the direction in which "
-                          f"task.monitor={monitor} improves)")
+        raise RecipeError(
+            f"task.monitor_mode={mode} must be min or max (the direction in which task.monitor={monitor} improves)"
+        )
     cls = get_object(task["_target_"]) if task.get("_target_") else None
     if not (isinstance(cls, type) and issubclass(cls, Task)) or monitor is None:
         return
     logged = cls.monitorable_metric_names()
     if logged is not None and monitor not in logged:
-        raise RecipeError(f"task.monitor={monitor} is not a metric {cls.__name__} logs: choose one of "
-                          f"{', '.join(logged)} (and task.monitor_mode=min|max)")
+        raise RecipeError(
+            f"task.monitor={monitor} is not a metric {cls.__name__} logs: choose one of "
+            f"{', '.join(logged)} (and task.monitor_mode=min|max)"
+        )
 
 
 def check_task_arguments(cfg: DictConfig) -> None:
@@ -152,9 +167,11 @@ def check_attack(cfg: DictConfig, choices: dict[str, Any]) -> None:
         raise RecipeError(str(err)) from None
     task = get_object(cfg.task._target_)
     if not (isinstance(task, type) and issubclass(task, Task) and task.classifies_images):
-        raise RecipeError(f"attack={choices.get('attack')} needs a task that classifies images, but task="
-                          f"{choices.get('task')} ({cfg.task._target_}) does not: drop attack, or use a classifier "
-                          "recipe")
+        raise RecipeError(
+            f"attack={choices.get('attack')} needs a task that classifies images, but task="
+            f"{choices.get('task')} ({cfg.task._target_}) does not: drop attack, or use a classifier "
+            "recipe"
+        )
 
 
 def check_plan(cfg: DictConfig, choices: dict[str, Any]) -> None:

@@ -41,25 +41,31 @@ def open_storage(url: str) -> RDBStorage:
         return RDBStorage(url)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy, its drivers and Optuna raise many types
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise RecipeError(f"hydra.sweeper.storage={url} cannot be opened ({type(err).__name__}: {reason}); give a "
-                          f"reachable SQLAlchemy URL, e.g. hydra.sweeper.storage=sqlite:///sweep.db") from None
+        raise RecipeError(
+            f"hydra.sweeper.storage={url} cannot be opened ({type(err).__name__}: {reason}); give a "
+            f"reachable SQLAlchemy URL, e.g. hydra.sweeper.storage=sqlite:///sweep.db"
+        ) from None
 
 
 def direction(value: str) -> str:
     """Optuna's direction for a task's monitor_mode (min/max) or an Optuna direction."""
     if value not in DIRECTIONS:
-        raise RecipeError(f"hydra.sweeper.direction={value} must be min or max (the task's monitor_mode), "
-                          f"or minimize / maximize")
+        raise RecipeError(
+            f"hydra.sweeper.direction={value} must be min or max (the task's monitor_mode), or minimize / maximize"
+        )
     return DIRECTIONS[value]
 
 
 def load(storage: RDBStorage, name: str, sampler: Any, goal: str) -> optuna.Study:
     """Create the study, or load it (a resumed or shared sweep) when it exists with the same direction."""
     try:
-        return optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction=goal,
-                                   load_if_exists=True)
+        return optuna.create_study(
+            storage=storage, study_name=name, sampler=sampler, direction=goal, load_if_exists=True
+        )
     except ValueError as err:  # an existing study with another direction
-        raise RecipeError(f"study {name!r} in the sweep's storage: {err}; give another hydra.sweeper.study_name") from None
+        raise RecipeError(
+            f"study {name!r} in the sweep's storage: {err}; give another hydra.sweeper.study_name"
+        ) from None
 
 
 def owner() -> str:

@@ -70,7 +70,9 @@ def best_job(jobs: list[Job]) -> Job | None:
 def _varying(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     """Overrides every job shares, and each job's own."""
     shared = set.intersection(*(set(job.overrides) for job in jobs))
-    return [o for o in jobs[0].overrides if o in shared], [[o for o in job.overrides if o not in shared] for job in jobs]
+    return [o for o in jobs[0].overrides if o in shared], [
+        [o for o in job.overrides if o not in shared] for job in jobs
+    ]
 
 
 def rows(jobs: list[Job], root: Path) -> tuple[list[str], list[dict[str, Any]]]:
@@ -81,9 +83,13 @@ def rows(jobs: list[Job], root: Path) -> tuple[list[str], list[dict[str, Any]]]:
     columns = ["job", "status", "overrides", f"{monitor} (best)", *metrics, "fit_seconds"]
     table = []
     for job, overrides in zip(jobs, own, strict=True):
-        row = {"job": str(job.path.relative_to(root)), "status": "done" if job.results else "failed",
-               "overrides": " ".join(overrides), f"{monitor} (best)": job.objective,
-               "fit_seconds": job.results.get("fit_seconds")}
+        row = {
+            "job": str(job.path.relative_to(root)),
+            "status": "done" if job.results else "failed",
+            "overrides": " ".join(overrides),
+            f"{monitor} (best)": job.objective,
+            "fit_seconds": job.results.get("fit_seconds"),
+        }
         row.update({name: job.results.get("metrics", {}).get(name) for name in metrics})
         table.append(row)
     return columns, table
@@ -139,8 +145,9 @@ def summarize(root: Path) -> Job | None:
     for column in columns:
         view.add_column(column, overflow="fold")
     for row in table:
-        view.add_row(*("" if row[c] is None else f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
-                       for c in columns))
+        view.add_row(
+            *("" if row[c] is None else f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
+        )
     console.print(view)
     write_csv(root / CSV_NAME, columns, table)
     plot_objective(root / PLOT_NAME, jobs, columns[3])
@@ -148,8 +155,10 @@ def summarize(root: Path) -> Job | None:
     if best is None:
         console.print("no job finished: there is no best job")
     else:
-        console.print(f"best: {best.path.relative_to(root)} {columns[3]}={best.objective:.4f} "
-                      f"overrides: {' '.join(best.overrides)}")
+        console.print(
+            f"best: {best.path.relative_to(root)} {columns[3]}={best.objective:.4f} "
+            f"overrides: {' '.join(best.overrides)}"
+        )
     console.print(f"wrote {root / CSV_NAME} and {root / PLOT_NAME}")
     return best
 

@@ -61,8 +61,17 @@ def objective_of(ret: JobReturn) -> tuple[float | None, str | None]:
 class OptunaSweeper(Sweeper):
     """See the module docstring; conf/hydra/sweeper/optuna.yaml documents every argument."""
 
-    def __init__(self, sampler: Any, direction: str, storage: str, study_name: str, n_trials: int, n_jobs: int,
-                 max_failure_rate: float, params: DictConfig | None = None) -> None:
+    def __init__(
+        self,
+        sampler: Any,
+        direction: str,
+        storage: str,
+        study_name: str,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        params: DictConfig | None = None,
+    ) -> None:
         self.sampler, self.direction, self.storage, self.study_name = sampler, direction, storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = int(n_trials), int(n_jobs), float(max_failure_rate)
         self.params = params
@@ -73,13 +82,16 @@ class OptunaSweeper(Sweeper):
     @override
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
-                                                                task_function=task_function)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def _check_numbers(self) -> None:
         if self.n_trials < 1 or self.n_jobs < 1:
-            raise RecipeError(f"hydra.sweeper.n_trials={self.n_trials} and hydra.sweeper.n_jobs={self.n_jobs} "
-                              f"must be at least 1, e.g. hydra.sweeper.n_trials=20 hydra.sweeper.n_jobs=2")
+            raise RecipeError(
+                f"hydra.sweeper.n_trials={self.n_trials} and hydra.sweeper.n_jobs={self.n_jobs} "
+                f"must be at least 1, e.g. hydra.sweeper.n_trials=20 hydra.sweeper.n_jobs=2"
+            )
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise RecipeError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be in [0, 1]")
 
@@ -126,17 +138,21 @@ class OptunaSweeper(Sweeper):
         entries = [f"{key}={value}" for key, value in (self.params or {}).items()]
         space = search_space.parse(entries + list(arguments))
         if not space.distributions:
-            raise RecipeError("the sweep has nothing to search: pick hparams_search=baseline|distill|prune, or give "
-                              "hydra.sweeper.params, e.g. 'task.optimizer.lr=tag(log, interval(1e-4, 1e-1))'")
+            raise RecipeError(
+                "the sweep has nothing to search: pick hparams_search=baseline|distill|prune, or give "
+                "hydra.sweeper.params, e.g. 'task.optimizer.lr=tag(log, interval(1e-4, 1e-1))'"
+            )
         probe = self._probe(space.probe())
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         study = self._open_study(sweep_dir, probe)
         if study.get_trials(deepcopy=False):
             self.sampler.reseed_rng()  # a resumed or shared study: do not propose the seeded first trials again
         recorded, requeued = studies.recover_interrupted(study, sweep_dir)
-        log.info(f"study {study.study_name!r} ({self.storage}): objective {probe.task.monitor} "
-                 f"({study.direction.name.lower()}), {len(studies.finished(study))} of {self.n_trials} trials "
-                 f"finished before ({recorded} of them recorded now), {requeued} interrupted trials queued again")
+        log.info(
+            f"study {study.study_name!r} ({self.storage}): objective {probe.task.monitor} "
+            f"({study.direction.name.lower()}), {len(studies.finished(study))} of {self.n_trials} trials "
+            f"finished before ({recorded} of them recorded now), {requeued} interrupted trials queued again"
+        )
         self._run_trials(study, space)
         self._report(study, sweep_dir)
 
@@ -157,8 +173,10 @@ class OptunaSweeper(Sweeper):
                 exhausted = studies.tell(study, trial, value) or exhausted
             ran += len(trials)
             if failed / ran > self.max_failure_rate:
-                raise RunStopped(f"{failed} of {ran} trials failed, more than hydra.sweeper.max_failure_rate="
-                                 f"{self.max_failure_rate}: see the trials' train.log under {self.config.hydra.sweep.dir}")
+                raise RunStopped(
+                    f"{failed} of {ran} trials failed, more than hydra.sweeper.max_failure_rate="
+                    f"{self.max_failure_rate}: see the trials' train.log under {self.config.hydra.sweep.dir}"
+                )
 
     def _report(self, study: Any, sweep_dir: Path) -> None:
         """Log the best trial and write optimization_results.yaml (as hydra-optuna-sweeper does)."""
@@ -169,8 +187,16 @@ class OptunaSweeper(Sweeper):
             return
         best = study.best_trial
         log.info(f"best trial {best.number}: {study.user_attrs.get('objective')}={best.value} with {best.params}")
-        results = OmegaConf.create({"name": "optuna", "study_name": study.study_name, "storage": str(self.storage),
-                                    "objective": study.user_attrs.get("objective"),
-                                    "direction": study.direction.name.lower(), "best_trial": best.number,
-                                    "best_value": best.value, "best_params": best.params})
+        results = OmegaConf.create(
+            {
+                "name": "optuna",
+                "study_name": study.study_name,
+                "storage": str(self.storage),
+                "objective": study.user_attrs.get("objective"),
+                "direction": study.direction.name.lower(),
+                "best_trial": best.number,
+                "best_value": best.value,
+                "best_params": best.params,
+            }
+        )
         OmegaConf.save(results, sweep_dir / RESULTS_FILE)

@@ -15,8 +15,9 @@ from recipes.build import build_test_trainer
 from recipes.checkpoint import load_checkpoint, load_weights
 
 
-def test_metrics(cfg: DictConfig, module: Task, datamodule: Any,
-                 loggers: list[Logger] | tuple = (), step: int = 0) -> dict[str, float]:
+def test_metrics(
+    cfg: DictConfig, module: Task, datamodule: Any, loggers: list[Logger] | tuple = (), step: int = 0
+) -> dict[str, float]:
     """Test metrics of `module` on one device: shared by recipes.train and recipes.evaluate.
 
     A data module with `test_domains` (old and new domain) is also tested on each domain's test set,
@@ -24,10 +25,14 @@ def test_metrics(cfg: DictConfig, module: Task, datamodule: Any,
     """
     inference = not module.evaluates_with_gradients
     trainer = build_test_trainer(cfg, inference)
-    metrics = {name: float(value) for name, value in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
+    metrics = {
+        name: float(value) for name, value in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()
+    }
     for domain in getattr(datamodule, "test_domains", ()):
         loader = datamodule.domain_test_dataloader(domain)
-        for name, value in build_test_trainer(cfg, inference).test(module, dataloaders=loader, verbose=False)[0].items():
+        for name, value in (
+            build_test_trainer(cfg, inference).test(module, dataloaders=loader, verbose=False)[0].items()
+        ):
             metrics[f"{name}_{domain}"] = float(value)
     for logger in loggers:
         adopt_csv_header(logger)
@@ -36,8 +41,14 @@ def test_metrics(cfg: DictConfig, module: Task, datamodule: Any,
     return metrics
 
 
-def test_shipped(cfg: DictConfig, module: Task, datamodule: Any, shipped: str | None,
-                 loggers: list[Logger] | tuple = (), step: int = 0) -> dict[str, float]:
+def test_shipped(
+    cfg: DictConfig,
+    module: Task,
+    datamodule: Any,
+    shipped: str | None,
+    loggers: list[Logger] | tuple = (),
+    step: int = 0,
+) -> dict[str, float]:
     """Load the shipped checkpoint (when there is one) into `module` and test it."""
     if shipped:
         load_weights(load_checkpoint(shipped), module, shipped)

@@ -34,9 +34,11 @@ def check_launch(cfg: DictConfig) -> None:
     relaunches = "_target_" in strategy and strategy.get("start_method", "popen") == "popen"
     many = cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1
     if HydraConfig.get().mode == RunMode.MULTIRUN and relaunches and many and not cli.launched_externally():
-        raise RecipeError("a multirun cannot use strategy.start_method=popen (it re-launches the script per rank); "
-                          "use strategy.start_method=spawn (ddp_spawn), or launch each job with torchrun, srun or "
-                          "hydra/launcher=submitit_slurm")
+        raise RecipeError(
+            "a multirun cannot use strategy.start_method=popen (it re-launches the script per rank); "
+            "use strategy.start_method=spawn (ddp_spawn), or launch each job with torchrun, srun or "
+            "hydra/launcher=submitit_slurm"
+        )
 
 
 def run(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = False) -> dict[str, Any] | None:
@@ -55,15 +57,26 @@ def run(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = False) ->
     return results
 
 
-def _fit_and_report(cfg: DictConfig, choices: dict[str, Any], parts: Parts, run_dir: Path,
-                    keep_weights: bool) -> dict[str, Any] | None:
+def _fit_and_report(
+    cfg: DictConfig, choices: dict[str, Any], parts: Parts, run_dir: Path, keep_weights: bool
+) -> dict[str, Any] | None:
     fitted = fit(parts, run_dir, keep_weights)
     if fitted is None:
         return None
-    metrics = test_shipped(cfg, parts.module, parts.datamodule, fitted.shipped, parts.loggers,
-                           step=parts.trainer.global_step)
-    results = run_results(choices, run_dir, cfg.seed, metrics, fitted.seconds, fitted.parallel, fitted.shipped,
-                          fitted.monitor, parts.module.run_record())
+    metrics = test_shipped(
+        cfg, parts.module, parts.datamodule, fitted.shipped, parts.loggers, step=parts.trainer.global_step
+    )
+    results = run_results(
+        choices,
+        run_dir,
+        cfg.seed,
+        metrics,
+        fitted.seconds,
+        fitted.parallel,
+        fitted.shipped,
+        fitted.monitor,
+        parts.module.run_record(),
+    )
     results.update(robustness_results(cfg, parts.module, parts.datamodule))  # `attack=...`: the robustness section
     if parts.compression:
         results["compression"] = compression_results(cfg, parts, metrics)

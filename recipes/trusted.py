@@ -53,8 +53,13 @@ def shipped_targets() -> frozenset[str]:
     return frozenset(found)
 
 
-def saved_config(ckpt: dict[str, Any], key: str, path: str, trusted: Iterable[str] | str = (),
-                 builds: Iterable[str] = ("data", "model", "task")) -> DictConfig:
+def saved_config(
+    ckpt: dict[str, Any],
+    key: str,
+    path: str,
+    trusted: Iterable[str] | str = (),
+    builds: Iterable[str] = ("data", "model", "task"),
+) -> DictConfig:
     """The config saved in a loaded checkpoint, once the parts the caller builds from it (`builds`, its
     top-level keys) are known to name only trusted targets. The rest (the run's callbacks, loggers,
     strategy) is never instantiated from a checkpoint, so a user's own callback there does not make the
@@ -67,28 +72,41 @@ def saved_config(ckpt: dict[str, Any], key: str, path: str, trusted: Iterable[st
     if not isinstance(config, dict):
         raise RecipeError(f"{refuse} is a {type(config).__name__}, not a mapping; it was not written by recipes.train")
     shape = data.get("input_shape") if isinstance(data, dict) else None
-    if not (isinstance(shape, list) and shape and all(type(n) is int for n in shape)
-            and type(data.get("num_classes")) is int):
-        raise RecipeError(f"{key}={path}: its '{KEY}.data' entry is not {{input_shape: [C, H, W], num_classes: N}}; "
-                          f"it was not written by recipes.train")
+    if not (
+        isinstance(shape, list)
+        and shape
+        and all(type(n) is int for n in shape)
+        and type(data.get("num_classes")) is int
+    ):
+        raise RecipeError(
+            f"{key}={path}: its '{KEY}.data' entry is not {{input_shape: [C, H, W], num_classes: N}}; "
+            f"it was not written by recipes.train"
+        )
     allowed = shipped_targets() | set([trusted] if isinstance(trusted, str) else trusted)
     built = tuple(builds)
     untrusted: dict[str, Any] = {}  # where -> target, in walk order
     for where, name, value in entries(config):
-        if name == TARGET and where.split(".")[0].split("[")[0] in built and not (isinstance(value, str)
-                                                                                   and value in allowed):
+        if (
+            name == TARGET
+            and where.split(".")[0].split("[")[0] in built
+            and not (isinstance(value, str) and value in allowed)
+        ):
             untrusted[where] = value
         elif isinstance(value, str) and "${" in value:
-            raise RecipeError(f"{refuse} has an interpolation, {where}={value!r}; recipes.train saves its config "
-                              f"resolved, so this was not written by it: refusing to resolve it")
+            raise RecipeError(
+                f"{refuse} has an interpolation, {where}={value!r}; recipes.train saves its config "
+                f"resolved, so this was not written by it: refusing to resolve it"
+            )
         elif not isinstance(value, (dict, list, tuple, *_PLAIN)):
             raise RecipeError(f"{refuse} holds a {type(value).__name__} at {where}, which is not config data")
     if untrusted:
         asked = ", ".join(f"{where}={value!r}" for where, value in untrusted.items())
         names = ",".join(dict.fromkeys(str(value) for value in untrusted.values()))
-        raise RecipeError(f"{refuse} asks to build {asked}, which this project does not ship; refusing to run code "
-                          f"from a checkpoint (if that is your own code and you trust whoever wrote this file, pass "
-                          f"trusted_targets=[{names}])")
+        raise RecipeError(
+            f"{refuse} asks to build {asked}, which this project does not ship; refusing to run code "
+            f"from a checkpoint (if that is your own code and you trust whoever wrote this file, pass "
+            f"trusted_targets=[{names}])"
+        )
     try:
         return OmegaConf.create(config)
     except Exception as err:  # noqa: BLE001 - e.g. a key type OmegaConf does not take: not a saved config

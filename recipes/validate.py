@@ -109,20 +109,28 @@ def check_node(node: Any, key: str) -> None:
             if str(name).startswith("_"):
                 continue
             child = node[name]
-            plain = OmegaConf.to_container(child, resolve=True) if isinstance(child, (DictConfig, ListConfig)) else child
+            plain = (
+                OmegaConf.to_container(child, resolve=True) if isinstance(child, (DictConfig, ListConfig)) else child
+            )
             if name not in hints:
                 if not open_kwargs and not partial:
-                    raise RecipeError(f"{key}.{name} is not a parameter of {target_name}; "
-                                      f"valid keys: {', '.join(sorted(hints))}")
+                    raise RecipeError(
+                        f"{key}.{name} is not a parameter of {target_name}; valid keys: {', '.join(sorted(hints))}"
+                    )
                 continue
             if isinstance(child, DictConfig) and "_target_" in child:
                 continue  # built by Hydra: checked by the recursion below
             if not matches(plain, hints[name]):
                 example = f", e.g. the default {defaults[name]!r}" if name in defaults else ""
-                source = (f" (from {OmegaConf.to_container(node, resolve=False)[name]})"
-                          if OmegaConf.is_interpolation(node, name) else "")
-                raise RecipeError(f"{key}.{name}={plain!r}{source} is a {type(plain).__name__}; "
-                                  f"it must be {_describe(hints[name])}{example}")
+                source = (
+                    f" (from {OmegaConf.to_container(node, resolve=False)[name]})"
+                    if OmegaConf.is_interpolation(node, name)
+                    else ""
+                )
+                raise RecipeError(
+                    f"{key}.{name}={plain!r}{source} is a {type(plain).__name__}; "
+                    f"it must be {_describe(hints[name])}{example}"
+                )
     for name in node:
         if not str(name).startswith("_"):
             check_node(node[name], f"{key}.{name}")

@@ -28,11 +28,22 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
 from runs import mean_std, train
 
-RECIPES = ["baseline", "prune", "hidden_prune", "svd", "dsd", "ptq", "qat", "prune_qat", "binary", "ternary", "kmeans",
-           "deep_compression"]
+RECIPES = [
+    "baseline",
+    "prune",
+    "hidden_prune",
+    "svd",
+    "dsd",
+    "ptq",
+    "qat",
+    "prune_qat",
+    "binary",
+    "ternary",
+    "kmeans",
+    "deep_compression",
+]
 INT8 = ("ptq", "qat", "prune_qat")  # rows that ship an int8 model (export=int8)
 DCZ = ("binary", "ternary", "kmeans", "deep_compression")  # recipes whose artifact is model.dcz
 STAGES = ("pruned", "quantized", "huffman")  # Han's Table 1 columns, from results.json's compression.stages
@@ -70,37 +81,64 @@ def main() -> None:
     parser.add_argument("--overrides", nargs="*", default=[], help="overrides of every row, e.g. model=convnet")
     args = parser.parse_args()
 
-    results = {name: [train(args.out / name / f"seed{seed}", f"recipe={name}", f"trainer.max_epochs={args.epochs}",
-                            f"export={export_of(name)}", "logger=csv", f"seed={seed}",
-                            *args.overrides) for seed in args.seeds]
-               for name in args.recipes}
+    results = {
+        name: [
+            train(
+                args.out / name / f"seed{seed}",
+                f"recipe={name}",
+                f"trainer.max_epochs={args.epochs}",
+                f"export={export_of(name)}",
+                "logger=csv",
+                f"seed={seed}",
+                *args.overrides,
+            )
+            for seed in args.seeds
+        ]
+        for name in args.recipes
+    }
     first_seed = {name: runs[0] for name, runs in results.items()}
-    onnx_files = {name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["onnx_int8" if name in INT8 else "onnx"]
-                  for name, r in first_seed.items()}
-    shipped = {name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["dcz"] if name in DCZ else onnx_files[name]
-               for name, r in first_seed.items()}
+    onnx_files = {
+        name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["onnx_int8" if name in INT8 else "onnx"]
+        for name, r in first_seed.items()
+    }
+    shipped = {
+        name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["dcz"] if name in DCZ else onnx_files[name]
+        for name, r in first_seed.items()
+    }
     latency = onnx_latencies(onnx_files, args.batch, args.rounds)
     dense = latency[args.recipes[0]]
     net = " ".join(args.overrides) or "MLP [300, 100]"
     print(f"\n{net} on digits, {args.epochs} epochs, seeds {args.seeds}; onnxruntime at batch {args.batch}\n")
-    print("| recipe | params | nonzero | compressed bytes | ratio | test acc % | artifact bytes | ORT latency | vs dense |")
+    print(
+        "| recipe | params | nonzero | compressed bytes | ratio | test acc % | artifact bytes | ORT latency | vs dense |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     # the dense model's size, as every compressed run reports it for the net it started from
     reference = next(r[0]["compression"] for r in results.values() if "compression" in r[0])
     for name, runs in results.items():
         comp = runs[0].get("compression")
         if comp:
-            size = f"{comp['params']:,} | {comp['nonzero_params']:,} | {comp['compressed_bytes']:,} | {comp['ratio']:.2f}x"
+            size = (
+                f"{comp['params']:,} | {comp['nonzero_params']:,} | {comp['compressed_bytes']:,} | {comp['ratio']:.2f}x"
+            )
         else:
-            size = f"{reference['dense_params']:,} | {reference['dense_params']:,} | {reference['dense_bytes']:,} | 1.00x"
-        print(f"| {name} | {size} | {mean_std([r['metrics']['test/acc'] for r in runs])} "
-              f"| {shipped[name].stat().st_size:,} | {latency[name]:.3f} ms | {latency[name] / dense:.2f}x |")
+            size = (
+                f"{reference['dense_params']:,} | {reference['dense_params']:,} | {reference['dense_bytes']:,} | 1.00x"
+            )
+        print(
+            f"| {name} | {size} | {mean_std([r['metrics']['test/acc'] for r in runs])} "
+            f"| {shipped[name].stat().st_size:,} | {latency[name]:.3f} ms | {latency[name] / dense:.2f}x |"
+        )
     int8_rows = [name for name in results if name in INT8]
     if int8_rows:
-        print("\nint8 vs fp32 ONNX of the same run (results.json export.latency_ms at export.batch_size, "
-              "and this process's round-robin timing):\n")
-        print("| recipe | int8 / fp32 bytes | fp32 ms (export) | int8 ms (export) | speed-up (export) | int8 kernels "
-              "| int8 top-1 agreement |")
+        print(
+            "\nint8 vs fp32 ONNX of the same run (results.json export.latency_ms at export.batch_size, "
+            "and this process's round-robin timing):\n"
+        )
+        print(
+            "| recipe | int8 / fp32 bytes | fp32 ms (export) | int8 ms (export) | speed-up (export) | int8 kernels "
+            "| int8 top-1 agreement |"
+        )
         print("|---|---|---|---|---|---|---|")
         for name in int8_rows:
             exports = [r["export"] for r in results[name]]
@@ -109,8 +147,10 @@ def main() -> None:
             folder = args.out / name / f"seed{args.seeds[0]}"
             ratio = (folder / exports[0]["onnx_int8"]).stat().st_size / (folder / exports[0]["onnx"]).stat().st_size
             speedup = statistics.mean(f / i for f, i in zip(fp32, int8))
-            print(f"| {name} | {ratio:.3f} | {statistics.mean(fp32):.3f} | {statistics.mean(int8):.3f} | {speedup:.2f}x "
-                  f"| {exports[0]['int8']['kernels']} | {min(e['int8']['top1_agreement'] for e in exports):.4f} |")
+            print(
+                f"| {name} | {ratio:.3f} | {statistics.mean(fp32):.3f} | {statistics.mean(int8):.3f} | {speedup:.2f}x "
+                f"| {exports[0]['int8']['kernels']} | {min(e['int8']['top1_agreement'] for e in exports):.4f} |"
+            )
     staged = {name: runs for name, runs in results.items() if "stages" in runs[0].get("compression", {})}
     if staged:
         print("\nBytes after each stage (Han's Table 1; mean over seeds; the last is the .dcz file's size):\n")
@@ -123,6 +163,7 @@ def main() -> None:
                 ratio = statistics.mean(r["compression"]["stages"][stage]["ratio"] for r in runs)
                 cells.append(f"{size:,.0f} ({ratio:.1f}x)")
             print(f"| {name} | {' | '.join(cells)} | {mean_std([r['metrics']['test/acc'] for r in runs])} |")
+
 
 if __name__ == "__main__":
     main()

@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 
 import torch
-
 from runs import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the recipes package, run from a checkout
 
-from recipes.build import build_test_trainer  # noqa: E402
-from recipes.build import rebuild  # noqa: E402
+from recipes.build import (
+    build_test_trainer,  # noqa: E402
+    rebuild,  # noqa: E402
+)
 
 
 def untrained_fd(ckpt: Path, seed: int) -> float:
@@ -64,35 +65,52 @@ def main() -> None:
                 run_dir = args.out / f"{model}-cond{conditional}" / f"seed{seed}"
                 given = [f"task.feature_ckpt={feature}"] if feature else []
                 start = time.perf_counter()
-                result = train(run_dir, "recipe=gan", f"model={model}", f"task.conditional={conditional}",
-                               f"seed={seed}", "logger=csv", *given, *args.overrides)
+                result = train(
+                    run_dir,
+                    "recipe=gan",
+                    f"model={model}",
+                    f"task.conditional={conditional}",
+                    f"seed={seed}",
+                    "logger=csv",
+                    *given,
+                    *args.overrides,
+                )
                 seconds = time.perf_counter() - start
                 if feature is None:  # the first run trained the feature classifier: measure every row with it
                     done = json.loads((run_dir / "feature" / "results.json").read_text())
                     feature = run_dir / "feature" / done["checkpoint"]
                     seconds_feature = seconds
                 metrics = result["metrics"]
-                runs.append({**metrics, "seconds": seconds,
-                             "fd_init": untrained_fd(run_dir / result["checkpoint"], seed)})
+                runs.append(
+                    {**metrics, "seconds": seconds, "fd_init": untrained_fd(run_dir / result["checkpoint"], seed)}
+                )
             rows.append((model, conditional, runs))
 
-    print(f"\nrecipe=gan on digits, seeds {args.seeds}, {' '.join(args.overrides) or 'default budget'}; "
-          f"mean +- std. The first run's seconds include its feature classifier ({seconds_feature:.0f} s in all)\n")
-    print("| model | conditional | test/fd | test/fd_real | fd / fd_real | fd / fd_init | coverage | cond_acc | seconds |")
+    print(
+        f"\nrecipe=gan on digits, seeds {args.seeds}, {' '.join(args.overrides) or 'default budget'}; "
+        f"mean +- std. The first run's seconds include its feature classifier ({seconds_feature:.0f} s in all)\n"
+    )
+    print(
+        "| model | conditional | test/fd | test/fd_real | fd / fd_real | fd / fd_init | coverage | cond_acc | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for model, conditional, runs in rows:
         cond_acc = mean_std([r["test/cond_acc"] for r in runs], 3) if conditional == "true" else "-"
-        print(f"| {model} | {conditional} | {mean_std([r['test/fd'] for r in runs])} "
-              f"| {mean_std([r['test/fd_real'] for r in runs])} "
-              f"| {mean_std([r['test/fd'] / r['test/fd_real'] for r in runs], 1)} "
-              f"| {mean_std([r['test/fd'] / r['fd_init'] for r in runs], 3)} "
-              f"| {mean_std([r['test/class_coverage'] for r in runs], 3)} | {cond_acc} "
-              f"| {mean_std([r['seconds'] for r in runs], 0)} |")
+        print(
+            f"| {model} | {conditional} | {mean_std([r['test/fd'] for r in runs])} "
+            f"| {mean_std([r['test/fd_real'] for r in runs])} "
+            f"| {mean_std([r['test/fd'] / r['test/fd_real'] for r in runs], 1)} "
+            f"| {mean_std([r['test/fd'] / r['fd_init'] for r in runs], 3)} "
+            f"| {mean_std([r['test/class_coverage'] for r in runs], 3)} | {cond_acc} "
+            f"| {mean_std([r['seconds'] for r in runs], 0)} |"
+        )
     print("\nper seed: model conditional seed fd / fd_real, fd / fd_init, coverage, cond_acc, seconds")
     for model, conditional, runs in rows:
         for seed, r in zip(args.seeds, runs):
-            print(f"{model} {conditional} {seed} {r['test/fd'] / r['test/fd_real']:.2f} {r['test/fd'] / r['fd_init']:.3f} "
-                  f"{r['test/class_coverage']:.3f} {r.get('test/cond_acc', float('nan')):.3f} {r['seconds']:.0f}")
+            print(
+                f"{model} {conditional} {seed} {r['test/fd'] / r['test/fd_real']:.2f} {r['test/fd'] / r['fd_init']:.3f} "
+                f"{r['test/class_coverage']:.3f} {r.get('test/cond_acc', float('nan')):.3f} {r['seconds']:.0f}"
+            )
 
 
 if __name__ == "__main__":

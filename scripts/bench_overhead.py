@@ -61,8 +61,11 @@ WORKLOADS = {
 def compose_config(overrides: list[str], epochs: int, run_dir: Path):
     register_resolvers()
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, f"trainer.max_epochs={epochs}", f"paths.run_dir={run_dir}"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[*overrides, f"trainer.max_epochs={epochs}", f"paths.run_dir={run_dir}"],
+            return_hydra_config=True,
+        )
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -85,10 +88,18 @@ def recipe_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
     Returns (seconds of the training loop, seconds of the whole `trainer.fit` call with its setup)."""
     timer = LoopTimer()
     trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=1, max_epochs=cfg.trainer.max_epochs,
-        deterministic=cfg.trainer.deterministic, log_every_n_steps=cfg.trainer.log_every_n_steps,
-        logger=CSVLogger(run_dir, name="recipe"), limit_val_batches=0, num_sanity_val_steps=0,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        max_epochs=cfg.trainer.max_epochs,
+        deterministic=cfg.trainer.deterministic,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        logger=CSVLogger(run_dir, name="recipe"),
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -151,10 +162,14 @@ def measure(name: str, repeats: int) -> float:
     med = {kind: (statistics.median(loop[kind]), statistics.median(whole[kind])) for kind in loop}
     steps = epochs * len(datamodule.train_dataloader())
     print(f"{name}: {epochs} epochs x {steps // epochs} steps, {overrides}, medians of {repeats} interleaved runs")
-    print(f"  training loop: recipe {med['recipe'][0]:.3f}s, plain {med['plain'][0]:.3f}s, "
-          f"{1e3 * (med['recipe'][0] - med['plain'][0]) / steps:.3f} ms framework cost per step")
-    print(f"  whole fit incl. Trainer setup/teardown: recipe {med['recipe'][1]:.3f}s, plain {med['plain'][1]:.3f}s, "
-          f"ratio {med['recipe'][1] / med['plain'][1]:.3f}")
+    print(
+        f"  training loop: recipe {med['recipe'][0]:.3f}s, plain {med['plain'][0]:.3f}s, "
+        f"{1e3 * (med['recipe'][0] - med['plain'][0]) / steps:.3f} ms framework cost per step"
+    )
+    print(
+        f"  whole fit incl. Trainer setup/teardown: recipe {med['recipe'][1]:.3f}s, plain {med['plain'][1]:.3f}s, "
+        f"ratio {med['recipe'][1] / med['plain'][1]:.3f}"
+    )
     ratio = med["recipe"][0] / med["plain"][0]
     print(f"ratio {name}: {ratio:.3f}")
     return ratio
@@ -197,24 +212,33 @@ def data_path(repeats: int) -> float:
         datamodule.setup("fit")
         decode = time.perf_counter() - start
         stats = cfg.data.normalize
-        plain_set = datasets.MNIST(str(root), train=True, transform=T.Compose([
-            T.ToTensor(), T.Normalize(list(stats["mean"]), list(stats["std"]))]))
-        med = interleaved({
-            "recipe": lambda: epoch_samples_per_second(datamodule.train_dataloader()),
-            "plain": lambda: epoch_samples_per_second(DataLoader(plain_set, batch_size=cfg.data.batch_size,
-                                                                 shuffle=True)),
-        }, repeats)
-    return print_row(f"data path: MNIST IDX files, 60,000 28x28 images, batch {cfg.data.batch_size}, medians of "
-                     f"{repeats} epochs each",
-                     f"recipe loader {med['recipe']:,.0f} samples/s (after decoding once in {decode:.2f}s), "
-                     f"torchvision MNIST + ToTensor + Normalize {med['plain']:,.0f} samples/s",
-                     "data path", med["recipe"] / med["plain"])
+        plain_set = datasets.MNIST(
+            str(root),
+            train=True,
+            transform=T.Compose([T.ToTensor(), T.Normalize(list(stats["mean"]), list(stats["std"]))]),
+        )
+        med = interleaved(
+            {
+                "recipe": lambda: epoch_samples_per_second(datamodule.train_dataloader()),
+                "plain": lambda: epoch_samples_per_second(
+                    DataLoader(plain_set, batch_size=cfg.data.batch_size, shuffle=True)
+                ),
+            },
+            repeats,
+        )
+    return print_row(
+        f"data path: MNIST IDX files, 60,000 28x28 images, batch {cfg.data.batch_size}, medians of "
+        f"{repeats} epochs each",
+        f"recipe loader {med['recipe']:,.0f} samples/s (after decoding once in {decode:.2f}s), "
+        f"torchvision MNIST + ToTensor + Normalize {med['plain']:,.0f} samples/s",
+        "data path",
+        med["recipe"] / med["plain"],
+    )
 
 
 def wall_seconds(command: list[str], cwd: Path) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
     return time.perf_counter() - start
@@ -224,15 +248,29 @@ def startup(repeats: int) -> float:
     """`recipes.train debug=fast_dev_run` against the bare `import torch, lightning` floor."""
     with tempfile.TemporaryDirectory() as tmp:
         runs = iter(range(2 * repeats + 2))
-        med = interleaved({
-            "recipe": lambda: wall_seconds([sys.executable, "-m", "recipes.train", "debug=fast_dev_run",
-                                            f"hydra.run.dir={tmp}/run{next(runs)}"], REPO),
-            "floor": lambda: wall_seconds([sys.executable, "-c", "import torch, lightning"], REPO),
-        }, repeats)
-    return print_row(f"start-up: medians of {repeats} interleaved runs",
-                     f"python -m recipes.train debug=fast_dev_run {med['recipe']:.2f}s, python -c 'import torch, "
-                     f"lightning' {med['floor']:.2f}s: {med['recipe'] - med['floor']:.2f}s over the floor",
-                     "start-up", med["recipe"] / med["floor"])
+        med = interleaved(
+            {
+                "recipe": lambda: wall_seconds(
+                    [
+                        sys.executable,
+                        "-m",
+                        "recipes.train",
+                        "debug=fast_dev_run",
+                        f"hydra.run.dir={tmp}/run{next(runs)}",
+                    ],
+                    REPO,
+                ),
+                "floor": lambda: wall_seconds([sys.executable, "-c", "import torch, lightning"], REPO),
+            },
+            repeats,
+        )
+    return print_row(
+        f"start-up: medians of {repeats} interleaved runs",
+        f"python -m recipes.train debug=fast_dev_run {med['recipe']:.2f}s, python -c 'import torch, "
+        f"lightning' {med['floor']:.2f}s: {med['recipe'] - med['floor']:.2f}s over the floor",
+        "start-up",
+        med["recipe"] / med["floor"],
+    )
 
 
 ROWS = ("loop", "data", "startup")
@@ -242,8 +280,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each loop per workload")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
-                        help="loop: the training-loop workloads; data: the data path; startup: fast_dev_run wall time")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=list(ROWS),
+        choices=ROWS,
+        help="loop: the training-loop workloads; data: the data path; startup: fast_dev_run wall time",
+    )
     parser.add_argument("--side-repeats", type=int, default=3, help="timed runs of the data and start-up rows")
     args = parser.parse_args()
     quiet_libraries()

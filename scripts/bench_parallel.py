@@ -25,8 +25,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "callbacks.model_summary=null",
-         "logger=csv"]
+QUIET = [
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "callbacks.model_summary=null",
+    "logger=csv",
+]
 
 
 def available() -> list[str]:
@@ -41,9 +45,18 @@ def overrides_for(name: str, args: argparse.Namespace) -> list[str]:
     per_rank = args.batch_size if name == "single" or name in args.full_batch else args.batch_size // args.devices
     own = [s.split(":", 1)[1] for s in args.set if s.startswith(f"{name}:")]
     common = [s for s in args.set if ":" not in s.split("=", 1)[0]]
-    return ["trainer=ddp_sim", f"strategy={name}", f"trainer.accelerator={args.accelerator}",
-            f"trainer.devices={devices}", f"trainer.max_epochs={args.epochs}", f"data.batch_size={per_rank}",
-            f"seed={args.seed}", *QUIET, *common, *own]
+    return [
+        "trainer=ddp_sim",
+        f"strategy={name}",
+        f"trainer.accelerator={args.accelerator}",
+        f"trainer.devices={devices}",
+        f"trainer.max_epochs={args.epochs}",
+        f"data.batch_size={per_rank}",
+        f"seed={args.seed}",
+        *QUIET,
+        *common,
+        *own,
+    ]
 
 
 def run(name: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
@@ -58,19 +71,24 @@ def run(name: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | 
 
 def table(rows: dict[str, list[dict[str, Any]]], batch_size: int, repeats: int) -> str:
     """One line per strategy: medians over the repeats of samples/s and of test accuracy."""
+
     def acc(runs: list[dict[str, Any]]) -> float:
         return statistics.median(r["metrics"]["test/acc"] for r in runs)
 
     base = acc(rows["single"]) if "single" in rows else None
-    lines = ["| strategy | processes | steps | samples/s | comm bytes/step | test acc | gap vs single (points) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| strategy | processes | steps | samples/s | comm bytes/step | test acc | gap vs single (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, runs in rows.items():
         par = runs[0]["parallel"]
         speed = statistics.median(r["parallel"]["samples_per_second"] for r in runs)
         comm = par.get("comm_bytes_per_step")
         gap = f"{(acc(runs) - base) * 100:+.2f}" if base is not None else "n/a"
-        lines.append(f"| {name} | {par['world_size']} | {par['steps']} | {speed:.1f} | "
-                     f"{'n/a' if comm is None else f'{comm:,.0f}'} | {acc(runs):.4f} | {gap} |")
+        lines.append(
+            f"| {name} | {par['world_size']} | {par['steps']} | {speed:.1f} | "
+            f"{'n/a' if comm is None else f'{comm:,.0f}'} | {acc(runs):.4f} | {gap} |"
+        )
     return "\n".join(lines) + f"\n\n(total batch per optimizer step: {batch_size}; medians of {repeats} run(s))"
 
 
@@ -83,10 +101,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="runs per strategy, interleaved; medians reported")
-    parser.add_argument("--full-batch", nargs="*", default=["pipeline"], help="strategies whose every rank gets "
-                        "the whole batch")
-    parser.add_argument("--set", nargs="*", default=[], help="extra overrides: KEY=VALUE for all, NAME:KEY=VALUE "
-                        "for one strategy")
+    parser.add_argument(
+        "--full-batch", nargs="*", default=["pipeline"], help="strategies whose every rank gets the whole batch"
+    )
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="extra overrides: KEY=VALUE for all, NAME:KEY=VALUE for one strategy"
+    )
     parser.add_argument("--out", type=Path, default=None, help="parent of the run dirs (default: a temp dir)")
     args = parser.parse_args()
     if args.batch_size % args.devices:

@@ -61,8 +61,16 @@ def run(module: str, done: Path, *overrides: str) -> None:
 def measure(out: Path, method: str, seed: int, epochs: int, aa_samples: int | None) -> dict:
     """Train one model and attack its checkpoint; its results.json and each attack's robustness.json."""
     run_dir = out / method / f"seed{seed}"
-    run("recipes.train", run_dir / "results.json", f"hydra.run.dir={run_dir}", *QUIET, *METHODS[method],
-        f"trainer.max_epochs={epochs}", f"seed={seed}", "logger=csv")
+    run(
+        "recipes.train",
+        run_dir / "results.json",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+        *METHODS[method],
+        f"trainer.max_epochs={epochs}",
+        f"seed={seed}",
+        "logger=csv",
+    )
     results = json.loads((run_dir / "results.json").read_text())
     ckpt = run_dir / results["checkpoint"]
     plan = attacks(aa_samples)
@@ -85,8 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--aa-samples", type=int, default=None,
-                        help="test images AutoAttack (and PGD-20 beside it) sees; default: all")
+    parser.add_argument(
+        "--aa-samples", type=int, default=None, help="test images AutoAttack (and PGD-20 beside it) sees; default: all"
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_robustness"))
     parser.add_argument("--plot", type=Path, default=Path("docs/images/robustness.png"))
@@ -94,11 +103,15 @@ def main() -> None:
     runs = {m: [measure(args.out, m, s, args.epochs, args.aa_samples) for s in args.seeds] for m in args.methods}
     (args.out / "bench_robustness.json").write_text(strict_json(runs, indent=2) + "\n")
 
-    print(f"\nDigits, convnet, {args.epochs} epochs, seeds {args.seeds}; accuracy in %, mean +- std; success rates "
-          f"at L-inf eps 0.1 in %\n")
-    print("| training | clean acc | PGD-20 @0.05 | PGD-20 @0.1 | AutoAttack @0.1 (PGD-20, same images) | PGD-20 @0.2 | "
-          "success @0.1: "
-          "white-box PGD / transfer / noise | train s |")
+    print(
+        f"\nDigits, convnet, {args.epochs} epochs, seeds {args.seeds}; accuracy in %, mean +- std; success rates "
+        f"at L-inf eps 0.1 in %\n"
+    )
+    print(
+        "| training | clean acc | PGD-20 @0.05 | PGD-20 @0.1 | AutoAttack @0.1 (PGD-20, same images) | PGD-20 @0.2 | "
+        "success @0.1: "
+        "white-box PGD / transfer / noise | train s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     figures: dict[str, dict[str, float]] = {}
     for method, items in runs.items():
@@ -106,41 +119,57 @@ def main() -> None:
         seconds = [i["train"]["fit_seconds"] for i in items]
         clean = [r["clean_acc"] for r in pgd]
         if method == "pgd_eps0.2":
-            print(f"| pgd, train_eps 0.2 | {mean_std(clean)} | | | | {mean_std([row(r, 0.2) for r in pgd])} | | "
-                  f"{statistics.mean(seconds):.1f} |")
+            print(
+                f"| pgd, train_eps 0.2 | {mean_std(clean)} | | | | {mean_std([row(r, 0.2) for r in pgd])} | | "
+                f"{statistics.mean(seconds):.1f} |"
+            )
             continue
         aa = [row(i["attacks"]["autoattack"], 0.1) for i in items]
         same = [row(i["attacks"]["pgd_same"], 0.1) for i in items]
-        success = [mean_std([row(i["attacks"][a], 0.1, "success_rate") for i in items])
-                   for a in ("pgd", "transfer", "noise")]
-        figures[method] = {"clean": statistics.mean(clean), "pgd": statistics.mean(row(r, 0.1) for r in pgd),
-                           "aa": statistics.mean(aa), "pgd_same": statistics.mean(same),
-                           "seconds": statistics.mean(seconds)}
-        print(f"| {method} | {mean_std(clean)} | {mean_std([row(r, 0.05) for r in pgd])} | "
-              f"{mean_std([row(r, 0.1) for r in pgd])} | {mean_std(aa)} ({mean_std(same)}) | "
-              f"{mean_std([row(r, 0.2) for r in pgd])} | "
-              f"{' / '.join(success)} | {statistics.mean(seconds):.1f} |")
+        success = [
+            mean_std([row(i["attacks"][a], 0.1, "success_rate") for i in items]) for a in ("pgd", "transfer", "noise")
+        ]
+        figures[method] = {
+            "clean": statistics.mean(clean),
+            "pgd": statistics.mean(row(r, 0.1) for r in pgd),
+            "aa": statistics.mean(aa),
+            "pgd_same": statistics.mean(same),
+            "seconds": statistics.mean(seconds),
+        }
+        print(
+            f"| {method} | {mean_std(clean)} | {mean_std([row(r, 0.05) for r in pgd])} | "
+            f"{mean_std([row(r, 0.1) for r in pgd])} | {mean_std(aa)} ({mean_std(same)}) | "
+            f"{mean_std([row(r, 0.2) for r in pgd])} | "
+            f"{' / '.join(success)} | {statistics.mean(seconds):.1f} |"
+        )
 
     if {"standard", "pgd"} <= set(figures):
         std, pgd = figures["standard"], figures["pgd"]
-        print(f"\npgd: PGD-20 @0.1 {100 * pgd['pgd']:.2f}% (target >= 85 and >= standard + 25 = "
-              f"{100 * std['pgd'] + 25:.2f}); clean drop {100 * (std['clean'] - pgd['clean']):+.2f} points "
-              f"(target <= 1); "
-              f"AutoAttack gap {100 * (pgd['pgd_same'] - pgd['aa']):.2f} points below PGD-20 on the same images "
-              f"(target <= 3)")
+        print(
+            f"\npgd: PGD-20 @0.1 {100 * pgd['pgd']:.2f}% (target >= 85 and >= standard + 25 = "
+            f"{100 * std['pgd'] + 25:.2f}); clean drop {100 * (std['clean'] - pgd['clean']):+.2f} points "
+            f"(target <= 1); "
+            f"AutoAttack gap {100 * (pgd['pgd_same'] - pgd['aa']):.2f} points below PGD-20 on the same images "
+            f"(target <= 3)"
+        )
     if {"pgd", "fast"} <= set(figures):
         pgd, fast = figures["pgd"], figures["fast"]
-        print(f"fast: {100 * fast['pgd'] / pgd['pgd']:.1f}% of pgd's PGD-20 accuracy (target >= 90) in "
-              f"{100 * fast['seconds'] / pgd['seconds']:.1f}% of its training time (target <= 40)")
+        print(
+            f"fast: {100 * fast['pgd'] / pgd['pgd']:.1f}% of pgd's PGD-20 accuracy (target >= 90) in "
+            f"{100 * fast['seconds'] / pgd['seconds']:.1f}% of its training time (target <= 40)"
+        )
     curves = {}
     for method, items in runs.items():
         if method == "pgd_eps0.2":
             continue
         reports = [i["attacks"]["pgd"] for i in items]
-        curves[method] = {"clean_acc": statistics.mean(r["clean_acc"] for r in reports),
-                          "results": [{"attack": "PGD-20", "eps": eps, "robust_acc": statistics.mean(row(r, eps)
-                                                                                            for r in reports)}
-                                      for eps in (0.05, 0.1, 0.2)]}
+        curves[method] = {
+            "clean_acc": statistics.mean(r["clean_acc"] for r in reports),
+            "results": [
+                {"attack": "PGD-20", "eps": eps, "robust_acc": statistics.mean(row(r, eps) for r in reports)}
+                for eps in (0.05, 0.1, 0.2)
+            ],
+        }
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(curves, args.plot, title=f"digits, convnet: PGD-20 accuracy (mean of {len(args.seeds)} seeds)")
     print(f"\nplot: {args.plot}")

@@ -17,8 +17,8 @@ Every run goes through `python -m recipes.train`, as a user would run it. Prints
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
 
 from runs import mean_std, train
@@ -78,8 +78,10 @@ def main() -> None:
         print(f"| {name} | {mean_std([m['test/acc'] for m in runs[name]])} |")
     print("\n| shifted digits, from one source model | source-domain acc | target-domain acc |\n|---|---|---|")
     for name in TRANSFER:
-        print(f"| {name} | {mean_std([m['test/acc_source'] for m in runs[name]])} "
-              f"| {mean_std([m['test/acc_target'] for m in runs[name]])} |")
+        print(
+            f"| {name} | {mean_std([m['test/acc_source'] for m in runs[name]])} "
+            f"| {mean_std([m['test/acc_target'] for m in runs[name]])} |"
+        )
 
 
 if __name__ == "__main__":

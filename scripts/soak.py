@@ -39,7 +39,7 @@ def group_pids(pgid: int) -> list[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
             if int(fields[2]) == pgid:
                 pids.append(int(entry.name))
     return sorted(pids)
@@ -55,15 +55,25 @@ def dump_stacks(pgid: int, py_spy: str | None) -> str:
     return "\n".join(dumps)
 
 
-def run_once(strategy: str, run_dir: Path, timeout: float, overrides: list[str],
-             py_spy: str | None) -> tuple[str, float, str]:
+def run_once(
+    strategy: str, run_dir: Path, timeout: float, overrides: list[str], py_spy: str | None
+) -> tuple[str, float, str]:
     """One run in its own session: ('ok' | 'failed' | 'hung', seconds, what to show if it went wrong)."""
-    command = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", "trainer=ddp_sim",
-               f"strategy={strategy}", *TINY, *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "recipes.train",
+        f"hydra.run.dir={run_dir}",
+        "trainer=ddp_sim",
+        f"strategy={strategy}",
+        *TINY,
+        *overrides,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -97,8 +107,9 @@ def main() -> int:
     first_problem = ""
     for strategy in strategies:
         for index in range(args.runs):
-            status, seconds, detail = run_once(strategy, root / f"{strategy}-{index}", args.timeout,
-                                               args.overrides, args.py_spy)
+            status, seconds, detail = run_once(
+                strategy, root / f"{strategy}-{index}", args.timeout, args.overrides, args.py_spy
+            )
             counts[strategy][status] += 1
             print(f"{strategy:>10} run {index + 1}/{args.runs}: {status} ({seconds:.1f} s)", flush=True)
             if status != "ok":

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-
 from runs import QUIET, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the recipes package, run from a checkout
@@ -45,16 +44,30 @@ def trials(db: Path) -> list[optuna.trial.FrozenTrial]:
 
 def finished_trials(db: Path) -> int:
     """Trials that ran to an end (complete or failed), not those a kill cut off (recipes/study.py)."""
-    return len([t for t in trials(db) if t.state in (TrialState.COMPLETE, TrialState.FAIL)
-                and not t.user_attrs.get(INTERRUPTED)])
+    return len(
+        [
+            t
+            for t in trials(db)
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get(INTERRUPTED)
+        ]
+    )
 
 
 def sweep(sweep_dir: Path, args: argparse.Namespace, kill_after: int | None) -> tuple[int, float]:
     """Run the sweep command; with kill_after, SIGKILL its process group once that many trials ended.
     Returns the exit status and the seconds it ran."""
-    cmd = [sys.executable, "-m", "recipes.train", "-m", "hparams_search=baseline", f"hydra.sweep.dir={sweep_dir}",
-           f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.n_jobs={args.jobs}",
-           f"trainer.max_epochs={args.epochs}", *QUIET]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recipes.train",
+        "-m",
+        "hparams_search=baseline",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.sweeper.n_trials={args.trials}",
+        f"hydra.sweeper.n_jobs={args.jobs}",
+        f"trainer.max_epochs={args.epochs}",
+        *QUIET,
+    ]
     start = time.monotonic()
     with open(sweep_dir.parent / ("sweep_killed.log" if kill_after else "sweep_resumed.log"), "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -85,13 +98,17 @@ def main() -> None:
 
     status, seconds = sweep(sweep_dir, args, args.kill_after)
     killed_at, asked = finished_trials(db), len(trials(db))
-    print(f"sweep killed (exit {status}) after {seconds:.0f} s: {killed_at} trials finished, "
-          f"{asked - killed_at} cut off mid-run")
+    print(
+        f"sweep killed (exit {status}) after {seconds:.0f} s: {killed_at} trials finished, "
+        f"{asked - killed_at} cut off mid-run"
+    )
     status, seconds = sweep(sweep_dir, args, None)
     finished, launched = finished_trials(db), len(trials(db)) - asked
-    print(f"restarted sweep (exit {status}, {seconds:.0f} s) launched {launched} trials and finished "
-          f"{finished - killed_at}: the remaining {args.trials} - {killed_at} = {args.trials - killed_at}; "
-          f"the study has {finished} finished trials")
+    print(
+        f"restarted sweep (exit {status}, {seconds:.0f} s) launched {launched} trials and finished "
+        f"{finished - killed_at}: the remaining {args.trials} - {killed_at} = {args.trials - killed_at}; "
+        f"the study has {finished} finished trials"
+    )
     best = summarize(sweep_dir)
     if best is not None:
         verdict = "beats" if best.objective > default else "equals" if best.objective == default else "is below"

@@ -29,13 +29,20 @@ from tests.in_process import REPO, run_module_in_process
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
 
 
-def run_module(module: str, *overrides: str, cwd: Path = REPO, timeout: int = 300,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *overrides: str, cwd: Path = REPO, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`python -m MODULE OVERRIDES...` in a subprocess; returns the completed process (text output)."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def train(run_dir: Path, *overrides: str, quiet: bool = True, **kwargs: Any) -> subprocess.CompletedProcess:
@@ -123,8 +130,15 @@ def feature_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
     cfg = compose_train(folder)
     module = build_module(cfg, build_datamodule(cfg))
     path = folder / "feature.ckpt"
-    torch.save({"state_dict": module.state_dict(),
-                "recipe": {"config": plain_config(cfg), "choices": {"recipe": "baseline", "task": "classifier",
-                                                                    "model": "mlp"},
-                           "data": {"input_shape": [1, 8, 8], "num_classes": 10}}}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "recipe": {
+                "config": plain_config(cfg),
+                "choices": {"recipe": "baseline", "task": "classifier", "model": "mlp"},
+                "data": {"input_shape": [1, 8, 8], "num_classes": 10},
+            },
+        },
+        path,
+    )
     return str(path)

@@ -30,7 +30,7 @@ def _square_images(labels: np.ndarray, side: int, rng: np.random.Generator) -> n
     cell = side // 4
     for image, label in zip(images, labels):
         row, col = divmod(int(label) % 16, 4)
-        image[row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = 255
+        image[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = 255
     return images
 
 
@@ -40,8 +40,9 @@ def _write_idx(path: Path, magic: int, data: np.ndarray) -> None:
     path.write_bytes(header + np.ascontiguousarray(data, dtype=np.uint8).tobytes())
 
 
-def write_mnist_idx(root: Path, name: str = "MNIST", n_train: int = 60, n_test: int = 20, classes: int = 10,
-                    seed: int = 0) -> Path:
+def write_mnist_idx(
+    root: Path, name: str = "MNIST", n_train: int = 60, n_test: int = 20, classes: int = 10, seed: int = 0
+) -> Path:
     """root/<name>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte, uncompressed: what torchvision's
     MNIST-family classes (MNIST, FashionMNIST, KMNIST: `name` is the class name) read. Returns root."""
     rng = np.random.default_rng(seed)
@@ -82,8 +83,15 @@ def write_cifar10(root: Path, n_per_batch: int = 20, seed: int = 0) -> Path:
     return Path(root)
 
 
-def write_image_folder(root: Path, layout: str = "splits", classes: Sequence[str] = ("cat", "dog", "fox"),
-                       per_class: int = 6, size: int = 12, mode: str = "RGB", seed: int = 0) -> Path:
+def write_image_folder(
+    root: Path,
+    layout: str = "splits",
+    classes: Sequence[str] = ("cat", "dog", "fox"),
+    per_class: int = 6,
+    size: int = 12,
+    mode: str = "RGB",
+    seed: int = 0,
+) -> Path:
     """PNG files in ImageFolder layout: root/{train,val,test}/<class>/*.png ("splits", `per_class`
     images per class in each split) or root/<class>/*.png ("single"). Returns root."""
     if layout not in ("splits", "single"):

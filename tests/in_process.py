@@ -43,12 +43,13 @@ def _process_state_kept(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
     loggers = {name: logging.getLogger(name) for name in _RUN_LOGGERS}
     handlers = {name: list(logger.handlers) for name, logger in loggers.items()}
     levels = {name: logger.level for name, logger in loggers.items()}
-    consoles = {h: h.stream for name in _RUN_LOGGERS[1:] for h in handlers[name]
-                if type(h) is logging.StreamHandler}
+    consoles = {h: h.stream for name in _RUN_LOGGERS[1:] for h in handlers[name] if type(h) is logging.StreamHandler}
     sigterm = signal.getsignal(signal.SIGTERM)
     generators = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    deterministic = (torch.are_deterministic_algorithms_enabled(),
-                     torch.is_deterministic_algorithms_warn_only_enabled())
+    deterministic = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     reporter = hydra_utils.run_and_report
     for handler in consoles:
         handler.setStream(err)
@@ -77,8 +78,9 @@ def _process_state_kept(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
             GlobalHydra.instance().clear()
 
 
-def run_module_in_process(module: str, *overrides: str, cwd: Path = REPO,
-                          env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_module_in_process(
+    module: str, *overrides: str, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`python -m MODULE OVERRIDES...` through the same console-script body (MODULE.main: pre-flight,
     Hydra, the error guard), in this process; returns what run_module would: exit status and text
     output. An exception that escapes `main` is exit status 1 with its traceback on stderr, as the
@@ -102,5 +104,3 @@ def run_module_in_process(module: str, *overrides: str, cwd: Path = REPO,
             traceback.print_exc()
             code = 1
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
-
-

@@ -24,8 +24,9 @@ class ReplicaProbe(pl.Callback):
         self.buffers: list[torch.Tensor] = []
         self.steps: list[int] = []
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.last_only:
             self.steps, self.params, self.buffers = [], [], []
         self.steps.append(trainer.global_step)
@@ -37,8 +38,14 @@ class ReplicaProbe(pl.Callback):
         net = pl_module.net
         buffer_ids = {id(b) for b in floating_buffers(net)}
         final = torch.cat([p.detach().flatten() for p in net.parameters()]).cpu()
-        torch.save({"steps": self.steps, "params": torch.stack(self.params), "buffers": torch.stack(self.buffers),
-                    "final_params": final,
-                    "param_names": [f"net.{n}" for n, _ in net.named_parameters()],
-                    "buffer_names": [f"net.{n}" for n, b in net.named_buffers() if id(b) in buffer_ids]},
-                   self.out_dir / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {
+                "steps": self.steps,
+                "params": torch.stack(self.params),
+                "buffers": torch.stack(self.buffers),
+                "final_params": final,
+                "param_names": [f"net.{n}" for n, _ in net.named_parameters()],
+                "buffer_names": [f"net.{n}" for n, b in net.named_buffers() if id(b) in buffer_ids],
+            },
+            self.out_dir / f"rank{trainer.global_rank}.pt",
+        )

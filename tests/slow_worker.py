@@ -16,7 +16,9 @@ class SlowWorker(Callback):
 
     def __init__(self, rank: int = 1, seconds: float = 0.05) -> None:
         if rank < 0 or seconds < 0:
-            raise ValueError(f"callbacks.slow: rank={rank} and seconds={seconds} must be >= 0, e.g. rank=1 seconds=0.05")
+            raise ValueError(
+                f"callbacks.slow: rank={rank} and seconds={seconds} must be >= 0, e.g. rank=1 seconds=0.05"
+            )
         self.rank, self.seconds = rank, seconds
 
     def on_train_batch_end(self, trainer: Any, *args: Any) -> None:

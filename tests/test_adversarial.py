@@ -20,8 +20,13 @@ from recipes.startup import check_plan
 from recipes.train import run
 from tests.conftest import compose_train, train_ok
 
-QUIET = ["logger=csv", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
-         "callbacks.model_summary=null", "callbacks.lr_monitor=null"]
+QUIET = [
+    "logger=csv",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "callbacks.model_summary=null",
+    "callbacks.lr_monitor=null",
+]
 
 
 def test_adversarial_training_raises_robust_accuracy_over_the_standard_model(tmp_path: Path) -> None:
@@ -59,8 +64,16 @@ class Collapse(Callback):
 
 
 def test_overfitting_guard_restores_the_last_good_weights_and_stops(tmp_path: Path) -> None:
-    cfg = compose_train(tmp_path, "recipe=adv_train", "model=mlp", "task.method=fast", "task.eps=0.05",
-                        "task.guard_drop=0.1", "trainer.max_epochs=4", *QUIET)
+    cfg = compose_train(
+        tmp_path,
+        "recipe=adv_train",
+        "model=mlp",
+        "task.method=fast",
+        "task.eps=0.05",
+        "task.guard_drop=0.1",
+        "trainer.max_epochs=4",
+        *QUIET,
+    )
     parts = build_training(cfg, {"recipe": "adv_train", "task": "adversarial"})
     collapse = Collapse()
     parts.trainer.callbacks.append(collapse)
@@ -73,20 +86,29 @@ def test_overfitting_guard_restores_the_last_good_weights_and_stops(tmp_path: Pa
     assert all(torch.equal(restored[k], v) for k, v in collapse.first_epoch.items())
 
 
-@pytest.mark.parametrize("override, message", [
-    ("task.method=free", "task.method=free must be one of fgsm_mix, pgd, fast"),
-    ("task.eps=-0.1", "task.eps=-0.1 must be in [0, 1]"),
-    ("task.train_eps=1.5", "task.train_eps=1.5 must be in [0, 1]"),
-    ("task.train_steps=0", "task.train_steps=0 must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("task.method=free", "task.method=free must be one of fgsm_mix, pgd, fast"),
+        ("task.eps=-0.1", "task.eps=-0.1 must be in [0, 1]"),
+        ("task.train_eps=1.5", "task.train_eps=1.5 must be in [0, 1]"),
+        ("task.train_steps=0", "task.train_steps=0 must be an integer >= 1"),
+    ],
+)
 def test_bad_adversarial_knobs_are_refused_at_start_up(tmp_path: Path, override: str, message: str) -> None:
     cfg = compose_train(tmp_path, "recipe=adv_train", override)
     with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("]", r"\]")):
         check_plan(cfg, {"recipe": "adv_train", "task": "adversarial"})
 
 
-TINY = ["recipe=adv_train", "model=mlp", "trainer.max_epochs=2", "+trainer.limit_train_batches=4", "logger=csv",
-        "task.method=fast"]
+TINY = [
+    "recipe=adv_train",
+    "model=mlp",
+    "trainer.max_epochs=2",
+    "+trainer.limit_train_batches=4",
+    "logger=csv",
+    "task.method=fast",
+]
 
 
 @pytest.mark.slow  # two ranks and an ONNX export: ~25 s on a quiet 2-core machine

@@ -21,8 +21,11 @@ PAUSE = 0.05  # seconds the slowed worker sleeps after each batch
 
 
 def slowed(rank: int, seconds: float = PAUSE) -> tuple[str, ...]:
-    return ("+callbacks.slow._target_=tests.slow_worker.SlowWorker", f"+callbacks.slow.rank={rank}",
-            f"+callbacks.slow.seconds={seconds}")
+    return (
+        "+callbacks.slow._target_=tests.slow_worker.SlowWorker",
+        f"+callbacks.slow.rank={rank}",
+        f"+callbacks.slow.seconds={seconds}",
+    )
 
 
 def epoch0_val_acc(run_dir: Path) -> float:
@@ -73,16 +76,22 @@ def test_workers_update_one_shared_set_of_weights(rank1_slowed, tmp_path: Path) 
     # ... rank 0's first validation. Same seed, data and rank-0 shard as the rank-1-slowed run, whose
     # rank 0 validated after about its own steps_per_epoch updates only.
     shared, alone = epoch0_val_acc(run_dir), epoch0_val_acc(rank1_slowed[0])
-    print(f"rank 0 epoch-0 val/acc: {shared:.4f} with rank 1's updates, {alone:.4f} nearly alone; {results['parallel']}")
+    print(
+        f"rank 0 epoch-0 val/acc: {shared:.4f} with rank 1's updates, {alone:.4f} nearly alone; {results['parallel']}"
+    )
     assert shared > alone + 0.05, (shared, alone)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("strategy.sync_every=0", "strategy.sync_every=0 must be an integer >= 1"),
-    ("trainer.num_nodes=2", "needs MASTER_ADDR, MASTER_PORT and NODE_RANK"),  # none set: the nodes cannot meet
-])
-def test_bad_value_fails_in_one_line(tmp_path: Path, override: str, message: str,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("strategy.sync_every=0", "strategy.sync_every=0 must be an integer >= 1"),
+        ("trainer.num_nodes=2", "needs MASTER_ADDR, MASTER_PORT and NODE_RANK"),  # none set: the nodes cannot meet
+    ],
+)
+def test_bad_value_fails_in_one_line(
+    tmp_path: Path, override: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("MASTER_PORT", raising=False)
     monkeypatch.delenv("NODE_RANK", raising=False)
     proc = train_in_process(tmp_path / "run", "trainer=ddp_sim", "strategy=async", override, quiet=False)
@@ -99,11 +108,24 @@ def test_two_nodes_average_their_hogwild_weights(tmp_path: Path, launcher: str) 
     Hogwild workers on its own shared weights; the node leaders average every K node updates. Launched by
     hand (NODE_RANK, MASTER_ADDR, MASTER_PORT) or by torchrun --nproc_per_node=1 (its GROUP_RANK)."""
     run_dir, probe, sync_every = tmp_path / "run", tmp_path / "probe", 8
-    overrides = [f"hydra.run.dir={run_dir}", *QUIET, "trainer=ddp_sim", "strategy=async", "trainer.num_nodes=2",
-                 "trainer.devices=2", f"strategy.sync_every={sync_every}", "data.train_samples=1024",
-                 "data.batch_size=16", "model.hidden=[64]", "trainer.max_epochs=2", "logger=csv",
-                 "callbacks.model_summary=null", "+callbacks.probe._target_=tests.replica_probe.ReplicaProbe",
-                 f"+callbacks.probe.out_dir={probe}", "+callbacks.probe.last_only=true"]
+    overrides = [
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+        "trainer=ddp_sim",
+        "strategy=async",
+        "trainer.num_nodes=2",
+        "trainer.devices=2",
+        f"strategy.sync_every={sync_every}",
+        "data.train_samples=1024",
+        "data.batch_size=16",
+        "model.hidden=[64]",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        "callbacks.model_summary=null",
+        "+callbacks.probe._target_=tests.replica_probe.ReplicaProbe",
+        f"+callbacks.probe.out_dir={probe}",
+        "+callbacks.probe.last_only=true",
+    ]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -112,13 +134,29 @@ def test_two_nodes_average_their_hogwild_weights(tmp_path: Path, launcher: str) 
     def command(rank: int) -> tuple[list[str], dict[str, str]]:
         if launcher == "env":
             return [sys.executable, "-m", "recipes.train", *overrides], {
-                **env, "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "recipes.train",
-                *overrides], env
+                **env,
+                "NODE_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            }
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            f"--node_rank={rank}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            "-m",
+            "recipes.train",
+            *overrides,
+        ], env
 
-    nodes = [subprocess.Popen(cmd, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=node_env)
-             for cmd, node_env in map(command, (0, 1))]
+    nodes = [
+        subprocess.Popen(cmd, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=node_env)
+        for cmd, node_env in map(command, (0, 1))
+    ]
     outputs = [node.communicate(timeout=240) for node in nodes]
     for node, (out, err) in zip(nodes, outputs):
         assert node.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"

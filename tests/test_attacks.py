@@ -141,7 +141,7 @@ def test_transfer_attack_reads_only_the_targets_labels(digits, trained) -> None:
     attack = Transfer([0.2], functools.partial(MLP, hidden=[100]), rounds=3, substitute_epochs=5, seed_size=100)
     pool, _ = split(digits, "val")
     attack.fit_substitute(oracle, trained.to_pixels(pool), num_classes=10)
-    assert attack.substitute_samples == 100 * 2 ** 2 and oracle.queries == attack.substitute_samples
+    assert attack.substitute_samples == 100 * 2**2 and oracle.queries == attack.substitute_samples
     assert calls and not any(calls)
     assert all(p.grad is None for p in target.parameters())
     x, y = split(digits, "test")

@@ -12,9 +12,8 @@ import pytest
 from recipes.data.files import DataFileError
 from recipes.data.folder import ImageFolderDataModule
 from recipes.data.vision import TorchvisionDataModule
-from tests.conftest import train_in_process
+from tests.conftest import assert_clean_failure, train_in_process
 from tests.data_files import IDX_LABELS_MAGIC, _write_idx, write_image_folder, write_mnist_idx, write_png_header
-from tests.conftest import assert_clean_failure
 
 
 def _random_bytes(path: Path) -> None:

@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (assert_clean_failure, run_module, run_module_in_process, train, train_in_process,
-                            train_ok_in_process)
+from tests.conftest import (
+    assert_clean_failure,
+    run_module,
+    run_module_in_process,
+    train,
+    train_in_process,
+    train_ok_in_process,
+)
 
 
 @pytest.fixture
@@ -39,8 +45,10 @@ CASES = {
     "unknown data": (["data=imagenet"], ["unknown data 'imagenet'", "digits"]),
     "zero batch size": (["data.batch_size=0"], ["data.batch_size=0", "positive"]),
     "negative batch size": (["data.batch_size=-3"], ["data.batch_size=-3"]),
-    "nested data module's batch size": (["data=digits_shift", "data.target.batch_size=0"],
-                                        ["error: data.target.batch_size=0 must be a positive integer"]),
+    "nested data module's batch size": (
+        ["data=digits_shift", "data.target.batch_size=0"],
+        ["error: data.target.batch_size=0 must be a positive integer"],
+    ),
     "batch size of wrong type": (["data.batch_size=abc"], ["data.batch_size='abc'", "int"]),
     "max_epochs of wrong type": (["trainer.max_epochs=many"], ["'many'", "trainer.max_epochs", "int"]),
     "negative learning rate": (["task.optimizer.lr=-0.1"], ["-0.1"]),
@@ -79,8 +87,9 @@ def test_image_folder_without_images(run_dir: Path, tmp_path: Path) -> None:
 
 def test_image_folder_with_a_class_missing_from_a_split(run_dir: Path, tmp_path: Path) -> None:
     root = _image_folder(tmp_path / "imgs", {"train": ["cat", "dog"], "val": ["cat", "dog"], "test": ["cat"]})
-    assert_clean_failure(train_in_process(run_dir, "data=imagefolder", f"data.root={root}"), run_dir, "test/",
-                         "['dog']")
+    assert_clean_failure(
+        train_in_process(run_dir, "data=imagefolder", f"data.root={root}"), run_dir, "test/", "['dog']"
+    )
 
 
 def test_missing_checkpoint(run_dir: Path, tmp_path: Path) -> None:
@@ -92,8 +101,9 @@ def test_missing_checkpoint(run_dir: Path, tmp_path: Path) -> None:
 def test_corrupt_checkpoint(run_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
-    assert_clean_failure(train_in_process(run_dir, f"ckpt_path={bad}"), run_dir,
-                         "bad.ckpt is not a readable checkpoint")
+    assert_clean_failure(
+        train_in_process(run_dir, f"ckpt_path={bad}"), run_dir, "bad.ckpt is not a readable checkpoint"
+    )
     assert_clean_failure(run_module("recipes.evaluate", f"ckpt_path={bad}"), None, "not a readable checkpoint")
 
 
@@ -119,6 +129,7 @@ def test_existing_run_dir_is_kept_on_error(run_dir: Path, mlp_checkpoint: Path) 
 
 
 def test_multirun_with_a_relaunching_strategy_fails_fast(tmp_path: Path) -> None:
-    proc = run_module_in_process("recipes.train", "--multirun", "seed=0,1", "trainer=ddp_sim",
-                                 f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = run_module_in_process(
+        "recipes.train", "--multirun", "seed=0,1", "trainer=ddp_sim", f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    )
     assert_clean_failure(proc, tmp_path / "sweep" / "0", "multirun", "ddp_spawn", "torchrun", "srun", "submitit")

@@ -63,17 +63,26 @@ def test_ttq_gradients_follow_the_paper() -> None:
     assert float(w_p.grad) == 1001.0 and float(w_n.grad) == -10.0
 
 
-@pytest.mark.parametrize("step", [BinaryWeights(start_epoch=1), TernaryWeights("ttq", start_epoch=1)],
-                         ids=["binary", "ttq"])
+@pytest.mark.parametrize(
+    "step", [BinaryWeights(start_epoch=1), TernaryWeights("ttq", start_epoch=1)], ids=["binary", "ttq"]
+)
 def test_trained_net_ships_binary_or_ternary_hidden_layers(step) -> None:
     """Full precision before start_epoch, then a hidden layer of {-a, +a} per channel (binary) or
     {-w_n, 0, w_p} (ternary); first and last layers stay fp32; the net ships plain weights."""
     pl.seed_everything(0)
     net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[32, 16])
     module = ClassifierModule(net, optimizer=lambda p: torch.optim.AdamW(p, lr=0.01))
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=5, limit_val_batches=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[step])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        limit_train_batches=5,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[step],
+    )
     trainer.fit(module, datamodule=DigitsDataModule())
     assert set(net.state_dict()) == {f"{i}.{p}" for i in (1, 3, 5) for p in ("weight", "bias")}  # plain again
     hidden = net[3].weight
@@ -86,13 +95,20 @@ def test_trained_net_ships_binary_or_ternary_hidden_layers(step) -> None:
 
 
 BAD = [
-    (["compress=[binary]", "model.hidden=[32]"],
-     "compress.binary.skip_first_last=true keeps all 2 weight layers of this net at full precision"),
+    (
+        ["compress=[binary]", "model.hidden=[32]"],
+        "compress.binary.skip_first_last=true keeps all 2 weight layers of this net at full precision",
+    ),
     (["compress=[ternary]", "compress.ternary.method=ttt"], "compress.ternary.method='ttt' must be 'twn' or 'ttq'"),
     (["compress=[binary]", "compress.binary.scale=row"], "compress.binary.scale='row' must be"),
-    (["compress=[binary]", "compress.binary.start_epoch=20"], "compress.binary.start_epoch=20 must be < trainer.max_epochs=20"),
-    (["compress=[kmeans,binary]", "compress.kmeans.start_epoch=5"],
-     "compress=[kmeans,binary]: binary must come before kmeans (binarize the weights first"),
+    (
+        ["compress=[binary]", "compress.binary.start_epoch=20"],
+        "compress.binary.start_epoch=20 must be < trainer.max_epochs=20",
+    ),
+    (
+        ["compress=[kmeans,binary]", "compress.kmeans.start_epoch=5"],
+        "compress=[kmeans,binary]: binary must come before kmeans (binarize the weights first",
+    ),
     (["compress=[kmeans,ternary]", "compress.kmeans.start_epoch=5"], "ternary must come before kmeans"),
     (["compress=[binary,ternary]"], "binary and ternary both set the hidden layers' weights to a few values"),
 ]

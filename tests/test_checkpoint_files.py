@@ -42,8 +42,9 @@ def two_epochs(two_epoch_run: Path) -> Path:
     return two_epoch_run
 
 
-def test_a_failed_write_leaves_the_old_checkpoint_and_no_temp_file(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_leaves_the_old_checkpoint_and_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A disk that fills mid-save (ENOSPC after half the bytes): the previous checkpoint is intact, no
     temp file is left, and a temp file left by a killed save is removed by the next save."""
     io, target = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
@@ -139,8 +140,9 @@ def test_a_resume_that_fails_at_start_up_leaves_metrics_csv_as_it_was(two_epochs
     logger already exists by then, yet metrics.csv is byte-identical."""
     run_dir = copy_run(two_epochs, tmp_path)
     before = (run_dir / "csv" / "metrics.csv").read_bytes()
-    assert_one_line_error(train_in_process(run_dir, "model=lenet5", "ckpt_path=last"),
-                          "does not fit the configured model")
+    assert_one_line_error(
+        train_in_process(run_dir, "model=lenet5", "ckpt_path=last"), "does not fit the configured model"
+    )
     assert (run_dir / "csv" / "metrics.csv").read_bytes() == before
 
 
@@ -156,7 +158,11 @@ def test_rows_after_the_resumed_step_go_and_new_columns_keep_the_old_ones(tmp_pa
     resumed.continue_from(40)
     resumed.log_metrics({"test/acc": 0.9}, step=60)
     resumed.save()
-    assert rows(tmp_path) == [{"step": "19", "val/acc": "0.5"}, {"step": "39", "val/acc": "0.7"},
-                              {"step": "40", "lr": "0.1"}, {"step": "60", "test/acc": "0.9"}]
+    assert rows(tmp_path) == [
+        {"step": "19", "val/acc": "0.5"},
+        {"step": "39", "val/acc": "0.7"},
+        {"step": "40", "lr": "0.1"},
+        {"step": "60", "test/acc": "0.9"},
+    ]
     HistoryCSVLogger(tmp_path, name="csv", version="").continue_from(None)
     assert not (tmp_path / "csv" / "metrics.csv").exists()

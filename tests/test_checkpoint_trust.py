@@ -57,9 +57,13 @@ class Traps:
         (package / "module.py").write_text("class Thing:\n    pass\n")
 
     def untouched(self) -> bool:
-        return (self.victim.read_text() == "precious\n" and not self.shell_marker.exists()
-                and not self.pickle_marker.exists() and not self.import_marker.exists()
-                and "evilpkg" not in sys.modules)
+        return (
+            self.victim.read_text() == "precious\n"
+            and not self.shell_marker.exists()
+            and not self.pickle_marker.exists()
+            and not self.import_marker.exists()
+            and "evilpkg" not in sys.modules
+        )
 
 
 class _OpensFile:
@@ -75,31 +79,54 @@ class _OpensFile:
 def payloads(traps: Traps) -> dict[str, tuple[str, Any, str]]:
     """name -> (where in the recipe entry, node, what the refusal must name)."""
     return {
-        "open": ("config.model.hidden", {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"},
-                 "model.hidden._target_='builtins.open'"),
-        "partial_system": ("config.task.optimizer",
-                           {"_target_": "os.system", "_partial_": True, "command": f"touch {traps.shell_marker}"},
-                           "task.optimizer._target_='os.system'"),
-        "functools_partial": ("config.task.scheduler",
-                              {"_target_": "functools.partial",
-                               "_args_": [{"_target_": "hydra.utils.get_method", "path": "os.system"},
-                                          f"touch {traps.shell_marker}"]},
-                              "task.scheduler._target_='functools.partial', "
-                              "task.scheduler._args_[0]._target_='hydra.utils.get_method'"),
-        "torch_load": ("config.model.hidden", {"_target_": "torch.load", "f": str(traps.pickle), "weights_only": False},
-                       "model.hidden._target_='torch.load'"),
+        "open": (
+            "config.model.hidden",
+            {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"},
+            "model.hidden._target_='builtins.open'",
+        ),
+        "partial_system": (
+            "config.task.optimizer",
+            {"_target_": "os.system", "_partial_": True, "command": f"touch {traps.shell_marker}"},
+            "task.optimizer._target_='os.system'",
+        ),
+        "functools_partial": (
+            "config.task.scheduler",
+            {
+                "_target_": "functools.partial",
+                "_args_": [{"_target_": "hydra.utils.get_method", "path": "os.system"}, f"touch {traps.shell_marker}"],
+            },
+            "task.scheduler._target_='functools.partial', task.scheduler._args_[0]._target_='hydra.utils.get_method'",
+        ),
+        "torch_load": (
+            "config.model.hidden",
+            {"_target_": "torch.load", "f": str(traps.pickle), "weights_only": False},
+            "model.hidden._target_='torch.load'",
+        ),
         "unknown_module": ("config.model._target_", "evilpkg.module.Thing", "model._target_='evilpkg.module.Thing'"),
-        "in_a_list": ("config.model.hidden",
-                      [32, {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"}],
-                      "model.hidden[1]._target_='builtins.open'"),
+        "in_a_list": (
+            "config.model.hidden",
+            [32, {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"}],
+            "model.hidden[1]._target_='builtins.open'",
+        ),
         "interpolation": ("config.model.hidden", "${oc.env:HOME}", "interpolation, model.hidden='${oc.env:HOME}'"),
-        "data_entry": ("data.num_classes", {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"},
-                       "'recipe.data' entry"),
+        "data_entry": (
+            "data.num_classes",
+            {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"},
+            "'recipe.data' entry",
+        ),
     }
 
 
-PAYLOADS = ["open", "partial_system", "functools_partial", "torch_load", "unknown_module", "in_a_list",
-            "interpolation", "data_entry"]
+PAYLOADS = [
+    "open",
+    "partial_system",
+    "functools_partial",
+    "torch_load",
+    "unknown_module",
+    "in_a_list",
+    "interpolation",
+    "data_entry",
+]
 
 
 def hostile(genuine: dict[str, Any], traps: Traps, name: str, folder: Path) -> tuple[Path, str]:
@@ -113,8 +140,12 @@ def hostile(genuine: dict[str, Any], traps: Traps, name: str, folder: Path) -> t
 
 def test_the_allow_list_is_what_the_shipped_yaml_builds(genuine: dict[str, Any]) -> None:
     shipped = shipped_targets()
-    assert {"modules.nets.mlp.MLP", "modules.distill.DistillModule", "torch.optim.AdamW",
-            "recipes.data.digits.DigitsDataModule"} <= shipped
+    assert {
+        "modules.nets.mlp.MLP",
+        "modules.distill.DistillModule",
+        "torch.optim.AdamW",
+        "recipes.data.digits.DigitsDataModule",
+    } <= shipped
     assert not {"builtins.open", "os.system", "torch.load", "functools.partial"} & shipped
     assert saved_config(genuine, "ckpt_path", "x.ckpt").model._target_ == "modules.nets.mlp.MLP"
 
@@ -130,8 +161,9 @@ def test_parts_no_loader_builds_may_name_the_users_own_classes(genuine: dict[str
 
 @pytest.mark.parametrize("entry_point", ["rebuild", "reference_net"])
 @pytest.mark.parametrize("name", PAYLOADS)
-def test_a_hostile_config_is_refused_before_anything_runs(name: str, entry_point: str, genuine: dict[str, Any],
-                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hostile_config_is_refused_before_anything_runs(
+    name: str, entry_point: str, genuine: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each payload, through evaluate/export's rebuild and through a teacher / source / init checkpoint."""
     traps = Traps(tmp_path)
     monkeypatch.syspath_prepend(str(traps.site))  # evilpkg is importable: refusing must not import it
@@ -155,14 +187,14 @@ def test_a_trusted_target_is_built_and_nothing_else_is(genuine: dict[str, Any], 
     assert saved_config(sgd, "ckpt_path", "x.ckpt", ["torch.optim.SGD"]).task.optimizer._target_ == "torch.optim.SGD"
 
 
-
 def test_a_checkpoint_cannot_trust_targets_itself(genuine: dict[str, Any], tmp_path: Path) -> None:
     """A checkpoint whose own config says trusted_targets=[builtins.open] and points its fine-tuning
     start (task.init_ckpt, rebuilt by evaluate too) at a hostile file: only the loader's setting counts."""
     traps = Traps(tmp_path)
     hostile_init, _ = hostile(genuine, traps, "open", tmp_path / "ckpts")
-    smuggler = with_node(with_node(genuine, "config.trusted_targets", ["builtins.open"]),
-                         "config.task.init_ckpt", str(hostile_init))
+    smuggler = with_node(
+        with_node(genuine, "config.trusted_targets", ["builtins.open"]), "config.task.init_ckpt", str(hostile_init)
+    )
     torch.save(smuggler, tmp_path / "smuggler.ckpt")
     with pytest.raises(RecipeError, match=rf"^task.init_ckpt={hostile_init}: .*'builtins.open'"):
         rebuild(str(tmp_path / "smuggler.ckpt"))
@@ -194,8 +226,9 @@ def test_export_refuses_a_checkpoint_that_runs_a_shell_command(genuine: dict[str
     assert traps.untouched() and not (tmp_path / "run" / "export").exists()
 
 
-def test_train_refuses_a_teacher_from_an_unknown_package(genuine: dict[str, Any], tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_refuses_a_teacher_from_an_unknown_package(
+    genuine: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In this process, so that `evilpkg` (importable here) would show in sys.modules had it been imported."""
     traps = Traps(tmp_path / "traps")
     monkeypatch.syspath_prepend(str(traps.site))
@@ -211,8 +244,9 @@ def test_evaluate_builds_a_target_the_user_trusts(genuine: dict[str, Any], tmp_p
     """The escape hatch on the command line of the person loading the file: a genuine checkpoint with
     an optimizer the YAML does not ship evaluates once that optimizer is trusted."""
     path = tmp_path / "sgd.ckpt"
-    torch.save(with_node(genuine, "config.task.optimizer", {"_target_": "torch.optim.SGD", "_partial_": True,
-                                                            "lr": 0.1}), path)
+    torch.save(
+        with_node(genuine, "config.task.optimizer", {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}), path
+    )
     proc = run_module("recipes.evaluate", f"ckpt_path={path}", "trusted_targets=[torch.optim.SGD]")
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])

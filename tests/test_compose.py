@@ -20,6 +20,7 @@ def reference_overrides(recipe: str, feature_ckpt: str) -> list[str]:
     """What a recipe's task needs to be built without its prerequisite trained first."""
     return [f"task.feature_ckpt={feature_ckpt}"] if recipe == "gan" else []
 
+
 def test_recipes_exist() -> None:
     assert "baseline" in RECIPES
 
@@ -38,13 +39,15 @@ def test_recipe_composes_and_builds(recipe: str, tmp_path: Path, feature_ckpt: s
 def test_every_model_fits_the_data_shape(model: str, size: int | None, tmp_path: Path) -> None:
     """Input shape and class count flow from the datamodule into every net: no config repeats them."""
     task = ["task=gan"] if model in GAN_MODELS else []  # a GAN pair reads its latent size from the task
-    cfg = compose_train(tmp_path, f"model={model}", f"data.image_size={size if size else 'null'}", "data.channels=3",
-                        *task)
+    cfg = compose_train(
+        tmp_path, f"model={model}", f"data.image_size={size if size else 'null'}", "data.channels=3", *task
+    )
     if task:
         datamodule = instantiate_part(cfg.data, "data")
         model, _ = model_options(cfg.model)  # the net's own keys, without model.compile / channels_last
-        net = instantiate_part(model, "model", input_shape=list(datamodule.input_shape),
-                               num_classes=datamodule.num_classes)
+        net = instantiate_part(
+            model, "model", input_shape=list(datamodule.input_shape), num_classes=datamodule.num_classes
+        )
     else:
         net = build_training(cfg, {}).module.net
     assert net.input_shape == (3, size or 8, size or 8)
@@ -53,9 +56,19 @@ def test_every_model_fits_the_data_shape(model: str, size: int | None, tmp_path:
 def test_documented_overrides_compose(tmp_path: Path) -> None:
     """The override names the README promises (a public contract) all compose."""
     cfg = compose_train(
-        tmp_path, "recipe=baseline", "data=mnist", "data.root=/x", "data.download=false", "data.batch_size=7",
-        "data.shuffle=false", "model=mlp", "model.hidden=[30,20]", "trainer=cpu", "trainer.max_epochs=3",
-        "seed=5", "ckpt_path=last",
+        tmp_path,
+        "recipe=baseline",
+        "data=mnist",
+        "data.root=/x",
+        "data.download=false",
+        "data.batch_size=7",
+        "data.shuffle=false",
+        "model=mlp",
+        "model.hidden=[30,20]",
+        "trainer=cpu",
+        "trainer.max_epochs=3",
+        "seed=5",
+        "ckpt_path=last",
     )
     assert (cfg.data.batch_size, cfg.data.shuffle, list(cfg.model.hidden), cfg.seed) == (7, False, [30, 20], 5)
     for trainer in group_options("trainer"):

@@ -14,30 +14,40 @@ from callbacks.dsd import DenseSparseDense
 from callbacks.plan import check_plan
 from callbacks.prune import MagnitudePruning
 from callbacks.step import CompressionStep, Stage
-
 from recipes.build import build_training
 from recipes.errors import RecipeError
 from tests.conftest import compose_train, train_in_process
 
 BAD_PLANS = [
-    (["compress=[prune,svd]"], "svd must come before prune (factoring a pruned matrix makes it dense again); "
-                               "use compress=[svd,prune]"),
+    (
+        ["compress=[prune,svd]"],
+        "svd must come before prune (factoring a pruned matrix makes it dense again); use compress=[svd,prune]",
+    ),
     (["compress=[svd,hidden_prune]"], "use compress=[hidden_prune,svd]"),
     (["compress=[prune,dsd]", "trainer.max_epochs=30"], "prune and dsd both mask the weights; use one of them"),
     (["compress=[prune]", "compress.prune.sparsity=1.0"], "compress.prune.sparsity=1.0 must be in [0, 1)"),
-    (["compress=[hidden_prune]", "compress.hidden_prune.amount=-0.1"], "compress.hidden_prune.amount=-0.1 must be in [0, 1)"),
+    (
+        ["compress=[hidden_prune]", "compress.hidden_prune.amount=-0.1"],
+        "compress.hidden_prune.amount=-0.1 must be in [0, 1)",
+    ),
     (["compress=[dsd]", "compress.dsd.sparsity=1.5"], "compress.dsd.sparsity=1.5 must be in [0, 1)"),
-    (["compress=[svd]", "compress.svd.param_ratio=null", "compress.svd.rank=60"],
-     "compress.svd.rank=60 is too large for layer net.1 (300x64 weights): at most 52 saves weights"),
+    (
+        ["compress=[svd]", "compress.svd.param_ratio=null", "compress.svd.rank=60"],
+        "compress.svd.rank=60 is too large for layer net.1 (300x64 weights): at most 52 saves weights",
+    ),
     # after hidden_prune halves the layers, rank 40 no longer fits the 150 -> 50 layer
-    (["compress=[hidden_prune,svd]", "compress.svd.param_ratio=null", "compress.svd.rank=40"],
-     "compress.svd.rank=40 is too large for layer net.3 (50x150 weights)"),
+    (
+        ["compress=[hidden_prune,svd]", "compress.svd.param_ratio=null", "compress.svd.rank=40"],
+        "compress.svd.rank=40 is too large for layer net.3 (50x150 weights)",
+    ),
     (["compress=[svd]", "compress.svd.energy=0.9"], "set exactly one of rank, energy, param_ratio"),
     (["compress=[svd,prune]", "compress.svd.epoch=8"], "svd changes the net until epoch 8 but prune starts at epoch 5"),
     (["compress=[hidden_prune]", "compress.hidden_prune.steps=20"], "must be < trainer.max_epochs=20"),
     (["compress=[dsd]"], "compress.dsd.redense_epoch=25 must be < trainer.max_epochs=20"),
-    (["compress=[svd]", "trainer=ddp_sim", "strategy=async"],
-     "compress=svd changes layer shapes during training, which strategy=async cannot follow"),
+    (
+        ["compress=[svd]", "trainer=ddp_sim", "strategy=async"],
+        "compress=svd changes layer shapes during training, which strategy=async cannot follow",
+    ),
 ]
 
 
@@ -49,10 +59,12 @@ def test_bad_plan_is_refused_before_training(overrides: list[str], message: str,
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("overrides", [("compress=[hidden_prune,svd,prune]",), ("compress=[svd,dsd]", "trainer.max_epochs=30")])
+@pytest.mark.parametrize(
+    "overrides", [("compress=[hidden_prune,svd,prune]",), ("compress=[svd,dsd]", "trainer.max_epochs=30")]
+)
 def test_valid_plans_build(overrides: tuple[str, ...], tmp_path: Path) -> None:
     parts = build_training(compose_train(tmp_path, *overrides), dict(HydraConfig.get().runtime.choices))
-    assert list(parts.compression) == [o for o in overrides[0][len("compress=["):-1].split(",")]
+    assert list(parts.compression) == [o for o in overrides[0][len("compress=[") : -1].split(",")]
 
 
 def test_bad_plan_exits_in_one_line_before_anything_is_written(run_dir: Path) -> None:
@@ -78,16 +90,22 @@ class _Precision(CompressionStep):
 
 
 def _steps(*names: str) -> dict[str, CompressionStep]:
-    made = {"prune": lambda: MagnitudePruning(0.5, 1, 10), "dsd": lambda: DenseSparseDense(0.5, 1, 10),
-            "toy_precision": _Precision}
+    made = {
+        "prune": lambda: MagnitudePruning(0.5, 1, 10),
+        "dsd": lambda: DenseSparseDense(0.5, 1, 10),
+        "toy_precision": _Precision,
+    }
     return {name: made[name]() for name in names}
 
 
 def test_a_new_step_joins_a_plan_by_its_declarations() -> None:
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     check_plan(_steps("prune", "toy_precision"), net, max_epochs=20)
-    with pytest.raises(ValueError, match=r"prune must come before toy_precision \(prune the weights .*use "
-                                         r"compress=\[prune,toy_precision\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"prune must come before toy_precision \(prune the weights .*use "
+        r"compress=\[prune,toy_precision\]",
+    ):
         check_plan(_steps("toy_precision", "prune"), net, max_epochs=20)
     with pytest.raises(ValueError, match="dsd and toy_precision cannot share a plan with DSD; use one of them"):
         check_plan(_steps("dsd", "toy_precision"), net, max_epochs=20)

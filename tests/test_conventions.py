@@ -35,9 +35,16 @@ from recipes.testing import test_metrics as run_test_metrics
 from tests.conftest import compose_train, train
 
 # One short epoch: a real checkpoint in a few seconds.
-TINY = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=csv",
-        "callbacks.model_summary=null", "callbacks.lr_monitor=null", "callbacks.progress_bar=null",
-        "trainer.enable_progress_bar=false")
+TINY = (
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "logger=csv",
+    "callbacks.model_summary=null",
+    "callbacks.lr_monitor=null",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+)
 
 
 def tiny_checkpoint(tmp_path: Path, name: str, *overrides: str, choices: dict[str, str]) -> str:
@@ -51,19 +58,39 @@ def tiny_checkpoint(tmp_path: Path, name: str, *overrides: str, choices: dict[st
 def test_every_task_checkpoint_loads_with_load_from_checkpoint(tmp_path: Path) -> None:
     """classifier, distill, adapt and gan: `Cls.load_from_checkpoint(path, weights_only=True)` gives the
     module recipes.evaluate rebuilds (same class, same outputs, same test metrics for a classifier)."""
-    classifier = tiny_checkpoint(tmp_path, "classifier", "model.hidden=[32]",
-                                 choices={"recipe": "baseline", "task": "classifier"})
+    classifier = tiny_checkpoint(
+        tmp_path, "classifier", "model.hidden=[32]", choices={"recipe": "baseline", "task": "classifier"}
+    )
     checkpoints = {
         ClassifierModule: classifier,
-        DistillModule: tiny_checkpoint(tmp_path, "distill", "task=distill", "model.hidden=[32]",
-                                       f"task.teacher_ckpt={classifier}",
-                                       choices={"recipe": "distill", "task": "distill"}),
-        AdaptModule: tiny_checkpoint(tmp_path, "adapt", "task=adapt", "data=digits_shift", "model.hidden=[32]",
-                                     f"task.source_ckpt={classifier}", choices={"recipe": "adapt", "task": "adapt"}),
-        GanModule: tiny_checkpoint(tmp_path, "gan", "recipe=gan", "model=gan_mlp", f"task.feature_ckpt={classifier}",
-                                   "trainer.check_val_every_n_epoch=1",
-                                   "task.fd_samples=64", "task.val_samples=64",
-                                   choices={"recipe": "gan", "task": "gan"}),
+        DistillModule: tiny_checkpoint(
+            tmp_path,
+            "distill",
+            "task=distill",
+            "model.hidden=[32]",
+            f"task.teacher_ckpt={classifier}",
+            choices={"recipe": "distill", "task": "distill"},
+        ),
+        AdaptModule: tiny_checkpoint(
+            tmp_path,
+            "adapt",
+            "task=adapt",
+            "data=digits_shift",
+            "model.hidden=[32]",
+            f"task.source_ckpt={classifier}",
+            choices={"recipe": "adapt", "task": "adapt"},
+        ),
+        GanModule: tiny_checkpoint(
+            tmp_path,
+            "gan",
+            "recipe=gan",
+            "model=gan_mlp",
+            f"task.feature_ckpt={classifier}",
+            "trainer.check_val_every_n_epoch=1",
+            "task.fd_samples=64",
+            "task.val_samples=64",
+            choices={"recipe": "gan", "task": "gan"},
+        ),
     }
     for cls, path in checkpoints.items():
         loaded = cls.load_from_checkpoint(path, weights_only=True).eval()
@@ -80,8 +107,9 @@ def test_every_task_checkpoint_loads_with_load_from_checkpoint(tmp_path: Path) -
             assert torch.equal(loaded(*example), evaluated.shipped_net(*example)), cls.__name__
     # What recipes.evaluate reports, from the module Lightning's way of loading gives.
     cfg, datamodule, evaluated, _ = rebuild(classifier)
-    assert run_test_metrics(cfg, ClassifierModule.load_from_checkpoint(classifier), datamodule) == \
-        run_test_metrics(cfg, evaluated, datamodule)
+    assert run_test_metrics(cfg, ClassifierModule.load_from_checkpoint(classifier), datamodule) == run_test_metrics(
+        cfg, evaluated, datamodule
+    )
     # A reference model that is not at hand: the task config is patched like Lightning's hparams kwargs.
     student = DistillModule.load_from_checkpoint(checkpoints[DistillModule], teacher_ckpt=None)
     assert student.teacher is None
@@ -99,7 +127,8 @@ def lightning_classes() -> list[type]:
             module = importlib.import_module(info.name)
             for _, cls in inspect.getmembers(module, inspect.isclass):
                 if cls.__module__ == module.__name__ and any(
-                        base.__module__.partition(".")[0] in ("lightning", "hydra") for base in cls.__mro__[1:]):
+                    base.__module__.partition(".")[0] in ("lightning", "hydra") for base in cls.__mro__[1:]
+                ):
                     found.append(cls)
     return found
 
@@ -140,16 +169,23 @@ def resolve(owner: str) -> Any:
 def test_every_private_name_in_use_still_exists(tmp_path: Path) -> None:
     """recipes/private_api.py lists each private Lightning/Hydra name the project uses: each is still
     there on the installed versions (on the class, or on an instance for attributes set in __init__)."""
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     instances = {
         "lightning.pytorch:LightningModule": pl.LightningModule(),
         "lightning.pytorch:Trainer": trainer,
         "lightning.pytorch.loggers:CSVLogger": CSVLogger(tmp_path),
         "lightning.pytorch.loops.training_epoch_loop:_TrainingEpochLoop": trainer.fit_loop.epoch_loop,
         "lightning.pytorch.strategies:DDPStrategy": DDPStrategy(model_averaging_period=4),
-        "lightning.pytorch.strategies.launchers:_MultiProcessingLauncher":
-            _MultiProcessingLauncher(DDPStrategy(), start_method="spawn"),
+        "lightning.pytorch.strategies.launchers:_MultiProcessingLauncher": _MultiProcessingLauncher(
+            DDPStrategy(), start_method="spawn"
+        ),
     }
     missing = []
     for use in USES:
@@ -175,14 +211,22 @@ def test_a_run_prints_none_of_the_old_noise(tmp_path: Path, feature_ckpt: str) -
     """A baseline run from a checkpoint with a frozen backbone, exported to ONNX, in a run dir whose
     path is wider than a table cell: its output holds none of the noise lines, and the whole paths."""
     run_dir = tmp_path / ("a-run-dir-whose-path-is-longer-than-a-summary-table-cell-" + "x" * 40)
-    proc = train(run_dir, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=csv",
-                 "callbacks.lr_monitor=null", f"task.init_ckpt={feature_ckpt}", "task.freeze_backbone=true",
-                 "export=onnx", quiet=True)
+    proc = train(
+        run_dir,
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "logger=csv",
+        "callbacks.lr_monitor=null",
+        f"task.init_ckpt={feature_ckpt}",
+        "task.freeze_backbone=true",
+        "export=onnx",
+        quiet=True,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "Total FLOPs: " in output  # the summary still prints, with a count
     for noise in NOISE:
         assert noise not in output, f"{noise!r} in:\n{output[-4000:]}"
-    summary = proc.stdout[proc.stdout.index("run summary"):]
+    summary = proc.stdout[proc.stdout.index("run summary") :]
     assert "..." not in summary and "…" not in summary, summary  # no path cut to fit a table cell
     assert f"run_dir: {run_dir}" in summary and "export: export/model.onnx" in proc.stdout

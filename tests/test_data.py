@@ -38,8 +38,7 @@ def cifar_md5_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """torchvision checks every CIFAR file against the md5 of the real download (in `__init__` and in
     `_load_meta`, download or not), so no home-made file passes. For in-process tests only, keep its
     "file exists" check and drop the md5 comparison; everything else (unpickling, reshaping) is real."""
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity",
-                        lambda fpath, md5=None: os.path.isfile(fpath))
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
 
 
 # --- digits -------------------------------------------------------------------------------------
@@ -127,8 +126,7 @@ def test_digits_with_shift_is_a_fixed_new_domain() -> None:
 @pytest.mark.parametrize("dataset", ["MNIST", "FashionMNIST"])
 def test_mnist_family_from_idx_files(tmp_path: Path, dataset: str) -> None:
     write_mnist_idx(tmp_path, name=dataset, n_train=60, n_test=20)
-    dm = TorchvisionDataModule(dataset=dataset, root=str(tmp_path), download=False, val_fraction=0.1,
-                               batch_size=8)
+    dm = TorchvisionDataModule(dataset=dataset, root=str(tmp_path), download=False, val_fraction=0.1, batch_size=8)
     dm.setup("fit")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (54, 6, 20)
     assert dm.num_classes == 10 and dm.input_shape == (1, 28, 28)
@@ -174,8 +172,14 @@ def test_cifar10_real_integrity_check_rejects_home_made_files(tmp_path: Path) ->
 @pytest.mark.usefixtures("cifar_md5_off")
 def test_cifar10_from_pickled_batches(tmp_path: Path) -> None:
     write_cifar10(tmp_path, n_per_batch=20)
-    dm = TorchvisionDataModule(dataset="CIFAR10", root=str(tmp_path), val_fraction=0.1, batch_size=8, channels=3,
-                               normalize={"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]})
+    dm = TorchvisionDataModule(
+        dataset="CIFAR10",
+        root=str(tmp_path),
+        val_fraction=0.1,
+        batch_size=8,
+        channels=3,
+        normalize={"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]},
+    )
     dm.setup("fit")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (90, 10, 20)
     assert dm.num_classes == 10 and dm.input_shape == (3, 32, 32)
@@ -204,8 +208,9 @@ def test_imagefolder_splits_layout(tmp_path: Path) -> None:
 
 def test_imagefolder_single_layout_is_split_by_class(tmp_path: Path) -> None:
     write_image_folder(tmp_path, layout="single", per_class=10, size=20, mode="RGB")
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=8, channels=1, val_fraction=0.2,
-                               test_fraction=0.2, batch_size=4)
+    dm = ImageFolderDataModule(
+        root=str(tmp_path), image_size=8, channels=1, val_fraction=0.2, test_fraction=0.2, batch_size=4
+    )
     dm.setup("fit")
     sizes = [len(getattr(dm, f"{name}_set")) for name in SPLITS]
     assert sizes == [18, 6, 6]
@@ -236,8 +241,9 @@ def assert_valid_accuracy(results: dict[str, Any]) -> None:
 
 def test_cli_trains_on_mnist_files(tmp_path: Path, run_dir: Path) -> None:
     root = write_mnist_idx(tmp_path / "mnist")
-    results = train_ok_in_process(run_dir, "data=mnist", f"data.root={root}", "data.batch_size=16",
-                                  "trainer.max_epochs=1")
+    results = train_ok_in_process(
+        run_dir, "data=mnist", f"data.root={root}", "data.batch_size=16", "trainer.max_epochs=1"
+    )
     assert_valid_accuracy(results)
 
 
@@ -246,13 +252,21 @@ def test_cli_trains_on_cifar10_files(tmp_path: Path, run_dir: Path) -> None:
     """In this process: torchvision's CIFAR10 compares every file with the md5 of the real download even
     with download=False, so home-made files load only with that one check off (cifar_md5_off)."""
     root = write_cifar10(tmp_path / "cifar10")
-    results = train_ok_in_process(run_dir, "data=cifar10", f"data.root={root}", "data.num_workers=0", "model=lenet5",
-                                  "data.batch_size=16", "trainer.max_epochs=1")
+    results = train_ok_in_process(
+        run_dir,
+        "data=cifar10",
+        f"data.root={root}",
+        "data.num_workers=0",
+        "model=lenet5",
+        "data.batch_size=16",
+        "trainer.max_epochs=1",
+    )
     assert_valid_accuracy(results)
 
 
 def test_cli_trains_on_an_image_folder(tmp_path: Path, run_dir: Path) -> None:
     root = write_image_folder(tmp_path / "images", layout="splits", per_class=6, size=24)
-    results = train_ok_in_process(run_dir, "data=imagefolder", f"data.root={root}", "model=convnet",
-                                  "data.batch_size=16", "trainer.max_epochs=1")
+    results = train_ok_in_process(
+        run_dir, "data=imagefolder", f"data.root={root}", "model=convnet", "data.batch_size=16", "trainer.max_epochs=1"
+    )
     assert_valid_accuracy(results)

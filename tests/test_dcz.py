@@ -43,8 +43,9 @@ def test_relative_positions_bridge_long_gaps_with_filler_zeros() -> None:
 def _compressed_net() -> nn.Module:
     """A net holding every kind of layer a compressed run ships."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 30),
-                        nn.Linear(30, 10))
+    net = nn.Sequential(
+        nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 30), nn.Linear(30, 10)
+    )
     with torch.no_grad():
         shared = torch.randn(8)
         first = net[0].weight
@@ -80,12 +81,21 @@ def test_dcz_round_trip_is_bit_exact_and_sizes_add_up(tmp_path: Path) -> None:
 
 
 def _fresh() -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 30),
-                         nn.Linear(30, 10))
+    return nn.Sequential(
+        nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 30), nn.Linear(30, 10)
+    )
 
 
-TINY = ("recipe=deep_compression", "trainer.max_epochs=4", "compress.prune.start_epoch=0", "compress.prune.end_epoch=1",
-        "compress.kmeans.start_epoch=2", "callbacks.model_summary=null", "callbacks.lr_monitor=null", "logger=csv")
+TINY = (
+    "recipe=deep_compression",
+    "trainer.max_epochs=4",
+    "compress.prune.start_epoch=0",
+    "compress.prune.end_epoch=1",
+    "compress.kmeans.start_epoch=2",
+    "callbacks.model_summary=null",
+    "callbacks.lr_monitor=null",
+    "logger=csv",
+)
 
 
 def test_deep_compression_ships_a_dcz_whose_size_the_report_states(run_dir: Path) -> None:
@@ -94,13 +104,17 @@ def test_deep_compression_ships_a_dcz_whose_size_the_report_states(run_dir: Path
     dcz_file = run_dir / export["dcz"]
     assert comp["compressed_bytes"] == dcz_file.stat().st_size == export["bytes"]["dcz"]
     assert comp["stages"]["huffman"]["bytes"] == comp["compressed_bytes"]
-    assert comp["dense_bytes"] > comp["stages"]["pruned"]["bytes"] > comp["stages"]["quantized"]["bytes"] \
+    assert (
+        comp["dense_bytes"]
+        > comp["stages"]["pruned"]["bytes"]
+        > comp["stages"]["quantized"]["bytes"]
         >= comp["stages"]["huffman"]["bytes"]
+    )
     assert export["parity_max_abs_diff"] <= 1e-4 and export["top1_agreement"] == 1.0  # the ONNX file too
     # the decoded weights are, bit for bit, those of the checkpoint the run tested
     shipped = fold_masks(torch.load(run_dir / results["checkpoint"], weights_only=True)["state_dict"])
     decoded = dcz.decode(dcz_file.read_bytes())
-    assert set(decoded) == {k[len("net."):] for k in shipped}
+    assert set(decoded) == {k[len("net.") :] for k in shipped}
     for key, tensor in decoded.items():
         assert torch.equal(tensor, shipped[f"net.{key}"]), key
 
@@ -112,9 +126,15 @@ def test_evaluate_the_dcz_reproduces_the_test_accuracy(run_dir: Path, tmp_path: 
     proc = run_module("recipes.export", f"ckpt_path={ckpt}", "export=dcz", f"out_dir={tmp_path / 'out'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["parity_max_abs_diff"] <= 1e-4 and report["bytes"]["dcz"] == results["compression"]["compressed_bytes"]
-    proc = run_module("recipes.evaluate", f"ckpt_path={ckpt}", f"weights={tmp_path / 'out' / 'model.dcz'}",
-                      f"out={tmp_path / 'eval.json'}")
+    assert (
+        report["parity_max_abs_diff"] <= 1e-4 and report["bytes"]["dcz"] == results["compression"]["compressed_bytes"]
+    )
+    proc = run_module(
+        "recipes.evaluate",
+        f"ckpt_path={ckpt}",
+        f"weights={tmp_path / 'out' / 'model.dcz'}",
+        f"out={tmp_path / 'eval.json'}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "eval.json").read_text())["metrics"] == results["metrics"]
     proc = run_module("recipes.evaluate", f"ckpt_path={tmp_path / 'out' / 'model.dcz'}")

@@ -10,8 +10,14 @@ import torch
 
 from tests.conftest import train_ok, train_ok_in_process
 
-SAME_WORK = ("data.shuffle=false", "data.train_samples=512", "trainer.max_epochs=2", "model.hidden=[64]",
-             "callbacks.model_summary=null", "logger=csv")
+SAME_WORK = (
+    "data.shuffle=false",
+    "data.train_samples=512",
+    "trainer.max_epochs=2",
+    "model.hidden=[64]",
+    "callbacks.model_summary=null",
+    "logger=csv",
+)
 
 
 def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path: Path) -> None:

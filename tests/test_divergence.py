@@ -34,7 +34,8 @@ def test_infinite_learning_rate_refused(run_dir: Path) -> None:
     proc = train_in_process(run_dir, "task.optimizer.lr=inf")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: task.optimizer.lr=inf must be a finite positive number, e.g. task.optimizer.lr=0.001")
+        "error: task.optimizer.lr=inf must be a finite positive number, e.g. task.optimizer.lr=0.001"
+    )
     assert not run_dir.exists()
 
 

@@ -38,8 +38,15 @@ def test_dense_sparse_dense_phases() -> None:
     dsd = DenseSparseDense(sparsity=0.5, sparse_epoch=1, redense_epoch=2, redense_lr_scale=0.1)
     probe = PhaseProbe()
     module = ClassifierModule(net, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[dsd, probe])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[dsd, probe],
+    )
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=128))
     assert probe.sparsity[0] == 0 and probe.sparsity[1] == pytest.approx(0.5, abs=0.01)  # dense, then sparse
     zeros_at_redense = sum(int((w == 0).sum()) for w in probe.redense_start)

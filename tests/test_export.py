@@ -30,7 +30,9 @@ def inputs(shape: tuple[int, ...], n: int = 24) -> torch.Tensor:
 def test_every_net_exports_with_parity(net_cls, shape, tmp_path: Path) -> None:
     net = net_cls(input_shape=shape, num_classes=10)
     net.train()  # export must use eval mode (BatchNorm, Dropout) whatever mode the net is in
-    report = export_and_verify(net, torch.zeros(2, *shape), inputs(shape), tmp_path / "export", batch_size=16, repeats=3)
+    report = export_and_verify(
+        net, torch.zeros(2, *shape), inputs(shape), tmp_path / "export", batch_size=16, repeats=3
+    )
     assert report["parity_max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
     assert (tmp_path / report["onnx"]).is_file() and (tmp_path / report["program"]).is_file()
     assert set(report["latency_ms"]) == {"torch_fp32", "onnx", "program"}
@@ -44,7 +46,9 @@ def test_every_net_exports_with_parity(net_cls, shape, tmp_path: Path) -> None:
 def test_a_parity_miss_is_an_error_and_leaves_no_artifact(tmp_path: Path) -> None:
     net = MLP(input_shape=(1, 8, 8), num_classes=10)
     with pytest.raises(ExportError, match="does not match"):
-        export_and_verify(net, torch.zeros(2, 1, 8, 8), inputs((1, 8, 8)), tmp_path, formats=["onnx"], atol=-1.0, repeats=1)
+        export_and_verify(
+            net, torch.zeros(2, 1, 8, 8), inputs((1, 8, 8)), tmp_path, formats=["onnx"], atol=-1.0, repeats=1
+        )
     assert not (tmp_path / "model.onnx").exists()
     with pytest.raises(ExportError, match="unknown"):
         export_and_verify(net, torch.zeros(2, 1, 8, 8), inputs((1, 8, 8)), tmp_path, formats=["tflite"])
@@ -58,8 +62,12 @@ def test_train_exports_the_best_checkpoint(run_dir: Path, tmp_path: Path) -> Non
     assert export["parity_max_abs_diff"] <= 1e-4 and export["top1_agreement"] == 1.0
     assert export["batch_size"] == 256 and set(export["latency_ms"]) == {"torch_fp32", "onnx", "program"}
     # recipes.export re-exports an existing checkpoint the same way
-    proc = run_module("recipes.export", f"ckpt_path={run_dir / results['checkpoint']}", "export=program",
-                      f"out_dir={tmp_path / 'again'}")
+    proc = run_module(
+        "recipes.export",
+        f"ckpt_path={run_dir / results['checkpoint']}",
+        "export=program",
+        f"out_dir={tmp_path / 'again'}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "again" / "report.json").read_text())
     assert report["top1_agreement"] == 1.0 and (tmp_path / "again" / "model.pt2").is_file()

@@ -40,8 +40,15 @@ def digits() -> DigitsDataModule:
 
 
 def quiet_trainer(tmp_path, **kwargs) -> pl.Trainer:
-    return pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, default_root_dir=str(tmp_path), **kwargs)
+    return pl.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("d_steps", [1, 3])
@@ -57,8 +64,10 @@ def test_step_updates_d_k_times_per_g_and_each_optimizer_only_its_net(tmp_path, 
 
         def after(*_):
             steps[name] += 1
-            assert all(torch.equal(a, p) for a, p in zip(untouched[name], other.parameters())), \
+            assert all(torch.equal(a, p) for a, p in zip(untouched[name], other.parameters())), (
                 f"the {name} optimizer changed the other net"
+            )
+
         opt.register_step_pre_hook(before)
         opt.register_step_post_hook(after)
 
@@ -71,8 +80,9 @@ def test_step_updates_d_k_times_per_g_and_each_optimizer_only_its_net(tmp_path, 
             watch(d_opt, "d", generator)
 
     before_g = [p.detach().clone() for p in generator.parameters()]
-    quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=0,
-                  callbacks=[Watch()]).fit(module, datamodule=digits())
+    quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=0, callbacks=[Watch()]).fit(
+        module, datamodule=digits()
+    )
     assert steps == {"d": 6, "g": 6 // d_steps}
     assert not all(torch.equal(a, p) for a, p in zip(before_g, generator.parameters()))
 
@@ -114,13 +124,16 @@ def test_class_coverage_is_normalized_entropy():
     assert math.isclose(float(class_coverage(torch.arange(100) % 2, 4)), 0.5, rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("task, message", [
-    ({"d_steps": 0}, "task.d_steps=0 "),
-    ({"latent_dim": 0}, "task.latent_dim=0 "),
-    ({"loss": "wasserstein"}, "task.loss=wasserstein "),
-    ({"loss": "hinge", "label_smoothing": 0.1}, "task.label_smoothing=0.1 "),
-    ({"ema_decay": 1.0}, "task.ema_decay=1.0 "),
-])
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ({"d_steps": 0}, "task.d_steps=0 "),
+        ({"latent_dim": 0}, "task.latent_dim=0 "),
+        ({"loss": "wasserstein"}, "task.loss=wasserstein "),
+        ({"loss": "hinge", "label_smoothing": 0.1}, "task.label_smoothing=0.1 "),
+        ({"ema_decay": 1.0}, "task.ema_decay=1.0 "),
+    ],
+)
 def test_bad_task_values_name_the_key(task, message):
     with pytest.raises(ValueError, match=f"^{message}"):
         gan(**task)

@@ -4,12 +4,11 @@ a shrunk checkpoint reloads in recipes.evaluate and on resume."""
 
 from __future__ import annotations
 
-import pytest
-
 import json
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from torch import nn
 
@@ -21,14 +20,25 @@ from recipes.data.digits import DigitsDataModule
 from tests.conftest import run_module, train_ok
 
 FAST = ("callbacks.model_summary=null", "callbacks.lr_monitor=null", "logger=csv")
-SCHEDULE = ("recipe=hidden_prune", "trainer.max_epochs=5", "compress.hidden_prune.start_epoch=1",
-            "compress.hidden_prune.steps=2")
+SCHEDULE = (
+    "recipe=hidden_prune",
+    "trainer.max_epochs=5",
+    "compress.hidden_prune.start_epoch=1",
+    "compress.hidden_prune.steps=2",
+)
 
 
 def fit(net: nn.Module, step: HiddenNodePruning, epochs: int) -> pl.Trainer:
     module = ClassifierModule(net, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[step])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[step],
+    )
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=128))
     return trainer
 
@@ -55,7 +65,9 @@ def test_resnet_residual_channels_shrink_together() -> None:
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert convs[0].out_channels == 32  # 64 -> 32, and every block of the residual stream with it
     assert net(torch.randn(2, 3, 16, 16)).shape == (2, 10)
-    assert sum(p.numel() for p in net.parameters()) < 0.3 * sum(p.numel() for p in ResNet18((3, 16, 16), 10).parameters())
+    assert sum(p.numel() for p in net.parameters()) < 0.3 * sum(
+        p.numel() for p in ResNet18((3, 16, 16), 10).parameters()
+    )
 
 
 def test_activation_importance_removes_dead_units() -> None:
@@ -89,7 +101,10 @@ def test_recipe_shrinks_exports_evaluates_and_resumes(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["metrics"]["test/acc"] == results["metrics"]["test/acc"]
     # interrupted between the two rounds (after epoch 1), resumed: the same shapes and weights
     train_ok(resumed, *SCHEDULE, *FAST, "trainer.max_steps=40")
-    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["net.1.weight"].shape[0] == 225
+    assert (
+        torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["net.1.weight"].shape[0]
+        == 225
+    )
     train_ok(resumed, *SCHEDULE, *FAST, "ckpt_path=last")
     wb = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for key, value in ckpt["state_dict"].items():
@@ -99,10 +114,21 @@ def test_recipe_shrinks_exports_evaluates_and_resumes(tmp_path: Path) -> None:
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_ddp_replicas_shrink_alike_and_stay_in_sync(tmp_path: Path) -> None:
     """Under DDP the shrunk module is wrapped again: both ranks end with the same shapes and weights."""
-    probe = ("+callbacks.probe._target_=tests.replica_probe.ReplicaProbe", f"+callbacks.probe.out_dir={tmp_path / 'probe'}",
-             "+callbacks.probe.last_only=true")
-    results = train_ok(tmp_path / "run", *SCHEDULE, *FAST, "trainer=ddp_sim", "compress.hidden_prune.steps=1",
-                       "trainer.max_epochs=3", "model.hidden=[64,32]", *probe)
+    probe = (
+        "+callbacks.probe._target_=tests.replica_probe.ReplicaProbe",
+        f"+callbacks.probe.out_dir={tmp_path / 'probe'}",
+        "+callbacks.probe.last_only=true",
+    )
+    results = train_ok(
+        tmp_path / "run",
+        *SCHEDULE,
+        *FAST,
+        "trainer=ddp_sim",
+        "compress.hidden_prune.steps=1",
+        "trainer.max_epochs=3",
+        "model.hidden=[64,32]",
+        *probe,
+    )
     r0, r1 = (torch.load(tmp_path / "probe" / f"rank{r}.pt") for r in (0, 1))
     assert r0["params"].shape == r1["params"].shape and torch.allclose(r0["params"], r1["params"], atol=1e-6)
     shapes = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

@@ -22,15 +22,21 @@ from recipes.errors import RecipeError
 from recipes.train import check_launch
 from tests.conftest import QUIET, REPO, compose_train, train_in_process
 
-TINY = ("data.train_samples=256", "trainer.max_epochs=1", "model.hidden=[64]", "logger=csv",
-        "callbacks.model_summary=null", *QUIET)
+TINY = (
+    "data.train_samples=256",
+    "trainer.max_epochs=1",
+    "model.hidden=[64]",
+    "logger=csv",
+    "callbacks.model_summary=null",
+    *QUIET,
+)
 # What a launcher sets; stripped from the tests' environment so that a CI job running under SLURM or
 # torchrun does not leak its own ids into these runs.
 LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 # sitecustomize.py for the launched processes: in each rank (a process with RANK or SLURM_PROCID), every
 # file opened for writing and every dir made under $AUDIT_ROOT, written at exit to $AUDIT_OUT/rank<RANK>.txt.
-AUDIT = '''
+AUDIT = """
 import atexit, os, sys
 _root = os.environ.get("AUDIT_ROOT")
 _rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID")  # None in bash and the torchrun agent
@@ -55,10 +61,10 @@ if _root and _rank is not None:
     def _dump():
         with open(os.path.join(os.environ["AUDIT_OUT"], f"rank{_rank}.txt"), "w") as f:
             f.write("\\n".join(_seen))
-'''
+"""
 
 # Stand-in for srun on one node: start one task per --ntasks-per-node with the variables srun sets.
-FAKE_SRUN = '''#!/bin/bash
+FAKE_SRUN = """#!/bin/bash
 pids=()
 for ((i = 0; i < SLURM_NTASKS_PER_NODE; i++)); do
     SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 SLURM_STEP_ID=0 SLURM_NTASKS=$SLURM_NTASKS_PER_NODE "$@" &
@@ -67,7 +73,7 @@ done
 rc=0
 for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
 exit $rc
-'''
+"""
 
 
 def free_port() -> int:
@@ -82,17 +88,25 @@ def launch_env(tmp_path: Path) -> dict[str, str]:
     hooks.mkdir()
     audit.mkdir()
     (hooks / "sitecustomize.py").write_text(AUDIT)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in LAUNCH_VARS and k != "HYDRA_FULL_ERROR"}
-    env.update(RECIPES_OUTPUT_DIR=str(tmp_path / "outputs"), AUDIT_ROOT=str(tmp_path / "outputs"),
-               AUDIT_OUT=str(audit), PYTHON=sys.executable,
-               PYTHONPATH=os.pathsep.join([str(hooks), str(REPO), env.get("PYTHONPATH", "")]))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in LAUNCH_VARS and k != "HYDRA_FULL_ERROR"
+    }
+    env.update(
+        RECIPES_OUTPUT_DIR=str(tmp_path / "outputs"),
+        AUDIT_ROOT=str(tmp_path / "outputs"),
+        AUDIT_OUT=str(audit),
+        PYTHON=sys.executable,
+        PYTHONPATH=os.pathsep.join([str(hooks), str(REPO), env.get("PYTHONPATH", "")]),
+    )
     return env
 
 
 def run_script(script: str, *overrides: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["bash", str(REPO / script), *overrides], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=240)
+    proc = subprocess.run(
+        ["bash", str(REPO / script), *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -120,8 +134,9 @@ def assert_one_run_dir_written_by_rank_zero(tmp_path: Path, expected_name: str |
 
 
 def test_bf16_mixed_trains_on_cpu(run_dir: Path) -> None:
-    proc = train_in_process(run_dir, "trainer.precision=bf16-mixed", *TINY, "data.train_samples=512",
-                            "trainer.max_epochs=4")
+    proc = train_in_process(
+        run_dir, "trainer.precision=bf16-mixed", *TINY, "data.train_samples=512", "trainer.max_epochs=4"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Using bfloat16 Automatic Mixed Precision (AMP)" in proc.stdout + proc.stderr
     results = json.loads((run_dir / "results.json").read_text())
@@ -136,8 +151,15 @@ def test_slurm_sbatch_script_runs_one_task_per_device_in_one_run_dir(tmp_path: P
     (bin_dir / "srun").chmod(0o755)
     env = launch_env(tmp_path)
     job = str(7000 + os.getpid() % 1000)
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", SLURM_JOB_ID=job, SLURM_JOB_NAME="recipes",
-               SLURM_NNODES="1", SLURM_NTASKS_PER_NODE="2", SLURM_NODELIST="127.0.0.1", MASTER_PORT=str(free_port()))
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        SLURM_JOB_ID=job,
+        SLURM_JOB_NAME="recipes",
+        SLURM_NNODES="1",
+        SLURM_NTASKS_PER_NODE="2",
+        SLURM_NODELIST="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+    )
     proc = run_script("scripts/slurm/train.sbatch", "trainer.accelerator=cpu", *TINY, env=env)
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
     assert_one_run_dir_written_by_rank_zero(tmp_path, f"slurm-{job}")
@@ -164,14 +186,20 @@ def test_multirun_under_srun_or_torchrun_is_allowed(tmp_path: Path, monkeypatch:
     check_launch(cfg)
 
 
-@pytest.mark.parametrize(("env", "expected"), [
-    ({"SLURM_JOB_ID": "81", "SLURM_STEP_ID": "0"}, "slurm-81"),
-    ({"SLURM_JOB_ID": "81", "SLURM_STEP_ID": "2"}, "slurm-81.2"),  # a job's third srun step
-    ({"SLURM_JOB_ID": "85", "SLURM_STEP_ID": "0", "SLURM_ARRAY_JOB_ID": "80", "SLURM_ARRAY_TASK_ID": "5"}, "slurm-80_5"),
-    ({"TORCHELASTIC_RUN_ID": "1cb8acb1-ec31-4fc6-9b8f-b8d45f44d820"}, "torchrun-1cb8acb1"),
-    ({"TORCHELASTIC_RUN_ID": "job42"}, "torchrun-job42"),
-    ({"SLURM_JOB_ID": "81", "SLURM_STEP_ID": "0", "TORCHELASTIC_RUN_ID": "x"}, "slurm-81"),  # srun torchrun
-])
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SLURM_JOB_ID": "81", "SLURM_STEP_ID": "0"}, "slurm-81"),
+        ({"SLURM_JOB_ID": "81", "SLURM_STEP_ID": "2"}, "slurm-81.2"),  # a job's third srun step
+        (
+            {"SLURM_JOB_ID": "85", "SLURM_STEP_ID": "0", "SLURM_ARRAY_JOB_ID": "80", "SLURM_ARRAY_TASK_ID": "5"},
+            "slurm-80_5",
+        ),
+        ({"TORCHELASTIC_RUN_ID": "1cb8acb1-ec31-4fc6-9b8f-b8d45f44d820"}, "torchrun-1cb8acb1"),
+        ({"TORCHELASTIC_RUN_ID": "job42"}, "torchrun-job42"),
+        ({"SLURM_JOB_ID": "81", "SLURM_STEP_ID": "0", "TORCHELASTIC_RUN_ID": "x"}, "slurm-81"),  # srun torchrun
+    ],
+)
 def test_run_id_is_pinned_by_the_launcher(env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in [v for v in os.environ if v.startswith(("SLURM_", "TORCHELASTIC_"))]:
         monkeypatch.delenv(var)
@@ -180,12 +208,15 @@ def test_run_id_is_pinned_by_the_launcher(env: dict[str, str], expected: str, mo
     assert cli.run_id() == expected
 
 
-@pytest.mark.parametrize("env", [
-    {},
-    {"SLURM_JOB_ID": "81"},  # inside salloc / the batch script itself, not an srun step
-    {"SLURM_JOB_ID": "81", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "interactive"},  # srun --pty bash
-    {"TORCHELASTIC_RUN_ID": "none"},  # torchrun's static multi-node default, not an id
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"SLURM_JOB_ID": "81"},  # inside salloc / the batch script itself, not an srun step
+        {"SLURM_JOB_ID": "81", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "interactive"},  # srun --pty bash
+        {"TORCHELASTIC_RUN_ID": "none"},  # torchrun's static multi-node default, not an id
+    ],
+)
 def test_run_id_falls_back_to_the_clock(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     for var in [v for v in os.environ if v.startswith(("SLURM_", "TORCHELASTIC_"))]:
         monkeypatch.delenv(var)
@@ -227,8 +258,14 @@ def test_run_dir_comes_from_the_slurm_job(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_submitit_slurm_launcher_composes() -> None:
-    cfg = hydra_compose("hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4",
-                        "hydra.launcher.tasks_per_node=4", "trainer=ddp", "trainer.num_nodes=2")
+    cfg = hydra_compose(
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.nodes=2",
+        "hydra.launcher.gpus_per_node=4",
+        "hydra.launcher.tasks_per_node=4",
+        "trainer=ddp",
+        "trainer.num_nodes=2",
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
@@ -249,8 +286,14 @@ def test_submitit_job_writes_into_the_sweep_dir_pinned_where_it_was_submitted(tm
     """hydra/launcher=submitit_local runs the job in a later, separate process (as submitit_slurm does on
     a compute node): it still finds the sweep dir whose id the submitting process resolved."""
     env = launch_env(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "recipes.train", "--multirun", "hydra/launcher=submitit_local",
-                           "seed=3", *TINY], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipes.train", "--multirun", "hydra/launcher=submitit_local", "seed=3", *TINY],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweeps = list((tmp_path / "outputs" / "multirun").iterdir())
     assert len(sweeps) == 1, sweeps

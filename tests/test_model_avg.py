@@ -12,8 +12,15 @@ import torch
 
 from tests.conftest import train_in_process, train_ok
 
-TINY = ("data.shuffle=false", "data.batch_size=32", "model.hidden=[64]", "model.batch_norm=true",
-        "callbacks.model_summary=null", "logger=csv", "trainer=ddp_sim")
+TINY = (
+    "data.shuffle=false",
+    "data.batch_size=32",
+    "model.hidden=[64]",
+    "model.batch_norm=true",
+    "callbacks.model_summary=null",
+    "logger=csv",
+    "trainer=ddp_sim",
+)
 
 
 def probe(out: Path) -> tuple[str, str]:
@@ -24,8 +31,16 @@ def probe(out: Path) -> tuple[str, str]:
 def test_replicas_drift_between_averages_and_agree_after_each(tmp_path: Path) -> None:
     period, warmup = 3, 2  # 512 samples / (2 ranks x 32) = 8 steps per epoch, 16 in all
     run = tmp_path / "avg"
-    results = train_ok(run, *TINY, "strategy=model_avg", f"strategy.period={period}", f"strategy.warmup_steps={warmup}",
-                       "data.train_samples=512", "trainer.max_epochs=2", *probe(tmp_path / "probe"))
+    results = train_ok(
+        run,
+        *TINY,
+        "strategy=model_avg",
+        f"strategy.period={period}",
+        f"strategy.warmup_steps={warmup}",
+        "data.train_samples=512",
+        "trainer.max_epochs=2",
+        *probe(tmp_path / "probe"),
+    )
     assert results["parallel"]["strategy"] == "ModelAveragingStrategy"  # strategy=model_avg beats ddp_sim's ddp
     r0, r1 = (torch.load(tmp_path / "probe" / f"rank{r}.pt") for r in (0, 1))
     assert r0["steps"] == r1["steps"] == list(range(1, 17))

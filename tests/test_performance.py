@@ -38,9 +38,17 @@ def tiny_classifier() -> ClassifierModule:
 
 
 def short_trainer(*callbacks: pl.Callback, batches: int = 2) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, limit_val_batches=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=list(callbacks))
+    return pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    )
 
 
 class BatchProbe(pl.Callback):
@@ -61,8 +69,14 @@ def test_mnist_is_decoded_once_and_served_as_batches(tmp_path: Path) -> None:
     """The in-memory images equal the per-image torchvision pipeline's output, and a loader batch is
     one indexing of them (no per-image transform, no collate)."""
     write_mnist_idx(tmp_path, n_train=40, n_test=10)
-    dm = TorchvisionDataModule(dataset="MNIST", root=str(tmp_path), image_size=16, channels=3, batch_size=8,
-                               normalize={"mean": [0.1307], "std": [0.3081]})
+    dm = TorchvisionDataModule(
+        dataset="MNIST",
+        root=str(tmp_path),
+        image_size=16,
+        channels=3,
+        batch_size=8,
+        normalize={"mean": [0.1307], "std": [0.3081]},
+    )
     dm.setup("fit")
     assert isinstance(dm.train_set, TensorSplit) and isinstance(dm.test_set, TensorSplit)
     per_image = compose([*dm.deterministic_steps(), *dm._normalize])
@@ -97,8 +111,7 @@ def test_augmentation_runs_on_training_batches_after_transfer() -> None:
 @pytest.mark.parametrize(("draws", "distinct"), [(1, False), (32, True)])
 def test_augment_draws_split_a_batch_into_independent_draws(draws: int, distinct: bool) -> None:
     """One random flip decision per group: with one group the whole batch flips alike."""
-    dm = DigitsDataModule(batch_size=32, augment=[v2.RandomHorizontalFlip(p=0.5)], normalize=None,
-                          augment_draws=draws)
+    dm = DigitsDataModule(batch_size=32, augment=[v2.RandomHorizontalFlip(p=0.5)], normalize=None, augment_draws=draws)
     dm.setup("fit")
     probe = BatchProbe()
     pl.seed_everything(0, verbose=False)
@@ -108,7 +121,7 @@ def test_augment_draws_split_a_batch_into_independent_draws(draws: int, distinct
     order = list(sampler)
     mixed = []
     for i, (x, _) in enumerate(probe.batches):
-        raw = dm.train_set.images[order[32 * i: 32 * (i + 1)]]
+        raw = dm.train_set.images[order[32 * i : 32 * (i + 1)]]
         flipped = torch.isclose(x, raw.flip(-1)).flatten(1).all(1)
         kept = torch.isclose(x, raw).flatten(1).all(1)
         assert bool((flipped | kept).all())
@@ -155,9 +168,16 @@ def test_progress_bar_stops_at_once_and_updates_only_when_it_redraws() -> None:
     metrics at every batch; this one does neither, and still ends the epoch's bar at its last batch."""
     record: dict[str, float] = {}
     bar = CountingBar(refresh_rate=1)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=60, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False,
-                         callbacks=[StopTimer(True, record), bar, StopTimer(False, record)])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=60,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[StopTimer(True, record), bar, StopTimer(False, record)],
+    )
     dm = DigitsDataModule(batch_size=16)  # 79 batches an epoch, 60 of them trained
     start = time.perf_counter()
     trainer.fit(tiny_classifier(), datamodule=dm)
@@ -200,14 +220,26 @@ def test_plain_run_imports_no_heavy_optional_module(run_dir: Path) -> None:
     """A baseline smoke test (build, fit, test, results) imports none of the export, pruning or
     TensorBoard packages: they load where they are used."""
     code = _PROBE.format(heavy=repr(set(HEAVY_OPTIONAL)))
-    proc = subprocess.run([sys.executable, "-c", code, "debug=fast_dev_run", f"hydra.run.dir={run_dir}",
-                           "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's recipes, not an installed one
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "debug=fast_dev_run",
+            f"hydra.run.dir={run_dir}",
+            "callbacks.progress_bar=null",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # this checkout's recipes, not an installed one
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "results.json").is_file()
     line = [x for x in proc.stdout.splitlines() if x.startswith("MODULES ")][-1]
-    assert json.loads(line[len("MODULES "):]) == []
+    assert json.loads(line[len("MODULES ") :]) == []
     assert not (run_dir / "tensorboard").exists()  # fast_dev_run: Lightning's loggers are off, the recipe's too
 
 
@@ -229,7 +261,8 @@ class InputProbe(pl.Callback):
             return
         conv = next(m for m in pl_module.net.modules() if isinstance(m, torch.nn.Conv2d))
         conv.register_forward_pre_hook(
-            lambda module, args: self.channels_last.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+            lambda module, args: self.channels_last.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:

@@ -34,9 +34,20 @@ def test_pipelined_step_equals_single_process(tmp_path: Path, schedule: str) -> 
     # SGD with lr=1 and no decay: the weights after one step are w0 - grad, so the checkpoint shows the
     # gradients. A batch of 30 in 4 micro-batches of 8 also exercises the padding of a ragged batch.
     run = tmp_path / schedule
-    train_ok(run, *PIPELINE, f"strategy.schedule={schedule}", "data.shuffle=false", "data.batch_size=30",
-             "trainer.max_steps=1", "trainer.log_every_n_steps=1", "task.optimizer._target_=torch.optim.SGD",
-             "task.optimizer.lr=1.0", "task.optimizer.weight_decay=0", "task.scheduler=null", *SMALL)
+    train_ok(
+        run,
+        *PIPELINE,
+        f"strategy.schedule={schedule}",
+        "data.shuffle=false",
+        "data.batch_size=30",
+        "trainer.max_steps=1",
+        "trainer.log_every_n_steps=1",
+        "task.optimizer._target_=torch.optim.SGD",
+        "task.optimizer.lr=1.0",
+        "task.optimizer.weight_decay=0",
+        "task.scheduler=null",
+        *SMALL,
+    )
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     # The reference: the run's own config rebuilt on one process (same seed, so the same initial net).
     cfg = OmegaConf.create(ckpt["recipe"]["config"])
@@ -58,8 +69,9 @@ def test_pipelined_step_equals_single_process(tmp_path: Path, schedule: str) -> 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_pipeline_trains_and_ships_the_whole_net(run_dir: Path) -> None:
-    results = train_ok(run_dir, *PIPELINE, "data.train_samples=640", "data.batch_size=32", "trainer.max_epochs=4",
-                       *SMALL)
+    results = train_ok(
+        run_dir, *PIPELINE, "data.train_samples=640", "data.batch_size=32", "trainer.max_epochs=4", *SMALL
+    )
     parallel = results["parallel"]
     assert parallel["strategy"] == "PipelineStrategy" and parallel["world_size"] == 2
     assert parallel["steps"] == 4 * 640 // 32  # every rank works on the same batches: no data sharding
@@ -82,9 +94,12 @@ def test_bad_schedule_is_one_error_line(run_dir: Path) -> None:
 
 
 def test_values_and_split_points_are_checked() -> None:
-    for kwargs, key in [({"microbatches": 0}, "strategy.microbatches"), ({"schedule": "x"}, "strategy.schedule"),
-                        ({"split_points": [3, 2]}, "strategy.split_points"),
-                        ({"split_points": [0]}, "strategy.split_points")]:
+    for kwargs, key in [
+        ({"microbatches": 0}, "strategy.microbatches"),
+        ({"schedule": "x"}, "strategy.schedule"),
+        ({"split_points": [3, 2]}, "strategy.split_points"),
+        ({"split_points": [0]}, "strategy.split_points"),
+    ]:
         with pytest.raises(ValueError, match=key):
             PipelineStrategy(**kwargs)
     net = MLP((1, 8, 8), 10, hidden=[300, 100])  # Flatten, Linear, ReLU, Linear, ReLU, Linear

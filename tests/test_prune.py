@@ -36,8 +36,15 @@ def test_sparsity_is_reached_and_held(scope: str) -> None:
     net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[32])
     module = ClassifierModule(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
     pruning = MagnitudePruning(sparsity=0.8, start_epoch=0, end_epoch=2, scope=scope, every_n_steps=5)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[pruning])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[pruning],
+    )
     trainer.fit(module, datamodule=DigitsDataModule())
     assert len(pruning.history) >= 4 and pruning.history == sorted(pruning.history)
     assert pruning.history[-1] == pytest.approx(0.8, abs=2e-3)
@@ -70,8 +77,9 @@ def test_masks_survive_resume(tmp_path: Path) -> None:
         assert torch.equal(wa[key], wb[key]), key
     # the resumed run did not see the net before pruning began, so it cannot test it
     unseen = ("acc_before", "per_step")
-    assert {k: v for k, v in a["compression"].items() if k not in unseen} == \
-        {k: v for k, v in b["compression"].items() if k not in unseen}
+    assert {k: v for k, v in a["compression"].items() if k not in unseen} == {
+        k: v for k, v in b["compression"].items() if k not in unseen
+    }
 
 
 def test_prune_recipe_exports_ninety_percent_zeros(run_dir: Path) -> None:
@@ -79,20 +87,29 @@ def test_prune_recipe_exports_ninety_percent_zeros(run_dir: Path) -> None:
     comp = results["compression"]
     assert comp["steps"] == ["prune"] and comp["ratio"] > 5
     assert comp["compressed_bytes"] < comp["dense_bytes"] / 5
-    weights = [numpy_helper.to_array(t) for t in onnx.load(run_dir / results["export"]["onnx"]).graph.initializer
-               if len(t.dims) == 2]
+    weights = [
+        numpy_helper.to_array(t)
+        for t in onnx.load(run_dir / results["export"]["onnx"]).graph.initializer
+        if len(t.dims) == 2
+    ]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
     assert zeros == pytest.approx(0.9, abs=2e-3)
     assert results["export"]["top1_agreement"] == 1.0
     assert 0 <= comp["acc_after"] == results["metrics"]["test/acc"] <= 1
     report = (run_dir / "report.md").read_text()
-    assert re.search(r"\| net.1 \| Linear \| 19,500 \| 19,500 \| [\d,]+ \| \d+\.\d% \|", report) and (run_dir / "compression.png").stat().st_size > 1000
+    assert (
+        re.search(r"\| net.1 \| Linear \| 19,500 \| 19,500 \| [\d,]+ \| \d+\.\d% \|", report)
+        and (run_dir / "compression.png").stat().st_size > 1000
+    )
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("compress.prune.sparsity=1.0", "compress.prune.sparsity=1.0"),
-    ("compress.prune.end_epoch=6", "trainer.max_epochs=6"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("compress.prune.sparsity=1.0", "compress.prune.sparsity=1.0"),
+        ("compress.prune.end_epoch=6", "trainer.max_epochs=6"),
+    ],
+)
 def test_bad_pruning_settings_fail_at_start_up(override: str, message: str, run_dir: Path) -> None:
     proc = train_in_process(run_dir, *SCHEDULE, override)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

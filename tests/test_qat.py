@@ -26,8 +26,13 @@ from recipes.testing import test_metrics as run_test_metrics
 from recipes.train import run
 from tests.conftest import compose_train, train, train_ok
 
-QUIET = ("callbacks.model_summary=null", "callbacks.lr_monitor=null", "callbacks.progress_bar=null",
-         "trainer.enable_progress_bar=false", "logger=csv")
+QUIET = (
+    "callbacks.model_summary=null",
+    "callbacks.lr_monitor=null",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+)
 TINY = (*QUIET, "trainer.max_epochs=3", "trainer.limit_train_batches=8", "export.repeats=2", "export.batch_size=64")
 
 
@@ -48,9 +53,17 @@ def test_symmetric_weights_keep_zeros_and_hold_at_most_255_values_per_channel() 
 def test_prune_then_qat_ships_sparse_int8_that_onnxruntime_runs_in_int8(tmp_path: Path) -> None:
     """[prune,qat] in-process: zeros stay zero in the int8 file, int8 kernels run, the report counts the
     sparse int8 encoding, and the checkpoint (weights_only) rebuilds the fake-quantized net."""
-    cfg = compose_train(tmp_path, *TINY, "recipe=prune_qat", "model.hidden=[32]", "compress.prune.sparsity=0.5",
-                        "compress.prune.start_epoch=0", "compress.prune.end_epoch=1", "compress.qat.epochs=1",
-                        "compress.qat.freeze_epochs=0")
+    cfg = compose_train(
+        tmp_path,
+        *TINY,
+        "recipe=prune_qat",
+        "model.hidden=[32]",
+        "compress.prune.sparsity=0.5",
+        "compress.prune.start_epoch=0",
+        "compress.prune.end_epoch=1",
+        "compress.qat.epochs=1",
+        "compress.qat.freeze_epochs=0",
+    )
     results = run(cfg, dict(HydraConfig.get().runtime.choices))
     export, comp = results["export"], results["compression"]
     assert export["int8"]["kernels"] == {"QGemm": 2}  # both Linear layers run as onnxruntime's int8 GEMM
@@ -86,8 +99,9 @@ def test_convnet_int8_artifact_matches_fake_quant_and_folds_batchnorm(tmp_path: 
         net(torch.rand(32, 3, 16, 16))
     set_phase(net, Phase.FROZEN)
     inputs = torch.rand(200, 3, 16, 16)
-    report = export_and_verify(net, inputs[:2], inputs, tmp_path / "export", formats=["onnx", "onnx_int8"],
-                               batch_size=32, repeats=2)
+    report = export_and_verify(
+        net, inputs[:2], inputs, tmp_path / "export", formats=["onnx", "onnx_int8"], batch_size=32, repeats=2
+    )
     assert report["int8"]["kernels"] == {"QLinearConv": 2, "QGemm": 1}
     path = tmp_path / "export" / "model_int8.onnx"
     assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(path)).graph.node}
@@ -113,16 +127,20 @@ BAD = [
     (["recipe=qat", "compress.qat.epochs=50"], "compress.qat.start_epoch=-10 must be >= 0"),
     (["recipe=qat", "compress.qat.freeze_epochs=3"], "compress.qat.freeze_epochs=3 must be in [0, 3)"),
     (["recipe=ptq", "compress.ptq.calibration_batches=0"], "compress.ptq.calibration_batches=0 must be >= 1"),
-    (["recipe=qat", "compress=[qat,prune]"], "prune must come before qat (prune the weights that ship, then change "
-                                             "how they are stored); use compress=[prune,qat]"),
+    (
+        ["recipe=qat", "compress=[qat,prune]"],
+        "prune must come before qat (prune the weights that ship, then change "
+        "how they are stored); use compress=[prune,qat]",
+    ),
     (["recipe=qat", "compress=[qat,svd]"], "use compress=[svd,qat]"),
     (["recipe=qat", "compress=[ptq,qat]"], "ptq and qat both quantize the net"),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD, ids=[" ".join(o) for o, _ in BAD])
-def test_bad_quantization_settings_are_refused_before_training(overrides: list[str], message: str,
-                                                               tmp_path: Path) -> None:
+def test_bad_quantization_settings_are_refused_before_training(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
     cfg = compose_train(tmp_path, *overrides)
     with pytest.raises(RecipeError) as err:
         build_training(cfg, dict(HydraConfig.get().runtime.choices))
@@ -141,8 +159,11 @@ class DataDependent(nn.Module):
 
 
 def test_an_untraceable_net_is_refused_with_the_reason() -> None:
-    with pytest.raises(ValueError, match=r"compress.qat: torch.fx cannot trace DataDependent \(.*\): BatchNorm "
-                                         r"folding and ReLU fusion need a traceable net"):
+    with pytest.raises(
+        ValueError,
+        match=r"compress.qat: torch.fx cannot trace DataDependent \(.*\): BatchNorm "
+        r"folding and ReLU fusion need a traceable net",
+    ):
         check_quantizable("qat", DataDependent())
 
 
@@ -153,8 +174,17 @@ def test_bad_bits_exit_in_one_line(run_dir: Path) -> None:
     assert not run_dir.exists()
 
 
-RESUME = ("recipe=qat", "model=convnet", "model.channels=[8,16]", "trainer.max_epochs=4", "trainer.limit_train_batches=10",
-          "compress.qat.start_epoch=2", "compress.qat.freeze_epochs=1", "export=none", *QUIET)
+RESUME = (
+    "recipe=qat",
+    "model=convnet",
+    "model.channels=[8,16]",
+    "trainer.max_epochs=4",
+    "trainer.limit_train_batches=10",
+    "compress.qat.start_epoch=2",
+    "compress.qat.freeze_epochs=1",
+    "export=none",
+    *QUIET,
+)
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
@@ -187,15 +217,28 @@ def test_qat_matches_or_beats_ptq(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
-@pytest.mark.parametrize("overrides", [
-    ("compress=[hidden_prune,qat]", "compress.hidden_prune.start_epoch=1"),
-    ("compress=[svd,qat]", "compress.svd.epoch=1"),
-    ("model=lenet5",),
-    ("model=resnet18", "trainer.limit_train_batches=3"),
-], ids=["hidden_prune+qat", "svd+qat", "lenet5", "resnet18"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("compress=[hidden_prune,qat]", "compress.hidden_prune.start_epoch=1"),
+        ("compress=[svd,qat]", "compress.svd.epoch=1"),
+        ("model=lenet5",),
+        ("model=resnet18", "trainer.limit_train_batches=3"),
+    ],
+    ids=["hidden_prune+qat", "svd+qat", "lenet5", "resnet18"],
+)
 def test_qat_composes_and_runs_on_every_classifier_net(overrides: tuple[str, ...], run_dir: Path) -> None:
-    results = train_ok(run_dir, "recipe=qat", "trainer.max_epochs=4", "trainer.limit_train_batches=10",
-                       "compress.qat.epochs=2", "export.repeats=2", "export.batch_size=32", *QUIET, *overrides)
+    results = train_ok(
+        run_dir,
+        "recipe=qat",
+        "trainer.max_epochs=4",
+        "trainer.limit_train_batches=10",
+        "compress.qat.epochs=2",
+        "export.repeats=2",
+        "export.batch_size=32",
+        *QUIET,
+        *overrides,
+    )
     int8 = results["export"]["int8"]
     assert int8["top1_agreement"] >= 0.99 and int8["kernels"]
     assert results["compression"]["steps"][-1] == "qat" and results["compression"]["ratio"] > 2.5

@@ -34,17 +34,31 @@ def gan_ckpt(tmp_path_factory: pytest.TempPathFactory, feature_ckpt: str) -> str
     cfg = compose_train(folder, "recipe=gan", f"task.feature_ckpt={feature_ckpt}")
     module = build_module(cfg, build_datamodule(cfg))
     path = folder / "gan.ckpt"
-    torch.save({"state_dict": module.state_dict(),
-                "recipe": {"config": plain_config(cfg), "choices": {"recipe": "gan", "task": "gan", "model": "gan_mlp"},
-                           "data": {"input_shape": [1, 8, 8], "num_classes": 10}}}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "recipe": {
+                "config": plain_config(cfg),
+                "choices": {"recipe": "gan", "task": "gan", "model": "gan_mlp"},
+                "data": {"input_shape": [1, 8, 8], "num_classes": 10},
+            },
+        },
+        path,
+    )
     return str(path)
 
 
 @pytest.mark.parametrize("name", ["pgd", "pgd_l2", "transfer"])
 def test_attack_a_classifier_checkpoint_writes_json_and_plot(feature_ckpt: str, tmp_path: Path, name: str) -> None:
     extra = ["attack.rounds=2", "attack.substitute_epochs=2", "attack.seed_size=50"] if name == "transfer" else []
-    cfg = compose_attack(f"ckpt_path={feature_ckpt}", f"attack={name}", "attack.max_samples=40", "attack.steps=3",
-                         f"out_dir={tmp_path}", *extra)
+    cfg = compose_attack(
+        f"ckpt_path={feature_ckpt}",
+        f"attack={name}",
+        "attack.max_samples=40",
+        "attack.steps=3",
+        f"out_dir={tmp_path}",
+        *extra,
+    )
     report = attack(cfg)
     written = json.loads((tmp_path / "robustness.json").read_text())
     assert written == report
@@ -56,11 +70,14 @@ def test_attack_a_classifier_checkpoint_writes_json_and_plot(feature_ckpt: str, 
     assert (tmp_path / "robustness.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("override, message", [
-    ("attack.eps=[-0.1]", "attack.eps=-0.1 must be in [0, 1]"),
-    ("attack.eps=[0.1,1.5]", "attack.eps=1.5 must be in [0, 1]"),
-    ("attack.steps=0", "attack.steps=0 must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("attack.eps=[-0.1]", "attack.eps=-0.1 must be in [0, 1]"),
+        ("attack.eps=[0.1,1.5]", "attack.eps=1.5 must be in [0, 1]"),
+        ("attack.steps=0", "attack.steps=0 must be an integer >= 1"),
+    ],
+)
 def test_bad_attack_values_are_refused_before_anything_is_written(feature_ckpt, tmp_path, override, message) -> None:
     with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("]", r"\]")):
         attack(compose_attack(f"ckpt_path={feature_ckpt}", "attack=pgd", override, f"out_dir={tmp_path / 'out'}"))
@@ -79,10 +96,13 @@ def test_unknown_attack_is_one_line_and_exit_2(feature_ckpt: str, tmp_path: Path
     assert_clean_failure(proc, tmp_path / "out", "unknown attack 'nope'", "choose one of autoattack, fgsm")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["attack=pgd", "attack.eps=[2]"], "attack.eps=2 must be in [0, 1]"),
-    (["attack=fgsm", "recipe=gan", "task.feature_ckpt=x.ckpt"], "needs a task that classifies images"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["attack=pgd", "attack.eps=[2]"], "attack.eps=2 must be in [0, 1]"),
+        (["attack=fgsm", "recipe=gan", "task.feature_ckpt=x.ckpt"], "needs a task that classifies images"),
+    ],
+)
 def test_train_refuses_bad_attack_at_start_up(tmp_path: Path, overrides: list[str], message: str) -> None:
     cfg = compose_train(tmp_path, *overrides)
     with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -95,8 +115,13 @@ def test_train_with_attack_adds_the_robustness_section_and_recipes_attack_reprod
     section = results["robustness"]
     assert section["samples"] == 100 and [r["eps"] for r in section["results"]] == [0.05, 0.1, 0.2]
     assert (run_dir / "robustness.png").is_file()
-    proc = run_module("recipes.attack", f"ckpt_path={run_dir / results['checkpoint']}", "attack=fgsm",
-                      "attack.max_samples=100", f"out_dir={tmp_path}")
+    proc = run_module(
+        "recipes.attack",
+        f"ckpt_path={run_dir / results['checkpoint']}",
+        "attack=fgsm",
+        "attack.max_samples=100",
+        f"out_dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     again = json.loads((tmp_path / "robustness.json").read_text())
     assert [r["robust_acc"] for r in again["results"]] == pytest.approx([r["robust_acc"] for r in section["results"]])

@@ -26,13 +26,29 @@ from recipes.startup import check_plan
 from recipes.summarize import CSV_NAME, PLOT_NAME, summarize
 from tests.conftest import QUIET, REPO, assert_clean_failure, compose_train, run_module
 
-TINY = ["hydra/launcher=basic", "model.hidden=[32]", "task.optimizer.weight_decay=0", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=3", "logger=csv", "callbacks.model_summary=null", *QUIET]
+TINY = [
+    "hydra/launcher=basic",
+    "model.hidden=[32]",
+    "task.optimizer.weight_decay=0",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "logger=csv",
+    "callbacks.model_summary=null",
+    *QUIET,
+]
 
 
 def sweep_command(sweep_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "recipes.train", "-m", "hparams_search=baseline", f"hydra.sweep.dir={sweep_dir}",
-            *TINY, *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "recipes.train",
+        "-m",
+        "hparams_search=baseline",
+        f"hydra.sweep.dir={sweep_dir}",
+        *TINY,
+        *overrides,
+    ]
 
 
 def study_trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
@@ -42,8 +58,9 @@ def study_trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
 def kill_when_trial_1_starts(command: list[str], sweep_dir: Path) -> None:
     """Start the sweep in its own process group and SIGKILL the group (sweep and trials, as a crash or
     scancel would) once trial 1's job dir appears."""
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -60,8 +77,9 @@ def test_each_search_space_fits_its_recipe(tmp_path: Path, name: str) -> None:
     the start-up checks; the objective's direction is the task's monitor_mode."""
     register_resolvers()
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"hparams_search={name}", f"paths.run_dir={tmp_path}"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=[f"hparams_search={name}", f"paths.run_dir={tmp_path}"], return_hydra_config=True
+        )
     sweeper = cfg.hydra.sweeper
     assert sweeper.direction == cfg.task.monitor_mode and sweeper.n_trials >= 1
     space = parse([f"{key}={value}" for key, value in sweeper.params.items()])
@@ -75,8 +93,11 @@ def test_the_objective_direction_is_the_tasks(tmp_path: Path, recipe: str, featu
     references = [f"task.feature_ckpt={feature_ckpt}"] if recipe == "gan" else []
     register_resolvers()
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"recipe={recipe}", "hydra/sweeper=optuna", f"paths.run_dir={tmp_path}",
-                                          *references], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[f"recipe={recipe}", "hydra/sweeper=optuna", f"paths.run_dir={tmp_path}", *references],
+            return_hydra_config=True,
+        )
     assert cfg.hydra.sweeper.direction == {"baseline": "max", "gan": "min"}[recipe] == cfg.task.monitor_mode
 
 
@@ -84,9 +105,13 @@ def test_a_diverged_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Pat
     """Two trials, one at lr=1e30 (it diverges): the study holds one FAIL and one COMPLETE whose value is
     the run's best val/acc (results.json), the sweep exits 0; recipes.summarize tables both."""
     sweep_dir = tmp_path / "sweep"
-    command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=2", "~hydra.sweeper.sampler.n_startup_trials",
-                            "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
-                            "task.optimizer.lr=choice(1e30,0.001)")
+    command = sweep_command(
+        sweep_dir,
+        "hydra.sweeper.n_trials=2",
+        "~hydra.sweeper.sampler.n_startup_trials",
+        "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
+        "task.optimizer.lr=choice(1e30,0.001)",
+    )
     proc = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = {t.params["task.optimizer.lr"]: t for t in study_trials(sweep_dir)}
@@ -120,7 +145,8 @@ def test_a_killed_sweep_resumes_and_runs_only_the_remaining_trials(tmp_path: Pat
     assert [t.state for t in after[2:]] == [TrialState.COMPLETE, TrialState.COMPLETE]  # the remaining two
     assert after[2].params == before[1].params  # the cut-off trial, again
     assert "1 of 3 trials finished before (0 of them recorded now), 1 interrupted trials queued again" in (
-        resumed.stdout + resumed.stderr)
+        resumed.stdout + resumed.stderr
+    )
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
@@ -143,8 +169,11 @@ def test_a_trial_that_finished_before_the_kill_is_recorded_not_run_again(tmp_pat
 
 def test_an_unknown_hparams_search_is_refused_at_preflight() -> None:
     """The same pre-flight as recipe=nope (tests/test_bad_input.py runs that path end to end)."""
-    with pytest.raises(RecipeError, match=r"^unknown hparams_search 'nope' in 'hparams_search=nope': choose one of "
-                                          r"baseline, distill, prune$"):
+    with pytest.raises(
+        RecipeError,
+        match=r"^unknown hparams_search 'nope' in 'hparams_search=nope': choose one of "
+        r"baseline, distill, prune$",
+    ):
         preflight(["-m", "hparams_search=nope"])
 
 
@@ -152,17 +181,28 @@ def test_an_objective_the_task_does_not_log_is_refused_at_start_up(tmp_path: Pat
     """The sweeper runs the start-up checks on one trial's config before any trial (as the end-to-end
     refusals below show for the search space and the storage): task.monitor is checked there."""
     cfg = compose_train(tmp_path, "hparams_search=baseline", "task.monitor=val/nope")
-    with pytest.raises(RecipeError, match=r"^task.monitor=val/nope is not a metric ClassifierModule logs: choose one "
-                                          r"of val/acc, val/loss, train/acc, train/loss"):
+    with pytest.raises(
+        RecipeError,
+        match=r"^task.monitor=val/nope is not a metric ClassifierModule logs: choose one "
+        r"of val/acc, val/loss, train/acc, train/loss",
+    ):
         check_plan(cfg, {"recipe": "baseline"})
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    (["hparams_search=baseline", "task.optimizer.nope=interval(0,1)"],
-     "the search space does not fit the config: task.optimizer.nope is not a config key"),
-    (["hparams_search=baseline", "hydra.sweeper.storage=sqlite:////nonexistent/dir/optuna.db"],
-     "hydra.sweeper.storage=sqlite:////nonexistent/dir/optuna.db cannot be opened"),
-], ids=["nonexistent-key", "unreachable-storage"])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["hparams_search=baseline", "task.optimizer.nope=interval(0,1)"],
+            "the search space does not fit the config: task.optimizer.nope is not a config key",
+        ),
+        (
+            ["hparams_search=baseline", "hydra.sweeper.storage=sqlite:////nonexistent/dir/optuna.db"],
+            "hydra.sweeper.storage=sqlite:////nonexistent/dir/optuna.db cannot be opened",
+        ),
+    ],
+    ids=["nonexistent-key", "unreachable-storage"],
+)
 def test_bad_search_input_is_refused_before_any_trial(tmp_path: Path, overrides: list[str], expected: str) -> None:
     sweep_dir = tmp_path / "sweep"
     proc = run_module("recipes.train", "-m", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=basic", *overrides)

@@ -17,16 +17,35 @@ import torch
 
 from tests.conftest import QUIET, REPO, run_module_in_process
 
-SLOW_STEPS = ["+callbacks.slow._target_=tests.slow_worker.SlowWorker", "+callbacks.slow.rank=0",
-              "+callbacks.slow.seconds=0.1", "trainer.limit_train_batches=10", "trainer.limit_val_batches=2"]
+SLOW_STEPS = [
+    "+callbacks.slow._target_=tests.slow_worker.SlowWorker",
+    "+callbacks.slow.rank=0",
+    "+callbacks.slow.seconds=0.1",
+    "trainer.limit_train_batches=10",
+    "trainer.limit_val_batches=2",
+]
 
 
 def stop_after_first_epoch(run_dir: Path, *overrides: str) -> tuple[int, str]:
     """Start a slowed-down run, send SIGTERM once its first last.ckpt exists; (exit status, stderr)."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.Popen([sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", *QUIET,
-                             "callbacks.model_summary=null", *SLOW_STEPS, *overrides],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recipes.train",
+            f"hydra.run.dir={run_dir}",
+            *QUIET,
+            "callbacks.model_summary=null",
+            *SLOW_STEPS,
+            *overrides,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (run_dir / "checkpoints" / "last.ckpt").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch end"
@@ -43,8 +62,10 @@ def assert_stopped(code: int, stderr: str, run_dir: Path) -> list[str]:
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: stopped by SIGTERM at epoch "), last
     command = shlex.split(last.split("resume with: ", 1)[1])
-    assert command[:3] == ["python", "-m", "recipes.train"] and command[-2:] == [f"hydra.run.dir={run_dir}",
-                                                                               "ckpt_path=last"], command
+    assert command[:3] == ["python", "-m", "recipes.train"] and command[-2:] == [
+        f"hydra.run.dir={run_dir}",
+        "ckpt_path=last",
+    ], command
     torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     return command
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_module, train, train_in_process
-from tests.conftest import assert_clean_failure
+from tests.conftest import assert_clean_failure, run_module, train, train_in_process
 
 CASES = {
     "negative seed": (["seed=-1"], ["seed=-1", "0 to 4294967295"]),
@@ -20,10 +19,14 @@ CASES = {
     "negative max_epochs": (["trainer.max_epochs=-5"], ["trainer.max_epochs=-5", "e.g. trainer.max_epochs=20"]),
     "zero max_epochs": (["trainer.max_epochs=0"], ["trainer.max_epochs=0 trains nothing", "untrained"]),
     "batch size beyond a DataLoader": ([f"data.batch_size={sys.maxsize + 1}"], [f"data.batch_size={sys.maxsize + 1}"]),
-    "misspelt key": (["trainer.max_epoch=3"], ["trainer.max_epoch is not a config key",
-                                              "did you mean trainer.max_epochs?"]),
-    "pipeline cannot train a distilled student": (["strategy=pipeline", "recipe=distill"],
-                                                  ["strategy=pipeline", "DistillModule"]),
+    "misspelt key": (
+        ["trainer.max_epoch=3"],
+        ["trainer.max_epoch is not a config key", "did you mean trainer.max_epochs?"],
+    ),
+    "pipeline cannot train a distilled student": (
+        ["strategy=pipeline", "recipe=distill"],
+        ["strategy=pipeline", "DistillModule"],
+    ),
 }
 
 

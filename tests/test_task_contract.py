@@ -29,11 +29,15 @@ from recipes.build import build_datamodule, build_module, rebuild
 from recipes.cli import group_options
 from recipes.testing import test_metrics as run_test_metrics
 from recipes.train import run
-from tests.conftest import train, train_ok
-from tests.conftest import compose_train
+from tests.conftest import compose_train, train, train_ok
 
-FAST = ["trainer.max_epochs=3", "trainer.limit_train_batches=5", "logger=csv", "callbacks.model_summary=null",
-        "callbacks.lr_monitor=null"]
+FAST = [
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=5",
+    "logger=csv",
+    "callbacks.model_summary=null",
+    "callbacks.lr_monitor=null",
+]
 
 
 def task_classes() -> set[type]:
@@ -74,8 +78,14 @@ def test_every_task_under_modules_implements_the_contract(tmp_path: Path, featur
 def test_monitor_val_loss_min_picks_the_lowest_val_loss(run_dir: Path, tmp_path: Path) -> None:
     """A high learning rate makes val/loss move both ways; the kept checkpoint is the epoch with the
     lowest val/loss, named by it; results.json says which metric picked it."""
-    results = train_ok(run_dir, *FAST, "task.monitor=val/loss", "task.monitor_mode=min", "task.optimizer.lr=0.05",
-                       "task.scheduler=null")
+    results = train_ok(
+        run_dir,
+        *FAST,
+        "task.monitor=val/loss",
+        "task.monitor_mode=min",
+        "task.optimizer.lr=0.05",
+        "task.scheduler=null",
+    )
     with open(run_dir / "csv" / "metrics.csv", newline="") as file:
         rows = [r for r in csv.DictReader(file) if r.get("val/loss")]
     losses = {int(r["epoch"]): float(r["val/loss"]) for r in rows}
@@ -138,9 +148,16 @@ class TinyRegressor(Task):
 
 def test_a_task_the_core_does_not_know_runs_the_whole_pipeline(tmp_path: Path) -> None:
     target = f"{__name__}.TinyRegressor"
-    cfg = compose_train(tmp_path, *FAST, "trainer.limit_train_batches=null", "compress=[prune]",
-                        "compress.prune.start_epoch=0", "compress.prune.end_epoch=1", "compress.prune.sparsity=0.5",
-                        "export=onnx")
+    cfg = compose_train(
+        tmp_path,
+        *FAST,
+        "trainer.limit_train_batches=null",
+        "compress=[prune]",
+        "compress.prune.start_epoch=0",
+        "compress.prune.end_epoch=1",
+        "compress.prune.sparsity=0.5",
+        "export=onnx",
+    )
     with open_dict(cfg):
         cfg.task = OmegaConf.create({"_target_": target, "lr": 0.01, "monitor": "val/mse", "monitor_mode": "min"})
     results = run(cfg, {"recipe": "tiny", "task": "tiny_regressor"})

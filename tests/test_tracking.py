@@ -39,21 +39,35 @@ def mlflow_run(uri: str, run_dir: Path, results: dict) -> tuple[Any, Any]:
 def test_mlflow_file_store_run_holds_the_config_metrics_and_results(run_dir: Path, tmp_path: Path) -> None:
     """A local file store (what MLflow 3 allows with MLFLOW_ALLOW_FILE_STORE=true): the cheap store."""
     uri = f"file:{tmp_path / 'mlruns'}"
-    results = train_ok(run_dir, *FAST, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}",
-                       f"logger.mlflow.artifact_location={tmp_path / 'artifacts'}", env=FILE_STORE)
+    results = train_ok(
+        run_dir,
+        *FAST,
+        "logger=mlflow",
+        f"logger.mlflow.tracking_uri={uri}",
+        f"logger.mlflow.artifact_location={tmp_path / 'artifacts'}",
+        env=FILE_STORE,
+    )
     os.environ.update(FILE_STORE)
     client, found = mlflow_run(uri, run_dir, results)
     assert {a.path for a in client.list_artifacts(found.info.run_id)} == {"results.json", ".hydra"}
-    assert {a.path for a in client.list_artifacts(found.info.run_id, ".hydra")} == {".hydra/config.yaml",
-                                                                                   ".hydra/overrides.yaml"}
+    assert {a.path for a in client.list_artifacts(found.info.run_id, ".hydra")} == {
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+    }
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 def test_mlflow_sqlite_run_holds_the_config_metrics_results_and_exports(run_dir: Path, tmp_path: Path) -> None:
     """The default store, SQLite, in a folder that does not exist yet (the logger makes it), with an export."""
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    results = train_ok(run_dir, *FAST, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}",
-                       f"logger.mlflow.artifact_location={tmp_path / 'artifacts'}", "export=onnx")
+    results = train_ok(
+        run_dir,
+        *FAST,
+        "logger=mlflow",
+        f"logger.mlflow.tracking_uri={uri}",
+        f"logger.mlflow.artifact_location={tmp_path / 'artifacts'}",
+        "export=onnx",
+    )
     client, found = mlflow_run(uri, run_dir, results)
     assert {a.path for a in client.list_artifacts(found.info.run_id)} == {"results.json", ".hydra", "export"}
     assert {a.path for a in client.list_artifacts(found.info.run_id, "export")} == {"export/model.onnx"}

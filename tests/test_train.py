@@ -49,8 +49,19 @@ def test_console_script_is_the_same_command(tmp_path: Path) -> None:
     script = shutil.which("recipes-train")
     assert script, "pip install should put recipes-train on PATH"
     run_dir = tmp_path / "run"
-    proc = subprocess.run([script, f"hydra.run.dir={run_dir}", "debug=fast_dev_run", "callbacks.progress_bar=null",
-                           "trainer.enable_progress_bar=false"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            script,
+            f"hydra.run.dir={run_dir}",
+            "debug=fast_dev_run",
+            "callbacks.progress_bar=null",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((run_dir / "results.json").read_text())["recipe"] == "baseline"
     assert shutil.which("recipes-evaluate")
@@ -81,8 +92,9 @@ def test_evaluate_reproduces_the_training_end_metrics(run_dir: Path, tmp_path: P
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == results["metrics"]
     assert not list(REPO.glob("evaluate.log")), "evaluate writes no files besides out="
     # A patched saved config (here another batch size) rebuilds the same test set: same accuracy.
-    proc = run_module_in_process("recipes.evaluate", f"ckpt_path={run_dir / results['checkpoint']}",
-                                 "+overrides.data.batch_size=7")
+    proc = run_module_in_process(
+        "recipes.evaluate", f"ckpt_path={run_dir / results['checkpoint']}", "+overrides.data.batch_size=7"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["test/acc"] == results["metrics"]["test/acc"]
 
@@ -92,14 +104,28 @@ def test_ddp_sim_trains_with_one_run_dir(start_method: str, tmp_path: Path) -> N
     """trainer=ddp_sim: 2 CPU ranks over gloo, one run dir, files written by rank 0 only; with
     start_method=spawn (ddp_spawn) the main process appends the test metrics to rank 0's metrics.csv."""
     env = {"RECIPES_OUTPUT_DIR": str(tmp_path / "outputs")}
-    proc = run_module("recipes.train", "trainer=ddp_sim", f"strategy.start_method={start_method}",
-                      "trainer.max_epochs=3", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", env=env)
+    proc = run_module(
+        "recipes.train",
+        "trainer=ddp_sim",
+        f"strategy.start_method={start_method}",
+        "trainer.max_epochs=3",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dirs = list((tmp_path / "outputs" / "baseline").iterdir())
     assert len(run_dirs) == 1, run_dirs
     run_dir = run_dirs[0]
-    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", ".lock", "checkpoints", "csv", "results.json",
-                                                         "tensorboard", "train.log"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".hydra",
+        ".lock",
+        "checkpoints",
+        "csv",
+        "results.json",
+        "tensorboard",
+        "train.log",
+    ]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["metrics"]["test/acc"] > 0.5
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)

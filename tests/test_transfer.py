@@ -28,15 +28,28 @@ from tests.conftest import train, train_ok, train_ok_in_process
 SHAPE = (1, 8, 8)
 SGD = partial(torch.optim.SGD, lr=0.1)
 # Subprocess runs: one short epoch, light loggers. Top-level trainer keys reach the prerequisites too.
-FAST = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=csv", "callbacks.model_summary=null",
-        "callbacks.lr_monitor=null")
+FAST = (
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "logger=csv",
+    "callbacks.model_summary=null",
+    "callbacks.lr_monitor=null",
+)
 
 
 def short_fit(module: pl.LightningModule, datamodule: pl.LightningDataModule) -> pl.Trainer:
     """A real fit of 3 training batches and 1 validation batch on CPU."""
     datamodule.return_index = getattr(module, "needs_sample_index", False)  # as build_module does
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=datamodule)
     return trainer
 
@@ -323,8 +336,16 @@ def test_class_count_mismatch_is_a_one_line_cli_error(tmp_path: Path) -> None:
     results = train_ok(digits, *FAST)
     init_ckpt = digits / results["checkpoint"]
     root = image_folder(tmp_path / "images")
-    finetune = ("recipe=finetune", f"task.init_ckpt={init_ckpt}", "data=imagefolder", f"data.root={root}",
-                "data.image_size=8", "data.channels=1", "data.num_workers=0", "~prerequisites")
+    finetune = (
+        "recipe=finetune",
+        f"task.init_ckpt={init_ckpt}",
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=8",
+        "data.channels=1",
+        "data.num_workers=0",
+        "~prerequisites",
+    )
 
     bad = tmp_path / "bad"
     proc = train(bad, *finetune, *FAST)

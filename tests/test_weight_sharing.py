@@ -44,9 +44,17 @@ def _fit(callbacks: list, epochs: int) -> MLP:
     pl.seed_everything(0)
     net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[32, 16])
     module = ClassifierModule(net, optimizer=lambda p: torch.optim.AdamW(p, lr=0.01))
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, limit_train_batches=5, limit_val_batches=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=callbacks)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        limit_train_batches=5,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
     trainer.fit(module, datamodule=DigitsDataModule())
     return net
 
@@ -67,12 +75,19 @@ def test_fine_tuned_sharing_after_pruning_keeps_2_to_the_bits_values_and_the_zer
 BAD = [
     (["compress=[kmeans]", "compress.kmeans.bits=9"], "compress.kmeans.bits=9 must be an integer in [1, 8]"),
     (["compress=[kmeans]", "compress.kmeans.bits=0"], "compress.kmeans.bits=0 must be an integer in [1, 8]"),
-    (["compress=[kmeans,prune]", "compress.kmeans.start_epoch=16"],
-     "compress=[kmeans,prune]: prune must come before kmeans (prune the weights that ship, then change how they "
-     "are stored); use compress=[prune,kmeans]"),
-    (["compress=[prune,kmeans]", "compress.kmeans.start_epoch=10"],
-     "prune changes the net until epoch 15 but kmeans starts at epoch 10"),
-    (["compress=[kmeans]", "compress.kmeans.start_epoch=20"], "compress.kmeans.start_epoch=20 must be < trainer.max_epochs=20"),
+    (
+        ["compress=[kmeans,prune]", "compress.kmeans.start_epoch=16"],
+        "compress=[kmeans,prune]: prune must come before kmeans (prune the weights that ship, then change how they "
+        "are stored); use compress=[prune,kmeans]",
+    ),
+    (
+        ["compress=[prune,kmeans]", "compress.kmeans.start_epoch=10"],
+        "prune changes the net until epoch 15 but kmeans starts at epoch 10",
+    ),
+    (
+        ["compress=[kmeans]", "compress.kmeans.start_epoch=20"],
+        "compress.kmeans.start_epoch=20 must be < trainer.max_epochs=20",
+    ),
 ]
 
 
@@ -87,16 +102,24 @@ FAST = ("callbacks.model_summary=null", "callbacks.lr_monitor=null", "logger=csv
 RESUMED = [
     ("binary", ("compress=[binary]", "compress.binary.start_epoch=2")),
     ("ternary", ("compress=[ternary]", "compress.ternary.start_epoch=2")),
-    ("kmeans", ("compress=[prune,kmeans]", "compress.prune.start_epoch=0", "compress.prune.end_epoch=1",
-                "compress.kmeans.start_epoch=2")),
+    (
+        "kmeans",
+        (
+            "compress=[prune,kmeans]",
+            "compress.prune.start_epoch=0",
+            "compress.prune.end_epoch=1",
+            "compress.kmeans.start_epoch=2",
+        ),
+    ),
 ]
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
 @pytest.mark.parametrize(("name", "plan"), RESUMED, ids=[n for n, _ in RESUMED])
 @pytest.mark.parametrize("stop_step", [20, 60], ids=["before_start", "after_start"])
-def test_resume_across_the_start_epoch_gives_identical_weights(name: str, plan: tuple[str, ...], stop_step: int,
-                                                               tmp_path: Path) -> None:
+def test_resume_across_the_start_epoch_gives_identical_weights(
+    name: str, plan: tuple[str, ...], stop_step: int, tmp_path: Path
+) -> None:
     """Stopped before or after the step's start epoch (20 batches an epoch) and resumed with
     ckpt_path=last: the same checkpoint keys in every phase, and the same final weights as straight."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -16,16 +16,24 @@ from modules.nets.gan_pair import GanPair, check_gan_sizes, with_label
 class DCGenerator(nn.Module):
     """z -> Linear to channels[0] x H/2^n x W/2^n -> n stride-2 transposed convs (BN, ReLU) -> tanh."""
 
-    def __init__(self, output_shape: Sequence[int], latent_dim: int, channels: Sequence[int],
-                 num_classes: int = 0, embed_dim: int = 0) -> None:
+    def __init__(
+        self,
+        output_shape: Sequence[int],
+        latent_dim: int,
+        channels: Sequence[int],
+        num_classes: int = 0,
+        embed_dim: int = 0,
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         scale = 2 ** len(channels)
         self.start = (channels[0], output_shape[1] // scale, output_shape[2] // scale)
         self.embedding = nn.Embedding(num_classes, embed_dim) if embed_dim else None
-        self.project = nn.Sequential(nn.Linear(latent_dim + embed_dim, channels[0] * self.start[1] * self.start[2],
-                                               bias=False),
-                                     nn.BatchNorm1d(channels[0] * self.start[1] * self.start[2]), nn.ReLU())
+        self.project = nn.Sequential(
+            nn.Linear(latent_dim + embed_dim, channels[0] * self.start[1] * self.start[2], bias=False),
+            nn.BatchNorm1d(channels[0] * self.start[1] * self.start[2]),
+            nn.ReLU(),
+        )
         blocks: list[nn.Module] = []
         for c_in, c_out in zip(channels, channels[1:]):
             blocks += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
@@ -65,20 +73,35 @@ class DCDiscriminator(nn.Module):
 class DCGan(GanPair):
     """The pair, sized from the data; the image sides must be divisible by 2^len(channels)."""
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, latent_dim: int = 32,
-                 conditional: bool = False, generator_channels: Sequence[int] = (128, 64),
-                 discriminator_channels: Sequence[int] = (64, 128)) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        latent_dim: int = 32,
+        conditional: bool = False,
+        generator_channels: Sequence[int] = (128, 64),
+        discriminator_channels: Sequence[int] = (64, 128),
+    ) -> None:
         check_gan_sizes(latent_dim, conditional, num_classes)
-        for key, channels in (("generator_channels", generator_channels),
-                              ("discriminator_channels", discriminator_channels)):
+        for key, channels in (
+            ("generator_channels", generator_channels),
+            ("discriminator_channels", discriminator_channels),
+        ):
             if not channels or any(c <= 0 for c in channels):
                 raise ValueError(f"model.{key}={list(channels)} must hold positive channel counts, e.g. [128,64]")
             scale = 2 ** len(channels)
             if input_shape[1] % scale or input_shape[2] % scale:
-                raise ValueError(f"model.{key}={list(channels)} halves the image {len(channels)} times, but the "
-                                 f"data's {input_shape[1]}x{input_shape[2]} images are not divisible by {scale}: "
-                                 f"use fewer stages or set data.image_size")
+                raise ValueError(
+                    f"model.{key}={list(channels)} halves the image {len(channels)} times, but the "
+                    f"data's {input_shape[1]}x{input_shape[2]} images are not divisible by {scale}: "
+                    f"use fewer stages or set data.image_size"
+                )
         classes = num_classes if conditional else 0
-        super().__init__(DCGenerator(input_shape, latent_dim, generator_channels, classes, classes),
-                         DCDiscriminator(input_shape, discriminator_channels, classes),
-                         input_shape, num_classes, latent_dim, conditional)
+        super().__init__(
+            DCGenerator(input_shape, latent_dim, generator_channels, classes, classes),
+            DCDiscriminator(input_shape, discriminator_channels, classes),
+            input_shape,
+            num_classes,
+            latent_dim,
+            conditional,
+        )

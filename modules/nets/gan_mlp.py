@@ -23,8 +23,14 @@ def _layers(width: int, hidden: Sequence[int], out: int) -> list[nn.Module]:
 class MLPGenerator(nn.Module):
     """z (and a label) -> hidden Linear+LeakyReLU layers -> Linear -> tanh, shaped as an image in [-1, 1]."""
 
-    def __init__(self, output_shape: Sequence[int], latent_dim: int, hidden: Sequence[int],
-                 num_classes: int = 0, embed_dim: int = 0) -> None:
+    def __init__(
+        self,
+        output_shape: Sequence[int],
+        latent_dim: int,
+        hidden: Sequence[int],
+        num_classes: int = 0,
+        embed_dim: int = 0,
+    ) -> None:
         super().__init__()
         self.output_shape, self.latent_dim = tuple(output_shape), latent_dim
         self.embedding = nn.Embedding(num_classes, embed_dim) if embed_dim else None
@@ -37,8 +43,9 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """image (and a label) -> flattened -> hidden Linear+LeakyReLU layers -> one logit (real vs generated)."""
 
-    def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], num_classes: int = 0,
-                 embed_dim: int = 0) -> None:
+    def __init__(
+        self, input_shape: Sequence[int], hidden: Sequence[int], num_classes: int = 0, embed_dim: int = 0
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(num_classes, embed_dim) if embed_dim else None
         self.body = nn.Sequential(*_layers(prod(input_shape) + embed_dim, hidden, 1))
@@ -50,14 +57,27 @@ class MLPDiscriminator(nn.Module):
 class MLPGan(GanPair):
     """The pair, sized from the data: the generator draws images of `input_shape`."""
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, latent_dim: int = 32,
-                 conditional: bool = False, generator_hidden: Sequence[int] = (128, 256),
-                 discriminator_hidden: Sequence[int] = (256, 128)) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        latent_dim: int = 32,
+        conditional: bool = False,
+        generator_hidden: Sequence[int] = (128, 256),
+        discriminator_hidden: Sequence[int] = (256, 128),
+    ) -> None:
         check_gan_sizes(latent_dim, conditional, num_classes)
         if any(h <= 0 for h in [*generator_hidden, *discriminator_hidden]):
-            raise ValueError(f"model.generator_hidden={list(generator_hidden)} and model.discriminator_hidden="
-                             f"{list(discriminator_hidden)} must hold positive layer widths, e.g. [128,256]")
+            raise ValueError(
+                f"model.generator_hidden={list(generator_hidden)} and model.discriminator_hidden="
+                f"{list(discriminator_hidden)} must hold positive layer widths, e.g. [128,256]"
+            )
         embed = num_classes if conditional else 0
-        super().__init__(MLPGenerator(input_shape, latent_dim, generator_hidden, num_classes, embed),
-                         MLPDiscriminator(input_shape, discriminator_hidden, num_classes, embed),
-                         input_shape, num_classes, latent_dim, conditional)
+        super().__init__(
+            MLPGenerator(input_shape, latent_dim, generator_hidden, num_classes, embed),
+            MLPDiscriminator(input_shape, discriminator_hidden, num_classes, embed),
+            input_shape,
+            num_classes,
+            latent_dim,
+            conditional,
+        )

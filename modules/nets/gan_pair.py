@@ -12,18 +12,29 @@ from torch import nn
 def check_gan_sizes(latent_dim: int, conditional: bool, num_classes: int) -> None:
     """The task keys the nets are sized by (the model node interpolates them from `task`)."""
     if latent_dim < 1:
-        raise ValueError(f"task.latent_dim={latent_dim} must be >= 1 (the size of the generator's noise input), e.g. 32")
+        raise ValueError(
+            f"task.latent_dim={latent_dim} must be >= 1 (the size of the generator's noise input), e.g. 32"
+        )
     if conditional and num_classes < 2:
-        raise ValueError(f"task.conditional=true needs labelled data with at least 2 classes, but the data gives "
-                         f"{num_classes}; set task.conditional=false")
+        raise ValueError(
+            f"task.conditional=true needs labelled data with at least 2 classes, but the data gives "
+            f"{num_classes}; set task.conditional=false"
+        )
 
 
 class GanPair(nn.Module):
     """The generator (the net that ships) and the discriminator, built together from the data's
     input shape and class count. `conditional`: both nets also take the class label."""
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, input_shape: Sequence[int],
-                 num_classes: int, latent_dim: int, conditional: bool) -> None:
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        input_shape: Sequence[int],
+        num_classes: int,
+        latent_dim: int,
+        conditional: bool,
+    ) -> None:
         super().__init__()
         self.generator, self.discriminator = generator, discriminator
         self.input_shape, self.num_classes = tuple(input_shape), num_classes

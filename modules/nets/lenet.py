@@ -20,8 +20,12 @@ class LeNet5(nn.Sequential):
         act = _ACTIVATIONS[activation]
         channels = input_shape[0]
         features = nn.Sequential(
-            nn.Conv2d(channels, 6, 5, padding=2), act(), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(6, 16, 5, padding=2), act(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(channels, 6, 5, padding=2),
+            act(),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(6, 16, 5, padding=2),
+            act(),
+            nn.MaxPool2d(2, ceil_mode=True),
             nn.Flatten(),
         )
         with torch.no_grad():

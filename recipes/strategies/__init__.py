@@ -11,5 +11,7 @@ def refuse_self_stepping(task: type, strategy: str, why: str) -> None:
     """Start-up refusal (ValueError, one line) of a task that steps its own optimizers (Lightning's
     manual optimization, e.g. task=gan), for a strategy built around one optimizer step per batch."""
     if getattr(task, "manual_optimization", False):
-        raise ValueError(f"strategy={strategy} cannot train {task.__name__}, which steps its own optimizers "
-                         f"(task=gan): {why}; use trainer=ddp_sim (strategy=ddp) or strategy=single")
+        raise ValueError(
+            f"strategy={strategy} cannot train {task.__name__}, which steps its own optimizers "
+            f"(task=gan): {why}; use trainer=ddp_sim (strategy=ddp) or strategy=single"
+        )

@@ -51,8 +51,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -104,20 +105,31 @@ class AsyncSGDStrategy(DDPStrategy):
         """The tasks this strategy serves, declared for start-up checks (recipes/startup.py)."""
         refuse_self_stepping(task, "async", "its workers apply one optimizer step per batch to shared weights")
 
-    def __init__(self, start_method: Literal["forkserver", "spawn"] = "forkserver", sync_every: int = 32,
-                 timeout: float | timedelta = DEFAULT_SECONDS,
-                 startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        start_method: Literal["forkserver", "spawn"] = "forkserver",
+        sync_every: int = 32,
+        timeout: float | timedelta = DEFAULT_SECONDS,
+        startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS,
+        **kwargs: Any,
+    ) -> None:
         if start_method not in START_METHODS:
-            why = ("fork deadlocks the workers once torch's thread pool runs in the main process" if start_method == "fork"
-                   else "popen would re-run the script: no shared memory")
-            raise ValueError(f"strategy.start_method={start_method} must be one of {', '.join(START_METHODS)} ({why}), "
-                             "e.g. strategy.start_method=forkserver")
+            why = (
+                "fork deadlocks the workers once torch's thread pool runs in the main process"
+                if start_method == "fork"
+                else "popen would re-run the script: no shared memory"
+            )
+            raise ValueError(
+                f"strategy.start_method={start_method} must be one of {', '.join(START_METHODS)} ({why}), "
+                "e.g. strategy.start_method=forkserver"
+            )
         if not isinstance(sync_every, int) or sync_every < 1:
-            raise ValueError(f"strategy.sync_every={sync_every} must be an integer >= 1 (node updates between "
-                             "averages across nodes), e.g. strategy.sync_every=32")
+            raise ValueError(
+                f"strategy.sync_every={sync_every} must be an integer >= 1 (node updates between "
+                "averages across nodes), e.g. strategy.sync_every=32"
+            )
         self.startup_timeout = collective_timeout(startup_timeout, "startup_timeout")
-        super().__init__(start_method=start_method, timeout=self.startup_timeout,
-                         **kwargs)
+        super().__init__(start_method=start_method, timeout=self.startup_timeout, **kwargs)
         self.collective_timeout = collective_timeout(timeout)
         self.sync_every = sync_every
         self._leaders: Any = None  # the node leaders' gloo group (this node's local rank 0, num_nodes > 1)
@@ -135,17 +147,23 @@ class AsyncSGDStrategy(DDPStrategy):
     @override
     def _configure_launcher(self) -> None:
         if not isinstance(self.accelerator, CPUAccelerator):
-            raise ValueError(f"strategy=async shares parameters between CPU processes (Hogwild) and cannot run on "
-                             f"{type(self.accelerator).__name__}: set trainer.accelerator=cpu, or on GPUs "
-                             "use torchft (README: 'Asynchronous SGD across nodes')")
+            raise ValueError(
+                f"strategy=async shares parameters between CPU processes (Hogwild) and cannot run on "
+                f"{type(self.accelerator).__name__}: set trainer.accelerator=cpu, or on GPUs "
+                "use torchft (README: 'Asynchronous SGD across nodes')"
+            )
         node_rank_set = "NODE_RANK" in os.environ or "GROUP_RANK" in os.environ  # set_world_ranks exports them
         if self.num_nodes > 1 and not ("MASTER_PORT" in os.environ and node_rank_set):  # under srun / torchrun
-            raise ValueError(f"strategy=async with trainer.num_nodes={self.num_nodes} needs MASTER_ADDR, MASTER_PORT "
-                             "and NODE_RANK set on every node, e.g. MASTER_ADDR=node0 MASTER_PORT=29500 NODE_RANK=1")
+            raise ValueError(
+                f"strategy=async with trainer.num_nodes={self.num_nodes} needs MASTER_ADDR, MASTER_PORT "
+                "and NODE_RANK set on every node, e.g. MASTER_ADDR=node0 MASTER_PORT=29500 NODE_RANK=1"
+            )
         precision = self.precision_plugin
         if type(precision) not in (Precision, MixedPrecision):
-            raise ValueError(f"strategy=async needs parameters kept in their shared fp32 storage: use "
-                             f"trainer.precision=32-true or bf16-mixed, not {type(precision).__name__}")
+            raise ValueError(
+                f"strategy=async needs parameters kept in their shared fp32 storage: use "
+                f"trainer.precision=32-true or bf16-mixed, not {type(precision).__name__}"
+            )
         self._launcher = _HogwildLauncher(self, start_method=self._start_method)
 
     def share_parameters(self) -> None:
@@ -174,8 +192,9 @@ class AsyncSGDStrategy(DDPStrategy):
         point from the launcher's environment, then count ranks as a self-launched run does."""
         env = self.cluster_environment
         if env is not None and env.creates_processes_externally and self.num_nodes > 1:
-            os.environ.update(MASTER_ADDR=env.main_address, MASTER_PORT=str(env.main_port),
-                              NODE_RANK=str(env.node_rank()))
+            os.environ.update(
+                MASTER_ADDR=env.main_address, MASTER_PORT=str(env.main_port), NODE_RANK=str(env.node_rank())
+            )
             self.cluster_environment = LightningEnvironment()
         super().set_world_ranks()
 
@@ -186,10 +205,12 @@ class AsyncSGDStrategy(DDPStrategy):
         self.set_world_ranks()
         if self.num_nodes > 1 and self.local_rank == 0:
             env = self.cluster_environment
-            store = dist.TCPStore(env.main_address, env.main_port, self.num_nodes, self.node_rank == 0,
-                                  timeout=self.startup_timeout)
-            self._leaders = dist.ProcessGroupGloo(dist.PrefixStore("async_sgd_leaders", store), self.node_rank,
-                                                  self.num_nodes, self.collective_timeout)
+            store = dist.TCPStore(
+                env.main_address, env.main_port, self.num_nodes, self.node_rank == 0, timeout=self.startup_timeout
+            )
+            self._leaders = dist.ProcessGroupGloo(
+                dist.PrefixStore("async_sgd_leaders", store), self.node_rank, self.num_nodes, self.collective_timeout
+            )
 
     @override
     def setup(self, trainer: Any) -> None:
@@ -210,8 +231,10 @@ class AsyncSGDStrategy(DDPStrategy):
         for param, shared in zip(params, self._shared):
             if param.data_ptr() != shared.data_ptr():
                 if param.shape != shared.shape or param.dtype != shared.dtype:
-                    raise RuntimeError(f"strategy=async: a parameter became {param.dtype} {tuple(param.shape)} "
-                                       f"after sharing ({shared.dtype} {tuple(shared.shape)})")
+                    raise RuntimeError(
+                        f"strategy=async: a parameter became {param.dtype} {tuple(param.shape)} "
+                        f"after sharing ({shared.dtype} {tuple(shared.shape)})"
+                    )
                 param.data = shared
 
     @override
@@ -237,12 +260,14 @@ class AsyncSGDStrategy(DDPStrategy):
 
     # --- step accounting --------------------------------------------------------------------------
     @override
-    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any = None,
-                       **kwargs: Any) -> Any:
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any = None, **kwargs: Any) -> Any:
         output = super().optimizer_step(optimizer, closure, model, **kwargs)
         self._steps[self.global_rank] += 1
-        if self._leaders is not None and self._comm[1] < self._rounds and self._node_steps() >= self.sync_every * (
-                int(self._comm[1]) + 1):
+        if (
+            self._leaders is not None
+            and self._comm[1] < self._rounds
+            and self._node_steps() >= self.sync_every * (int(self._comm[1]) + 1)
+        ):
             self._average()
         return output
 
@@ -252,13 +277,15 @@ class AsyncSGDStrategy(DDPStrategy):
         # Every node plans the same update count (equal shards, same epochs), hence the same rounds.
         planned = self.lightning_module.trainer.estimated_stepping_batches
         if self.num_nodes > 1 and planned == float("inf"):
-            raise ValueError("strategy=async across nodes needs a known length to schedule its averages: set "
-                             "trainer.max_epochs or trainer.max_steps, e.g. trainer.max_epochs=10")
+            raise ValueError(
+                "strategy=async across nodes needs a known length to schedule its averages: set "
+                "trainer.max_epochs or trainer.max_steps, e.g. trainer.max_epochs=10"
+            )
         self._rounds = 0 if self.num_nodes == 1 else self.num_processes * int(planned) // self.sync_every
 
     def _node_steps(self) -> int:
         first = self.node_rank * self.num_processes
-        return int(self._steps[first:first + self.num_processes].sum())
+        return int(self._steps[first : first + self.num_processes].sum())
 
     def _all_reduce_sum(self, tensor: Tensor) -> Tensor:
         self._leaders.allreduce([tensor]).wait()  # ReduceOp.SUM
@@ -274,11 +301,11 @@ class AsyncSGDStrategy(DDPStrategy):
         offset = 0
         with torch.no_grad():
             for param in self._shared:
-                new = mean[offset:offset + param.numel()].view_as(param)
+                new = mean[offset : offset + param.numel()].view_as(param)
                 if final:
                     param.copy_(new)
                 else:
-                    param.add_(new - sent[offset:offset + param.numel()].view_as(param))
+                    param.add_(new - sent[offset : offset + param.numel()].view_as(param))
                 offset += param.numel()
         self._comm[1] += 1
 
@@ -323,9 +350,11 @@ class AsyncSGDStrategy(DDPStrategy):
         if self._steps is None:
             return {}
         first = int(self._finished_at.argmin())
-        extra = {"worker_steps": self._steps.tolist(),
-                 "worker_steps_at_first_finish": self._steps_at_finish[first].tolist(),
-                 "final_wait_seconds": round(float(self._final_wait), 3)}
+        extra = {
+            "worker_steps": self._steps.tolist(),
+            "worker_steps_at_first_finish": self._steps_at_finish[first].tolist(),
+            "final_wait_seconds": round(float(self._final_wait), 3),
+        }
         if self.num_nodes > 1:
             extra.update(nodes=self.num_nodes, sync_every=self.sync_every, node_averages=int(self._comm[1]))
         return extra
@@ -356,5 +385,7 @@ def _preload_modules() -> list[str]:
     if main is None or not main.name:
         return ["lightning.pytorch"]
     package = main.name.partition(".")[0]
-    return ["lightning.pytorch", *(name for name in list(sys.modules)
-                                   if name.partition(".")[0] == package and name != main.name)]
+    return [
+        "lightning.pytorch",
+        *(name for name in list(sys.modules) if name.partition(".")[0] == package and name != main.name),
+    ]

@@ -65,5 +65,9 @@ class DDPStrategy(TimedDDPStrategy):
     @override
     def _register_ddp_hooks(self) -> None:
         hook = self._ddp_comm_hook or default_hooks.allreduce_hook
-        _register_ddp_comm_hook(model=self.model, ddp_comm_state=self._ddp_comm_state,
-                                ddp_comm_hook=self.counted(hook), ddp_comm_wrapper=self._ddp_comm_wrapper)
+        _register_ddp_comm_hook(
+            model=self.model,
+            ddp_comm_state=self._ddp_comm_state,
+            ddp_comm_hook=self.counted(hook),
+            ddp_comm_wrapper=self._ddp_comm_wrapper,
+        )

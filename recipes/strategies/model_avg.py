@@ -77,11 +77,15 @@ class ModelAveragingStrategy(DDPStrategy):
 
     def __init__(self, period: int = 4, warmup_steps: int = 0, **kwargs: Any) -> None:
         if not isinstance(period, int) or period < 1:
-            raise ValueError(f"strategy.period={period} must be an integer >= 1 (optimizer steps between "
-                             "averages), e.g. strategy.period=4")
+            raise ValueError(
+                f"strategy.period={period} must be an integer >= 1 (optimizer steps between "
+                "averages), e.g. strategy.period=4"
+            )
         if not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"strategy.warmup_steps={warmup_steps} must be an integer >= 0 (synchronous steps "
-                             "before local SGD), e.g. strategy.warmup_steps=0")
+            raise ValueError(
+                f"strategy.warmup_steps={warmup_steps} must be an integer >= 0 (synchronous steps "
+                "before local SGD), e.g. strategy.warmup_steps=0"
+            )
         # Each replica keeps its own BatchNorm statistics (averaged with the weights), instead of DDP
         # broadcasting rank 0's before every forward.
         kwargs.setdefault("broadcast_buffers", False)
@@ -98,9 +102,12 @@ class ModelAveragingStrategy(DDPStrategy):
     def configure_ddp(self) -> None:
         # The hook state is made here, once the process group exists; Lightning's setup sees it and
         # calls _enable_model_averaging after the optimizers are built.
-        self._ddp_comm_state = PostLocalSGDState(process_group=None, subgroup=None,
-                                                 start_localSGD_iter=self.warmup_steps,
-                                                 post_local_gradient_allreduce=False)
+        self._ddp_comm_state = PostLocalSGDState(
+            process_group=None,
+            subgroup=None,
+            start_localSGD_iter=self.warmup_steps,
+            post_local_gradient_allreduce=False,
+        )
         self._ddp_comm_hook = post_localSGD_hook
         super().configure_ddp()
 
@@ -111,8 +118,9 @@ class ModelAveragingStrategy(DDPStrategy):
     @override
     def _enable_model_averaging(self) -> None:
         super()._enable_model_averaging()  # Lightning's check that no optimizer is a distributed one
-        self._model_averager = ReplicaAverager(self._model_averaging_period, self.warmup_steps,
-                                               floating_buffers(self.lightning_module))
+        self._model_averager = ReplicaAverager(
+            self._model_averaging_period, self.warmup_steps, floating_buffers(self.lightning_module)
+        )
 
     @override
     def on_train_start(self) -> None:

@@ -72,13 +72,19 @@ class PipelineStrategy(TimedDDPStrategy):
         startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS,
     ) -> None:
         if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
-            raise ValueError(f"strategy.microbatches={microbatches} must be an integer >= 1, "
-                             "e.g. strategy.microbatches=4")
+            raise ValueError(
+                f"strategy.microbatches={microbatches} must be an integer >= 1, e.g. strategy.microbatches=4"
+            )
         if schedule not in SCHEDULES:
-            raise ValueError(f"strategy.schedule={schedule!r} must be one of {', '.join(SCHEDULES)}, "
-                             "e.g. strategy.schedule=1f1b")
-        super().__init__(process_group_backend=process_group_backend, start_method=start_method, timeout=timeout,
-                         startup_timeout=startup_timeout)
+            raise ValueError(
+                f"strategy.schedule={schedule!r} must be one of {', '.join(SCHEDULES)}, e.g. strategy.schedule=1f1b"
+            )
+        super().__init__(
+            process_group_backend=process_group_backend,
+            start_method=start_method,
+            timeout=timeout,
+            startup_timeout=startup_timeout,
+        )
         self.microbatches, self.schedule_name = microbatches, schedule
         self.split_points = stages.check_split_points(split_points)
         self.comm_bytes = 0  # bytes this rank sent: activations, activation gradients, loss, weight gathers
@@ -90,11 +96,15 @@ class PipelineStrategy(TimedDDPStrategy):
         super()._configure_launcher()
         world = self.num_processes * self.num_nodes
         if self.split_points is not None and len(self.split_points) != world - 1:
-            raise ValueError(f"strategy.split_points={self.split_points} must hold {world - 1} indices for "
-                             f"{world} ranks (one stage per rank), e.g. strategy.split_points=null")
+            raise ValueError(
+                f"strategy.split_points={self.split_points} must hold {world - 1} indices for "
+                f"{world} ranks (one stage per rank), e.g. strategy.split_points=null"
+            )
         if self.schedule_name == "1f1b" and self.microbatches < world:
-            raise ValueError(f"strategy.microbatches={self.microbatches} must be >= the {world} stages for "
-                             f"strategy.schedule=1f1b, e.g. strategy.microbatches={max(4, world)}")
+            raise ValueError(
+                f"strategy.microbatches={self.microbatches} must be >= the {world} stages for "
+                f"strategy.schedule=1f1b, e.g. strategy.microbatches={max(4, world)}"
+            )
 
     @property
     @override
@@ -124,16 +134,20 @@ class PipelineStrategy(TimedDDPStrategy):
         """The tasks this strategy serves, declared for start-up checks (recipes/startup.py), which
         run before any prerequisite model trains."""
         if getattr(task, "training_step", None) is not ClassifierModule.training_step:
-            raise ValueError(f"strategy=pipeline trains a module whose training_step is loss_fn(net(x), y) with an "
-                             f"nn.Sequential net (task=classifier); {task.__name__} is not one")
+            raise ValueError(
+                f"strategy=pipeline trains a module whose training_step is loss_fn(net(x), y) with an "
+                f"nn.Sequential net (task=classifier); {task.__name__} is not one"
+            )
 
     @classmethod
     def _check_module(cls, module: pl.LightningModule) -> nn.Sequential:
         cls.check_task(type(module))
         net, loss_fn = getattr(module, "shipped_net", None), getattr(module, "loss_fn", None)
         if not isinstance(net, nn.Sequential) or not callable(loss_fn):
-            raise ValueError(f"strategy=pipeline trains a module whose training_step is loss_fn(net(x), y) with an "
-                             f"nn.Sequential net (task=classifier); {type(module).__name__} is not one")
+            raise ValueError(
+                f"strategy=pipeline trains a module whose training_step is loss_fn(net(x), y) with an "
+                f"nn.Sequential net (task=classifier); {type(module).__name__} is not one"
+            )
         return net
 
     @override
@@ -151,7 +165,8 @@ class PipelineStrategy(TimedDDPStrategy):
         if size not in self._schedules:
             stage = PipelineStage(self.stage_module, self.global_rank, self.world_size, self.root_device)
             self._schedules[size] = SCHEDULES[self.schedule_name](
-                stage, self.microbatches, loss_fn=self._microbatch_loss, scale_grads=False)
+                stage, self.microbatches, loss_fn=self._microbatch_loss, scale_grads=False
+            )
         return self._schedules[size]
 
     def _microbatch_loss(self, output: torch.Tensor, target: torch.Tensor, batch: int, padded: bool) -> torch.Tensor:
@@ -246,4 +261,3 @@ class PipelineStrategy(TimedDDPStrategy):
         for optimizer, layout, state in zip(self.optimizers, self._layouts, checkpoint["optimizer_states"]):
             optimizer.load_state_dict(stages.local_optimizer_state(state, optimizer, self._names, layout))
             _optimizer_to_device(optimizer, self.root_device)
-

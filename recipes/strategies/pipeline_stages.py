@@ -20,11 +20,16 @@ def check_split_points(split_points: Sequence[int] | None) -> list[int] | None:
     if split_points is None:
         return None
     points = list(split_points)
-    if not all(isinstance(p, int) and not isinstance(p, bool) for p in points) or not points or points[0] < 1 or any(
-        b <= a for a, b in zip(points, points[1:])
+    if (
+        not all(isinstance(p, int) and not isinstance(p, bool) for p in points)
+        or not points
+        or points[0] < 1
+        or any(b <= a for a, b in zip(points, points[1:]))
     ):
-        raise ValueError(f"strategy.split_points={points} must be strictly increasing child indices >= 1 "
-                         "(where a new stage starts), one per rank after the first, e.g. strategy.split_points=[3]")
+        raise ValueError(
+            f"strategy.split_points={points} must be strictly increasing child indices >= 1 "
+            "(where a new stage starts), one per rank after the first, e.g. strategy.split_points=[3]"
+        )
     return points
 
 
@@ -44,13 +49,17 @@ def stage_bounds(net: nn.Sequential, split_points: list[int] | None, stages: int
     """(start, end) child indices of each stage; ValueError when the points do not fit this net."""
     children = len(net)
     if stages > children:
-        raise ValueError(f"strategy=pipeline with {stages} ranks needs a net of at least {stages} top-level blocks; "
-                         f"this one has {children}: use fewer ranks (trainer.devices)")
+        raise ValueError(
+            f"strategy=pipeline with {stages} ranks needs a net of at least {stages} top-level blocks; "
+            f"this one has {children}: use fewer ranks (trainer.devices)"
+        )
     points = default_split_points(net, stages) if split_points is None else split_points
     if len(points) != stages - 1 or (points and points[-1] >= children):
-        raise ValueError(f"strategy.split_points={points} must hold {stages - 1} indices (one per rank after the "
-                         f"first) below {children}, the net's number of top-level blocks, e.g. "
-                         f"strategy.split_points={default_split_points(net, stages)}")
+        raise ValueError(
+            f"strategy.split_points={points} must hold {stages - 1} indices (one per rank after the "
+            f"first) below {children}, the net's number of top-level blocks, e.g. "
+            f"strategy.split_points={default_split_points(net, stages)}"
+        )
     starts = [0, *points]
     return list(zip(starts, [*points, children]))
 
@@ -76,7 +85,7 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int) -> int:
 
 def stage_block(net: nn.Sequential, bounds: tuple[int, int]) -> nn.Sequential:
     """The children in `bounds` (the same modules, not copies) as a plain nn.Sequential."""
-    return nn.Sequential(*list(net.children())[bounds[0]: bounds[1]])
+    return nn.Sequential(*list(net.children())[bounds[0] : bounds[1]])
 
 
 def stage_tensors(net: nn.Sequential, bounds: tuple[int, int]) -> list[torch.Tensor]:
@@ -96,14 +105,17 @@ def full_layout(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> list
     return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
 
 
-def gather_optimizer_state(optimizer: torch.optim.Optimizer, names: dict[int, str],
-                           layout: list[list[str]]) -> dict[str, Any]:
+def gather_optimizer_state(
+    optimizer: torch.optim.Optimizer, names: dict[int, str], layout: list[list[str]]
+) -> dict[str, Any]:
     """All stages' optimizer states as ONE state dict in the single-process layout (index = position
     in `layout`), assembled on every rank (CPU tensors)."""
     local = optimizer.state_dict()
     params = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    mine = {params[i]: {k: v.cpu() if torch.is_tensor(v) else v for k, v in state.items()}
-            for i, state in local["state"].items()}
+    mine = {
+        params[i]: {k: v.cpu() if torch.is_tensor(v) else v for k, v in state.items()}
+        for i, state in local["state"].items()
+    }
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     merged = {name: state for part in everyone for name, state in part.items()}
@@ -115,8 +127,9 @@ def gather_optimizer_state(optimizer: torch.optim.Optimizer, names: dict[int, st
     return {"state": {index[name]: state for name, state in merged.items()}, "param_groups": groups}
 
 
-def local_optimizer_state(full: dict[str, Any], optimizer: torch.optim.Optimizer, names: dict[int, str],
-                          layout: list[list[str]]) -> dict[str, Any]:
+def local_optimizer_state(
+    full: dict[str, Any], optimizer: torch.optim.Optimizer, names: dict[int, str], layout: list[list[str]]
+) -> dict[str, Any]:
     """The part of a single-process-layout optimizer state that this rank's stage optimizer holds."""
     flat = [n for group in layout for n in group]
     local_names = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]

@@ -33,8 +33,10 @@ def collective_timeout(seconds: float | timedelta, key: str = "timeout") -> time
         return seconds
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
         example = DEFAULT_SECONDS if key == "timeout" else DEFAULT_STARTUP_SECONDS
-        raise ValueError(f"strategy.{key}={seconds} must be a positive number of seconds (how long a rank waits "
-                         f"for the others), e.g. strategy.{key}={example:g}")
+        raise ValueError(
+            f"strategy.{key}={seconds} must be a positive number of seconds (how long a rank waits "
+            f"for the others), e.g. strategy.{key}={example:g}"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -72,9 +74,11 @@ def collective_failure(err: BaseException, strategy: Any) -> str | None:
         key, waited = "timeout", f"={strategy.collective_timeout.total_seconds():g}s"
     else:
         key, waited = "startup_timeout", f"={strategy.startup_timeout.total_seconds():g}s"
-    return (f"another rank stopped answering within strategy.{key}{waited} (it stopped, died or hung; "
-            f"{reason[:200]}): check the other ranks' output, or raise strategy.{key} if ranks legitimately "
-            "wait longer for each other")
+    return (
+        f"another rank stopped answering within strategy.{key}{waited} (it stopped, died or hung; "
+        f"{reason[:200]}): check the other ranks' output, or raise strategy.{key} if ranks legitimately "
+        "wait longer for each other"
+    )
 
 
 def stop_started_ranks(strategy: Any) -> None:
@@ -94,8 +98,13 @@ class TimedDDPStrategy(DDPStrategy):
     failing rank 0 takes the ranks it started down with it. Base of strategy=ddp (and so model_avg)
     and strategy=pipeline."""
 
-    def __init__(self, *args: Any, timeout: float | timedelta = DEFAULT_SECONDS,
-                 startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        timeout: float | timedelta = DEFAULT_SECONDS,
+        startup_timeout: float | timedelta = DEFAULT_STARTUP_SECONDS,
+        **kwargs: Any,
+    ) -> None:
         self.startup_timeout = collective_timeout(startup_timeout, "startup_timeout")
         super().__init__(*args, timeout=self.startup_timeout, **kwargs)
         self.collective_timeout, self.ranks_met = collective_timeout(timeout), False
@@ -111,5 +120,3 @@ class TimedDDPStrategy(DDPStrategy):
     def on_exception(self, exception: BaseException) -> None:
         super().on_exception(exception)
         stop_started_ranks(self)
-
-
