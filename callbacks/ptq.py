@@ -36,10 +36,12 @@ class PostTrainingQuantization(CompressionStep):
         self.max_epochs, self.calibration_batches = max_epochs, calibration_batches
         self.before: nn.Module | None = None  # the fp32 net before calibration
 
+    @override
     def epochs(self) -> tuple[int, int]:
         """First and last epoch at which this step changes the net: the end of the last one."""
         return self.max_epochs - 1, self.max_epochs - 1
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up check: the net is quantizable."""
         check_quantizable(self.step, net)
@@ -57,7 +59,8 @@ class PostTrainingQuantization(CompressionStep):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        last = trainer.current_epoch == self.max_epochs - 1 and batch_idx == trainer.num_training_batches - 1
+        final_epoch = trainer.fast_dev_run or trainer.current_epoch == self.max_epochs - 1  # a smoke test's one epoch
+        last = final_epoch and batch_idx == trainer.num_training_batches - 1
         if last and not trainer.sanity_checking:
             self.calibrate(trainer, pl_module.shipped_net)
 
@@ -80,6 +83,7 @@ class PostTrainingQuantization(CompressionStep):
         set_phase(net, Phase.FROZEN)
         net.train(training)
 
+    @override
     def encoded_bytes(self, net: nn.Module) -> dict[str, int]:
         """The int8 encoding of every quantized layer (callbacks/quantize.py: shipped_bytes)."""
         return shipped_bytes(net) if quantized_layers(net) else {}

@@ -95,10 +95,12 @@ class QuantizationAwareTraining(CompressionStep):
         self.observer_average = observer_average
         self.before: nn.Module | None = None  # the fp32 net just before fake quantization began
 
+    @override
     def epochs(self) -> tuple[int, int]:
         """First and last epoch at which this step changes the net (starts, then freezes observers)."""
         return self.start_epoch, self.freeze_epoch
 
+    @override
     def check(self, net: nn.Module, max_epochs: int) -> None:
         """Start-up check: the net is quantizable (the schedule was checked against the budget above)."""
         check_quantizable(self.step, net)
@@ -117,11 +119,14 @@ class QuantizationAwareTraining(CompressionStep):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = pl_module.shipped_net
         instrument(net, self.observer_average)  # layers an earlier step created this epoch
-        phase = self.phase(trainer.current_epoch)
-        if phase != Phase.FLOAT and self.before is None and trainer.current_epoch == self.start_epoch:
+        # fast_dev_run smoke-tests the whole path: its one epoch runs as the first QAT epoch
+        epoch = self.start_epoch if trainer.fast_dev_run else trainer.current_epoch
+        phase = self.phase(epoch)
+        if phase != Phase.FLOAT and self.before is None and epoch == self.start_epoch:
             self.before = snapshot(net)
         set_phase(net, phase)
 
+    @override
     def encoded_bytes(self, net: nn.Module) -> dict[str, int]:
         """The int8 encoding of every quantized layer (callbacks/quantize.py: shipped_bytes)."""
         return shipped_bytes(net) if quantized_layers(net) else {}
