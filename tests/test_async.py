@@ -160,7 +160,7 @@ def test_two_nodes_average_their_hogwild_weights(tmp_path: Path, launcher: str) 
     outputs = [node.communicate(timeout=240) for node in nodes]
     for node, (out, err) in zip(nodes, outputs):
         assert node.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
-    assert "run dir:" in outputs[0][0] and "run dir:" not in outputs[1][0]  # only global rank 0 reports
+    assert "run_dir:" in outputs[0][0] and "run_dir:" not in outputs[1][0]  # only global rank 0 reports
     results = json.loads((run_dir / "results.json").read_text())
     par = results["parallel"]
     print(f"parallel: {par}; test/acc {results['metrics']['test/acc']:.4f}")
