@@ -124,21 +124,19 @@ def feature_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A recipes checkpoint of an (untrained) digits classifier, written as recipes.train writes one:
     what a task that measures with a reference classifier (task=gan's task.feature_ckpt) needs to be
     built. Its weights do not matter to the tests that use it."""
+    folder = tmp_path_factory.mktemp("feature")
+    return write_untrained_checkpoint(
+        folder / "feature.ckpt", {"recipe": "baseline", "task": "classifier", "model": "mlp"}
+    )
+
+
+def write_untrained_checkpoint(path: Path, choices: dict[str, str], *overrides: str) -> str:
+    """A recipes checkpoint of the untrained module that `overrides` compose (digits data), written as
+    recipes.train writes one; `choices` are the config groups it records."""
     from recipes.build import build_datamodule, build_module, plain_config
 
-    folder = tmp_path_factory.mktemp("feature")
-    cfg = compose_train(folder)
+    cfg = compose_train(path.parent, *overrides)
     module = build_module(cfg, build_datamodule(cfg))
-    path = folder / "feature.ckpt"
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "recipe": {
-                "config": plain_config(cfg),
-                "choices": {"recipe": "baseline", "task": "classifier", "model": "mlp"},
-                "data": {"input_shape": [1, 8, 8], "num_classes": 10},
-            },
-        },
-        path,
-    )
+    recipe = {"config": plain_config(cfg), "choices": choices, "data": {"input_shape": [1, 8, 8], "num_classes": 10}}
+    torch.save({"state_dict": module.state_dict(), "recipe": recipe}, path)
     return str(path)

@@ -8,14 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_module
 
 from recipes.attack import attack
-from recipes.build import build_datamodule, build_module, plain_config
 from recipes.errors import RecipeError
 from recipes.startup import check_plan
-from tests.conftest import assert_clean_failure, compose_train, run_module, train_ok
+from tests.conftest import assert_clean_failure, compose_train, run_module, train_ok, write_untrained_checkpoint
 
 
 def compose_attack(*overrides: str):
@@ -31,21 +29,8 @@ def compose_attack(*overrides: str):
 def gan_ckpt(tmp_path_factory: pytest.TempPathFactory, feature_ckpt: str) -> str:
     """A recipes checkpoint of an (untrained) GAN, written as recipes.train writes one."""
     folder = tmp_path_factory.mktemp("gan")
-    cfg = compose_train(folder, "recipe=gan", f"task.feature_ckpt={feature_ckpt}")
-    module = build_module(cfg, build_datamodule(cfg))
-    path = folder / "gan.ckpt"
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "recipe": {
-                "config": plain_config(cfg),
-                "choices": {"recipe": "gan", "task": "gan", "model": "gan_mlp"},
-                "data": {"input_shape": [1, 8, 8], "num_classes": 10},
-            },
-        },
-        path,
-    )
-    return str(path)
+    choices = {"recipe": "gan", "task": "gan", "model": "gan_mlp"}
+    return write_untrained_checkpoint(folder / "gan.ckpt", choices, "recipe=gan", f"task.feature_ckpt={feature_ckpt}")
 
 
 @pytest.mark.parametrize("name", ["pgd", "pgd_l2", "transfer"])
