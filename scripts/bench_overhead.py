@@ -7,7 +7,11 @@ same order), with the same optimizer and per-epoch cosine schedule, for the same
 make the training loss visible every `log_every_n_steps` steps (the recipe through its CSV logger,
 the plain loop by appending to a CSV file). Validation, checkpointing and the progress bar are off
 in the recipe run, since the plain loop does none of them. Runs alternate (recipe, plain, recipe,
-...) after one warm-up each, and the medians are compared.
+...) after one warm-up each, and the medians are compared. A third loop, a bare LightningModule (the
+same net, loss, optimizer and schedule, nothing logged) under the same Trainer, runs alongside: its
+ratio is Lightning's own floor for the workload, and `recipe over floor` is what the recipe's module
+adds on top of it. Both loops run as `recipes.train` does (`recipes.cuda_check`: no per-step NVML
+probe on a machine without a GPU), as a plain PyTorch program, which never imports Lightning, does.
 
 Two more rows, also measured side by side in the same run:
 
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,12 +48,14 @@ from omegaconf import open_dict
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
+from typing_extensions import override
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's recipes (and tests.data_files), not an installed copy
 
 from recipes.build import build_datamodule, build_module  # noqa: E402
 from recipes.cli import quiet_libraries, register_resolvers  # noqa: E402
+from recipes.cuda_check import drop_nvml_check_without_gpus  # noqa: E402
 from tests.data_files import write_mnist_idx  # noqa: E402
 
 # name -> (overrides, epochs)
@@ -80,6 +87,33 @@ class LoopTimer(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+class BareLightning(pl.LightningModule):
+    """Lightning's floor: the recipe's net, loss, optimizer and schedule, with no logging, metrics or
+    bookkeeping of its own."""
+
+    def __init__(self, recipe_module: pl.LightningModule) -> None:
+        super().__init__()
+        self.net = recipe_module.net
+        self.optimizer_factory = recipe_module.optimizer_factory
+        self.scheduler_factory = recipe_module.scheduler_factory
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+
+    @override
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.loss_fn(self.net(batch[0]), batch[1])
+
+    @override
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(self.net.parameters())
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+
+def floor_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
+    """The bare LightningModule under the same Trainer as recipe_run (its val loop is off there too)."""
+    warnings.filterwarnings("ignore", message=".*no `validation_step`")
+    return recipe_run(cfg, datamodule, BareLightning(module), run_dir)
 
 
 def recipe_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
@@ -150,10 +184,11 @@ def measure(name: str, repeats: int) -> float:
         datamodule = build_datamodule(cfg)
         datamodule.setup("fit")
         initial = build_module(cfg, datamodule)
-        loop: dict[str, list[float]] = {"recipe": [], "plain": []}
-        whole: dict[str, list[float]] = {"recipe": [], "plain": []}
-        for i in range(repeats + 1):  # the first pair warms up caches and allocator and is dropped
-            for kind, run in (("recipe", recipe_run), ("plain", plain_run)):
+        runs = {"recipe": recipe_run, "plain": plain_run, "floor": floor_run}
+        loop: dict[str, list[float]] = {kind: [] for kind in runs}
+        whole: dict[str, list[float]] = {kind: [] for kind in runs}
+        for i in range(repeats + 1):  # the first round warms up caches and allocator and is dropped
+            for kind, run in runs.items():
                 datamodule.trainer = None  # the plain loop gets the single-process loader, like the recipe
                 loop_seconds, whole_seconds = run(cfg, datamodule, copy.deepcopy(initial), run_dir)
                 if i:
@@ -170,6 +205,12 @@ def measure(name: str, repeats: int) -> float:
         f"  whole fit incl. Trainer setup/teardown: recipe {med['recipe'][1]:.3f}s, plain {med['plain'][1]:.3f}s, "
         f"ratio {med['recipe'][1] / med['plain'][1]:.3f}"
     )
+    print(
+        f"  bare LightningModule under the same Trainer: {med['floor'][0]:.3f}s, "
+        f"{1e3 * (med['floor'][0] - med['plain'][0]) / steps:.3f} ms Lightning cost per step, "
+        f"recipe over floor {med['recipe'][0] / med['floor'][0]:.3f}"
+    )
+    print(f"ratio {name} lightning floor: {med['floor'][0] / med['plain'][0]:.3f}")
     ratio = med["recipe"][0] / med["plain"][0]
     print(f"ratio {name}: {ratio:.3f}")
     return ratio
@@ -290,6 +331,7 @@ def main() -> None:
     parser.add_argument("--side-repeats", type=int, default=3, help="timed runs of the data and start-up rows")
     args = parser.parse_args()
     quiet_libraries()
+    drop_nvml_check_without_gpus()  # as recipes.train does (a plain PyTorch program never sets it)
     torch.use_deterministic_algorithms(True)  # what trainer=cpu sets: both loops run under it from the start
     if "loop" in args.rows:
         for name in args.workloads:
