@@ -199,11 +199,26 @@ def _sweep_dir() -> Path | None:
 
 
 def _remove_fresh(run_dir: str) -> None:
-    """Remove a run dir this run created, and a sweep dir left holding only Hydra's multirun.yaml."""
+    """Remove a run dir this run created, the parents left empty by that below the working dir (e.g.
+    `outputs/<recipe>/`), and a sweep dir left holding only Hydra's multirun.yaml."""
     shutil.rmtree(run_dir, ignore_errors=True)
+    _remove_empty_parents(Path(run_dir))
     sweep = _sweep_dir()
     if sweep is not None and sweep.is_dir() and all(p.name == "multirun.yaml" for p in sweep.iterdir()):
         shutil.rmtree(sweep, ignore_errors=True)
+
+
+def _remove_empty_parents(path: Path) -> None:
+    """Remove `path`'s empty parent directories, up to (not including) the working directory; a path
+    outside the working directory keeps its parents (they may be the user's own empty folders)."""
+    cwd = Path.cwd().resolve()
+    parent = path.resolve().parent
+    while parent != cwd and parent.is_relative_to(cwd):
+        try:
+            parent.rmdir()  # only succeeds when empty
+        except OSError:
+            return
+        parent = parent.parent
 
 
 class TrialFailed(Exception):

@@ -133,3 +133,12 @@ def test_multirun_with_a_relaunching_strategy_fails_fast(tmp_path: Path) -> None
         "recipes.train", "--multirun", "seed=0,1", "trainer=ddp_sim", f"hydra.sweep.dir={tmp_path / 'sweep'}"
     )
     assert_clean_failure(proc, tmp_path / "sweep" / "0", "multirun", "ddp_spawn", "torchrun", "srun", "submitit")
+
+
+def test_refused_run_leaves_no_empty_output_folders(tmp_path: Path) -> None:
+    """A start-up refusal in the default run dir (outputs/<recipe>/<run id> under the working dir)
+    removes the run dir and the folders it left empty: the working dir is as it was."""
+    proc = run_module("recipes.train", "data.batch_size=0", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "data.batch_size=0" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
