@@ -39,4 +39,13 @@ class AdaptModule(DistillModule):
             **classifier,
         )
         if source is not None:
+            ours = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+            theirs = {k: tuple(v.shape) for k, v in source.state_dict().items()}
+            if ours != theirs:
+                differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+                raise ValueError(
+                    f"task.source_ckpt holds a net of another architecture ({differ[0]}: "
+                    f"{theirs.get(differ[0])} there, {ours.get(differ[0])} here); adaptation starts from "
+                    "the source's weights, so pass the model settings it was trained with"
+                )
             net.load_state_dict(source.state_dict())

@@ -142,3 +142,9 @@ def test_refused_run_leaves_no_empty_output_folders(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "data.batch_size=0" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_adapt_source_of_another_architecture(run_dir: Path, mlp_checkpoint: Path) -> None:
+    """recipe=adapt starts from the source's weights: a source net of another shape is one line."""
+    proc = train_in_process(run_dir, "recipe=adapt", f"task.source_ckpt={mlp_checkpoint}", "model.hidden=[16]")
+    assert_clean_failure(proc, run_dir, "task.source_ckpt", "another architecture", "model settings")
