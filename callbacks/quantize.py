@@ -1,6 +1,7 @@
 """Int8 quantization of a net's Linear / Conv2d layers, shared by QAT (callbacks/qat.py) and PTQ
 (callbacks/ptq.py): fake quantization for training and testing, and the int8 module that export
-writes as an ONNX QDQ model (onnxruntime fuses it into QLinearConv / QLinearMatMul / QGemm kernels).
+writes as an ONNX QDQ model, which onnxruntime fuses into QLinearConv / QGemm kernels (callbacks/export.py
+saves that fused graph).
 
 Scheme (the ONNX / onnxruntime int8 target, as torchao's X86InductorQuantizer also uses it):
 weights per-channel symmetric int8 in [-127, 127] (zero point 0, so a pruned zero stays exactly 0;
