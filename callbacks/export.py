@@ -1,11 +1,12 @@
 """Final export: ONNX (dynamic batch) and a `torch.export` program of a task's shipped net, traced
 with the task's example input, each loaded back and checked against the trained net on the task's
 parity inputs (the test images for a classifier: max |diff| and top-1 agreement), plus latency at a
-fixed batch. A failed export or a parity miss raises: a model that does not match is not shipped.
+fixed batch (every artifact and the torch net timed in turn, so their ratios hold on a busy machine).
+A failed export or a parity miss raises: a model that does not match is not shipped.
 
 A quantized net (QAT / PTQ, callbacks/quantize.py) has two references: the fp32 formats write its
 fp32 version (quantization off) and match it as tightly as a plain net; `onnx_int8` writes the int8
-model (int8 weights on disk, QDQ nodes that onnxruntime fuses into int8 kernels) and must agree with
+model (int8 weights on disk, a QOperator graph of onnxruntime's int8 kernels) and must agree with
 the fake-quantized net on the top-1 class of at least `int8_agreement` of the inputs, its logits
 within `int8_atol` (one rounding step of an activation can move a logit by a few scales)."""
 
@@ -87,17 +88,47 @@ def torch_onnx_export(net: nn.Module, example: Inputs, path: Path, opset: int) -
 
 
 def write_onnx(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
-    """Export with torch.onnx (dynamo) and return an onnxruntime runner of the file."""
+    """Export with torch.onnx (dynamo), compact the file and return an onnxruntime runner of it."""
     torch_onnx_export(net, example, path, opset)
+    compact(path)
     return onnx_runner(path, example)
 
 
-def onnx_runner(path: Path, example: Inputs) -> Runner:
-    """An onnxruntime session of the file at `path`, as a runner of the net's inputs."""
+def compact(path: Path) -> None:
+    """Drop from the ONNX file at `path` the exporter's per-node metadata (source stack, module
+    scopes) and doc strings, its shape annotations and the opset imports no node uses: onnxruntime
+    needs none of them, and in an int8 MLP they weigh a third of its weights. Both the fp32 and the
+    int8 file get it, so their size ratio is that of what they compute with."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
+    used = {node.domain for node in model.graph.node} | {"", "ai.onnx"}
+    kept = [opset for opset in model.opset_import if opset.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    onnx.save(model, str(path))
+
+
+def onnx_session(path: Path) -> Any:
+    """An onnxruntime CPU session of the file at `path`: all graph optimizations, one intra-op thread
+    per physical core (the defaults), and threads that sleep between runs instead of spinning: a
+    spinning pool steals the cores from the other sessions and processes timed beside it (on a busy
+    2-core machine it made an fp32 MLP look 5-10x slower than the same file timed alone)."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(path: Path, example: Inputs) -> Runner:
+    """An onnxruntime session of the file at `path` (`onnx_session`), as a runner of the net's inputs."""
     names = _input_names(example)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     return lambda xs: session.run(None, dict(zip(names, xs)))[0]
 
 
@@ -114,31 +145,40 @@ def write_program(net: nn.Module, example: Inputs, path: Path, opset: int) -> Ru
 
 
 def write_onnx_int8(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
-    """The int8 module of a quantized net (int8 weight initializers, QuantizeLinear /
-    DequantizeLinear around each layer) written by torch.onnx, run by onnxruntime. The exporter's
-    per-node metadata (source stack, module scopes) and shape annotations are dropped from the file:
-    they weigh a third of an int8 MLP's weights and onnxruntime does not need them."""
-    import onnx
-
-    torch_onnx_export(int8_module(net), example, path, opset)
-    model = onnx.load(str(path))
-    for node in model.graph.node:
-        del node.metadata_props[:]
-    del model.graph.value_info[:]
-    onnx.save(model, str(path))
+    """The int8 module of a quantized net written by torch.onnx as a QDQ graph (int8 weight
+    initializers, QuantizeLinear / DequantizeLinear around each layer), then saved as the QOperator
+    graph onnxruntime's portable graph optimizations (ORT_ENABLE_EXTENDED: no CPU-specific layout)
+    fuse it into: one QuantizeLinear at the input, QLinearConv / QGemm kernels with int32 biases,
+    uint8 max-pools between them, one DequantizeLinear at the output. The file holds the kernels that
+    run, without the dequantize / requantize pairs the QDQ form spells out around every layer."""
+    qdq = path.with_name(f"{path.stem}.qdq.onnx")
+    try:
+        torch_onnx_export(int8_module(net), example, qdq, opset)
+        optimize(qdq, path, "ORT_ENABLE_EXTENDED")
+    finally:
+        qdq.unlink(missing_ok=True)
+    compact(path)
     return onnx_runner(path, example)
+
+
+def optimize(path: Path, out: Path, level: str) -> None:
+    """Save the graph onnxruntime runs for the ONNX file at `path` after its graph optimizations up to
+    `level` (a GraphOptimizationLevel name) to `out`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def runtime_ops(path: Path) -> dict[str, int]:
     """Op counts of the graph onnxruntime really runs (after its graph optimizations, which fuse QDQ
     groups into int8 kernels), read back from SessionOptions.optimized_model_filepath."""
     import onnx
-    import onnxruntime as ort
 
     optimized = path.with_name(f"{path.stem}.optimized.onnx")
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(optimized)
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimize(path, optimized, "ORT_ENABLE_ALL")
     counts: dict[str, int] = {}
     for node in onnx.load(str(optimized)).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
@@ -175,16 +215,19 @@ def write_dcz(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner
 WRITERS = {"onnx": write_onnx, "program": write_program, "onnx_int8": write_onnx_int8, "dcz": write_dcz}
 
 
-def median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of `fn` in ms over `repeats` runs, after 3 warm-up runs."""
+def median_ms(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median wall time in ms of each of `fns` over `repeats` runs, after 3 warm-up runs, run in turn
+    (round-robin), so that each sees the same machine load and their ratios hold on a busy machine."""
     for _ in range(3):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: round(statistics.median(t), 4) for name, t in times.items()}
 
 
 def as_inputs(batch: Any) -> Inputs:
@@ -235,8 +278,7 @@ def export_and_verify(
     report: dict[str, Any] = {"batch_size": batch_size, "latency_ms": {}}
     timing_batch = fixed_batch(inputs, batch_size)
     timing_arrays = tuple(x.numpy() for x in timing_batch)
-    with torch.no_grad():
-        report["latency_ms"]["torch_fp32"] = round(median_ms(lambda: fp32_net(*timing_batch), repeats), 4)
+    timed: dict[str, Callable[[], Any]] = {"torch_fp32": torch.no_grad()(lambda: fp32_net(*timing_batch))}
     diffs, agreements = [], []
     for fmt in formats:
         path = out_dir / FILE_NAMES[fmt]
@@ -266,7 +308,7 @@ def export_and_verify(
             )
         report[fmt] = f"{out_dir.name}/{path.name}"
         report.setdefault("bytes", {})[fmt] = path.stat().st_size
-        report["latency_ms"][fmt] = round(median_ms(lambda: run(timing_arrays), repeats), 4)  # noqa: B023 (called here)
+        timed[fmt] = lambda run=run: run(timing_arrays)
         if int8:
             kernels = runtime_ops(path)
             report["int8"] = {
@@ -279,6 +321,7 @@ def export_and_verify(
             continue
         diffs.append(diff)
         agreements.append(agreement)
+    report["latency_ms"] = median_ms(timed, repeats)
     if diffs:
         report["parity_max_abs_diff"] = max(diffs)
         report["top1_agreement"] = min(agreements)

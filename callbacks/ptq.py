@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from callbacks.qat import VALUE_STEPS, check_bits, check_quantizable
+from callbacks.qat import COUPLING, VALUE_STEPS, check_bits, check_quantizable
 from callbacks.quantize import Phase, instrument, quantized_layers, set_phase, shipped_bytes
 from callbacks.step import CompressionStep, Stage
 from callbacks.structure import snapshot
@@ -27,6 +27,7 @@ class PostTrainingQuantization(CompressionStep):
     order_in_stage = 1
     order_reason = "quantize the weights that ship last"
     excludes = {**VALUE_STEPS, "qat": "both quantize the net (QAT trains it quantized, PTQ does not)"}
+    couples_layers = COUPLING
     encoding = "int8 weights (1 byte, nonzeros + 1-bit mask where smaller) + per-channel fp32 scale and int8 zero point"
 
     def __init__(self, max_epochs: int, calibration_batches: int = 10, bits: int = 8) -> None:

@@ -22,6 +22,11 @@ from callbacks.step import CompressionStep, Stage
 from callbacks.structure import snapshot
 
 SUPPORTED_BITS = (8,)
+# why a quantization step cannot run on a net cut into stages on different ranks (strategy=pipeline)
+COUPLING = (
+    "ties each layer to its neighbours (its input takes the previous layer's observed output range, a "
+    "BatchNorm is folded into the layer before it), but each rank would observe and calibrate only its own stage"
+)
 VALUE_STEPS = {
     "binary": "both set how the weights are stored",
     "ternary": "both set how the weights are stored",
@@ -58,6 +63,7 @@ class QuantizationAwareTraining(CompressionStep):
     order_in_stage = 1  # after a step that only chooses the values (none yet): quantize last
     order_reason = "quantize the weights that ship last"
     excludes = VALUE_STEPS
+    couples_layers = COUPLING
     encoding = "int8 weights (1 byte, nonzeros + 1-bit mask where smaller) + per-channel fp32 scale and int8 zero point"
 
     def __init__(

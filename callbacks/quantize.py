@@ -1,6 +1,7 @@
 """Int8 quantization of a net's Linear / Conv2d layers, shared by QAT (callbacks/qat.py) and PTQ
 (callbacks/ptq.py): fake quantization for training and testing, and the int8 module that export
-writes as an ONNX QDQ model (onnxruntime fuses it into QLinearConv / QLinearMatMul / QGemm kernels).
+writes as an ONNX QDQ model, which onnxruntime fuses into QLinearConv / QGemm kernels (callbacks/export.py
+saves that fused graph).
 
 Scheme (the ONNX / onnxruntime int8 target, as torchao's X86InductorQuantizer also uses it):
 weights per-channel symmetric int8 in [-127, 127] (zero point 0, so a pruned zero stays exactly 0;
@@ -42,6 +43,9 @@ QUANTIZABLE = (nn.Linear, nn.Conv2d)
 FOLDABLE = (nn.BatchNorm1d, nn.BatchNorm2d)
 PRESERVING = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)  # a quantized input stays on its grid
 WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127]
+# onnxruntime's fast int8 convolution (MLAS's symmetric indirect kernel) takes input channels in multiples of
+# 4 only; a conv with e.g. 3 (an RGB input) falls back to im2col + int8 GEMM, 2-3x slower than fp32 on it
+CONV_CHANNEL_MULTIPLE = 4
 ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations
 EDIT = "quantize"
 qd = torch.ops.quantized_decomposed
@@ -268,10 +272,15 @@ class Int8Layer(nn.Module):
         weight, bias = weight.detach().float(), None if bias is None else bias.detach().float()
         scales = weight_scales(weight)
         shape = (-1, *[1] * (weight.dim() - 1))
-        self.register_buffer(
-            "weight_int8",
-            torch.clamp(torch.round(weight / scales.reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8),
+        weight_int8 = torch.clamp(torch.round(weight / scales.reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8)
+        # a plain conv's input channels padded with zero channels (and zero weights) to a multiple the fast
+        # int8 kernel takes: the outputs are unchanged (a zero input channel maps to the zero point)
+        self.channel_pad = (
+            0 if isinstance(layer, nn.Linear) or layer.groups != 1 else -weight.shape[1] % CONV_CHANNEL_MULTIPLE
         )
+        if self.channel_pad:
+            weight_int8 = F.pad(weight_int8, (0, 0, 0, 0, 0, self.channel_pad))
+        self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("weight_scale", scales)
         self.register_buffer("weight_zero_point", torch.zeros_like(scales, dtype=torch.int64))
         self.register_buffer("bias", bias)
@@ -292,6 +301,8 @@ class Int8Layer(nn.Module):
         return qd.dequantize_per_tensor(q, scale, zero_point, ACT_QMIN, ACT_QMAX, torch.uint8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channel_pad:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.channel_pad))
         x = self.requantize(x, *self.qparams[0])
         weight = qd.dequantize_per_channel(
             self.weight_int8, self.weight_scale, self.weight_zero_point, 0, -WEIGHT_QMAX, WEIGHT_QMAX, torch.int8

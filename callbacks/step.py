@@ -36,7 +36,9 @@ class CompressionStep(Callback, ABC):
     - `order_reason`: why it must come before the steps placed after it (shown when a plan has it late);
     - `excludes`: names of steps it cannot share a plan with, each with the reason;
     - `changes_shapes`: whether it edits layer shapes during training (a strategy that cannot follow
-      a shape change refuses it at start-up).
+      a shape change refuses it at start-up);
+    - `couples_layers`: why it ties layers to each other during training (empty: it does not); a
+      strategy that runs the net's blocks on different ranks (`splits_net`) refuses it at start-up.
     """
 
     step: ClassVar[str]
@@ -45,6 +47,7 @@ class CompressionStep(Callback, ABC):
     order_reason: ClassVar[str] = ""
     excludes: ClassVar[dict[str, str]] = {}
     changes_shapes: ClassVar[bool] = False
+    couples_layers: ClassVar[str] = ""
     # one line on how `encoded_bytes` counts what this step ships, for the report (None: the default)
     encoding: ClassVar[str | None] = None
 

@@ -75,9 +75,10 @@ def check_accelerator(cfg: DictConfig) -> None:
         )
 
 
-def changes_shapes(target: Any) -> bool:
-    """Whether a compression step's class declares that it edits layer shapes during training."""
-    return isinstance(target, type) and issubclass(target, CompressionStep) and target.changes_shapes
+def step_class(node: Any) -> type[CompressionStep] | None:
+    """The CompressionStep class a `compress.<name>` node names (None: not one)."""
+    target = get_object(node._target_) if node and "_target_" in node else None
+    return target if isinstance(target, type) and issubclass(target, CompressionStep) else None
 
 
 def check_strategy(cfg: DictConfig, choices: dict[str, Any]) -> None:
@@ -94,15 +95,18 @@ def check_strategy(cfg: DictConfig, choices: dict[str, Any]) -> None:
             check_task(get_object(task_target))
         except ValueError as err:
             raise RecipeError(str(err)) from None
-    reshaping = [
-        name
-        for name, node in (cfg.get("compress") or {}).items()
-        if node and "_target_" in node and changes_shapes(get_object(node._target_))
-    ]
+    steps = {name: step_class(node) for name, node in (cfg.get("compress") or {}).items()}
+    reshaping = [name for name, cls in steps.items() if cls is not None and cls.changes_shapes]
     if reshaping and not getattr(strategy, "restructurable", True):
         raise RecipeError(
             f"compress={','.join(reshaping)} changes layer shapes during training, which "
             f"strategy={choices.get('strategy')} cannot follow; use strategy=ddp or single"
+        )
+    coupled = next(((name, cls) for name, cls in steps.items() if cls is not None and cls.couples_layers), None)
+    if coupled and getattr(strategy, "splits_net", False):
+        raise RecipeError(
+            f"compress={coupled[0]} {coupled[1].couples_layers}: strategy={choices.get('strategy')} runs "
+            "each block of the net on a different rank; use strategy=ddp or single"
         )
 
 

@@ -22,6 +22,7 @@ replicated), where int8 convolutions have enough work to win:
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -56,8 +57,14 @@ def export_of(name: str) -> str:
 
 def onnx_latencies(files: dict[str, Path], batch: int, rounds: int) -> dict[str, float]:
     """Median ms per call of each ONNX file on one random batch, timed round-robin so that every
-    model sees the same machine load."""
-    sessions = {name: ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]) for name, f in files.items()}
+    model sees the same machine load. Every session alike, as the export times them
+    (callbacks/export.py: onnx_session): all graph optimizations, one intra-op thread per physical core,
+    no spinning between runs (the idle sessions' spinning threads would steal the timed one's cores)."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sessions = {
+        name: ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for name, f in files.items()
+    }
     first = next(iter(sessions.values())).get_inputs()[0]
     x = np.random.default_rng(0).standard_normal((batch, *first.shape[1:])).astype(np.float32)
     times: dict[str, list[float]] = {name: [] for name in sessions}
@@ -79,23 +86,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200, help="timed rounds of 10 calls per model")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_compression"))
     parser.add_argument("--overrides", nargs="*", default=[], help="overrides of every row, e.g. model=convnet")
+    parser.add_argument(
+        "--reuse", action="store_true", help="read a row's results.json where --out has it instead of training it again"
+    )
     args = parser.parse_args()
 
-    results = {
-        name: [
-            train(
-                args.out / name / f"seed{seed}",
-                f"recipe={name}",
-                f"trainer.max_epochs={args.epochs}",
-                f"export={export_of(name)}",
-                "logger=csv",
-                f"seed={seed}",
-                *args.overrides,
-            )
-            for seed in args.seeds
-        ]
-        for name in args.recipes
-    }
+    def row(name: str, seed: int) -> dict:
+        run_dir = args.out / name / f"seed{seed}"
+        if args.reuse and (run_dir / "results.json").is_file():
+            return json.loads((run_dir / "results.json").read_text())
+        return train(
+            run_dir,
+            f"recipe={name}",
+            f"trainer.max_epochs={args.epochs}",
+            f"export={export_of(name)}",
+            "logger=csv",
+            f"seed={seed}",
+            *args.overrides,
+        )
+
+    results = {name: [row(name, seed) for seed in args.seeds] for name in args.recipes}
     first_seed = {name: runs[0] for name, runs in results.items()}
     onnx_files = {
         name: args.out / name / f"seed{args.seeds[0]}" / r["export"]["onnx_int8" if name in INT8 else "onnx"]
@@ -132,23 +142,28 @@ def main() -> None:
     int8_rows = [name for name in results if name in INT8]
     if int8_rows:
         print(
-            "\nint8 vs fp32 ONNX of the same run (results.json export.latency_ms at export.batch_size, "
-            "and this process's round-robin timing):\n"
+            "\nint8 vs fp32 ONNX of the same run: file bytes, results.json export.latency_ms at export.batch_size "
+            f"(mean over seeds), and both files of seed {args.seeds[0]} timed side by side here (round-robin, "
+            f"medians of {args.rounds} rounds, batch {args.batch}):\n"
         )
         print(
-            "| recipe | int8 / fp32 bytes | fp32 ms (export) | int8 ms (export) | speed-up (export) | int8 kernels "
+            "| recipe | int8 / fp32 bytes | fp32 ms (export) | int8 ms (export) | speed-up (export) "
+            "| fp32 ms (side by side) | int8 ms (side by side) | speed-up (side by side) | int8 kernels "
             "| int8 top-1 agreement |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name in int8_rows:
             exports = [r["export"] for r in results[name]]
             fp32 = [e["latency_ms"]["onnx"] for e in exports]
             int8 = [e["latency_ms"]["onnx_int8"] for e in exports]
             folder = args.out / name / f"seed{args.seeds[0]}"
-            ratio = (folder / exports[0]["onnx_int8"]).stat().st_size / (folder / exports[0]["onnx"]).stat().st_size
+            files = {fmt: folder / exports[0][fmt] for fmt in ("onnx", "onnx_int8")}
+            ratio = files["onnx_int8"].stat().st_size / files["onnx"].stat().st_size
             speedup = statistics.mean(f / i for f, i in zip(fp32, int8))
+            side = onnx_latencies(files, args.batch, args.rounds)
             print(
                 f"| {name} | {ratio:.3f} | {statistics.mean(fp32):.3f} | {statistics.mean(int8):.3f} | {speedup:.2f}x "
+                f"| {side['onnx']:.3f} | {side['onnx_int8']:.3f} | {side['onnx'] / side['onnx_int8']:.2f}x "
                 f"| {exports[0]['int8']['kernels']} | {min(e['int8']['top1_agreement'] for e in exports):.4f} |"
             )
     staged = {name: runs for name, runs in results.items() if "stages" in runs[0].get("compression", {})}

@@ -71,6 +71,9 @@ def test_prune_then_qat_ships_sparse_int8_that_onnxruntime_runs_in_int8(tmp_path
     assert set(export["latency_ms"]) == {"torch_fp32", "onnx", "onnx_int8"}
     weights = int8_weights(tmp_path / export["onnx_int8"])
     assert [w.shape for w in weights] == [(32, 64), (10, 32)]
+    # the file is the QOperator graph: quantized once at the input, int8 GEMMs, dequantized once at the output
+    ops = [n.op_type for n in onnx.load(str(tmp_path / export["onnx_int8"])).graph.node]
+    assert sorted(ops) == ["DequantizeLinear", "QGemm", "QGemm", "QuantizeLinear", "Reshape"], ops
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
     assert zeros == pytest.approx(0.5, abs=0.01)
     assert all(len(np.unique(row)) <= 255 for w in weights for row in w)
@@ -88,8 +91,9 @@ def test_prune_then_qat_ships_sparse_int8_that_onnxruntime_runs_in_int8(tmp_path
 
 
 def test_convnet_int8_artifact_matches_fake_quant_and_folds_batchnorm(tmp_path: Path) -> None:
-    """The int8 ONNX model computes what the fake-quantized net does: QLinearConv kernels after
-    onnxruntime's optimization, BatchNorm folded away, int8 weights on disk."""
+    """The int8 ONNX model computes what the fake-quantized net does: QLinearConv kernels in the file
+    and after onnxruntime's optimization, BatchNorm folded away, int8 weights on disk, the RGB input's
+    3 channels padded to 4 with zero weights (MLAS's fast int8 convolution takes multiples of 4)."""
     torch.manual_seed(0)
     net = ConvNet((3, 16, 16), 10, channels=(8, 16))
     instrument(net)
@@ -104,8 +108,12 @@ def test_convnet_int8_artifact_matches_fake_quant_and_folds_batchnorm(tmp_path: 
     )
     assert report["int8"]["kernels"] == {"QLinearConv": 2, "QGemm": 1}
     path = tmp_path / "export" / "model_int8.onnx"
-    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert [w.shape for w in int8_weights(path)] == [(8, 3, 3, 3), (16, 8, 3, 3), (10, 16)]
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("QLinearConv") == 2 and ops.count("QGemm") == 1
+    assert not {"BatchNormalization", "Conv", "Gemm", "MatMul"} & set(ops), ops
+    weights = int8_weights(path)
+    assert [w.shape for w in weights] == [(8, 4, 3, 3), (16, 8, 3, 3), (10, 16)]
+    assert not weights[0][:, 3].any()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     artifact = session.run(None, {"input": inputs.numpy()})[0]
     with torch.no_grad():

@@ -27,6 +27,14 @@ CASES = {
         ["strategy=pipeline", "recipe=distill"],
         ["strategy=pipeline", "DistillModule"],
     ),
+    "pipeline cannot calibrate int8 stage by stage (qat)": (
+        ["strategy=pipeline", "recipe=qat"],
+        ["compress=qat ties each layer to its neighbours", "strategy=pipeline", "use strategy=ddp or single"],
+    ),
+    "pipeline cannot calibrate int8 stage by stage (prune then ptq)": (
+        ["strategy=pipeline", "compress=[prune,ptq]", "export=int8"],
+        ["compress=ptq ties each layer to its neighbours", "strategy=pipeline", "use strategy=ddp or single"],
+    ),
 }
 
 

@@ -60,6 +60,7 @@ class PipelineStrategy(TimedDDPStrategy):
     """
 
     restructurable = False  # compression steps that change layer shapes mid-fit are refused at start-up
+    splits_net = True  # each rank runs one stage: compression steps that couple layers are refused at start-up
 
     def __init__(
         self,
