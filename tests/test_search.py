@@ -1,7 +1,8 @@
 """Hyper-parameter search (hparams_search=NAME, hydra/sweeper=optuna): the search spaces fit their recipes,
 the objective's direction is the task's, a diverged trial is recorded FAIL while the sweep goes on, a
-killed sweep resumes with its finished trials kept, recipes.summarize tables a sweep dir, and bad input
-is refused in one line before any trial runs."""
+killed sweep resumes with its finished trials kept, two sweep processes share one study, trials run as
+submitit jobs, recipes.summarize tables a sweep dir, and bad input is refused in one line before any
+trial runs. Kills and meetings happen at a gate (tests/sweep_gate.py), never at a polled moment."""
 
 from __future__ import annotations
 
