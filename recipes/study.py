@@ -145,15 +145,19 @@ def recover_interrupted(study: optuna.Study, sweep_dir: Path) -> tuple[int, int]
     return recorded, queued
 
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
 def finished(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that ran to an end (complete, pruned or failed), not those cut off by a kill."""
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get(INTERRUPTED)]
+    return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if not t.user_attrs.get(INTERRUPTED)]
 
 
-def in_flight(study: optuna.Study) -> int:
-    """Trials running now (in this or another sweep process sharing the study)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+def taken(study: optuna.Study) -> int:
+    """Trials that count against the study's n_trials: finished, or running now in any sweep process. One
+    read: counting the finished and the running apart misses a trial another process ends in between."""
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    return len([t for t in trials if not t.user_attrs.get(INTERRUPTED)])
 
 
 def ask(study: optuna.Study, distributions: dict[str, Any]) -> Trial:

@@ -197,7 +197,7 @@ class OptunaSweeper(Sweeper):
         from recipes import study as studies
 
         with studies.storage_lock(self.storage):
-            todo = self.n_trials - len(studies.finished(study)) - studies.in_flight(study)
+            todo = self.n_trials - studies.taken(study)
             return [studies.ask(study, space.distributions) for _ in range(min(self.n_jobs, todo))]
 
     def _report(self, study: Any, sweep_dir: Path) -> None:
