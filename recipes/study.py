@@ -3,8 +3,8 @@ SQLAlchemy URL), so that a sweep that is killed resumes with its finished trials
 processes can share one study.
 
 Each trial records the sweep process that asked for it (`owner`: host and pid), from its creation on
-(it is queued with the owner, then taken). A trial still RUNNING
-whose owner process on this host is gone was cut off by a kill. On resume, one whose run had finished
+(it is queued with the owner, then taken). A trial still RUNNING whose owner process on this host is
+gone was cut off by a kill. On resume, one whose run had finished
 (results.json in its job dir, <sweep dir>/<trial number>/) is recorded with its objective; any other
 is marked FAIL with `interrupted` set (so it does not count as one of the study's finished trials) and
 its parameters are queued again, so the restarted sweep runs exactly the trials that did not finish.
@@ -12,11 +12,14 @@ its parameters are queued again, so the restarted sweep runs exactly the trials 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
+from sqlalchemy.engine import make_url
 
 from recipes.errors import RecipeError
 from recipes.results import FILE_NAME
@@ -35,10 +39,27 @@ INTERRUPTED = "interrupted"
 DIRECTIONS = {"max": "maximize", "min": "minimize", "maximize": "maximize", "minimize": "minimize"}
 
 
+@contextmanager
+def storage_lock(url: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite database file, held by a sweep while it creates the database, and
+    while it counts and asks for trials. SQLite has no row locks: two sweeps creating one new database
+    both create its tables (the second fails on alembic's unique version row), and two sweeps popping
+    one queued trial both take it (Optuna's check-and-set is atomic only on a server database, with
+    SELECT ... FOR UPDATE). A server database (PostgreSQL, MySQL) needs no lock."""
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a killed process ends
+        yield
+
+
 def open_storage(url: str) -> RDBStorage:
     """The study database at `url`, or one line saying why it cannot be opened."""
     try:
-        return RDBStorage(url)
+        with storage_lock(url):
+            return RDBStorage(url)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy, its drivers and Optuna raise many types
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise RecipeError(
@@ -56,16 +77,21 @@ def direction(value: str) -> str:
     return DIRECTIONS[value]
 
 
-def load(storage: RDBStorage, name: str, sampler: Any, goal: str) -> optuna.Study:
-    """Create the study, or load it (a resumed or shared sweep) when it exists with the same direction."""
+def load(storage: RDBStorage, name: str, sampler: Any, goal: str) -> tuple[optuna.Study, bool]:
+    """The study, and whether this process created it: a sweep that finds it (a resumed sweep, or another
+    process sharing it) must not replay the seeded sampler's proposals. Which process creates it is
+    settled by the database (a study name is unique there), so two sweeps started at once agree."""
     try:
-        return optuna.create_study(
-            storage=storage, study_name=name, sampler=sampler, direction=goal, load_if_exists=True
-        )
-    except ValueError as err:  # an existing study with another direction
+        return optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction=goal), True
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    study = optuna.load_study(storage=storage, study_name=name, sampler=sampler)
+    if (found := study.direction.name.lower()) != goal:
         raise RecipeError(
-            f"study {name!r} in the sweep's storage: {err}; give another hydra.sweeper.study_name"
-        ) from None
+            f"study {name!r} in the sweep's storage is to {found}, this sweep's objective is to {goal}; "
+            f"give another hydra.sweeper.study_name"
+        )
+    return study, False
 
 
 def owner() -> str:
@@ -119,15 +145,19 @@ def recover_interrupted(study: optuna.Study, sweep_dir: Path) -> tuple[int, int]
     return recorded, queued
 
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
 def finished(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that ran to an end (complete, pruned or failed), not those cut off by a kill."""
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get(INTERRUPTED)]
+    return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if not t.user_attrs.get(INTERRUPTED)]
 
 
-def in_flight(study: optuna.Study) -> int:
-    """Trials running now (in this or another sweep process sharing the study)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+def taken(study: optuna.Study) -> int:
+    """Trials that count against the study's n_trials: finished, or running now in any sweep process. One
+    read: counting the finished and the running apart misses a trial another process ends in between."""
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    return len([t for t in trials if not t.user_attrs.get(INTERRUPTED)])
 
 
 def ask(study: optuna.Study, distributions: dict[str, Any]) -> Trial:

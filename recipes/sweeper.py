@@ -11,6 +11,14 @@ its search-space grammar (recipes/search_space.py) on a current Optuna, and adds
 need: a study that resumes where a killed sweep stopped (recipes/study.py), trials that fail or
 diverge recorded FAIL while the sweep goes on, and bad input refused in one line before any trial.
 
+`n_trials` is the study's total, shared by every sweep process of the study, not a count per process as
+in Optuna's `study.optimize(n_trials=...)` (nor as in hydra-optuna-sweeper, which runs n_trials more on
+each start): a sweep asks for trials while the study's finished and running ones number fewer, so a
+restarted sweep runs only what a kill left, and a second process on the study shares the work instead of
+doubling it. On SQLite the count and the asking are one locked step (study.storage_lock), so processes
+run exactly n_trials between them; on a server database ones asking at the same moment may each start
+one batch more. Each trial runs in <sweep dir>/<trial number>, whatever the launcher numbers its jobs.
+
 Hydra instantiates sweepers only from the `hydra_plugins` package: the class it names is
 hydra_plugins/recipes_optuna_sweeper, a subclass of this one.
 """
@@ -120,12 +128,14 @@ class OptunaSweeper(Sweeper):
         created = not sweep_dir.exists()
         sweep_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite database lives there
         try:
-            study = studies.load(studies.open_storage(self.storage), self.study_name, self.sampler, goal)
+            study, new = studies.load(studies.open_storage(self.storage), self.study_name, self.sampler, goal)
         except RecipeError:
             if created:
                 shutil.rmtree(sweep_dir, ignore_errors=True)
             raise
         study.set_user_attr("objective", str(probe.task.monitor))
+        if not new:  # resumed, or shared with a sweep started at the same time: do not replay the seeded proposals
+            self.sampler.reseed_rng()
         return study
 
     @override
@@ -145,9 +155,8 @@ class OptunaSweeper(Sweeper):
         probe = self._probe(space.probe())
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         study = self._open_study(sweep_dir, probe)
-        if study.get_trials(deepcopy=False):
-            self.sampler.reseed_rng()  # a resumed or shared study: do not propose the seeded first trials again
-        recorded, requeued = studies.recover_interrupted(study, sweep_dir)
+        with studies.storage_lock(self.storage):  # two restarted sweeps must not both queue a trial again
+            recorded, requeued = studies.recover_interrupted(study, sweep_dir)
         log.info(
             f"study {study.study_name!r} ({self.storage}): objective {probe.task.monitor} "
             f"({study.direction.name.lower()}), {len(studies.finished(study))} of {self.n_trials} trials "
@@ -161,9 +170,12 @@ class OptunaSweeper(Sweeper):
 
         ran = failed = 0
         exhausted = False
-        while not exhausted and (todo := self.n_trials - len(studies.finished(study)) - studies.in_flight(study)) > 0:
-            trials = [studies.ask(study, space.distributions) for _ in range(min(self.n_jobs, todo))]
-            batch: Sequence[Sequence[str]] = [space.overrides(trial.params) for trial in trials]
+        while not exhausted and (trials := self._ask(study, space)):
+            # Each job's dir is its trial's number. Hydra's launchers number a batch's jobs on from
+            # initial_job_idx, but a sweep sharing the study may take numbers in between.
+            batch: Sequence[Sequence[str]] = [
+                [*space.overrides(trial.params), f"hydra.sweep.subdir={trial.number}"] for trial in trials
+            ]
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, ret in zip(trials, returns, strict=True):
                 value, why = objective_of(ret)
@@ -177,6 +189,16 @@ class OptunaSweeper(Sweeper):
                     f"{failed} of {ran} trials failed, more than hydra.sweeper.max_failure_rate="
                     f"{self.max_failure_rate}: see the trials' train.log under {self.config.hydra.sweep.dir}"
                 )
+
+    def _ask(self, study: Any, space: Any) -> list[Any]:
+        """The next batch: up to n_jobs trials, no more than the study's n_trials leave to run, counting
+        those that finished or run now in any sweep process of the study. On SQLite, counting and asking
+        happen under one lock, so sweeps sharing the study run exactly n_trials between them."""
+        from recipes import study as studies
+
+        with studies.storage_lock(self.storage):
+            todo = self.n_trials - studies.taken(study)
+            return [studies.ask(study, space.distributions) for _ in range(min(self.n_jobs, todo))]
 
     def _report(self, study: Any, sweep_dir: Path) -> None:
         """Log the best trial and write optimization_results.yaml (as hydra-optuna-sweeper does)."""

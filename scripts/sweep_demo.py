@@ -28,16 +28,18 @@ from runs import QUIET, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the recipes package, run from a checkout
 
-from recipes.study import INTERRUPTED  # noqa: E402
+from recipes.study import INTERRUPTED, open_storage  # noqa: E402
 from recipes.summarize import summarize  # noqa: E402
 
 
 def trials(db: Path) -> list[optuna.trial.FrozenTrial]:
-    """The trials of the sweep's study, read from its SQLite database."""
+    """The trials of the sweep's study, read from its SQLite database (opened as the sweep opens it, under
+    its lock: opening a database the sweep is still creating would race it)."""
     if not db.is_file():
         return []
     try:
-        return optuna.load_study(study_name="baseline", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+        storage = open_storage(f"sqlite:///{db}")
+        return optuna.load_study(study_name="baseline", storage=storage).get_trials(deepcopy=False)
     except KeyError:  # the study is not created yet
         return []
 

@@ -1,7 +1,8 @@
 """Hyper-parameter search (hparams_search=NAME, hydra/sweeper=optuna): the search spaces fit their recipes,
 the objective's direction is the task's, a diverged trial is recorded FAIL while the sweep goes on, a
-killed sweep resumes with its finished trials kept, recipes.summarize tables a sweep dir, and bad input
-is refused in one line before any trial runs."""
+killed sweep resumes with its finished trials kept, two sweep processes share one study, trials run as
+submitit jobs, recipes.summarize tables a sweep dir, and bad input is refused in one line before any
+trial runs. Kills and meetings happen at a gate (tests/sweep_gate.py), never at a polled moment."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from recipes.cli import group_options, preflight, register_resolvers
@@ -25,6 +27,7 @@ from recipes.search_space import parse
 from recipes.startup import check_plan
 from recipes.summarize import CSV_NAME, PLOT_NAME, summarize
 from tests.conftest import QUIET, REPO, assert_clean_failure, compose_train, run_module
+from tests.sweep_gate import held, release
 
 TINY = [
     "hydra/launcher=basic",
@@ -55,20 +58,51 @@ def study_trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="baseline", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").get_trials()
 
 
-def kill_when_trial_1_starts(command: list[str], sweep_dir: Path) -> None:
-    """Start the sweep in its own process group and SIGKILL the group (sweep and trials, as a crash or
-    scancel would) once trial 1's job dir appears."""
-    proc = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if (sweep_dir / "1").is_dir():
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+def gate(signal_dir: Path, first: int = 0) -> list[str]:
+    """Overrides that hold every trial numbered `first` or later at its fit start (tests/sweep_gate.py)."""
+    signal_dir.mkdir(exist_ok=True)
+    return [
+        "+callbacks.gate._target_=tests.sweep_gate.TrialGate",
+        "+callbacks.gate.run_dir=${paths.run_dir}",
+        f"+callbacks.gate.signal_dir={signal_dir}",
+        f"+callbacks.gate.first={first}",
+    ]
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    """The sweep in its own process group (so a test can kill it whole, trials included), output to `log`."""
+    with open(log, "w") as out:
+        return subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until_held(procs: dict[Path, subprocess.Popen], signal_dir: Path, count: int) -> list[int]:
+    """Wait until `count` trials are held at the gate; fail with a sweep's output (its log) if it ends first."""
+    deadline = time.monotonic() + 240
+    while len(numbers := held(signal_dir)) < count:
+        for log, proc in procs.items():
+            assert proc.poll() is None, f"sweep ended ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{numbers} held at the gate after 240 s, not {count}"
+        time.sleep(0.2)
+    return numbers
+
+
+def kill_at_gate(command: list[str], tmp_path: Path, first: int) -> None:
+    """Run the sweep with trials from number `first` on held at the gate; once one is held there, SIGKILL
+    the sweep's process group (the sweep and its trials, as a crash, the OOM killer or scancel would)."""
+    signal_dir, log = tmp_path / "gate", tmp_path / "killed.log"
+    proc = start([*command, *gate(signal_dir, first)], log)
+    try:
+        assert wait_until_held({log: proc}, signal_dir, 1) == [first]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def resume(command: list[str]) -> subprocess.CompletedProcess:
+    """The same sweep command again (no gate), as a user restarts a killed sweep."""
+    proc = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 @pytest.mark.parametrize("name", group_options("hparams_search"))
@@ -129,53 +163,101 @@ def test_a_diverged_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Pat
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
-@pytest.mark.xfail(
-    strict=False,
-    reason="timing race in the test's kill point (it polls for a job dir, then SIGKILLs): whether the "
-    "trials before it are already told to Optuna varies run to run; scripts/sweep_demo.py shows the resume",
-)
 def test_a_killed_sweep_resumes_and_runs_only_the_remaining_trials(tmp_path: Path) -> None:
-    """3 trials, one at a time; SIGKILL the sweep while its second trial runs; the same command again runs
-    the cut-off trial's parameters again and one new trial: 3 finished in all, the first one kept."""
+    """3 trials, one at a time; SIGKILL the sweep once trial 0 has finished and been told to Optuna, while
+    trial 1 runs (held at the gate); the same command again runs the cut-off trial's parameters again
+    and one new trial, the 2 remaining: 3 finished in all, trial 0 kept as it was."""
     sweep_dir = tmp_path / "sweep"
     command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1")
-    kill_when_trial_1_starts(command, sweep_dir)  # one trial per batch: trial 0 was told
+    kill_at_gate(command, tmp_path, first=1)  # one trial per batch: trial 0 was told before trial 1 was asked
     before = study_trials(sweep_dir)
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
-    resumed = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = resume(command)
     after = study_trials(sweep_dir)
     assert after[0].datetime_complete == before[0].datetime_complete  # kept, not run again
     assert after[1].state == TrialState.FAIL and after[1].user_attrs["interrupted"]
-    assert [t.state for t in after[2:]] == [TrialState.COMPLETE, TrialState.COMPLETE]  # the remaining two
+    assert [t.state for t in after[2:]] == [TrialState.COMPLETE, TrialState.COMPLETE]  # the remaining two, only
     assert after[2].params == before[1].params  # the cut-off trial, again
+    assert sorted(int(p.parent.name) for p in sweep_dir.glob("*/results.json")) == [0, 2, 3]
     assert "1 of 3 trials finished before (0 of them recorded now), 1 interrupted trials queued again" in (
         resumed.stdout + resumed.stderr
     )
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
-@pytest.mark.xfail(
-    strict=False,
-    reason="timing race in the test's kill point: on a quiet machine trial 0 is sometimes already told to "
-    "Optuna (COMPLETE) when trial 1's dir appears, so the kill misses the window it tests (2 of 3 runs); "
-    "the recovery itself is also covered by test_a_killed_sweep_resumes_and_runs_only_the_remaining_trials",
-)
 def test_a_trial_that_finished_before_the_kill_is_recorded_not_run_again(tmp_path: Path) -> None:
     """2 trials in one batch (the basic launcher runs them in turn, and Optuna hears of both at the batch's
-    end): SIGKILL while the second runs; on resume the first, whose results.json is there, is recorded
-    with its objective; only the second runs again."""
+    end): SIGKILL while the second is held at the gate, trial 0's run finished but not told; on resume
+    trial 0, whose results.json is there, is recorded with its objective; only the second runs again."""
     sweep_dir = tmp_path / "sweep"
     command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
-    kill_when_trial_1_starts(command, sweep_dir)  # trial 0's run has finished, not yet told
+    kill_at_gate(command, tmp_path, first=1)
     assert [t.state for t in study_trials(sweep_dir)] == [TrialState.RUNNING, TrialState.RUNNING]
-    resumed = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = sweep_dir / "0" / "results.json"
+    finished_at = results.stat().st_mtime_ns
+    resumed = resume(command)
     after = study_trials(sweep_dir)
-    best = json.loads((sweep_dir / "0" / "results.json").read_text())["monitor"]["best"]
+    best = json.loads(results.read_text())["monitor"]["best"]
     assert after[0].state == TrialState.COMPLETE and after[0].value == pytest.approx(best)
+    assert results.stat().st_mtime_ns == finished_at  # recorded from its results.json, not run again
     assert after[1].user_attrs["interrupted"] and after[2].params == after[1].params
     assert [t.state for t in after] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert "1 of them recorded now), 1 interrupted trials queued again" in resumed.stdout + resumed.stderr
+
+
+@pytest.mark.slow  # two sweep processes: 43 s beside the one-process diverged-trial test's 29 s (load 11)
+def test_two_sweep_processes_share_one_study(tmp_path: Path) -> None:
+    """Two sweeps started at once on one study (same storage and study_name), n_trials=4 in all, 2 asked
+    at a time: every trial is held at the gate until both sweeps have asked theirs, so each runs 2. The 4
+    trials have distinct numbers, parameters and job dirs (each run once, its results.json the trial's
+    value), and the best trial read back from the database is the one optimization_results.yaml names."""
+    sweep_dir, signal_dir = tmp_path / "sweep", tmp_path / "gate"
+    command = [*sweep_command(sweep_dir, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"), *gate(signal_dir)]
+    procs = {log: start(command, log) for log in (tmp_path / "a.log", tmp_path / "b.log")}
+    try:
+        wait_until_held(procs, signal_dir, 2)  # the first trial of each sweep's batch of 2
+        release(signal_dir)
+        for log, proc in procs.items():
+            assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    trials = study_trials(sweep_dir)
+    assert [t.number for t in trials] == [0, 1, 2, 3] and {t.state for t in trials} == {TrialState.COMPLETE}
+    owners = sorted(t.user_attrs["owner"] for t in trials)
+    assert owners[0] == owners[1] != owners[2] == owners[3]  # 2 trials from each sweep process
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # no parameters proposed twice
+    assert held(signal_dir) == [0, 1, 2, 3]  # each trial's run started once, in its own dir
+    for trial in trials:
+        job = sweep_dir / str(trial.number)
+        assert json.loads((job / "results.json").read_text())["monitor"]["best"] == pytest.approx(trial.value)
+        launched = set(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        assert {f"{key}={value}" for key, value in trial.params.items()} <= launched
+    best = optuna.load_study(study_name="baseline", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").best_trial
+    report = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert report.best_trial == best.number and report.best_value == pytest.approx(best.value)
+    assert best.value == max(t.value for t in trials)
+
+
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
+def test_trials_run_as_submitit_jobs(tmp_path: Path) -> None:
+    """hydra/launcher=submitit_local: the trials run through submitit's executor (SLURM's code path, minus
+    sbatch), each in its own process; both trials' results.json and the study agree."""
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        *sweep_command(sweep_dir, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"),
+        "hydra/launcher=submitit_local",
+    ]
+    proc = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study_trials(sweep_dir)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    for trial in trials:
+        results = json.loads((sweep_dir / str(trial.number) / "results.json").read_text())
+        assert results["monitor"]["best"] == pytest.approx(trial.value)
+    assert (sweep_dir / ".submitit").is_dir()  # submitit's job files: the trials went through its executor
 
 
 def test_an_unknown_hparams_search_is_refused_at_preflight() -> None:
