@@ -183,7 +183,8 @@ def main() -> None:
             ],
         }
     args.plot.parent.mkdir(parents=True, exist_ok=True)
-    plot(curves, args.plot, title=f"digits, convnet: PGD-20 accuracy (mean of {len(args.seeds)} seeds)")
+    seeds = f"mean of {len(args.seeds)} seeds" if len(args.seeds) > 1 else f"seed {args.seeds[0]}"
+    plot(curves, args.plot, title=f"digits, convnet: PGD-20 accuracy ({seeds})")
     print(f"\nplot: {args.plot}")
 
 
