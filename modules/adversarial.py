@@ -36,7 +36,8 @@ GUARD_KEY = "adversarial_guard"  # the guard's state in a checkpoint (plain data
 class AdversarialModule(ClassifierModule):
     """ClassifierModule whose training step attacks its own net first. `eps`: the strength that
     `val/robust_acc` and `test/robust_acc` are measured at (L-inf, pixel units of images in [0, 1]);
-    `train_eps`: the strength trained against (null: eps). Step sizes in pixel units; null picks the
+    `train_eps`: the strength trained against (null: `train_eps_scale` x eps: training a little above
+    the tested strength leaves a margin, so the test ball lies well inside what was defended). Step sizes in pixel units; null picks the
     papers' defaults (pgd: 2.5 * eps / steps; fast: 1.25 * eps). Other keyword arguments are
     ClassifierModule's (optimizer, scheduler, fine-tuning knobs, monitor)."""
 
@@ -49,8 +50,9 @@ class AdversarialModule(ClassifierModule):
         method: str = "pgd",
         eps: float = 0.1,
         train_eps: float | None = None,
+        train_eps_scale: float = 1.2,
         alpha: float = 0.5,
-        train_steps: int = 7,
+        train_steps: int = 10,
         train_step_size: float | None = None,
         eval_steps: int = 10,
         test_steps: int = 20,
@@ -66,6 +68,7 @@ class AdversarialModule(ClassifierModule):
                 "method": method,
                 "eps": eps,
                 "train_eps": train_eps,
+                "train_eps_scale": train_eps_scale,
                 "alpha": alpha,
                 "train_steps": train_steps,
                 "train_step_size": train_step_size,
@@ -75,7 +78,7 @@ class AdversarialModule(ClassifierModule):
             }
         )
         self.method, self.eps, self.alpha = method, eps, alpha
-        self.train_eps = eps if train_eps is None else train_eps
+        self.train_eps = round(train_eps_scale * eps, 6) if train_eps is None else train_eps
         self.train_steps = 1 if method == "fast" else train_steps
         default_size = 1.25 * self.train_eps if method == "fast" else 2.5 * self.train_eps / train_steps
         self.train_step_size = default_size if train_step_size is None else train_step_size
@@ -99,6 +102,11 @@ class AdversarialModule(ClassifierModule):
         check_eps(get("eps", 0.1), "task.eps")
         if get("train_eps") is not None:
             check_eps(get("train_eps"), "task.train_eps")
+        elif not 0 < get("train_eps_scale", 1.2) <= 1 / max(get("eps", 0.1), 1e-12):
+            raise ValueError(
+                f"task.train_eps_scale={get('train_eps_scale')} must be positive and keep train_eps_scale * "
+                f"task.eps={get('eps', 0.1)} in [0, 1]"
+            )
         if not 0 <= get("alpha", 0.5) <= 1:
             raise ValueError(f"task.alpha={get('alpha')} must be in [0, 1] (the weight of the clean loss)")
         for key in ("train_steps", "eval_steps", "test_steps"):

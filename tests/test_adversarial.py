@@ -40,6 +40,10 @@ def test_adversarial_training_raises_robust_accuracy_over_the_standard_model(tmp
         robust[name] = results["robustness"]["results"][0]["robust_acc"]
         if name == "pgd":
             assert results["metrics"]["test/robust_acc"] > 0 and results["adversarial"]["method"] == "pgd"
+            # null train_eps: trained at train_eps_scale (1.2) x eps, PGD-10 with Madry's 2.5 eps / steps
+            assert results["adversarial"]["train_eps"] == pytest.approx(0.24)
+            assert results["adversarial"]["train_steps"] == 10
+            assert results["adversarial"]["train_step_size"] == pytest.approx(2.5 * 0.24 / 10)
             written = json.loads((tmp_path / name / "results.json").read_text())
             assert written["adversarial"]["guard"] == {"fired": False}
     assert robust["pgd"] >= robust["standard"] + 0.2, robust
@@ -92,6 +96,8 @@ def test_overfitting_guard_restores_the_last_good_weights_and_stops(tmp_path: Pa
         ("task.method=free", "task.method=free must be one of fgsm_mix, pgd, fast"),
         ("task.eps=-0.1", "task.eps=-0.1 must be in [0, 1]"),
         ("task.train_eps=1.5", "task.train_eps=1.5 must be in [0, 1]"),
+        ("task.train_eps_scale=0", "task.train_eps_scale=0 must be positive"),
+        ("task.train_eps_scale=20", "task.train_eps_scale=20 must be positive and keep"),
         ("task.train_steps=0", "task.train_steps=0 must be an integer >= 1"),
     ],
 )
