@@ -55,6 +55,45 @@ def test_sparsity_is_reached_and_held(scope: str) -> None:
             assert float((module_.weight == 0).float().mean()) == pytest.approx(0.8, abs=0.02)
 
 
+@pytest.mark.parametrize("drop_dead_units", [False, True])
+def test_each_layer_reaches_its_own_sparsity(drop_dead_units: bool) -> None:
+    """scope=layer with layer_sparsity: every layer lands on its own rate, to the weight (the unnamed
+    head on `sparsity`); with drop_dead_units, each unit the next layer no longer reads also has a
+    zero incoming row and bias at the end, although AdamW's momentum moves such a bias between steps."""
+    pl.seed_everything(0)
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[64, 32])
+    module = ClassifierModule(net, optimizer=lambda p: torch.optim.AdamW(p, lr=0.01))
+    rates = {"1": 0.9, "3": 0.97, "5": 0.6}
+    pruning = MagnitudePruning(
+        sparsity=rates["5"],
+        start_epoch=0,
+        end_epoch=2,
+        scope="layer",
+        every_n_steps=5,
+        layer_sparsity={"1": rates["1"], "3": rates["3"]},
+        drop_dead_units=drop_dead_units,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[pruning],
+    )
+    trainer.fit(module, datamodule=DigitsDataModule())
+    layers = dict(net.named_modules())
+    for name, rate in rates.items():
+        zeros, target = int((layers[name].weight == 0).sum()), round(rate * layers[name].weight.numel())
+        assert zeros >= target if drop_dead_units else zeros == target, name
+    dead = {"1": (net[3].weight == 0).all(0), "3": (net[5].weight == 0).all(0)}
+    assert int(dead["1"].sum()) > 0  # 97% of 64 x 32 pruned: some units of layer 1 are read by no one
+    for name, units in dead.items():
+        shipped = torch.cat([layers[name].weight[units].ravel(), layers[name].bias[units]])
+        assert shipped.any() != drop_dead_units or not units.any()
+
+
 FAST = ("callbacks.model_summary=null", "callbacks.lr_monitor=null", "logger=csv")
 SCHEDULE = ("recipe=prune", "trainer.max_epochs=6", "compress.prune.start_epoch=1", "compress.prune.end_epoch=4")
 
@@ -108,10 +147,16 @@ def test_prune_recipe_exports_ninety_percent_zeros(run_dir: Path) -> None:
     [
         ("compress.prune.sparsity=1.0", "compress.prune.sparsity=1.0"),
         ("compress.prune.end_epoch=6", "trainer.max_epochs=6"),
+        (
+            "compress.prune.scope=layer compress.prune.layer_sparsity={fc1:0.9}",
+            "compress.prune.layer_sparsity names 'fc1', not a Linear / Conv2d of this net: use its module names (1, 3, 5)",
+        ),
+        ("compress.prune.layer_sparsity={1:0.9}", "compress.prune.layer_sparsity needs compress.prune.scope=layer"),
+        ("compress.prune.scope=layer compress.prune.layer_sparsity={1:1.5}", "compress.prune.layer_sparsity.1=1.5"),
     ],
 )
 def test_bad_pruning_settings_fail_at_start_up(override: str, message: str, run_dir: Path) -> None:
-    proc = train_in_process(run_dir, *SCHEDULE, override)
+    proc = train_in_process(run_dir, *SCHEDULE, *override.split())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
     assert not run_dir.exists()
