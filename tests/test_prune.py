@@ -29,13 +29,8 @@ def test_cubic_schedule() -> None:
     assert ramp == sorted(ramp)  # monotonic, fastest early
 
 
-@pytest.mark.parametrize("scope", ["global", "layer"])
-def test_sparsity_is_reached_and_held(scope: str) -> None:
-    """Each scheduled step raises sparsity; the final one is the target, held through fine-tuning."""
-    pl.seed_everything(0)
-    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[32])
-    module = ClassifierModule(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
-    pruning = MagnitudePruning(sparsity=0.8, start_epoch=0, end_epoch=2, scope=scope, every_n_steps=5)
+def fit_pruned(module: ClassifierModule, pruning: MagnitudePruning) -> None:
+    """Four epochs on digits with `pruning`, nothing else."""
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=4,
@@ -46,6 +41,16 @@ def test_sparsity_is_reached_and_held(scope: str) -> None:
         callbacks=[pruning],
     )
     trainer.fit(module, datamodule=DigitsDataModule())
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_sparsity_is_reached_and_held(scope: str) -> None:
+    """Each scheduled step raises sparsity; the final one is the target, held through fine-tuning."""
+    pl.seed_everything(0)
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[32])
+    module = ClassifierModule(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    pruning = MagnitudePruning(sparsity=0.8, start_epoch=0, end_epoch=2, scope=scope, every_n_steps=5)
+    fit_pruned(module, pruning)
     assert len(pruning.history) >= 4 and pruning.history == sorted(pruning.history)
     assert pruning.history[-1] == pytest.approx(0.8, abs=2e-3)
     assert weight_sparsity(net) == pytest.approx(0.8, abs=2e-3)  # held: fine-tuning kept the zeros
@@ -73,16 +78,7 @@ def test_each_layer_reaches_its_own_sparsity(drop_dead_units: bool) -> None:
         layer_sparsity={"1": rates["1"], "3": rates["3"]},
         drop_dead_units=drop_dead_units,
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[pruning],
-    )
-    trainer.fit(module, datamodule=DigitsDataModule())
+    fit_pruned(module, pruning)
     layers = dict(net.named_modules())
     for name, rate in rates.items():
         zeros, target = int((layers[name].weight == 0).sum()), round(rate * layers[name].weight.numel())
