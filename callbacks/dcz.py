@@ -9,7 +9,9 @@ Each tensor is stored in the smallest of the encodings that hold it exactly:
   extra codebook symbol); `pbits` is chosen per tensor;
 - `sign`: one bit per weight and the positive value of each output channel (or one for the layer),
   for binary layers (+-alpha);
-- `ternary`: two bits per weight and the two values (w_p, -w_n), for ternary layers.
+- `ternary`: two bits per weight and the two values (w_p, -w_n), for ternary layers;
+- `live`: the bias of a Linear whose dead units (no nonzero weight in the next Linear, a tensor named
+  in the record; callbacks/dead_units.py) hold exactly 0: only the live units' fp32 values.
 Values are the tensor's own fp32 values, so decoding gives the weights back bit for bit.
 
 File layout: b"DCZ1", u16 record count, then per record: u8 name length, name (the state-dict key
@@ -30,10 +32,11 @@ import torch
 from torch import nn
 
 from callbacks import huffman
+from callbacks.dead_units import feeds
 
 MAGIC = b"DCZ1"
 HEADER = len(MAGIC) + 2
-ENCODINGS = ("raw", "shared", "sparse", "sign", "ternary")
+ENCODINGS = ("raw", "shared", "sparse", "sign", "ternary", "live")
 DTYPES = ("float32", "float64", "float16", "int64", "int32", "uint8", "bool")
 TRAINING_ONLY = ("num_batches_tracked",)  # as in callbacks/report.py: not shipped
 MAX_CODEBOOK = 256
@@ -140,6 +143,21 @@ def _ternary(array: np.ndarray, codebook: np.ndarray) -> Encoded | None:
     return payload, array.nbytes, len(payload)
 
 
+def _live(array: np.ndarray, consumer_key: str, consumer: np.ndarray) -> Encoded | None:
+    """A bias whose dead units (all-zero columns of the next layer's weight) are exactly +0.0."""
+    dead = (consumer == 0).all(0)
+    if array.dtype != np.float32 or array.shape != dead.shape or array[dead].view(np.uint32).any():
+        return None
+    name = consumer_key.encode()
+    payload = bytes([len(name)]) + name + array[~dead].astype("<f4").tobytes()
+    return payload, 4 * int((~dead).sum()), 4 * int((~dead).sum())
+
+
+def dead_unit_readers(net: nn.Module) -> dict[str, str]:
+    """{bias key: key of the weight that reads its units} for each Linear whose units may die."""
+    return {f"{p}.bias": f"{c}.weight" for p, producer, c, _ in feeds(net) if producer.bias is not None}
+
+
 def encode_tensor(tensor: torch.Tensor) -> tuple[str, Encoded]:
     """The smallest exact encoding of `tensor`: (its name, (payload, pruned-stage and quantized-stage bytes))."""
     array = tensor.numpy()
@@ -175,8 +193,14 @@ def encode_net(net: nn.Module) -> tuple[bytes, dict[str, int], dict[str, int]]:
     """(the .dcz bytes of `net`, bytes per state-dict key (the header counted with the first),
     bytes of the whole net after each of Han's stages: pruned, quantized, huffman)."""
     records, sizes, stages = [], {}, {"pruned": 0, "quantized": 0}
-    for key, tensor in shipped_state(net).items():
-        encoding, (payload, pruned, quantized) = encode_tensor(tensor)
+    state, readers = shipped_state(net), dead_unit_readers(net)
+    for key, tensor in state.items():
+        encoding, encoded = encode_tensor(tensor)
+        reader = readers.get(key)
+        live = _live(tensor.numpy(), reader, state[reader].numpy()) if reader in state else None
+        if live is not None and len(live[0]) < len(encoded[0]):
+            encoding, encoded = "live", live
+        payload, pruned, quantized = encoded
         records.append(_record(key, tensor, encoding, payload))
         sizes[key] = len(records[-1]) + (HEADER if len(records) == 1 else 0)
         stages["pruned"] += pruned
@@ -238,6 +262,14 @@ def _decode_ternary(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return np.select([codes == 1, codes == 2], [positive, negative], np.float32(0)).astype(np.float32).reshape(shape)
 
 
+def _decode_live(payload: bytes, shape: tuple[int, ...], state: dict[str, torch.Tensor]) -> np.ndarray:
+    consumer = state[payload[1 : 1 + payload[0]].decode()].numpy()
+    dead = (consumer == 0).all(0)
+    values = np.zeros(shape, dtype=np.float32)
+    values[~dead] = np.frombuffer(payload, dtype="<f4", offset=1 + payload[0])
+    return values
+
+
 DECODERS: dict[str, Callable[[bytes, tuple[int, ...]], np.ndarray]] = {
     "raw": _decode_raw,
     "shared": _decode_shared,
@@ -252,7 +284,7 @@ def decode(data: bytes) -> dict[str, torch.Tensor]:
     if data[:4] != MAGIC:
         raise DczError("not a .dcz file (no DCZ1 header)")
     (count,) = struct.unpack_from("<H", data, 4)
-    at, state = HEADER, {}
+    at, state, later, order = HEADER, {}, {}, []
     for _ in range(count):
         size = data[at]
         key = data[at + 1 : at + 1 + size].decode()
@@ -263,8 +295,14 @@ def decode(data: bytes) -> dict[str, torch.Tensor]:
         (length,) = struct.unpack_from("<I", data, at)
         payload = data[at + 4 : at + 4 + length]
         at += 4 + length
+        order.append(key)
+        if encoding == "live":  # needs the weight that reads it, which may come later in the file
+            later[key] = (payload, tuple(shape))
+            continue
         state[key] = torch.from_numpy(DECODERS[encoding](payload, tuple(shape)))
-    return state
+    for key, (payload, shape) in later.items():
+        state[key] = torch.from_numpy(_decode_live(payload, shape, state))
+    return {key: state[key] for key in order}  # in the file's order
 
 
 def write(net: nn.Module, path: Path) -> dict[str, int]:

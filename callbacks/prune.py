@@ -8,9 +8,17 @@ a (ones) mask in `setup`, before Lightning restores a checkpoint or builds the o
 resumed run finds its masks and its optimizer sees parameters in the same order. At the end of the
 fit the pruning is made permanent: the net holds plain, zero-filled weights, ready for export.
 (Lightning's own ModelPruning loses masks on resume and rewinds weights by default.)
+
+`scope="layer"` prunes each layer to its own sparsity: `layer_sparsity[name]` (Han's per-layer
+rates, e.g. 95/95/80% for LeNet-300-100) or `sparsity` for the layers it does not name. With
+`drop_dead_units`, from `end_epoch` on, a hidden unit left with no outgoing weight also loses its
+incoming weights (masked) and bias (zeroed after every optimizer step): it cannot change the
+logits, and Deep Compression's file then need not ship it (callbacks/dead_units.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import lightning.pytorch as pl
 import torch
@@ -18,6 +26,7 @@ from torch import nn
 from torch.nn.utils import prune
 from typing_extensions import override
 
+from callbacks.dead_units import zero_dead_units
 from callbacks.step import CompressionStep, Stage
 from callbacks.structure import snapshot
 
@@ -27,6 +36,17 @@ PRUNABLE = (nn.Linear, nn.Conv2d)
 def prunable(net: nn.Module) -> list[tuple[nn.Module, str]]:
     """Every Linear / Conv2d weight of `net`."""
     return [(m, "weight") for m in net.modules() if isinstance(m, PRUNABLE)]
+
+
+def prunable_names(net: nn.Module) -> list[str]:
+    """The module names of `net`'s Linear / Conv2d layers (as `layer_sparsity` names them)."""
+    return [name for name, m in net.named_modules() if isinstance(m, PRUNABLE)]
+
+
+def pruned_count(module: nn.Module, name: str) -> int:
+    """How many weights of `module.<name>` its pruning mask holds at zero (0 when it has none)."""
+    mask = getattr(module, f"{name}_mask", None)
+    return 0 if mask is None else int((mask == 0).sum())
 
 
 def masked_weight(module: nn.Module, name: str) -> torch.Tensor:
@@ -55,7 +75,8 @@ def cubic_sparsity(epoch: float, final: float, start: int, end: int) -> float:
 
 class MagnitudePruning(CompressionStep):
     """Unstructured L1 pruning of Linear / Conv2d weights, `scope="global"` (one threshold over all
-    layers) or `"layer"` (each layer to the same sparsity), on `pl_module.shipped_net`."""
+    layers) or `"layer"` (each layer to its own sparsity: `layer_sparsity[name]`, else `sparsity`),
+    on `pl_module.shipped_net`."""
 
     def __init__(
         self,
@@ -64,9 +85,19 @@ class MagnitudePruning(CompressionStep):
         end_epoch: int = 10,
         scope: str = "global",
         every_n_steps: int = 10,
+        layer_sparsity: Mapping[str, float] | None = None,
+        drop_dead_units: bool = False,
     ) -> None:
         if not 0 <= sparsity < 1:
             raise ValueError(f"compress.prune.sparsity={sparsity} must be in [0, 1), e.g. 0.9")
+        self.layer_sparsity = {str(k): float(v) for k, v in (layer_sparsity or {}).items()}
+        for name, value in self.layer_sparsity.items():
+            if not 0 <= value < 1:
+                raise ValueError(f"compress.prune.layer_sparsity.{name}={value} must be in [0, 1), e.g. 0.95")
+        if self.layer_sparsity and scope != "layer":
+            raise ValueError(
+                f"compress.prune.layer_sparsity needs compress.prune.scope=layer (scope={scope} prunes by one threshold)"
+            )
         if not 0 <= start_epoch <= end_epoch:
             raise ValueError(
                 f"compress.prune.start_epoch={start_epoch} and end_epoch={end_epoch} need 0 <= start_epoch <= end_epoch"
@@ -76,7 +107,7 @@ class MagnitudePruning(CompressionStep):
         if scope not in ("global", "layer"):
             raise ValueError(f"compress.prune.scope={scope!r} must be 'global' or 'layer'")
         self.sparsity, self.start_epoch, self.end_epoch, self.scope = sparsity, start_epoch, end_epoch, scope
-        self.every_n_steps = every_n_steps
+        self.every_n_steps, self.drop_dead_units = every_n_steps, drop_dead_units
         self.history: list[float] = []  # sparsity after each pruning step
         self.before: nn.Module | None = None  # a copy of the net just before its first prune
 
@@ -97,6 +128,13 @@ class MagnitudePruning(CompressionStep):
             raise ValueError(
                 f"compress.prune.end_epoch={self.end_epoch} must be < trainer.max_epochs={max_epochs} "
                 "so the net trains with the final mask"
+            )
+        names = prunable_names(net)
+        unknown = sorted(set(self.layer_sparsity) - set(names))
+        if unknown:
+            raise ValueError(
+                f"compress.prune.layer_sparsity names {unknown[0]!r}, not a Linear / Conv2d of this net: "
+                f"use its module names ({', '.join(names)})"
             )
 
     @override
@@ -119,17 +157,30 @@ class MagnitudePruning(CompressionStep):
         epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
         if not self.start_epoch <= epoch <= self.end_epoch or trainer.global_step % self.every_n_steps:
             return
-        self.prune_to(pl_module.shipped_net, cubic_sparsity(epoch, self.sparsity, self.start_epoch, self.end_epoch))
+        self.prune_to(pl_module.shipped_net, cubic_sparsity(epoch, 1.0, self.start_epoch, self.end_epoch))
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.ensure_masks(pl_module.shipped_net)
         if trainer.current_epoch == self.end_epoch:  # land exactly on the final sparsity
-            self.prune_to(pl_module.shipped_net, self.sparsity)
+            self.prune_to(pl_module.shipped_net, 1.0)
 
-    def prune_to(self, net: nn.Module, target: float) -> None:
-        """Prune the smallest still-unpruned weights until `target` of them are zero."""
-        current = weight_sparsity(net)
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int
+    ) -> None:
+        # after every optimizer step (and so before any checkpoint) once the masks are final: the
+        # optimizer's momentum would otherwise move a dead unit's bias off zero again
+        if self.drop_dead_units and trainer.current_epoch >= self.end_epoch:
+            zero_dead_units(pl_module.shipped_net)
+
+    def prune_to(self, net: nn.Module, progress: float) -> None:
+        """Prune the smallest still-unpruned weights until `progress` (in [0, 1]) of the final
+        sparsity is reached: over all layers (global scope) or in each layer."""
+        if self.scope == "layer":
+            self.prune_layers(net, progress)
+            return
+        target, current = self.sparsity * progress, weight_sparsity(net)
         if target <= current:
             return
         if self.before is None:
@@ -137,14 +188,25 @@ class MagnitudePruning(CompressionStep):
         amount = (target - current) / (1 - current)  # share of the still-unpruned weights
         targets = prunable(net)
         scores = {(m, name): masked_weight(m, name).detach() for m, name in targets}
-        if self.scope == "global":
-            prune.global_unstructured(
-                targets, pruning_method=prune.L1Unstructured, amount=amount, importance_scores=scores
-            )
-        else:
-            for module, name in targets:
-                prune.l1_unstructured(module, name, amount=amount, importance_scores=scores[(module, name)])
+        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=amount, importance_scores=scores)
         self.history.append(weight_sparsity(net))
+
+    def prune_layers(self, net: nn.Module, progress: float) -> None:
+        """Each layer to `progress` x its own final sparsity, counted in weights."""
+        layers, pruned = dict(net.named_modules()), False
+        for layer in prunable_names(net):
+            module = layers[layer]
+            scores = masked_weight(module, "weight").detach()
+            final = self.layer_sparsity.get(layer, self.sparsity)
+            count = round(final * progress * scores.numel()) - pruned_count(module, "weight")
+            if count <= 0:
+                continue
+            if self.before is None:
+                self.before = snapshot(net)
+            prune.l1_unstructured(module, "weight", amount=count, importance_scores=scores)
+            pruned = True
+        if pruned:
+            self.history.append(weight_sparsity(net))
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

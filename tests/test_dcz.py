@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from callbacks import dcz, huffman
+from callbacks.dead_units import zero_dead_units
+from modules.nets.mlp import MLP
 from recipes.checkpoint import fold_masks
 from tests.conftest import assert_clean_failure, run_module, train_ok
 
@@ -84,6 +86,31 @@ def _fresh() -> nn.Module:
     return nn.Sequential(
         nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 30), nn.Linear(30, 10)
     )
+
+
+def test_dead_units_ship_no_bias_and_the_round_trip_stays_bit_exact(tmp_path: Path) -> None:
+    """Units the next layer no longer reads: zeroing their incoming rows and biases leaves the logits
+    bit for bit, the .dcz then stores only the live biases (smaller file), and decodes exactly."""
+    torch.manual_seed(0)
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[300, 100])
+    with torch.no_grad():
+        for layer, keep in ((net[1], 0.05), (net[3], 0.05), (net[5], 0.2)):
+            layer.weight.mul_(torch.rand_like(layer.weight) < keep)  # Deep Compression's sparsity
+    x = torch.randn(64, 1, 8, 8)
+    logits, (before, sizes, _) = net(x), dcz.encode_net(net)
+    count = zero_dead_units(net)
+    assert count > 0 and torch.equal(net(x), logits)
+    data, per_key, _ = dcz.encode_net(net)
+    assert len(data) < len(before)
+    for name in ("1", "3"):  # each dead unit's 4 bytes of bias gone, for a few bytes naming the weight that reads it
+        dead = int((dict(net.named_modules())[str(int(name) + 2)].weight == 0).all(0).sum())
+        assert per_key[f"{name}.bias"] <= sizes[f"{name}.bias"] - 4 * dead + 10
+    assert sum(sizes[f"{n}.bias"] - per_key[f"{n}.bias"] for n in ("1", "3")) > 4 * count - 20
+    (tmp_path / "model.dcz").write_bytes(data)
+    decoded = dcz.load_into(MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[300, 100]), tmp_path / "model.dcz")
+    for key, tensor in net.state_dict().items():
+        assert torch.equal(decoded.state_dict()[key], tensor), key
+    assert torch.equal(decoded(x), logits)
 
 
 TINY = (

@@ -29,13 +29,8 @@ def test_cubic_schedule() -> None:
     assert ramp == sorted(ramp)  # monotonic, fastest early
 
 
-@pytest.mark.parametrize("scope", ["global", "layer"])
-def test_sparsity_is_reached_and_held(scope: str) -> None:
-    """Each scheduled step raises sparsity; the final one is the target, held through fine-tuning."""
-    pl.seed_everything(0)
-    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[32])
-    module = ClassifierModule(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
-    pruning = MagnitudePruning(sparsity=0.8, start_epoch=0, end_epoch=2, scope=scope, every_n_steps=5)
+def fit_pruned(module: ClassifierModule, pruning: MagnitudePruning) -> None:
+    """Four epochs on digits with `pruning`, nothing else."""
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=4,
@@ -46,6 +41,16 @@ def test_sparsity_is_reached_and_held(scope: str) -> None:
         callbacks=[pruning],
     )
     trainer.fit(module, datamodule=DigitsDataModule())
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_sparsity_is_reached_and_held(scope: str) -> None:
+    """Each scheduled step raises sparsity; the final one is the target, held through fine-tuning."""
+    pl.seed_everything(0)
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[32])
+    module = ClassifierModule(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    pruning = MagnitudePruning(sparsity=0.8, start_epoch=0, end_epoch=2, scope=scope, every_n_steps=5)
+    fit_pruned(module, pruning)
     assert len(pruning.history) >= 4 and pruning.history == sorted(pruning.history)
     assert pruning.history[-1] == pytest.approx(0.8, abs=2e-3)
     assert weight_sparsity(net) == pytest.approx(0.8, abs=2e-3)  # held: fine-tuning kept the zeros
@@ -53,6 +58,36 @@ def test_sparsity_is_reached_and_held(scope: str) -> None:
     if scope == "layer":
         for module_, _ in prunable(net):
             assert float((module_.weight == 0).float().mean()) == pytest.approx(0.8, abs=0.02)
+
+
+@pytest.mark.parametrize("drop_dead_units", [False, True])
+def test_each_layer_reaches_its_own_sparsity(drop_dead_units: bool) -> None:
+    """scope=layer with layer_sparsity: every layer lands on its own rate, to the weight (the unnamed
+    head on `sparsity`); with drop_dead_units, each unit the next layer no longer reads also has a
+    zero incoming row and bias at the end, although AdamW's momentum moves such a bias between steps."""
+    pl.seed_everything(0)
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[64, 32])
+    module = ClassifierModule(net, optimizer=lambda p: torch.optim.AdamW(p, lr=0.01))
+    rates = {"1": 0.9, "3": 0.97, "5": 0.6}
+    pruning = MagnitudePruning(
+        sparsity=rates["5"],
+        start_epoch=0,
+        end_epoch=2,
+        scope="layer",
+        every_n_steps=5,
+        layer_sparsity={"1": rates["1"], "3": rates["3"]},
+        drop_dead_units=drop_dead_units,
+    )
+    fit_pruned(module, pruning)
+    layers = dict(net.named_modules())
+    for name, rate in rates.items():
+        zeros, target = int((layers[name].weight == 0).sum()), round(rate * layers[name].weight.numel())
+        assert zeros >= target if drop_dead_units else zeros == target, name
+    dead = {"1": (net[3].weight == 0).all(0), "3": (net[5].weight == 0).all(0)}
+    assert int(dead["1"].sum()) > 0  # 97% of 64 x 32 pruned: some units of layer 1 are read by no one
+    for name, units in dead.items():
+        shipped = torch.cat([layers[name].weight[units].ravel(), layers[name].bias[units]])
+        assert shipped.any() != drop_dead_units or not units.any()
 
 
 FAST = ("callbacks.model_summary=null", "callbacks.lr_monitor=null", "logger=csv")
@@ -108,10 +143,16 @@ def test_prune_recipe_exports_ninety_percent_zeros(run_dir: Path) -> None:
     [
         ("compress.prune.sparsity=1.0", "compress.prune.sparsity=1.0"),
         ("compress.prune.end_epoch=6", "trainer.max_epochs=6"),
+        (
+            "compress.prune.scope=layer compress.prune.layer_sparsity={fc1:0.9}",
+            "compress.prune.layer_sparsity names 'fc1', not a Linear / Conv2d of this net: use its module names (1, 3, 5)",
+        ),
+        ("compress.prune.layer_sparsity={1:0.9}", "compress.prune.layer_sparsity needs compress.prune.scope=layer"),
+        ("compress.prune.scope=layer compress.prune.layer_sparsity={1:1.5}", "compress.prune.layer_sparsity.1=1.5"),
     ],
 )
 def test_bad_pruning_settings_fail_at_start_up(override: str, message: str, run_dir: Path) -> None:
-    proc = train_in_process(run_dir, *SCHEDULE, override)
+    proc = train_in_process(run_dir, *SCHEDULE, *override.split())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
     assert not run_dir.exists()

@@ -111,6 +111,15 @@ RESUMED = [
             "compress.kmeans.start_epoch=2",
         ),
     ),
+    (  # per-layer rates, and dead units' biases re-zeroed after every step from end_epoch on
+        "deep_compression",
+        (
+            "recipe=deep_compression",
+            "compress.prune.start_epoch=0",
+            "compress.prune.end_epoch=1",
+            "compress.kmeans.start_epoch=2",
+        ),
+    ),
 ]
 
 
