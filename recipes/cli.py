@@ -120,7 +120,8 @@ def register_resolvers() -> None:
     """Resolvers used by conf/: ${rank_zero_path:P} is P on rank 0 and the null device elsewhere;
     ${rank_zero_only:V} is V on rank 0 and null elsewhere; ${run_id:} names the launch (see run_id),
     cached so that every use in one config, and every job of a sweep (Hydra copies the cache), agrees;
-    ${checkpoint_filename:M} is the best checkpoint's file name template for the monitored metric M."""
+    ${checkpoint_filename:M} is the best checkpoint's file name template for the monitored metric M;
+    ${if_else:C,A,B} is A when C is true, else B (recipe=gan's discriminator LR, by task.conditional)."""
     if not OmegaConf.has_resolver("rank_zero_path"):
         OmegaConf.register_new_resolver("rank_zero_path", _rank_zero_path)
     if not OmegaConf.has_resolver("rank_zero_only"):
@@ -129,6 +130,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
     if not OmegaConf.has_resolver("checkpoint_filename"):
         OmegaConf.register_new_resolver("checkpoint_filename", checkpoint_filename)
+    if not OmegaConf.has_resolver("if_else"):
+        OmegaConf.register_new_resolver("if_else", lambda condition, then, otherwise: then if condition else otherwise)
 
 
 def checkpoint_filename(monitor: str) -> str:

@@ -53,7 +53,7 @@ def quiet_trainer(tmp_path, **kwargs) -> pl.Trainer:
 
 @pytest.mark.parametrize("d_steps", [1, 3])
 def test_step_updates_d_k_times_per_g_and_each_optimizer_only_its_net(tmp_path, d_steps):
-    module = gan(d_steps=d_steps)
+    module = gan(d_steps=d_steps, d_lr_scale=0.5)
     generator, discriminator = module.net.generator, module.net.discriminator
     steps = {"g": 0, "d": 0}
     untouched: dict[str, list[torch.Tensor]] = {}
@@ -76,6 +76,7 @@ def test_step_updates_d_k_times_per_g_and_each_optimizer_only_its_net(tmp_path, 
             g_opt, d_opt = trainer.optimizers
             assert {id(p) for p in g_opt.param_groups[0]["params"]} == {id(p) for p in generator.parameters()}
             assert {id(p) for p in d_opt.param_groups[0]["params"]} == {id(p) for p in discriminator.parameters()}
+            assert d_opt.param_groups[0]["lr"] == 0.5 * g_opt.param_groups[0]["lr"] == 1e-4  # task.d_lr_scale
             watch(g_opt, "g", discriminator)
             watch(d_opt, "d", generator)
 
@@ -128,6 +129,7 @@ def test_class_coverage_is_normalized_entropy():
     "task, message",
     [
         ({"d_steps": 0}, "task.d_steps=0 "),
+        ({"d_lr_scale": 0}, "task.d_lr_scale=0 "),
         ({"latent_dim": 0}, "task.latent_dim=0 "),
         ({"loss": "wasserstein"}, "task.loss=wasserstein "),
         ({"loss": "hinge", "label_smoothing": 0.1}, "task.label_smoothing=0.1 "),

@@ -85,6 +85,16 @@ def test_gan_run_exports_pruned_generator_and_evaluate_and_generate_reproduce(tr
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize("conditional, scale", [("false", 0.5), ("true", 1.0)])
+def test_recipe_discriminator_lr_scale_follows_conditional(tmp_path, conditional, scale):
+    """recipe=gan's task.d_lr_scale is the value measured best for each mode; an override wins."""
+    assert compose_train(tmp_path, "recipe=gan", f"task.conditional={conditional}").task.d_lr_scale == scale
+    assert (
+        compose_train(tmp_path, "recipe=gan", f"task.conditional={conditional}", "task.d_lr_scale=2").task.d_lr_scale
+        == 2
+    )
+
+
 @pytest.mark.slow  # three DCGAN runs: ~15-20 s on a quiet 2-core machine
 def test_resume_continues_both_optimizers_exactly(trained_feature_ckpt, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
