@@ -82,7 +82,10 @@ def measure(out: Path, method: str, seed: int, epochs: int, aa_samples: int | No
         plan = {"pgd": ["attack=pgd", "attack.steps=20", "attack.eps=[0.2]"]}
     reports = {}
     for name, overrides in plan.items():
-        folder = run_dir / f"attack_{name}"
+        # An attack limited to --aa-samples images keeps its count in its folder name, so a finished
+        # run on other images is not mistaken for this one (every other attack sees the whole test split).
+        limited = aa_samples and any(o.startswith("attack.max_samples=") for o in overrides)
+        folder = run_dir / (f"attack_{name}_n{aa_samples}" if limited else f"attack_{name}")
         run("recipes.attack", folder / "robustness.json", f"ckpt_path={ckpt}", f"out_dir={folder}", *overrides)
         reports[name] = json.loads((folder / "robustness.json").read_text())
     print(f"{method} seed {seed}: done", file=sys.stderr)
