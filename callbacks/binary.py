@@ -70,7 +70,7 @@ class BinaryWeights(HiddenLayerStep):
     order_reason = "binarize the weights first; weight sharing then clusters the layers left at full precision"
     excludes = {**HiddenLayerStep.excludes, "ternary": "both set the hidden layers' weights to a few values"}
 
-    def __init__(self, start_epoch: int = 0, scale: str = "channel", skip_first_last: bool = True) -> None:
+    def __init__(self, start_epoch: int = 0, scale: str = "none", skip_first_last: bool = True) -> None:
         if scale not in SCALES:
             raise ValueError(
                 f"compress.binary.scale={scale!r} must be 'none' (BinaryConnect, +-1) or 'channel' "
