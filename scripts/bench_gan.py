@@ -55,7 +55,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. trainer.max_epochs=300")
     args = parser.parse_args()
 
-    feature: Path | None = None
+    # A feature classifier given as an override (e.g. the one an earlier call trained, so that more
+    # seeds are measured in the same features) is used by every run; otherwise the first run trains it.
+    given_feature = [o.split("=", 1)[1] for o in args.overrides if o.startswith("task.feature_ckpt=")]
+    feature: Path | None = Path(given_feature[-1]) if given_feature else None
     seconds_feature = 0.0
     rows = []
     for model in args.models:
