@@ -66,7 +66,7 @@ def main() -> None:
             runs = []
             for seed in args.seeds:
                 run_dir = args.out / f"{model}-cond{conditional}" / f"seed{seed}"
-                given = [f"task.feature_ckpt={feature}"] if feature else []
+                given = [f"task.feature_ckpt={feature}"] if feature and not given_feature else []
                 start = time.perf_counter()
                 result = train(
                     run_dir,
