@@ -29,6 +29,22 @@ from tests.in_process import REPO, run_module_in_process
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
 
 
+def quiet_trainer(**kwargs: Any) -> Any:
+    """A one-process CPU Trainer with no logger, checkpoints, progress bar or model summary, for tests
+    that fit a module directly; keyword arguments add to or override these."""
+    import lightning.pytorch as pl
+
+    quiet = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(**{**quiet, **kwargs})
+
+
 def run_module(
     module: str, *overrides: str, cwd: Path = REPO, timeout: int = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:

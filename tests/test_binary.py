@@ -17,7 +17,7 @@ from modules.nets.mlp import MLP
 from recipes.build import build_training
 from recipes.data.digits import DigitsDataModule
 from recipes.errors import RecipeError
-from tests.conftest import compose_train
+from tests.conftest import compose_train, quiet_trainer
 
 
 def test_ste_gradient_is_the_clipped_identity() -> None:
@@ -72,15 +72,10 @@ def test_trained_net_ships_binary_or_ternary_hidden_layers(step) -> None:
     pl.seed_everything(0)
     net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[32, 16])
     module = ClassifierModule(net, optimizer=lambda p: torch.optim.AdamW(p, lr=0.01))
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=3,
         limit_train_batches=5,
         limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[step],
     )
     trainer.fit(module, datamodule=DigitsDataModule())

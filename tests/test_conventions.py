@@ -32,7 +32,7 @@ from recipes.build import build_run, rebuild
 from recipes.fitting import fit
 from recipes.private_api import USES
 from recipes.testing import test_metrics as run_test_metrics
-from tests.conftest import compose_train, train
+from tests.conftest import compose_train, quiet_trainer, train
 
 # One short epoch: a real checkpoint in a few seconds.
 TINY = (
@@ -169,14 +169,7 @@ def resolve(owner: str) -> Any:
 def test_every_private_name_in_use_still_exists(tmp_path: Path) -> None:
     """recipes/private_api.py lists each private Lightning/Hydra name the project uses: each is still
     there on the installed versions (on the class, or on an instance for attributes set in __init__)."""
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer()
     instances = {
         "lightning.pytorch:LightningModule": pl.LightningModule(),
         "lightning.pytorch:Trainer": trainer,

@@ -13,6 +13,7 @@ from callbacks.prune import prunable, weight_sparsity
 from modules.classifier import ClassifierModule
 from modules.nets.mlp import MLP
 from recipes.data.digits import DigitsDataModule
+from tests.conftest import quiet_trainer
 
 
 class PhaseProbe(Callback):
@@ -38,13 +39,8 @@ def test_dense_sparse_dense_phases() -> None:
     dsd = DenseSparseDense(sparsity=0.5, sparse_epoch=1, redense_epoch=2, redense_lr_scale=0.1)
     probe = PhaseProbe()
     module = ClassifierModule(net, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[dsd, probe],
     )
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=128))

@@ -20,6 +20,7 @@ from modules.nets.dcgan import DCGan
 from modules.nets.gan_mlp import MLPGan
 from modules.nets.mlp import MLP
 from recipes.data.digits import DigitsDataModule
+from tests.conftest import quiet_trainer
 
 ADAM = functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
 
@@ -39,12 +40,8 @@ def digits() -> DigitsDataModule:
     return DigitsDataModule(batch_size=32, normalize={"mean": [0.5], "std": [0.5]})
 
 
-def quiet_trainer(tmp_path, **kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+def gan_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    return quiet_trainer(
         num_sanity_val_steps=0,
         default_root_dir=str(tmp_path),
         **kwargs,
@@ -81,7 +78,7 @@ def test_step_updates_d_k_times_per_g_and_each_optimizer_only_its_net(tmp_path, 
             watch(d_opt, "d", generator)
 
     before_g = [p.detach().clone() for p in generator.parameters()]
-    quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=0, callbacks=[Watch()]).fit(
+    gan_trainer(tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=0, callbacks=[Watch()]).fit(
         module, datamodule=digits()
     )
     assert steps == {"d": 6, "g": 6 // d_steps}
@@ -151,13 +148,13 @@ def test_conditional_needs_labelled_data():
 @pytest.mark.parametrize("pair, conditional", [(MLPGan, False), (DCGan, True)])
 def test_tiny_fit_logs_val_fd_writes_grids_and_test_metrics(tmp_path, pair, conditional):
     module = gan(pair=pair, conditional=conditional)
-    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=3)
+    trainer = gan_trainer(tmp_path, max_epochs=2, limit_train_batches=3)
     data = digits()
     trainer.fit(module, datamodule=data)
     assert math.isfinite(float(trainer.callback_metrics["val/fd"]))
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["epoch0000.png", "epoch0001.png"]
     assert (tmp_path / "samples.png").is_file()
-    metrics = quiet_trainer(tmp_path).test(module, datamodule=data, verbose=False)[0]
+    metrics = gan_trainer(tmp_path).test(module, datamodule=data, verbose=False)[0]
     expected = {"test/fd", "test/fd_real", "test/class_coverage"} | ({"test/cond_acc"} if conditional else set())
     assert set(metrics) == expected
     assert metrics["test/fd"] > metrics["test/fd_real"] >= 0
@@ -185,7 +182,7 @@ def test_parameter_average_is_an_ema_by_name_and_restarts_for_new_layers():
 
 def test_checkpoints_ship_the_averaged_generator_and_resume_from_the_trained_one(tmp_path):
     module = gan(ema_decay=0.9)
-    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0)
+    trainer = gan_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0)
     trainer.fit(module, datamodule=digits())
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     ckpt = torch.load(tmp_path / "a.ckpt", weights_only=True)

@@ -17,7 +17,7 @@ from modules.classifier import ClassifierModule
 from modules.nets.mlp import MLP
 from modules.nets.resnet import ResNet18
 from recipes.data.digits import DigitsDataModule
-from tests.conftest import run_module, train_ok
+from tests.conftest import quiet_trainer, run_module, train_ok
 
 FAST = ("callbacks.model_summary=null", "callbacks.lr_monitor=null", "logger=csv")
 SCHEDULE = (
@@ -30,13 +30,8 @@ SCHEDULE = (
 
 def fit(net: nn.Module, step: HiddenNodePruning, epochs: int) -> pl.Trainer:
     module = ClassifierModule(net, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[step],
     )
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=128))

@@ -29,7 +29,7 @@ from recipes.data.splits import Batches, ConcatSplit, TensorSplit
 from recipes.data.transforms import compose
 from recipes.data.vision import TorchvisionDataModule
 from recipes.errors import RecipeError
-from tests.conftest import REPO, compose_train
+from tests.conftest import REPO, compose_train, quiet_trainer
 from tests.data_files import write_mnist_idx
 
 
@@ -38,15 +38,10 @@ def tiny_classifier() -> ClassifierModule:
 
 
 def short_trainer(*callbacks: pl.Callback, batches: int = 2) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
+    return quiet_trainer(
         max_epochs=1,
         limit_train_batches=batches,
         limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=list(callbacks),
     )
 

@@ -17,7 +17,7 @@ from callbacks.prune import MagnitudePruning, cubic_sparsity, prunable, weight_s
 from modules.classifier import ClassifierModule
 from modules.nets.mlp import MLP
 from recipes.data.digits import DigitsDataModule
-from tests.conftest import train_in_process, train_ok_in_process
+from tests.conftest import quiet_trainer, train_in_process, train_ok_in_process
 
 
 def test_cubic_schedule() -> None:
@@ -31,13 +31,8 @@ def test_cubic_schedule() -> None:
 
 def fit_pruned(module: ClassifierModule, pruning: MagnitudePruning) -> None:
     """Four epochs on digits with `pruning`, nothing else."""
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[pruning],
     )
     trainer.fit(module, datamodule=DigitsDataModule())

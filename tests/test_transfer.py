@@ -23,7 +23,7 @@ from modules.distill import DistillModule, distillation_loss
 from modules.nets.convnet import ConvNet
 from modules.nets.mlp import MLP
 from recipes.data.digits import DigitsDataModule
-from tests.conftest import train, train_ok, train_ok_in_process
+from tests.conftest import quiet_trainer, train, train_ok, train_ok_in_process
 
 SHAPE = (1, 8, 8)
 SGD = partial(torch.optim.SGD, lr=0.1)
@@ -40,15 +40,10 @@ FAST = (
 def short_fit(module: pl.LightningModule, datamodule: pl.LightningDataModule) -> pl.Trainer:
     """A real fit of 3 training batches and 1 validation batch on CPU."""
     datamodule.return_index = getattr(module, "needs_sample_index", False)  # as build_module does
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_train_batches=3,
         limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=datamodule)
     return trainer

@@ -18,7 +18,7 @@ from modules.nets.mlp import MLP
 from recipes.build import build_training
 from recipes.data.digits import DigitsDataModule
 from recipes.errors import RecipeError
-from tests.conftest import compose_train, train_ok
+from tests.conftest import compose_train, quiet_trainer, train_ok
 
 
 def test_linear_initialization_and_clustering() -> None:
@@ -44,15 +44,10 @@ def _fit(callbacks: list, epochs: int) -> MLP:
     pl.seed_everything(0)
     net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[32, 16])
     module = ClassifierModule(net, optimizer=lambda p: torch.optim.AdamW(p, lr=0.01))
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=epochs,
         limit_train_batches=5,
         limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=callbacks,
     )
     trainer.fit(module, datamodule=DigitsDataModule())
