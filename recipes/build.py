@@ -32,6 +32,7 @@ from recipes.errors import RecipeError
 from recipes.interrupt import SigtermStop
 from recipes.loggers import continue_history
 from recipes.prerequisites import prerequisite_config
+from recipes.resume_paths import ResumePathGuard
 from recipes.startup import check_strategy, pending_prerequisites
 from recipes.trusted import saved_config
 from recipes.validate import check_node
@@ -240,6 +241,7 @@ def build_training(cfg: DictConfig, choices: dict[str, Any], ckpt_path: str | No
         *build_callbacks(cfg),
         *compression.values(),
         RecipeState(resolved, choices, data),
+        ResumePathGuard(),
         DivergenceGuard(),
         SigtermStop(),
     ]
