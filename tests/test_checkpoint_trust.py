@@ -63,6 +63,7 @@ class Traps:
             and not self.pickle_marker.exists()
             and not self.import_marker.exists()
             and "evilpkg" not in sys.modules
+            and not (self.victim.parent / "x").exists()
         )
 
 
@@ -109,6 +110,23 @@ def payloads(traps: Traps) -> dict[str, tuple[str, Any, str]]:
             "model.hidden[1]._target_='builtins.open'",
         ),
         "interpolation": ("config.model.hidden", "${oc.env:HOME}", "interpolation, model.hidden='${oc.env:HOME}'"),
+        # shipped targets, in a part that would build them where the checkpoint chooses
+        "logger_as_data": (
+            "config.data",
+            {
+                "_target_": "recipes.tracking.LocalMLFlowLogger",
+                "tracking_uri": f"sqlite:///{traps.victim.parent}/x/y.db",
+            },
+            "data._target_='recipes.tracking.LocalMLFlowLogger', which this project ships for another part of a run (logger)",
+        ),
+        "net_as_data": ("config.data._target_", "modules.nets.mlp.MLP", "model), not for data"),
+        "transform_as_data": (
+            "config.data._target_",
+            "torchvision.transforms.v2.RandomCrop",
+            "data._target_='torchvision.transforms.v2.RandomCrop', which is not a LightningDataModule",
+        ),
+        "task_as_model": ("config.model._target_", "modules.classifier.ClassifierModule", "(task), not for model"),
+        "no_model": ("config.model", None, "has no model._target_ to build its model from"),
         "data_entry": (
             "data.num_classes",
             {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"},
@@ -125,6 +143,11 @@ PAYLOADS = [
     "unknown_module",
     "in_a_list",
     "interpolation",
+    "logger_as_data",
+    "net_as_data",
+    "transform_as_data",
+    "task_as_model",
+    "no_model",
     "data_entry",
 ]
 
@@ -237,6 +260,20 @@ def test_train_refuses_a_teacher_from_an_unknown_package(
     proc = train_in_process(run_dir, "recipe=distill", f"task.teacher_ckpt={path}")
     assert_refused(proc, f"task.teacher_ckpt={path}: its saved config asks to build {named}")
     assert traps.untouched() and not run_dir.exists()
+
+
+@pytest.mark.parametrize("entry_point", ["recipes.evaluate", "recipes.export", "recipes.attack", "recipes.generate"])
+def test_no_entry_point_builds_a_logger_as_data(genuine: dict[str, Any], tmp_path: Path, entry_point: str) -> None:
+    """A shipped logger whose tracking_uri names a database of the checkpoint's choosing, as its data:
+    refused in one line by every loader that reads a checkpoint, and nothing created anywhere."""
+    traps = Traps(tmp_path / "traps")
+    path, named = hostile(genuine, traps, "logger_as_data", tmp_path / "run" / "checkpoints")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    proc = run_module(entry_point, f"ckpt_path={path}", cwd=work, env={"PYTHONPATH": str(REPO)})
+    assert_refused(proc, named)
+    assert traps.untouched() and not list(work.iterdir())
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["checkpoints", path.name]
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
