@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -19,12 +18,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from recipes import config_errors
+from recipes.created_dirs import remove_created
 from recipes.cuda_check import drop_nvml_check_without_gpus
 from recipes.errors import EXIT_SIGTERM, RecipeError, RunStopped
 
 EXIT_BAD_INPUT = 2
-# What Hydra itself (and recipes/run_lock.py, its callback) puts in a run dir before the task function runs.
-_HYDRA_FILES = {".hydra", ".lock"}
 
 
 # Every variable a launcher sets for a process's place: global rank (torchrun, Lightning), rank within
@@ -176,10 +174,6 @@ def preflight(argv: list[str]) -> None:
                 )
 
 
-def _only_hydra_files(run_dir: Path) -> bool:
-    return not run_dir.exists() or all(p.name in _HYDRA_FILES or p.suffix == ".log" for p in run_dir.iterdir())
-
-
 def _outlive_launcher(timeout_s: float = 60.0) -> None:
     """In a DDP child that Lightning started: wait (a while) for the launcher, rank 0, to exit first.
     Lightning's process observer SIGKILLs the launcher as soon as a child exits non-zero, which would
@@ -202,26 +196,12 @@ def _sweep_dir() -> Path | None:
 
 
 def _remove_fresh(run_dir: str) -> None:
-    """Remove a run dir this run created, the parents left empty by that below the working dir (e.g.
-    `outputs/<recipe>/`), and a sweep dir left holding only Hydra's multirun.yaml."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    _remove_empty_parents(Path(run_dir))
+    """Remove what this run created: its run dir (or, in a folder that existed, the entries it added)
+    and the parents made for it, and a sweep dir this sweep made that holds only Hydra's multirun.yaml."""
+    remove_created(run_dir)
     sweep = _sweep_dir()
     if sweep is not None and sweep.is_dir() and all(p.name == "multirun.yaml" for p in sweep.iterdir()):
-        shutil.rmtree(sweep, ignore_errors=True)
-
-
-def _remove_empty_parents(path: Path) -> None:
-    """Remove `path`'s empty parent directories, up to (not including) the working directory; a path
-    outside the working directory keeps its parents (they may be the user's own empty folders)."""
-    cwd = Path.cwd().resolve()
-    parent = path.resolve().parent
-    while parent != cwd and parent.is_relative_to(cwd):
-        try:
-            parent.rmdir()  # only succeeds when empty
-        except OSError:
-            return
-        parent = parent.parent
+        remove_created(sweep)
 
 
 class TrialFailed(Exception):
@@ -247,7 +227,6 @@ def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) ->
     quiet_libraries()  # again here: a submitit job calls the task function without run_main
     log_libraries_to_file()
     drop_nvml_check_without_gpus()  # after Lightning's import set it: see recipes/cuda_check.py
-    fresh = run_dir is not None and _only_hydra_files(Path(run_dir))
     try:
         return task(cfg)
     except RunStopped as err:
@@ -263,7 +242,7 @@ def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) ->
     except RecipeError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if fresh and process_rank() == 0:
+        if run_dir is not None and process_rank() == 0:
             _remove_fresh(run_dir)
         print(f"error: {err}", file=sys.stderr)
         if in_search_trial():

@@ -1,5 +1,6 @@
 """A Hydra callback that refuses, in one line and before Hydra creates or writes anything, a run dir
-(or sweep dir) that cannot be written: below a regular file, or in a folder without write access."""
+(or sweep dir) that cannot be written: below a regular file, or in a folder without write access. It
+runs first, so it also records what the run will create there (recipes/created_dirs.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from typing_extensions import override
 
+from recipes.created_dirs import note
 from recipes.errors import RecipeError
 
 
@@ -44,13 +46,15 @@ class WritableRunDir(Callback):
         if process_rank() != 0:  # only rank 0 writes in the run dir (and probing it is a write)
             return
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolves
+        folder = Path(str(config.hydra[key.split(".")[1]].dir))
         try:
-            check_writable(Path(str(config.hydra[key.split(".")[1]].dir)), key)
+            check_writable(folder, key)
         except RecipeError as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {err}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)  # SystemExit passes Hydra's error report untouched
+        note(folder, sweep=key == "hydra.sweep.dir")
 
     @override
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:

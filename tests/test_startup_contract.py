@@ -63,6 +63,28 @@ def test_run_dir_that_cannot_be_created(tmp_path: Path) -> None:
     assert proc.returncode == 2 and blocker.is_file()
 
 
+@pytest.mark.parametrize("held", [["app.log", "old.log"], []], ids=["logs", "empty"])
+def test_a_refused_run_keeps_a_folder_that_existed(tmp_path: Path, held: list[str]) -> None:
+    """The user's own folder as hydra.run.dir: the refusal takes out what the run added (Hydra's
+    .hydra/ and train.log, the lock) and nothing else; the folder and its files stay."""
+    folder = tmp_path / "mylogs"
+    folder.mkdir()
+    for name in held:
+        (folder / name).write_text(f"{name} of the user\n")
+    proc = train_in_process(folder, "seed=-1")
+    assert_clean_failure(proc, None, "seed=-1")
+    assert proc.returncode == 2
+    assert sorted(p.name for p in folder.iterdir()) == held
+    assert all((folder / name).read_text() == f"{name} of the user\n" for name in held)
+
+
+def test_a_refused_run_removes_the_parents_it_made_and_no_other(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()  # an empty folder of the user's, above the new ones
+    proc = train_in_process(tmp_path / "mine" / "new" / "deeper" / "run", "seed=-1")
+    assert_clean_failure(proc, None, "seed=-1")
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
 def test_refused_multirun_leaves_no_sweep_dir(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = run_module("recipes.train", "--multirun", "seed=0,1", "trainer=ddp_sim", f"hydra.sweep.dir={sweep}")
