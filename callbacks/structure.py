@@ -150,24 +150,68 @@ def shapes_of(net: nn.Module) -> dict[str, list[int]]:
 def replay(net: nn.Module, recorded: list[dict[str, Any]]) -> nn.Module:
     """Apply recorded edits to a freshly built `net` (whose weights are loaded afterwards). An int8
     quantization edit (callbacks/quantize.py) instruments the layers the other edits leave, so it is
-    applied last whatever its place in the record."""
-    for edit in recorded:
+    applied last whatever its place in the record. The record comes from a checkpoint, so each edit
+    is checked first (`check_edit`): a malformed one is a ValueError naming it, never a huge tensor."""
+    if not isinstance(recorded, list):
+        raise ValueError(f"the structure record is a {type(recorded).__name__}, not a list of edits")
+    for index, edit in enumerate(recorded):
+        check_edit(net, edit, index)
         if edit["kind"] == "quantize":
             continue
         if edit["kind"] == "factor":
             for name, rank in edit["ranks"].items():
                 set_module(net, name, factored(net.get_submodule(name), rank))
-        elif edit["kind"] == "resize":
+        else:
             current = shapes_of(net)
             resize(net, {k: v for k, v in edit["shapes"].items() if current.get(k) != v})
-        else:
-            raise ValueError(f"unknown structural edit {edit['kind']!r} in the checkpoint")
         record(net, edit)
     if any(edit["kind"] == "quantize" for edit in recorded):
         from callbacks.quantize import instrument  # it builds on this module
 
         instrument(net)
     return net
+
+
+def check_edit(net: nn.Module, edit: Any, index: int) -> None:
+    """ValueError unless `edit` is one the compression steps record, and fits `net` as the edits before
+    it left it: a factor rank from 1 to the layer's full rank, of a Linear or Conv2d; a resize that
+    names existing tensors of the same number of dims and never grows one (steps only shrink layers)."""
+    where = f"edit {index}"
+    if not isinstance(edit, dict) or edit.get("kind") not in ("factor", "resize", "quantize"):
+        kind = edit.get("kind") if isinstance(edit, dict) else edit
+        raise ValueError(f"{where} is {kind!r}, not a factor, resize or quantize edit")
+    if edit["kind"] == "factor":
+        ranks = edit.get("ranks")
+        if not isinstance(ranks, dict):
+            raise ValueError(f"{where} (factor) has no ranks mapping")
+        for name, rank in ranks.items():
+            layer = _submodule(net, name, where)
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+                raise ValueError(f"{where} factors {name!r}, a {type(layer).__name__}, not a Linear or Conv2d")
+            full = min(layer.weight.shape[0], layer.weight[0].numel())
+            if type(rank) is not int or not 1 <= rank <= full:
+                raise ValueError(f"{where} gives {name!r} rank {rank!r}, outside 1..{full}")
+    elif edit["kind"] == "resize":
+        shapes, current = edit.get("shapes"), shapes_of(net)
+        if not isinstance(shapes, dict):
+            raise ValueError(f"{where} (resize) has no shapes mapping")
+        for key, shape in shapes.items():
+            old = current.get(key)
+            if old is None:
+                raise ValueError(f"{where} resizes {key!r}, which the net does not have")
+            if (
+                not isinstance(shape, list)
+                or len(shape) != len(old)
+                or not all(type(n) is int and 0 <= n <= m for n, m in zip(shape, old))
+            ):
+                raise ValueError(f"{where} resizes {key!r} from {old} to {shape!r}, which is not a shrink of it")
+
+
+def _submodule(net: nn.Module, name: Any, where: str) -> nn.Module:
+    try:
+        return net.get_submodule(name)
+    except (AttributeError, TypeError):
+        raise ValueError(f"{where} names {name!r}, which is not a layer of the net") from None
 
 
 def rebuild_optimizers(trainer: pl.Trainer) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
@@ -26,7 +27,15 @@ from callbacks.report import model_size
 from callbacks.step import CompressionStep
 from modules.task import Task
 from recipes.acceleration import CompileNet, model_options, to_channels_last
-from recipes.checkpoint import KEY, RecipeState, load_checkpoint, load_weights, resolve_ckpt_path
+from recipes.checkpoint import (
+    KEY,
+    RecipeState,
+    fold_masks,
+    load_checkpoint,
+    load_weights,
+    resolve_ckpt_path,
+    restore_structure,
+)
 from recipes.divergence import DivergenceGuard
 from recipes.errors import RecipeError
 from recipes.interrupt import SigtermStop
@@ -79,6 +88,7 @@ def reference_net(path: str, key: str, input_shape: tuple[int, ...], trusted: It
             f"{key}={path} was trained on inputs {tuple(entry['data']['input_shape'])} but the data gives "
             f"{tuple(input_shape)}: set data.image_size / data.channels to match"
         )
+    check_net_fits(ckpt, saved, DataShape(**entry["data"]), path, key)
     module = build_task(saved, DataShape(**entry["data"]), references={})
     return load_weights(ckpt, module, path, key).shipped_net.eval().requires_grad_(False)
 
@@ -93,6 +103,26 @@ class DataShape:
     @classmethod
     def of(cls, datamodule: Any) -> DataShape:
         return cls(tuple(datamodule.input_shape), datamodule.num_classes)
+
+
+def check_net_fits(ckpt: dict[str, Any], cfg: DictConfig, shape: DataShape, path: str, key: str) -> None:
+    """Before a loader builds a checkpoint's net for real: build it on the meta device (no memory),
+    replay the recorded structure and check that its shapes are the weights' shapes, so a saved model
+    config with absurd sizes is refused in one line instead of allocating them."""
+    model, _ = model_options(cfg.model)
+    with torch.device("meta"):
+        net = instantiate_part(model, "model", input_shape=list(shape.input_shape), num_classes=shape.num_classes)
+        restore_structure(ckpt, net, path, key)
+    wanted = {name: tuple(t.shape) for name, t in fold_masks(net.state_dict()).items()}
+    saved = {name: tuple(t.shape) for name, t in fold_masks(ckpt["state_dict"]).items()}
+    first = next(iter(wanted), None)
+    prefixes = {name[: -len(first)] for name in saved if first is not None and name.endswith(first)}
+    if not any(all(saved.get(prefix + name) == size for name, size in wanted.items()) for prefix in prefixes):
+        size = sum(math.prod(s) for s in wanted.values())
+        raise RecipeError(
+            f"{key}={path}: its saved model config builds a net of {size:,} weights that do not fit the "
+            f"weights stored with it; it was not written by recipes.train"
+        )
 
 
 def build_task(cfg: DictConfig, shape: DataShape, references: dict[str, nn.Module | None]) -> Task:
@@ -293,6 +323,7 @@ def rebuild(
     cfg = saved_config(ckpt, "ckpt_path", ckpt_path, trusted)
     for key, value in (overrides or {}).items():  # dotted keys; nested mappings merge into the saved ones
         OmegaConf.update(cfg, key, value, merge=True)
+    check_net_fits(ckpt, cfg, DataShape(**ckpt[KEY]["data"]), ckpt_path, "ckpt_path")
     datamodule = build_datamodule(cfg)
     module = load_weights(ckpt, build_module(cfg, datamodule, trusted), ckpt_path)
     return cfg, datamodule, module, ckpt[KEY].get("choices", {})
@@ -307,6 +338,7 @@ def load_task(ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: 
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, merge=True)
     data = ckpt[KEY]["data"]
+    check_net_fits(ckpt, cfg, DataShape(tuple(data["input_shape"]), data["num_classes"]), ckpt_path, "ckpt_path")
     module = build_sized_task(cfg, DataShape(tuple(data["input_shape"]), data["num_classes"]), trusted)
     return load_weights(ckpt, module, ckpt_path)
 

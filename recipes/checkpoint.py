@@ -133,12 +133,17 @@ def model_name(ckpt: dict[str, Any]) -> str:
     return str(ckpt[KEY].get("choices", {}).get("model") or ckpt[KEY]["config"]["model"]["_target_"])
 
 
-def restore_structure(ckpt: dict[str, Any], net: torch.nn.Module) -> None:
+def restore_structure(ckpt: dict[str, Any], net: torch.nn.Module, path: str, key: str = "ckpt_path") -> None:
     """Give a net fresh from its config the layer edits (factoring, shrinking) the checkpoint's net
-    went through, so its weights fit."""
+    went through, so its weights fit; a malformed record is refused in one line."""
     recorded = ckpt[KEY].get("structure", [])
     if recorded and not edits(net):
-        replay(net, recorded)
+        try:
+            replay(net, recorded)
+        except ValueError as err:
+            raise RecipeError(
+                f"{key}={path}: its '{KEY}.structure' record is malformed ({err}); it was not written by recipes.train"
+            ) from None
 
 
 def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str, key: str = "ckpt_path") -> None:
@@ -163,7 +168,7 @@ def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str
 def load_weights(ckpt: dict[str, Any], module: Task, path: str, key: str = "ckpt_path") -> Task:
     """The one load sequence of a checkpoint into a module its config built: replay the structure
     edits on the shipped net, check that the weights fit, load them (pruning masks folded in)."""
-    restore_structure(ckpt, module.shipped_net)
+    restore_structure(ckpt, module.shipped_net, path, key)
     check_compatible(ckpt, module, path, key)
     module.load_state_dict(fold_masks(ckpt["state_dict"]))
     return module

@@ -127,6 +127,24 @@ def payloads(traps: Traps) -> dict[str, tuple[str, Any, str]]:
         ),
         "task_as_model": ("config.model._target_", "modules.classifier.ClassifierModule", "(task), not for model"),
         "no_model": ("config.model", None, "has no model._target_ to build its model from"),
+        # a structure record that would allocate 300,000 x 64 GB of weights, or names no edit at all
+        "structure_huge": (
+            "structure",
+            [{"kind": "resize", "shapes": {"1.weight": [300_000_000_000, 64]}}],
+            "'recipe.structure' record is malformed (edit 0 resizes '1.weight' from [300, 64] to",
+        ),
+        "structure_unknown": ("structure", [{"kind": "rm -rf"}], "edit 0 is 'rm -rf', not a factor"),
+        "structure_bad_rank": (
+            "structure",
+            [{"kind": "factor", "ranks": {"1": 10**9}}],
+            "rank 1000000000, outside 1..64",
+        ),
+        "structure_no_layer": ("structure", [{"kind": "factor", "ranks": {"9.9": 2}}], "'9.9', which is not a layer"),
+        "huge_model": (
+            "config.model.hidden",
+            [10**7, 10**7],
+            "builds a net of 100,000,760,000,010 weights that do not fit",
+        ),
         "data_entry": (
             "data.num_classes",
             {"_target_": "builtins.open", "file": str(traps.victim), "mode": "w"},
@@ -148,6 +166,11 @@ PAYLOADS = [
     "transform_as_data",
     "task_as_model",
     "no_model",
+    "structure_huge",
+    "structure_unknown",
+    "structure_bad_rank",
+    "structure_no_layer",
+    "huge_model",
     "data_entry",
 ]
 
@@ -199,6 +222,23 @@ def test_a_hostile_config_is_refused_before_anything_runs(
     message = str(refused.value)
     key = "ckpt_path" if entry_point == "rebuild" else "task.teacher_ckpt"
     assert message.startswith(f"{key}={path}: its ") and named in message and "\n" not in message
+    assert traps.untouched()
+
+
+def test_a_target_where_no_loader_builds_is_never_imported(
+    genuine: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown targets in the parts no loader builds (callbacks, strategy, trainer plugins) are
+    ignored: the checkpoint evaluates, and the package they name is never imported."""
+    traps = Traps(tmp_path)
+    monkeypatch.syspath_prepend(str(traps.site))
+    evil = {"_target_": "evilpkg.module.Thing"}
+    ckpt = with_node(genuine, "config.callbacks.evil", evil)
+    ckpt = with_node(ckpt, "config.strategy", evil)
+    ckpt = with_node(ckpt, "config.trainer.plugins", [evil])
+    torch.save(ckpt, tmp_path / "ignored.ckpt")
+    _, _, module, _ = rebuild(str(tmp_path / "ignored.ckpt"))
+    assert module.shipped_net is not None
     assert traps.untouched()
 
 
