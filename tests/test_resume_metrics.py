@@ -153,3 +153,22 @@ def test_rows_at_the_resumed_step_are_replaced_only_when_logged_again(tmp_path: 
         ("20", "train/loss"),
         ("21", "lr"),
     ]
+
+
+@pytest.mark.slow
+def test_a_pruning_run_stopped_mid_ramp_resumes_to_the_same_metrics_csv(tmp_path: Path) -> None:
+    """recipe=prune, stopped by SIGTERM at step 45 (epoch 2, while the sparsity ramps up) and resumed
+    from epoch 1's last.ckpt: the same metrics.csv and checkpoint files as the run left alone."""
+    prune = (
+        "recipe=prune",
+        "trainer.max_epochs=4",
+        "compress.prune.start_epoch=1",
+        "compress.prune.end_epoch=3",
+        "trainer.log_every_n_steps=7",
+    )
+    uninterrupted, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
+    train_ok_in_process(uninterrupted, *prune)
+    faulted = train_in_process(stopped, *prune, KILL, "+callbacks.kill.signal=SIGTERM", "+callbacks.kill.step=45")
+    assert faulted.returncode == 143, faulted.stderr[-2000:]
+    train_ok_in_process(stopped, *prune, "ckpt_path=last")
+    assert_same_run(stopped, uninterrupted)
