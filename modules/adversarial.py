@@ -226,6 +226,7 @@ class AdversarialModule(ClassifierModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint[GUARD_KEY] = {
             "best_robust": self.best_robust,
             "record": self.guard_record,
@@ -234,6 +235,7 @@ class AdversarialModule(ClassifierModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get(GUARD_KEY)
         if not state:
             return

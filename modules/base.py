@@ -12,6 +12,8 @@ from typing_extensions import override
 
 # Attributes that only ever hold plain Python values and are set many times per training step.
 _PLAIN_ATTRS = frozenset({"_current_fx_name", "_loss_count", "_train_seen"})
+# The checkpoint entry holding the training losses accumulated since `train/loss` was last logged.
+TRAIN_LOSS_KEY = "train_loss_since_log"
 
 
 class RecipeModule(pl.LightningModule):
@@ -24,7 +26,9 @@ class RecipeModule(pl.LightningModule):
 
     `track_train_loss` accumulates the loss on-device and logs its mean as `train/loss` only on the
     steps Lightning forwards to the loggers (`trainer.log_every_n_steps`): a per-step `self.log`
-    costs more than a tiny step, and a per-step `.item()` would stall the GPU.
+    costs more than a tiny step, and a per-step `.item()` would stall the GPU. The steps since the last
+    such log ride in every checkpoint, so a resumed run logs the same `train/loss` as an uninterrupted
+    one (a subclass that overrides on_save_checkpoint / on_load_checkpoint calls super()).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -57,3 +61,16 @@ class RecipeModule(pl.LightningModule):
             self.log("train/loss", self._loss_sum / self._loss_count, prog_bar=True)
             self._loss_sum.zero_()
             self._loss_count = 0
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints are written at epoch ends, which rarely fall on a logging step: the sum of the
+        # losses since the last `train/loss` (a plain tensor and an int: weights_only-safe).
+        checkpoint[TRAIN_LOSS_KEY] = {"sum": self._loss_sum.detach().cpu().clone(), "count": self._loss_count}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(TRAIN_LOSS_KEY)  # absent in a checkpoint written before it was kept
+        if saved is not None:
+            self._loss_sum.copy_(saved["sum"])
+            self._loss_count = int(saved["count"])

@@ -282,6 +282,7 @@ class GanModule(Task):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The checkpoint's generator is the averaged one (what is tested, exported and evaluated);
         # the trained weights and the average ride along for a resume.
+        super().on_save_checkpoint(checkpoint)
         if self.generator_average is None or not self.generator_average.average:
             return
         prefix, state = f"{self.shipped_prefix()}.", checkpoint["state_dict"]
@@ -295,6 +296,7 @@ class GanModule(Task):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A resume (trainer.fit(ckpt_path=...)) continues from the trained weights and their average.
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("generator_average")
         if saved is None or self.generator_average is None:
             return

@@ -25,17 +25,40 @@ from recipes.atomic import atomic_write
 class _KeepingWriter(ExperimentWriter):
     """Lightning's writer, minus the delete at creation, appending under the file's own header."""
 
+    #: The step a resumed run continues from (HistoryCSVLogger.continue_from), until its first training
+    #: row is saved; None otherwise.
+    resumed_at: int | None = None
+
     @override
     def _check_log_dir_exists(self) -> None:
         """Keep metrics.csv: HistoryCSVLogger.continue_from decides what happens to it."""
 
     @override
     def save(self) -> None:
+        if self.resumed_at is not None and any(not _is_test_row(row) for row in self.metrics):
+            self._replace_rows_at(self.resumed_at, min(int(row["step"]) for row in self.metrics))
+            self.resumed_at = None
         # Columns already in the file (an earlier run, or a spawned fit's rank 0) stay columns: the
         # base class rewrites the file under metrics_keys when a new column appears.
         if self.metrics and os.path.isfile(self.metrics_file_path):
             self.metrics_keys = sorted(set(self.metrics_keys) | set(_header(self.metrics_file_path)))
         super().save()
+
+    def _replace_rows_at(self, step: int, first: int) -> None:
+        """The resumed run's first training rows are about to be written, the earliest at step `first`.
+        When that is the resumed step itself, the interrupted run's rows there were logged after its
+        checkpoint (the next epoch's learning rate, its first batch's train/loss): they are logged again
+        now, so the old ones go. A final test's rows stay (nothing logs them again); so do rows at the
+        step when the resumed run logs from the next one (a checkpoint written at validation end is
+        taken before the step counter moves on, and the epoch's own rows share its step)."""
+        if first > step or not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as file:
+            reader = csv.DictReader(file)
+            rows = list(reader)
+        kept = [row for row in rows if not row.get("step") or int(float(row["step"])) != step or _is_test_row(row)]
+        if len(kept) < len(rows):
+            _write_rows(self.metrics_file_path, list(reader.fieldnames or []), kept)
 
     @override
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
@@ -64,13 +87,15 @@ class HistoryCSVLogger(CSVLogger):
         run resumes a checkpoint saved at logger step `step`: rows logged after it (the rest of an
         interrupted epoch, or a later trajectory abandoned by resuming an older checkpoint) go,
         because the resumed run logs those steps again; rows at `step` itself stay (the last
-        finished epoch's and a final test's)."""
+        finished epoch's and a final test's) unless the resumed run logs that step again
+        (_KeepingWriter._replace_rows_at, when it writes its first rows)."""
         path = self.experiment.metrics_file_path
         if not os.path.isfile(path):
             return
         if step is None:
             os.remove(path)
             return
+        self.experiment.resumed_at = step
         with open(path, newline="") as file:
             reader = csv.DictReader(file)
             rows = list(reader)
@@ -89,6 +114,13 @@ def continue_history(loggers: list[Logger], resumed: dict[str, Any] | None) -> N
     for logger in loggers:
         if isinstance(logger, HistoryCSVLogger):
             logger.continue_from(step)
+
+
+def _is_test_row(row: dict[str, Any]) -> bool:
+    """A row of the end-of-run test (recipes.testing logs only `test/...` metrics, at the run's last
+    step), as opposed to the training rows that a resumed run logs again."""
+    names = [key for key, value in row.items() if key not in ("step", "epoch") and value not in ("", None)]
+    return bool(names) and all(name.startswith("test/") for name in names)
 
 
 def _header(path: str) -> list[str]:
