@@ -67,6 +67,11 @@ def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
         return None
     if value == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file() and run_dir.is_dir():  # a run stopped before its first epoch ended
+            raise RecipeError(
+                f"ckpt_path=last: there is no {last}: no epoch of the run in {run_dir} finished, so there is "
+                f"nothing to resume; run it again without ckpt_path"
+            )
         if not last.is_file():
             raise RecipeError(f"ckpt_path=last: there is no {last}; pass hydra.run.dir=<the run dir to resume>")
         try:

@@ -124,6 +124,15 @@ def test_resume_after_a_corrupt_last_ckpt_from_the_named_checkpoint(two_epochs: 
     assert torch.load(last, weights_only=True)["epoch"] == 2
 
 
+def test_resume_where_no_epoch_finished_says_to_run_again(tmp_path: Path) -> None:
+    """A run dir whose run was killed before its first last.ckpt: nothing to resume, and the line says so."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(RecipeError, match=r"no epoch of the run in .* finished.*run it again without ckpt_path"):
+        resolve_ckpt_path("last", tmp_path / "run")
+    with pytest.raises(RecipeError, match=r"pass hydra.run.dir=<the run dir to resume>"):
+        resolve_ckpt_path("last", tmp_path / "elsewhere")
+
+
 def test_a_resume_appends_to_metrics_csv(two_epochs: Path, tmp_path: Path) -> None:
     """2 epochs, then `ckpt_path=last` to 3: metrics.csv holds epochs 0..2, the first rows unchanged."""
     run_dir = copy_run(two_epochs, tmp_path)
