@@ -26,8 +26,10 @@ SLOW_STEPS = [
 ]
 
 
-def stop_after_first_epoch(run_dir: Path, *overrides: str) -> tuple[int, str]:
-    """Start a slowed-down run, send SIGTERM once its first last.ckpt exists; (exit status, stderr)."""
+def stop_after_first_epoch(
+    run_dir: Path, *overrides: str, signals: tuple[int, ...] = (signal.SIGTERM,)
+) -> tuple[int, str]:
+    """Start a slowed-down run, send `signals` (SIGTERM) once its first last.ckpt exists; (exit status, stderr)."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.Popen(
         [
@@ -50,17 +52,20 @@ def stop_after_first_epoch(run_dir: Path, *overrides: str) -> tuple[int, str]:
     while not (run_dir / "checkpoints" / "last.ckpt").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch end"
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    for signum in signals:
+        proc.send_signal(signum)
+        time.sleep(0.05)
     _, stderr = proc.communicate(timeout=120)
     return proc.returncode, stderr
 
 
-def assert_stopped(code: int, stderr: str, run_dir: Path) -> list[str]:
-    """Exit 143, a last line with the resume command; returns that command's arguments."""
-    assert code == 143, stderr[-3000:]
+def assert_stopped(code: int, stderr: str, run_dir: Path, name: str = "SIGTERM", exit_code: int = 143) -> list[str]:
+    """Exit 143 (SIGTERM), a last line with the resume command; returns that command's arguments."""
+    assert code == exit_code, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
+    assert len([line for line in stderr.splitlines() if line.startswith("error:")]) == 1, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: stopped by SIGTERM at epoch "), last
+    assert last.startswith(f"error: stopped by {name} at epoch "), last
     command = shlex.split(last.split("resume with: ", 1)[1])
     assert command[:3] == ["python", "-m", "recipes.train"] and command[-2:] == [
         f"hydra.run.dir={run_dir}",
@@ -80,6 +85,36 @@ def test_sigterm_exits_143_and_resumes(run_dir: Path) -> None:
     results = json.loads((run_dir / "results.json").read_text())
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
     assert results["metrics"]["test/acc"] > 0.5
+
+
+@pytest.mark.parametrize("presses", [1, pytest.param(2, marks=pytest.mark.slow)], ids=["once", "twice"])
+def test_ctrl_c_ends_like_sigterm_with_exit_130(run_dir: Path, presses: int) -> None:
+    """SIGINT (Ctrl-C) during training: the same one line and resume command as SIGTERM, exit 130 (the
+    shell's 128 + SIGINT), last.ckpt intact. A second Ctrl-C interrupts the batch at once (Lightning's
+    KeyboardInterrupt path) and ends the same way."""
+    code, stderr = stop_after_first_epoch(run_dir, "trainer.max_epochs=3", signals=(signal.SIGINT,) * presses)
+    command = assert_stopped(code, stderr, run_dir, "SIGINT", 130)
+    assert "+callbacks.slow.seconds=0.1" in command  # the run's own overrides, as SIGTERM's line gives them
+    assert not (run_dir / "results.json").exists()
+
+
+def test_a_keyboard_interrupt_outside_the_training_loop_counts_as_sigint() -> None:
+    """Before on_train_start (set-up, sanity check) Ctrl-C is Python's KeyboardInterrupt, which Lightning
+    turns into sys.exit(1): that exit, or the interrupt itself, is a stop by SIGINT; other exits are not."""
+    from types import SimpleNamespace
+
+    from recipes.interrupt import _stopped_by
+
+    trainer = SimpleNamespace(callbacks=[], received_sigterm=False)
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemExit(1)  # noqa: B904 - what Lightning's _call_and_handle_interrupt does
+    except SystemExit as lightning_exit:
+        assert _stopped_by(lightning_exit, trainer) == signal.SIGINT
+    assert _stopped_by(KeyboardInterrupt(), trainer) == signal.SIGINT
+    assert _stopped_by(SystemExit(1), trainer) is None and _stopped_by(ValueError(), trainer) is None
 
 
 @pytest.mark.slow
