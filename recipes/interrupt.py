@@ -78,6 +78,18 @@ def rerun_command(run_dir: Path, resume: bool) -> str:
     return shlex.join(["python", "-m", "recipes.train", *keep, *extra])
 
 
+def how_to_go_on(before: str = "") -> str:
+    """The end of a stopped run's line: `before` (what to fix first, if anything) and the command that
+    resumes it from the launch's run dir (a prerequisite trains in a subdir of it), or runs it again
+    when no epoch had finished."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    then = f"{before}, then " if before else ""
+    if resume:
+        return f"{then}resume with: {rerun_command(run_dir, resume)}"
+    return f"no epoch had finished, so there is no checkpoint; {then}run again with: {rerun_command(run_dir, resume)}"
+
+
 def _stopped_by(err: BaseException, trainer: pl.Trainer) -> signal.Signals | None:
     """The signal that stopped the fit, or None when `err` is another failure. Lightning turns a
     KeyboardInterrupt (Ctrl-C outside the training loop, or a second one) into sys.exit(1)."""
@@ -105,10 +117,6 @@ def stop_on_sigterm(trainer: pl.Trainer) -> Iterator[None]:
             raise
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # a peer still in a collective fails now, not at timeout
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-        how = "resume with: " if resume else "no epoch had finished, so there is no checkpoint; run again with: "
         raise RunStopped(
-            f"stopped by {signum.name} at epoch {trainer.current_epoch}; {how}{rerun_command(run_dir, resume)}",
-            STOP_SIGNALS[signum],
+            f"stopped by {signum.name} at epoch {trainer.current_epoch}; {how_to_go_on()}", STOP_SIGNALS[signum]
         ) from None
