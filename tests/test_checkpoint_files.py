@@ -113,6 +113,27 @@ def test_a_disk_that_fills_mid_run_stops_with_one_line_and_keeps_the_last_checkp
         )
 
 
+@pytest.mark.slow  # a DDP launch in a subprocess: ~15 s
+def test_a_disk_that_fills_under_ddp_stops_every_rank_with_one_line(tmp_path: Path) -> None:
+    """trainer=ddp_sim (2 ranks, Lightning's subprocess launcher): rank 0's failed save ends the run with
+    the same one line and exit 1, and no rank is left 10 s later."""
+    with small_disk(tmp_path / "disk") as disk:
+        run_dir = disk / "run"
+        fault = [
+            "+callbacks.fault._target_=tests.faults.FillDiskAt",
+            "+callbacks.fault.epoch=1",
+            f"+callbacks.fault.folder={disk}",
+        ]
+        proc = train(run_dir, "trainer=ddp_sim", *FAULT_RUN, *fault, timeout=240)
+        assert_stopped_with_the_last_good_checkpoint(proc, run_dir, "(No space left on device)", "free some space")
+        deadline = time.monotonic() + 10
+        while (
+            f"hydra.run.dir={run_dir}" in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        ):
+            assert time.monotonic() < deadline, "a rank outlived the run by 10 s"
+            time.sleep(0.2)
+
+
 def test_a_failed_checkpoint_write_stops_with_one_line_wherever_a_disk_can_fill(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
