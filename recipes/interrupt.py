@@ -1,8 +1,8 @@
 """SIGTERM (a scheduler's stop, a pre-emption) ends a run with exit status 143, SLURM's convention,
 and one line that says how to resume, instead of Lightning's silent exit 0. SIGINT (Ctrl-C) ends it
 alike, with exit status 130 (128 + SIGINT, what a shell reports for a command stopped by Ctrl-C),
-instead of Lightning's silent exit 1; a second Ctrl-C interrupts at once (a batch stuck in a
-collective), and still ends with the same line.
+instead of Lightning's silent exit 1; a second Ctrl-C (a batch stuck in a collective) interrupts at once
+and still ends with the same line, and once the stop is under way Ctrl-C is ignored, as Lightning does.
 
 Lightning's own SIGTERM handler (trainer/connectors/signal_connector.py) makes the loops raise
 SIGTERMException, a SystemExit with status 0, and runs a DDP broadcast inside the signal handler,
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import shlex
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +40,9 @@ from typing_extensions import override
 from recipes.errors import EXIT_SIGINT, EXIT_SIGTERM, RunStopped
 
 STOP_SIGNALS = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGINT: EXIT_SIGINT}  # the signals that stop a run, and its exit
+# A SIGINT this long after the first is a second Ctrl-C; one sooner is the same press reaching a DDP child
+# twice (from the terminal, to the whole process group, and forwarded by rank 0).
+SECOND_CTRL_C_S = 1.0
 
 
 class SigtermStop(Callback):
@@ -47,15 +52,16 @@ class SigtermStop(Callback):
     def __init__(self) -> None:
         self.received = False
         self.signum = signal.SIGTERM
+        self.noted_at = 0.0
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After Lightning registered its handlers (trainer._run); its teardown restores the originals.
         def note(signum: int, frame: FrameType | None) -> None:
-            if self.received and signum == signal.SIGINT:
+            if self.received and signum == signal.SIGINT and time.monotonic() - self.noted_at >= SECOND_CTRL_C_S:
                 raise KeyboardInterrupt  # a second Ctrl-C: Lightning's interrupt path, now
             if not self.received:
-                self.signum = signal.Signals(signum)
+                self.signum, self.noted_at = signal.Signals(signum), time.monotonic()
                 if trainer.strategy.launcher is not None:
                     trainer.strategy.launcher.kill(signum)  # the DDP children this process started, if any
             self.received = True
@@ -115,6 +121,10 @@ def stop_on_sigterm(trainer: pl.Trainer) -> Iterator[None]:
         signum = _stopped_by(err, trainer)
         if signum is None:
             raise
+        if signum == signal.SIGINT and threading.current_thread() is threading.main_thread():
+            signal.signal(
+                signal.SIGINT, signal.SIG_IGN
+            )  # the line and the exit follow: another Ctrl-C would cut them off
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # a peer still in a collective fails now, not at timeout
         raise RunStopped(
