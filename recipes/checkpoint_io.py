@@ -5,6 +5,10 @@ $TMPDIR: moving it onto another filesystem is a copy, and a kill or a full disk 
 leaves a 0-byte or truncated last.ckpt. This plugin goes to the trainer's `plugins` (conf/trainer),
 which Lightning hands to every strategy, so every checkpoint of every recipe is written this way.
 
+A save that fails on the file system (a full disk, a folder made read-only, a quota) stops the run
+with CheckpointWriteError, one line naming the file and the reason, not a chain of tracebacks (torch's
+zip writer adds its own RuntimeError to the OSError); the checkpoints written before stay as they were.
+
 Lightning's removal of an old checkpoint is `fs.rm(path, recursive=True)` on whatever the path names;
 the path can come from a resumed checkpoint's callback state (recipes/resume_paths.py drops foreign
 ones first). Here a removal never takes a folder: a second line of defence.
@@ -12,6 +16,7 @@ ones first). Here a removal never takes a folder: a second line of defence.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -24,6 +29,33 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
 from recipes.atomic import atomic_write, remove_partials
+from recipes.errors import RunStopped
+
+# What the user can do about a failed write, by errno (anything else: the reason is all there is to say).
+_REMEDIES = {
+    errno.ENOSPC: "free some space on its disk",
+    errno.EDQUOT: "free some space within your disk quota",
+    errno.EROFS: "make its folder writable",
+    errno.EACCES: "make its folder writable",
+    errno.EPERM: "make its folder writable",
+}
+
+
+class CheckpointWriteError(RunStopped):
+    """A checkpoint the file system refused mid-run; `remedy` is what to do before resuming."""
+
+    def __init__(self, message: str, remedy: str) -> None:
+        super().__init__(message)
+        self.remedy = remedy
+
+
+def os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err`, itself or in its chain (torch raises a RuntimeError while handling one)."""
+    seen: BaseException | None = err
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
 
 log = logging.getLogger(__name__)
 _LOCAL = ("file", "local")
@@ -40,8 +72,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             # remote storage (s3://...) commits whole objects itself; Lightning's path handles it
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        remove_partials(Path(path).parent)  # left by a save that was killed
-        atomic_write(path, lambda file: torch.save(checkpoint, file))
+        try:
+            remove_partials(Path(path).parent)  # left by a save that was killed
+            atomic_write(path, lambda file: torch.save(checkpoint, file))
+        except Exception as err:
+            cause = os_error(err)
+            if cause is None:
+                raise
+            reason = cause.strerror or str(cause)
+            raise CheckpointWriteError(
+                f"checkpoint {path} could not be written ({reason}); the checkpoints written before it are intact",
+                _REMEDIES.get(cause.errno or 0, "fix that"),
+            ) from err
 
     @override
     def remove_checkpoint(self, path: str | os.PathLike) -> None:

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from recipes import config_errors
 from recipes.created_dirs import remove_created
 from recipes.cuda_check import drop_nvml_check_without_gpus
-from recipes.errors import EXIT_SIGTERM, RecipeError, RunStopped
+from recipes.errors import EXIT_SIGINT, EXIT_SIGTERM, RecipeError, RunStopped
 
 EXIT_BAD_INPUT = 2
 
@@ -222,8 +222,8 @@ def in_search_trial() -> bool:
 def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) -> Any:
     """Run `task(cfg)`; on RecipeError print one line, remove a run dir this run created, exit 2; on
     RunStopped (diverged, SIGTERM) print one line (rank 0) and exit with its code, keeping the run dir.
-    In a search trial, both raise TrialFailed instead (the line printed alike), except a SIGTERM, which
-    stops the sweep as it stops a run."""
+    In a search trial, both raise TrialFailed instead (the line printed alike), except a SIGTERM or a
+    SIGINT, which stops the sweep as it stops a run."""
     quiet_libraries()  # again here: a submitit job calls the task function without run_main
     log_libraries_to_file()
     drop_nvml_check_without_gpus()  # after Lightning's import set it: see recipes/cuda_check.py
@@ -236,7 +236,7 @@ def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) ->
             print(f"error: {err}", file=sys.stderr)
         else:
             _outlive_launcher()
-        if err.exit_code != EXIT_SIGTERM and in_search_trial():
+        if err.exit_code not in (EXIT_SIGTERM, EXIT_SIGINT) and in_search_trial():
             raise TrialFailed(str(err)) from None
         sys.exit(err.exit_code)
     except RecipeError as err:

@@ -5,6 +5,7 @@ every message must say what happened and what to do next.
 """
 
 EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell and SLURM report for a job stopped by SIGTERM
+EXIT_SIGINT = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 class RecipeError(Exception):

@@ -1,5 +1,5 @@
-"""The fit stage of recipes.train: `trainer.fit` with SIGTERM and lost-peer handling, the parallel
-section of results.json, and the choice of the checkpoint the run ships."""
+"""The fit stage of recipes.train: `trainer.fit` with SIGTERM, lost-peer and failed-checkpoint-write
+handling, the parallel section of results.json, and the choice of the checkpoint the run ships."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import lightning.pytorch as pl
 import torch
 
 from recipes.build import Parts
+from recipes.checkpoint_io import CheckpointWriteError
 from recipes.errors import RunStopped
-from recipes.interrupt import stop_on_sigterm
+from recipes.interrupt import how_to_go_on, stop_on_sigterm
 from recipes.results import parallel_results
 from recipes.strategies.timeout import collective_failure
 
@@ -59,6 +60,8 @@ def fit(parts: Parts, run_dir: Path, keep_weights: bool = False) -> Fitted | Non
     with stop_on_sigterm(trainer), resuming(parts.ckpt_path):
         try:
             trainer.fit(module, datamodule=parts.datamodule, ckpt_path=parts.ckpt_path, weights_only=True)
+        except CheckpointWriteError as err:  # a full disk, a read-only folder: one line, exit 1, run dir kept
+            raise RunStopped(f"{err}: {how_to_go_on(err.remedy)}") from err
         except Exception as err:
             stalled = collective_failure(err, trainer.strategy)  # a lost peer: one line, run dir kept
             if stalled is None:

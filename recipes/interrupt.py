@@ -1,5 +1,8 @@
 """SIGTERM (a scheduler's stop, a pre-emption) ends a run with exit status 143, SLURM's convention,
-and one line that says how to resume, instead of Lightning's silent exit 0.
+and one line that says how to resume, instead of Lightning's silent exit 0. SIGINT (Ctrl-C) ends it
+alike, with exit status 130 (128 + SIGINT, what a shell reports for a command stopped by Ctrl-C),
+instead of Lightning's silent exit 1; a second Ctrl-C (a batch stuck in a collective) interrupts at once
+and still ends with the same line, and once the stop is under way Ctrl-C is ignored, as Lightning does.
 
 Lightning's own SIGTERM handler (trainer/connectors/signal_connector.py) makes the loops raise
 SIGTERMException, a SystemExit with status 0, and runs a DDP broadcast inside the signal handler,
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import shlex
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,24 +37,37 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from recipes.errors import EXIT_SIGTERM, RunStopped
+from recipes.errors import EXIT_SIGINT, EXIT_SIGTERM, RunStopped
+
+STOP_SIGNALS = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGINT: EXIT_SIGINT}  # the signals that stop a run, and its exit
+# A SIGINT this long after the first is a second Ctrl-C; one sooner is the same press reaching a DDP child
+# twice (from the terminal, to the whole process group, and forwarded by rank 0).
+SECOND_CTRL_C_S = 1.0
 
 
 class SigtermStop(Callback):
-    """Notes SIGTERM during training (no collective in the handler) and stops at the next batch end."""
+    """Notes SIGTERM or SIGINT during training (no collective in the handler) and stops at the next
+    batch end; `signum` is the first signal noted."""
 
     def __init__(self) -> None:
         self.received = False
+        self.signum = signal.SIGTERM
+        self.noted_at = 0.0
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After Lightning registered its handlers (trainer._run); its teardown restores the originals.
         def note(signum: int, frame: FrameType | None) -> None:
-            if not self.received and trainer.strategy.launcher is not None:
-                trainer.strategy.launcher.kill(signum)  # the DDP children this process started, if any
+            if self.received and signum == signal.SIGINT and time.monotonic() - self.noted_at >= SECOND_CTRL_C_S:
+                raise KeyboardInterrupt  # a second Ctrl-C: Lightning's interrupt path, now
+            if not self.received:
+                self.signum, self.noted_at = signal.Signals(signum), time.monotonic()
+                if trainer.strategy.launcher is not None:
+                    trainer.strategy.launcher.kill(signum)  # the DDP children this process started, if any
             self.received = True
 
-        signal.signal(signal.SIGTERM, note)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, note)
 
     @override
     def on_train_batch_end(
@@ -66,21 +84,49 @@ def rerun_command(run_dir: Path, resume: bool) -> str:
     return shlex.join(["python", "-m", "recipes.train", *keep, *extra])
 
 
+def how_to_go_on(before: str = "") -> str:
+    """The end of a stopped run's line: `before` (what to fix first, if anything) and the command that
+    resumes it from the launch's run dir (a prerequisite trains in a subdir of it), or runs it again
+    when no epoch had finished."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    then = f"{before}, then " if before else ""
+    if resume:
+        return f"{then}resume with: {rerun_command(run_dir, resume)}"
+    return f"no epoch had finished, so there is no checkpoint; {then}run again with: {rerun_command(run_dir, resume)}"
+
+
+def _stopped_by(err: BaseException, trainer: pl.Trainer) -> signal.Signals | None:
+    """The signal that stopped the fit, or None when `err` is another failure. Lightning turns a
+    KeyboardInterrupt (Ctrl-C outside the training loop, or a second one) into sys.exit(1)."""
+    noted = [c.signum for c in trainer.callbacks if isinstance(c, SigtermStop) and c.received]
+    if noted:
+        return noted[0]
+    if isinstance(err, KeyboardInterrupt) or (
+        isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)
+    ):
+        return signal.SIGINT
+    if isinstance(err, SIGTERMException) or trainer.received_sigterm:
+        return signal.SIGTERM
+    return None
+
+
 @contextmanager
 def stop_on_sigterm(trainer: pl.Trainer) -> Iterator[None]:
-    """Around trainer.fit: a stop by SIGTERM becomes RunStopped(exit 143) with the resume command,
-    which names the launch's run dir (a prerequisite trains in a subdir of it)."""
+    """Around trainer.fit: a stop by SIGTERM (or SIGINT) becomes RunStopped(exit 143, or 130) with the
+    resume command, which names the launch's run dir (a prerequisite trains in a subdir of it)."""
     try:
         yield
     except BaseException as err:
-        noted = any(isinstance(c, SigtermStop) and c.received for c in trainer.callbacks)
-        if not (isinstance(err, SIGTERMException) or noted or trainer.received_sigterm):
+        signum = _stopped_by(err, trainer)
+        if signum is None:
             raise
+        if signum == signal.SIGINT and threading.current_thread() is threading.main_thread():
+            signal.signal(
+                signal.SIGINT, signal.SIG_IGN
+            )  # the line and the exit follow: another Ctrl-C would cut them off
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # a peer still in a collective fails now, not at timeout
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-        how = "resume with: " if resume else "no epoch had finished, so there is no checkpoint; run again with: "
         raise RunStopped(
-            f"stopped by SIGTERM at epoch {trainer.current_epoch}; {how}{rerun_command(run_dir, resume)}", EXIT_SIGTERM
+            f"stopped by {signum.name} at epoch {trainer.current_epoch}; {how_to_go_on()}", STOP_SIGNALS[signum]
         ) from None

@@ -1,6 +1,9 @@
 """A Hydra callback that refuses, in one line and before Hydra creates or writes anything, a run dir
-(or sweep dir) that cannot be written: below a regular file, or in a folder without write access. It
-runs first, so it also records what the run will create there (recipes/created_dirs.py)."""
+(or sweep dir) that cannot be written: below a regular file, in a folder without write access (or on
+a read-only file system), with a folder name longer than its file system allows, or an existing run
+dir whose folders (checkpoints/, csv/, .hydra/, ...) cannot be written, which a resume would otherwise
+meet only when it writes its first checkpoint, an epoch later. It runs first, so it also records
+what the run will create there (recipes/created_dirs.py)."""
 
 from __future__ import annotations
 
@@ -18,21 +21,50 @@ from typing_extensions import override
 from recipes.created_dirs import note
 from recipes.errors import RecipeError
 
+# The folders a run writes in its run dir (Hydra's .hydra/, conf/callbacks, conf/logger, recipes/exporting.py):
+# in an existing run dir (a resume) each one that exists is probed too.
+RUN_FOLDERS = (".hydra", "checkpoints", "csv", "tensorboard", "export")
+# Room left in a run dir's path for the files a run writes in it (checkpoints/epoch012-acc0.9722.ckpt, ...).
+FILE_NAME_ROOM = 64
+
 
 def check_writable(folder: Path, key: str) -> None:
-    """Probe the folder, or the nearest ancestor that exists (creating nothing that Hydra would not)."""
+    """Probe the folder, or the nearest ancestor that exists (creating nothing that Hydra would not),
+    and the folders an existing run dir holds; check the names still to be created against the limits
+    of the file system they go on."""
     existing = folder
-    while not existing.exists() and existing != existing.parent:
+    while not os.path.exists(existing) and existing != existing.parent:  # os.path: False on ENAMETOOLONG too
         existing = existing.parent
     if not existing.is_dir():
         raise RecipeError(f"{key}={folder} cannot be created: {existing} is a file, not a folder; choose another {key}")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
+    _check_names(folder, existing, key)
+    inside = [folder / name for name in RUN_FOLDERS if existing == folder and (folder / name).is_dir()]
+    for probed in [existing, *inside]:
+        try:
+            with tempfile.TemporaryFile(dir=probed):
+                pass
+        except OSError as err:
+            raise RecipeError(
+                f"{key}={folder} cannot be written ({err.strerror} in {probed}); make it writable or choose "
+                f"another {key}"
+            ) from None
+
+
+def _check_names(folder: Path, existing: Path, key: str) -> None:
+    """ENAMETOOLONG before Hydra meets it: each folder name still to be created, and the whole path
+    with room for the run's own files, within the limits of the file system at `existing`."""
+    name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    for name in folder.parts[len(existing.parts) :]:
+        if (size := len(os.fsencode(name))) > name_max:
+            raise RecipeError(
+                f"{key}={folder} cannot be created: a folder name of {size} bytes ({name[:16]}...) is longer "
+                f"than the {name_max} its file system allows; choose a shorter {key}"
+            )
+    if (size := len(os.fsencode(folder.absolute()))) + FILE_NAME_ROOM > path_max:
         raise RecipeError(
-            f"{key}={folder} cannot be written ({err.strerror} in {existing}); choose a writable {key}"
-        ) from None
+            f"{key}={folder} cannot be created: its path of {size} bytes leaves no room for the run's files "
+            f"within the {path_max} its file system allows; choose a shorter {key}"
+        )
 
 
 class WritableRunDir(Callback):

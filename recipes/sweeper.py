@@ -19,6 +19,10 @@ doubling it. On SQLite the count and the asking are one locked step (study.stora
 run exactly n_trials between them; on a server database ones asking at the same moment may each start
 one batch more. Each trial runs in <sweep dir>/<trial number>, whatever the launcher numbers its jobs.
 
+A trial in a process of its own that the sweep started (hydra/launcher=joblib: loky's workers) ends
+with the sweep: a sweep killed with SIGKILL cannot stop its workers, so each worker watches for it
+(DieWithSweeper), instead of finishing trials that nobody records.
+
 Hydra instantiates sweepers only from the `hydra_plugins` package: the class it names is
 hydra_plugins/recipes_optuna_sweeper, a subclass of this one.
 """
@@ -27,7 +31,11 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import os
 import shutil
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +74,45 @@ def objective_of(ret: JobReturn) -> tuple[float | None, str | None]:
     return value, None
 
 
+PARENT_POLL_S = 0.2  # how often a trial's worker looks for its sweep: it ends at most this long after it
+_watching: set[int] = set()  # the sweep pids this process already watches (a loky worker runs many trials)
+
+
+def exit_with_parent(parent: int) -> None:
+    """End this process, from a daemon thread, as soon as `parent` is no longer its parent (it died and
+    the process was re-parented; at once if that happened already). `parent` is compared with os.getppid(), never probed by pid, which a
+    new process may reuse. Only this process ends: its own children (a data loader's workers, loky's
+    resource tracker) watch it in turn."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        log.warning(f"the sweep (pid {parent}) is gone: this trial's process (pid {os.getpid()}) ends too")
+        os._exit(1)  # no clean-up: the trial is recorded as interrupted and run again when the sweep resumes
+
+    threading.Thread(target=watch, name="exit-with-sweep", daemon=True).start()
+
+
+class DieWithSweeper:
+    """The task function as the sweeper hands it to its launcher. In a trial run by a process that the
+    sweep process started with multiprocessing (joblib's loky workers: multiprocessing.parent_process()
+    is the sweep, recorded when the worker started, so a sweep killed before the trial began counts
+    too), it first makes the process end with the sweep (exit_with_parent). The basic launcher runs
+    trials in the sweep's own process; submitit's jobs are meant to outlive the process that submitted
+    them (SLURM jobs, and submitit_local's emulation of them): neither is watched. Picklable, as loky needs."""
+
+    def __init__(self, task_function: TaskFunction, sweep_pid: int) -> None:
+        self.task_function, self.sweep_pid = task_function, sweep_pid
+        self.__name__ = getattr(task_function, "__name__", type(self).__name__)
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        started_by = multiprocessing.parent_process()
+        if started_by is not None and started_by.pid == self.sweep_pid and self.sweep_pid not in _watching:
+            _watching.add(self.sweep_pid)
+            exit_with_parent(self.sweep_pid)
+        return self.task_function(cfg)
+
+
 class OptunaSweeper(Sweeper):
     """See the module docstring; conf/hydra/sweeper/optuna.yaml documents every argument."""
 
@@ -91,7 +138,9 @@ class OptunaSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function
+            config=config,
+            hydra_context=hydra_context,
+            task_function=DieWithSweeper(task_function, os.getpid()),
         )
 
     def _check_numbers(self) -> None:

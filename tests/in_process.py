@@ -32,7 +32,7 @@ _RUN_LOGGERS = ("", "lightning", "lightning.pytorch", "lightning.fabric")
 def _process_state_kept(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
     """What a run changes in its process, put back afterwards so that the next test starts as it would
     after a subprocess: environment (Lightning's PL_GLOBAL_SEED...), cwd, logging handlers and levels,
-    the SIGTERM handler, the random generators (the run seeds them), torch's deterministic mode, Hydra's
+    the SIGTERM and SIGINT handlers, the random generators (the run seeds them), torch's deterministic mode, Hydra's
     global state and its reporter (recipes.config_errors wraps it). Output written to sys.stdout and
     sys.stderr or through Lightning's own console handler goes to `out` and `err`."""
     from hydra._internal import utils as hydra_utils
@@ -44,7 +44,7 @@ def _process_state_kept(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
     handlers = {name: list(logger.handlers) for name, logger in loggers.items()}
     levels = {name: logger.level for name, logger in loggers.items()}
     consoles = {h: h.stream for name in _RUN_LOGGERS[1:] for h in handlers[name] if type(h) is logging.StreamHandler}
-    sigterm = signal.getsignal(signal.SIGTERM)
+    sigterm, sigint = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     generators = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     deterministic = (
         torch.are_deterministic_algorithms_enabled(),
@@ -69,6 +69,7 @@ def _process_state_kept(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
         os.environ.update(environ)
         os.chdir(cwd)
         signal.signal(signal.SIGTERM, sigterm)
+        signal.signal(signal.SIGINT, sigint)
         random.setstate(generators[0])
         np.random.set_state(generators[1])
         torch.set_rng_state(generators[2])

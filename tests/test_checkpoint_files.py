@@ -1,5 +1,6 @@
-"""Run files under failure: a checkpoint save that fails mid-way leaves the previous file, a corrupt last.ckpt is
-named with the checkpoint to resume from instead, and a resume keeps csv/metrics.csv's history."""
+"""Run files under failure: a checkpoint save that fails mid-way leaves the previous file, a run whose disk
+fills or whose checkpoints/ turns read-only stops with one line, a corrupt last.ckpt is named with the
+checkpoint to resume from instead, and a resume keeps csv/metrics.csv's history."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 
 from recipes.build import build_training
 from recipes.checkpoint import resolve_ckpt_path
-from recipes.checkpoint_io import AtomicCheckpointIO
+from recipes.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from recipes.errors import RecipeError
 from recipes.loggers import HistoryCSVLogger
 from tests.conftest import compose_train, copy_run, train, train_in_process, train_ok, train_ok_in_process
+from tests.faults import FILLER, skip_unless_read_only_works, small_disk, writable_again
 
 
 def rows(run_dir: Path) -> list[dict[str, str]]:
@@ -45,8 +47,8 @@ def two_epochs(two_epoch_run: Path) -> Path:
 def test_a_failed_write_leaves_the_old_checkpoint_and_no_temp_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A disk that fills mid-save (ENOSPC after half the bytes): the previous checkpoint is intact, no
-    temp file is left, and a temp file left by a killed save is removed by the next save."""
+    """A disk that fills mid-save (ENOSPC after half the bytes): the save raises CheckpointWriteError (a
+    RunStopped: one line, exit 1), the previous checkpoint is intact, no temp file is left, and a temp file left by a killed save is removed by the next save."""
     io, target = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(1000)}, "epoch": 1}, target)
     before = target.read_bytes()
@@ -56,8 +58,9 @@ def test_a_failed_write_leaves_the_old_checkpoint_and_no_temp_file(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointWriteError, match=r"could not be written \(No space left on device\)") as caught:
         io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "epoch": 2}, target)
+    assert caught.value.remedy == "free some space on its disk"
     assert target.read_bytes() == before
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
 
@@ -67,6 +70,108 @@ def test_a_failed_write_leaves_the_old_checkpoint_and_no_temp_file(
     assert torch.load(target, weights_only=True)["epoch"] == 2
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
     assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # shareable like any file, not mkstemp's 0600
+
+
+FAULT_RUN = ["trainer.max_epochs=2", "callbacks.model_summary=null"]
+
+
+def assert_stopped_with_the_last_good_checkpoint(
+    proc: subprocess.CompletedProcess, run_dir: Path, *expected: str
+) -> None:
+    """Exit 1 (a fault mid-run), one `error:` line and no traceback; the line names the failed file, the
+    reason, what to do and the resume command; last.ckpt is the one from epoch 0 and loads; no temp file."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
+    line = errors[0]
+    checkpoints = run_dir / "checkpoints"
+    assert line.startswith(f"error: checkpoint {checkpoints}/") and "could not be written (" in line, line
+    assert all(text in line for text in expected), line
+    assert line.endswith(f"resume with: {line.split('resume with: ', 1)[1]}") and line.endswith(
+        f"hydra.run.dir={run_dir} ckpt_path=last"
+    ), line
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert not list(checkpoints.glob(".*.partial")), sorted(p.name for p in checkpoints.iterdir())
+
+
+def test_a_disk_that_fills_mid_run_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    """A real full disk (a 32 MB tmpfs, filled at the start of epoch 1 to 64 KB short of a checkpoint):
+    torch's writer fails with ENOSPC and then its own RuntimeError, yet the run ends with one line, exit 1,
+    and last.ckpt from epoch 0 resumes it."""
+    with small_disk(tmp_path / "disk") as disk:
+        run_dir = disk / "run"
+        fault = [
+            "+callbacks.fault._target_=tests.faults.FillDiskAt",
+            "+callbacks.fault.epoch=1",
+            f"+callbacks.fault.folder={disk}",
+        ]
+        proc = train_in_process(run_dir, *FAULT_RUN, *fault)
+        assert (disk / FILLER).is_file()
+        assert_stopped_with_the_last_good_checkpoint(
+            proc, run_dir, "(No space left on device)", "free some space on its disk, then resume with: "
+        )
+
+
+@pytest.mark.slow  # a DDP launch in a subprocess: ~15 s
+def test_a_disk_that_fills_under_ddp_stops_every_rank_with_one_line(tmp_path: Path) -> None:
+    """trainer=ddp_sim (2 ranks, Lightning's subprocess launcher): rank 0's failed save ends the run with
+    the same one line and exit 1, and no rank is left 10 s later."""
+    with small_disk(tmp_path / "disk") as disk:
+        run_dir = disk / "run"
+        fault = [
+            "+callbacks.fault._target_=tests.faults.FillDiskAt",
+            "+callbacks.fault.epoch=1",
+            f"+callbacks.fault.folder={disk}",
+        ]
+        proc = train(run_dir, "trainer=ddp_sim", *FAULT_RUN, *fault, timeout=240)
+        assert_stopped_with_the_last_good_checkpoint(proc, run_dir, "(No space left on device)", "free some space")
+        deadline = time.monotonic() + 10
+        while (
+            f"hydra.run.dir={run_dir}" in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        ):
+            assert time.monotonic() < deadline, "a rank outlived the run by 10 s"
+            time.sleep(0.2)
+
+
+def test_a_failed_checkpoint_write_stops_with_one_line_wherever_a_disk_can_fill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same stop without a tmpfs (no root needed): every torch.save after epoch 0's two checkpoints
+    writes part of the file and fails with ENOSPC."""
+    saves, save = [], torch.save
+
+    def filling(obj: object, file, *args, **kwargs) -> None:
+        saves.append(file)
+        if len(saves) <= 2:  # epoch 0: the best checkpoint and last.ckpt
+            return save(obj, file, *args, **kwargs)
+        file.write(b"PK\x03\x04 part of a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", filling)
+    run_dir = tmp_path / "run"
+    proc = train_in_process(run_dir, *FAULT_RUN)
+    monkeypatch.undo()
+    assert_stopped_with_the_last_good_checkpoint(proc, run_dir, "(No space left on device)", "free some space")
+
+
+def test_a_checkpoints_folder_made_read_only_mid_run_stops_with_one_line(tmp_path: Path) -> None:
+    """checkpoints/ turns read-only at the start of epoch 1 (a read-only bind mount as root, else chmod):
+    one line naming the reason and the fix, exit 1, last.ckpt from epoch 0 intact."""
+    skip_unless_read_only_works(tmp_path / "scratch")
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints"
+    fault = [
+        "+callbacks.fault._target_=tests.faults.ReadOnlyAt",
+        "+callbacks.fault.epoch=1",
+        f"+callbacks.fault.folder={checkpoints}",
+    ]
+    try:
+        proc = train_in_process(run_dir, *FAULT_RUN, *fault)
+    finally:
+        writable_again(checkpoints)
+    reason = "(Read-only file system)" if os.geteuid() == 0 else "(Permission denied)"
+    assert_stopped_with_the_last_good_checkpoint(proc, run_dir, reason, "make its folder writable, then resume")
 
 
 def _umask() -> int:

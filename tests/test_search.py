@@ -1,8 +1,8 @@
 """Hyper-parameter search (hparams_search=NAME, hydra/sweeper=optuna): the search spaces fit their recipes,
 the objective's direction is the task's, a diverged trial is recorded FAIL while the sweep goes on, a
 killed sweep resumes with its finished trials kept, two sweep processes share one study, trials run as
-submitit jobs, recipes.summarize tables a sweep dir, and bad input is refused in one line before any
-trial runs. Kills and meetings happen at a gate (tests/sweep_gate.py), never at a polled moment."""
+submitit jobs, a killed sweep's worker processes end with it, recipes.summarize tables a sweep dir, and
+bad input is refused in one line before any trial runs. Kills and meetings happen at a gate (tests/sweep_gate.py), never at a polled moment."""
 
 from __future__ import annotations
 
@@ -96,6 +96,30 @@ def kill_at_gate(command: list[str], tmp_path: Path, first: int) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def live_processes(session: int) -> list[str]:
+    """`pid command` of each live process (not a zombie) in a session: a sweep started by start() and
+    everything it started, re-parented or not (read from /proc, Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended while being read
+            continue
+        state, _ppid, _pgrp, sid = text.rpartition(")")[2].split()[:4]
+        if int(sid) == session and state != "Z":
+            found.append(f"{stat.parent.name} {cmdline[:160]}")
+    return found
+
+
+def wait_until_gone(session: int, seconds: float) -> list[str]:
+    """Poll until no process of the session lives, for up to `seconds`; returns those still alive."""
+    deadline = time.monotonic() + seconds
+    while (alive := live_processes(session)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
 
 
 def resume(command: list[str]) -> subprocess.CompletedProcess:
@@ -258,6 +282,60 @@ def test_trials_run_as_submitit_jobs(tmp_path: Path) -> None:
         results = json.loads((sweep_dir / str(trial.number) / "results.json").read_text())
         assert results["monitor"]["best"] == pytest.approx(trial.value)
     assert (sweep_dir / ".submitit").is_dir()  # submitit's job files: the trials went through its executor
+
+
+@pytest.mark.slow  # 15-25 s: two loky workers import torch and Lightning before the kill
+def test_a_killed_sweep_takes_its_worker_processes_with_it(tmp_path: Path) -> None:
+    """hydra/launcher=joblib, 2 trials at once, both held at the gate: SIGKILL of the sweep process alone
+    (not its group: as the OOM killer or a `kill -9 PID` would) ends both loky workers, loky's and
+    multiprocessing's resource trackers, and every other process the sweep started, within 3 s; the
+    trackers release the sweep's shared memory (no joblib memmapping folder of it is left)."""
+    sweep_dir, signal_dir, log = tmp_path / "sweep", tmp_path / "gate", tmp_path / "sweep.log"
+    command = sweep_command(sweep_dir, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib")
+    proc = start([*command, *gate(signal_dir)], log)
+    try:
+        wait_until_held({log: proc}, signal_dir, 2)  # both trials run, each in its own loky worker
+        workers = [line for line in live_processes(proc.pid) if "loky" in line]
+        assert len(workers) >= 3, workers  # 2 workers and loky's resource tracker, at least
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        alive = wait_until_gone(proc.pid, 3.0)
+        assert not alive, f"still alive 3 s after the sweep was killed: {alive}"
+    finally:
+        if live_processes(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not list(Path("/dev/shm").glob(f"joblib_memmapping_folder_{proc.pid}_*"))
+    assert "this trial's process" in log.read_text()  # each worker said why it ended
+
+
+@pytest.mark.parametrize("delay", [0.0, 1.0], ids=["during-the-trial", "before-the-trial"])
+def test_a_trial_process_ends_when_its_sweep_process_dies(delay: float) -> None:
+    """DieWithSweeper, the wrapper the sweeper hands its launcher, in a multiprocessing child of a
+    stand-in sweep (as loky's workers are; tests/sweep_orphan.py): SIGKILL of the stand-in while the
+    trial runs ends the child within a second; a child whose sweep died before its trial started ends
+    as the trial starts; in the sweep's own process (the basic launcher) it only calls the task."""
+    from recipes.sweeper import PARENT_POLL_S, DieWithSweeper
+
+    assert DieWithSweeper(lambda cfg: cfg + 1, os.getpid())(1) == 2
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.sweep_orphan", str(delay)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        int(proc.stdout.readline())  # the child started
+        if not delay:
+            assert proc.stdout.readline().strip() == "watching"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        alive = wait_until_gone(proc.pid, delay + 1.0 + PARENT_POLL_S)
+        assert not alive, alive
+    finally:
+        if live_processes(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_an_unknown_hparams_search_is_refused_at_preflight() -> None:

@@ -26,8 +26,11 @@ SLOW_STEPS = [
 ]
 
 
-def stop_after_first_epoch(run_dir: Path, *overrides: str) -> tuple[int, str]:
-    """Start a slowed-down run, send SIGTERM once its first last.ckpt exists; (exit status, stderr)."""
+def stop_after_first_epoch(
+    run_dir: Path, *overrides: str, signals: tuple[int, ...] = (signal.SIGTERM,), gap: float = 0.05
+) -> tuple[int, str, float]:
+    """Start a slowed-down run, send `signals` (SIGTERM), `gap` seconds apart, once its first last.ckpt
+    exists; (exit status, stderr, seconds from the last signal to the exit)."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.Popen(
         [
@@ -50,17 +53,21 @@ def stop_after_first_epoch(run_dir: Path, *overrides: str) -> tuple[int, str]:
     while not (run_dir / "checkpoints" / "last.ckpt").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch end"
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    for i, signum in enumerate(signals):
+        time.sleep(gap if i else 0.0)
+        proc.send_signal(signum)
+        sent = time.monotonic()
     _, stderr = proc.communicate(timeout=120)
-    return proc.returncode, stderr
+    return proc.returncode, stderr, time.monotonic() - sent
 
 
-def assert_stopped(code: int, stderr: str, run_dir: Path) -> list[str]:
-    """Exit 143, a last line with the resume command; returns that command's arguments."""
-    assert code == 143, stderr[-3000:]
+def assert_stopped(code: int, stderr: str, run_dir: Path, name: str = "SIGTERM", exit_code: int = 143) -> list[str]:
+    """Exit 143 (SIGTERM), a last line with the resume command; returns that command's arguments."""
+    assert code == exit_code, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
+    assert len([line for line in stderr.splitlines() if line.startswith("error:")]) == 1, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: stopped by SIGTERM at epoch "), last
+    assert last.startswith(f"error: stopped by {name} at epoch "), last
     command = shlex.split(last.split("resume with: ", 1)[1])
     assert command[:3] == ["python", "-m", "recipes.train"] and command[-2:] == [
         f"hydra.run.dir={run_dir}",
@@ -71,7 +78,7 @@ def assert_stopped(code: int, stderr: str, run_dir: Path) -> list[str]:
 
 
 def test_sigterm_exits_143_and_resumes(run_dir: Path) -> None:
-    code, stderr = stop_after_first_epoch(run_dir, "trainer.max_epochs=3")
+    code, stderr, _ = stop_after_first_epoch(run_dir, "trainer.max_epochs=3")
     command = assert_stopped(code, stderr, run_dir)
     assert not (run_dir / "results.json").exists()
     resumed = [a for a in command[3:] if not a.startswith("+callbacks.slow.")]  # full speed now
@@ -82,9 +89,47 @@ def test_sigterm_exits_143_and_resumes(run_dir: Path) -> None:
     assert results["metrics"]["test/acc"] > 0.5
 
 
+def test_ctrl_c_ends_like_sigterm_with_exit_130(run_dir: Path) -> None:
+    """SIGINT (Ctrl-C) during training: the same one line and resume command as SIGTERM, exit 130 (the
+    shell's 128 + SIGINT), last.ckpt intact."""
+    code, stderr, _ = stop_after_first_epoch(run_dir, "trainer.max_epochs=3", signals=(signal.SIGINT,))
+    command = assert_stopped(code, stderr, run_dir, "SIGINT", 130)
+    assert "+callbacks.slow.seconds=0.1" in command  # the run's own overrides, as SIGTERM's line gives them
+    assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.slow  # a 6 s batch, on purpose
+def test_a_second_ctrl_c_interrupts_a_stuck_batch_with_the_same_line(run_dir: Path) -> None:
+    """A batch that does not end (here one that sleeps 6 s): the first Ctrl-C waits for it, a second one
+    1.5 s later interrupts it at once, and the run still ends with the SIGINT line and exit 130."""
+    stuck = ["callbacks.slow.seconds=6", "trainer.limit_train_batches=1", "trainer.max_epochs=3"]
+    code, stderr, after = stop_after_first_epoch(run_dir, *stuck, signals=(signal.SIGINT,) * 2, gap=1.5)
+    assert_stopped(code, stderr, run_dir, "SIGINT", 130)
+    assert after < 3.0, f"the run ended {after:.1f} s after the second Ctrl-C, not at once"
+
+
+def test_a_keyboard_interrupt_outside_the_training_loop_counts_as_sigint() -> None:
+    """Before on_train_start (set-up, sanity check) Ctrl-C is Python's KeyboardInterrupt, which Lightning
+    turns into sys.exit(1): that exit, or the interrupt itself, is a stop by SIGINT; other exits are not."""
+    from types import SimpleNamespace
+
+    from recipes.interrupt import _stopped_by
+
+    trainer = SimpleNamespace(callbacks=[], received_sigterm=False)
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemExit(1)  # noqa: B904 - what Lightning's _call_and_handle_interrupt does
+    except SystemExit as lightning_exit:
+        assert _stopped_by(lightning_exit, trainer) == signal.SIGINT
+    assert _stopped_by(KeyboardInterrupt(), trainer) == signal.SIGINT
+    assert _stopped_by(SystemExit(1), trainer) is None and _stopped_by(ValueError(), trainer) is None
+
+
 @pytest.mark.slow
 def test_sigterm_stops_every_ddp_rank(run_dir: Path) -> None:
-    code, stderr = stop_after_first_epoch(run_dir, "trainer=ddp_sim", "trainer.max_epochs=20")
+    code, stderr, _ = stop_after_first_epoch(run_dir, "trainer=ddp_sim", "trainer.max_epochs=20")
     assert_stopped(code, stderr, run_dir)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

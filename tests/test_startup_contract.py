@@ -5,13 +5,16 @@ multirun are checked in a subprocess; the other values run the same entry in thi
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import assert_clean_failure, run_module, train, train_in_process
+from tests.conftest import assert_clean_failure, copy_run, run_module, train, train_in_process
+from tests.faults import read_only, skip_unless_read_only_works
+from tests.in_process import run_module_in_process
 
 CASES = {
     "negative seed": (["seed=-1"], ["seed=-1", "0 to 4294967295"]),
@@ -83,6 +86,33 @@ def test_a_refused_run_removes_the_parents_it_made_and_no_other(tmp_path: Path) 
     proc = train_in_process(tmp_path / "mine" / "new" / "deeper" / "run", "seed=-1")
     assert_clean_failure(proc, None, "seed=-1")
     assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
+@pytest.mark.parametrize("mode", ["run", "multirun"])
+def test_a_run_dir_name_longer_than_the_file_system_allows(tmp_path: Path, mode: str) -> None:
+    """A 300-character folder name (ENAMETOOLONG): one line naming the limit, exit 2, nothing created."""
+    folder = tmp_path / ("a" * 300)
+    key = f"hydra.{'sweep' if mode == 'multirun' else 'run'}.dir"
+    args = ["-m", "seed=0,1", f"{key}={folder}"] if mode == "multirun" else [f"{key}={folder}"]
+    proc = run_module_in_process("recipes.train", *args)
+    assert_clean_failure(proc, None, f"{key}={folder} cannot be created", "a folder name of 300 bytes")
+    assert proc.stderr.strip().endswith(f"than the 255 its file system allows; choose a shorter {key}")
+    assert proc.returncode == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_checkpoints_folder_is_refused_at_start(two_epoch_run: Path, tmp_path: Path) -> None:
+    """Resuming a run whose checkpoints/ is read-only (a read-only bind mount as root, else chmod) is
+    refused before anything runs, in one line naming the folder, exit 2, the run dir untouched, instead of
+    failing at the first checkpoint an epoch later."""
+    skip_unless_read_only_works(tmp_path / "scratch")
+    run_dir = copy_run(two_epoch_run, tmp_path)
+    files = sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
+    with read_only(run_dir / "checkpoints"):
+        proc = train_in_process(run_dir, "trainer.max_epochs=3", "ckpt_path=last")
+    reason = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert_clean_failure(proc, None, f"cannot be written ({reason} in {run_dir / 'checkpoints'})", "make it writable")
+    assert proc.returncode == 2
+    assert sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == files
 
 
 def test_refused_multirun_leaves_no_sweep_dir(tmp_path: Path) -> None:
