@@ -66,21 +66,36 @@ def rerun_command(run_dir: Path, resume: bool) -> str:
     return shlex.join(["python", "-m", "recipes.train", *keep, *extra])
 
 
+def sigterm_noted(trainer: pl.Trainer) -> bool:
+    """Whether this process got SIGTERM during the fit (SigtermStop's note, or Lightning's own)."""
+    return trainer.received_sigterm or any(isinstance(c, SigtermStop) and c.received for c in trainer.callbacks)
+
+
+def stopped(event: str, exit_code: int = 1) -> RunStopped:
+    """RunStopped for a run stopped mid-way by `event`, with the command that resumes it from its last.ckpt
+    (or runs it again when no epoch had finished); it names the launch's run dir (a prerequisite trains in
+    a subdir of it). Outside a Hydra run (a Trainer fitted directly) the event alone."""
+    if not HydraConfig.initialized():
+        return RunStopped(event, exit_code)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    how = "resume with: " if resume else "no epoch had finished, so there is no checkpoint; run again with: "
+    return RunStopped(f"{event}; {how}{rerun_command(run_dir, resume)}", exit_code)
+
+
+def stopped_by_sigterm(epoch: int) -> RunStopped:
+    """The one line and exit 143 of a run stopped by SIGTERM during epoch `epoch`."""
+    return stopped(f"stopped by SIGTERM at epoch {epoch}", EXIT_SIGTERM)
+
+
 @contextmanager
 def stop_on_sigterm(trainer: pl.Trainer) -> Iterator[None]:
-    """Around trainer.fit: a stop by SIGTERM becomes RunStopped(exit 143) with the resume command,
-    which names the launch's run dir (a prerequisite trains in a subdir of it)."""
+    """Around trainer.fit: a stop by SIGTERM becomes RunStopped(exit 143) with the resume command."""
     try:
         yield
     except BaseException as err:
-        noted = any(isinstance(c, SigtermStop) and c.received for c in trainer.callbacks)
-        if not (isinstance(err, SIGTERMException) or noted or trainer.received_sigterm):
+        if not (isinstance(err, SIGTERMException) or sigterm_noted(trainer)):
             raise
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # a peer still in a collective fails now, not at timeout
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-        how = "resume with: " if resume else "no epoch had finished, so there is no checkpoint; run again with: "
-        raise RunStopped(
-            f"stopped by SIGTERM at epoch {trainer.current_epoch}; {how}{rerun_command(run_dir, resume)}", EXIT_SIGTERM
-        ) from None
+        raise stopped_by_sigterm(trainer.current_epoch) from None
