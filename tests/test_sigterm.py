@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import QUIET, REPO, run_module, run_module_in_process
+from tests.processes import live, parent, session
 
 SLOW_STEPS = [
     "+callbacks.slow._target_=tests.slow_worker.SlowWorker",
@@ -106,37 +107,6 @@ ASYNC = [
     "+callbacks.slow1.rank=1",
     "+callbacks.slow1.seconds=0.1",
 ]
-
-
-def live(pids: list[int]) -> list[int]:
-    """Those of `pids` still running (an exited process that nobody reaped, a zombie, is not)."""
-    alive = []
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if stat[stat.rindex(")") + 2] != "Z":
-            alive.append(pid)
-    return alive
-
-
-def session(sid: int) -> list[int]:
-    """The running processes of session `sid` (the run's main process, its fork server, workers, trackers)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if stat and int(stat[stat.rindex(")") + 2 :].split()[3]) == sid:
-            pids.append(int(entry.name))
-    return live(pids)
-
-
-def parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
 def async_run_at_first_checkpoint(run_dir: Path, stderr: Path, *overrides: str) -> tuple[subprocess.Popen, list[int]]:
