@@ -174,14 +174,20 @@ def preflight(argv: list[str]) -> None:
                 )
 
 
+# This process's parent when it started: for a DDP child that Lightning started, its launcher (rank 0).
+_PARENT_AT_START = os.getppid()
+
+
 def _outlive_launcher(timeout_s: float = 60.0) -> None:
     """In a DDP child that Lightning started: wait (a while) for the launcher, rank 0, to exit first.
     Lightning's process observer SIGKILLs the launcher as soon as a child exits non-zero, which would
-    cut off its message and turn its exit status into 137."""
+    cut off its message and turn its exit status into 137. The parent is the one recorded at start: one
+    read now would be whoever adopted the child if the launcher had already died (kill -9), and the
+    child would wait out the whole timeout for it."""
     if launched_externally():
         return
-    parent, deadline = os.getppid(), time.monotonic() + timeout_s
-    while os.getppid() == parent and time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout_s
+    while os.getppid() == _PARENT_AT_START and time.monotonic() < deadline:
         time.sleep(0.1)
 
 

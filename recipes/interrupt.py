@@ -111,6 +111,24 @@ def _stopped_by(err: BaseException, trainer: pl.Trainer) -> signal.Signals | Non
     return None
 
 
+def sigterm_noted(trainer: pl.Trainer) -> bool:
+    """Whether this process got a stop signal during the fit (SigtermStop's note, or Lightning's own)."""
+    return trainer.received_sigterm or any(isinstance(c, SigtermStop) and c.received for c in trainer.callbacks)
+
+
+def stopped(event: str, exit_code: int = 1) -> RunStopped:
+    """RunStopped for a run stopped mid-way by `event`, with how to go on (how_to_go_on); outside a
+    Hydra run (a Trainer fitted directly) the event alone."""
+    if not HydraConfig.initialized():
+        return RunStopped(event, exit_code)
+    return RunStopped(f"{event}; {how_to_go_on()}", exit_code)
+
+
+def stopped_by_sigterm(epoch: int) -> RunStopped:
+    """The one line and exit 143 of a run stopped by SIGTERM during epoch `epoch`."""
+    return stopped(f"stopped by SIGTERM at epoch {epoch}", EXIT_SIGTERM)
+
+
 @contextmanager
 def stop_on_sigterm(trainer: pl.Trainer) -> Iterator[None]:
     """Around trainer.fit: a stop by SIGTERM (or SIGINT) becomes RunStopped(exit 143, or 130) with the
@@ -127,6 +145,4 @@ def stop_on_sigterm(trainer: pl.Trainer) -> Iterator[None]:
             )  # the line and the exit follow: another Ctrl-C would cut them off
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # a peer still in a collective fails now, not at timeout
-        raise RunStopped(
-            f"stopped by {signum.name} at epoch {trainer.current_epoch}; {how_to_go_on()}", STOP_SIGNALS[signum]
-        ) from None
+        raise stopped(f"stopped by {signum.name} at epoch {trainer.current_epoch}", STOP_SIGNALS[signum]) from None

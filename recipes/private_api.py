@@ -198,6 +198,20 @@ USES: tuple[PrivateUse, ...] = (
         instance=True,
     ),
     PrivateUse(
+        "lightning.pytorch.strategies.launchers:_MultiProcessingLauncher",
+        "_wrapping_function",
+        "recipes/strategies/async_sgd.py",
+        "the first code a worker runs: the subclass starts its watcher of the main process there, and turns "
+        "SIGTERMException (a SystemExit with status 0, which would read as a finished worker) into exit 143.",
+    ),
+    PrivateUse(
+        "torch.multiprocessing",
+        "_prctl_pr_set_pdeathsig",
+        "recipes/strategies/async_sgd.py",
+        "torch sets SIGINT as a worker's parent-death signal; a forkserver worker's parent is the fork server, "
+        "whose death (SIGTERM to the process group) would interrupt the worker mid-batch. No public API.",
+    ),
+    PrivateUse(
         "lightning.pytorch.strategies.launchers",
         "_SubprocessScriptLauncher",
         "recipes/strategies/timeout.py",

@@ -8,6 +8,10 @@ py-spy is installed (on PATH or --py-spy), every process of a hung run has its P
 which shows which collective each rank was waiting in. Exit status: 0 only when every run succeeded.
 Runs are short (digits, two epochs, the default callbacks and loggers) so that N runs per strategy stay cheap; extra Hydra
 overrides given on the command line are added to every run.
+
+Fault cases (CASES) are named in --strategies like a strategy: `async-sigterm` sends SIGTERM to an async run's
+main process after its first checkpoint and counts the run ok only when it exits 143 with one line, no
+traceback, and nothing of it left running 10 s later.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +94,75 @@ def last_lines(text: str, count: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-count:])
 
 
+# Fault cases, run like a strategy (--strategies NAME): (run_dir, timeout, overrides, py_spy) -> run_once's result.
+CASES: dict[str, Callable[[Path, float, list[str], str | None], tuple[str, float, str]]] = {}
+
+
+def async_sigterm(run_dir: Path, timeout: float, overrides: list[str], py_spy: str | None) -> tuple[str, float, str]:
+    """strategy=async under trainer=ddp_sim, SIGTERM to its main process once the first last.ckpt exists: 'ok'
+    when it exits 143 within `timeout` with one `error:` line (the last, with the resume command), no traceback,
+    and no process of its session (workers, fork server, resource tracker) running 10 s after it exited."""
+    command = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", "trainer=ddp_sim", "strategy=async"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    run_dir.mkdir(parents=True)
+    stderr = run_dir.parent / f"{run_dir.name}.stderr"  # a file: a worker left behind would hold a pipe open
+    start = time.perf_counter()
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [*command, "trainer.max_epochs=100", *overrides],  # long enough to be running when the signal comes
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        while not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            if proc.poll() is not None or time.perf_counter() - start > timeout:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - start)))
+    except subprocess.TimeoutExpired:
+        stacks = dump_stacks(proc.pid, py_spy)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return "hung", time.perf_counter() - start, f"{stacks}\n{last_lines(stderr.read_text())}"
+    seconds = time.perf_counter() - start
+    exited = time.perf_counter()
+    while (left := running(group_pids(proc.pid))) and time.perf_counter() - exited < 10:
+        time.sleep(0.2)
+    text = stderr.read_text()
+    lines = text.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    problems = [
+        *([f"exit {proc.returncode}, not 143"] if proc.returncode != 143 else []),
+        *([f"{len(errors)} error lines"] if len(errors) != 1 else []),
+        *(["a traceback"] if "Traceback" in text else []),
+        *(["no resume command on the last line"] if not lines or "resume with: " not in lines[-1] else []),
+        *([f"processes {left} still running 10 s after the run exited"] if left else []),
+    ]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return ("failed" if problems else "ok"), seconds, f"{'; '.join(problems)}\n{last_lines(text)}"
+
+
+def running(pids: list[int]) -> list[int]:
+    """Those of `pids` that still run (not exited, nor an exited process that nobody reaped)."""
+    alive = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] != "Z":
+            alive.append(pid)
+    return alive
+
+
+CASES["async-sigterm"] = async_sigterm
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per strategy")
@@ -99,17 +173,20 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every run")
     args = parser.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]
-    unknown = [s for s in strategies if not (REPO / "conf" / "strategy" / f"{s}.yaml").is_file()]
+    unknown = [s for s in strategies if s not in CASES and not (REPO / "conf" / "strategy" / f"{s}.yaml").is_file()]
     if args.runs < 1 or unknown:
-        parser.error(f"--runs must be >= 1 and --strategies among {', '.join(STRATEGIES)} (got {unknown or args.runs})")
+        choices = ", ".join([*STRATEGIES, *CASES])
+        parser.error(f"--runs must be >= 1 and --strategies among {choices} (got {unknown or args.runs})")
     root = Path(tempfile.mkdtemp(prefix="soak-"))
     counts: dict[str, Counter] = {s: Counter() for s in strategies}
     first_problem = ""
     for strategy in strategies:
         for index in range(args.runs):
-            status, seconds, detail = run_once(
-                strategy, root / f"{strategy}-{index}", args.timeout, args.overrides, args.py_spy
-            )
+            run_dir = root / f"{strategy}-{index}"
+            if strategy in CASES:
+                status, seconds, detail = CASES[strategy](run_dir, args.timeout, args.overrides, args.py_spy)
+            else:
+                status, seconds, detail = run_once(strategy, run_dir, args.timeout, args.overrides, args.py_spy)
             counts[strategy][status] += 1
             print(f"{strategy:>10} run {index + 1}/{args.runs}: {status} ({seconds:.1f} s)", flush=True)
             if status != "ok":

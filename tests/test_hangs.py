@@ -1,5 +1,6 @@
 """No silent hangs: a stopped rank fails a DDP run within strategy.timeout, async trains with one worker
-(its own thread pool intact), two nodes of one async worker each finish, and repeated ddp_sim runs end."""
+(its own thread pool intact), two nodes of one async worker each finish, repeated ddp_sim runs end, and a
+rank whose launcher was killed exits at once instead of waiting a minute for it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import QUIET, REPO, train, train_in_process, train_ok
+from tests.processes import live, session
+from tests.test_sigterm import SLOW_STEPS
 
 TINY = ("trainer.max_epochs=1", "callbacks.model_summary=null", "logger=csv", "model.hidden=[32]")
 
@@ -114,3 +117,79 @@ def test_repeated_ddp_sim_runs_do_not_hang() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "       ddp     3     3       0     0" in proc.stdout, proc.stdout
+
+
+# A rank that waits for its launcher (recipes.cli._outlive_launcher) after the launcher has already died: the
+# middle process starts it, waits until it has imported recipes.cli, and exits without waiting for it.
+ORPHAN = """
+import os, sys, time
+from recipes import cli
+cli.launched_externally = lambda: False  # as for a rank Lightning started (and no Lightning import to wait for)
+open(sys.argv[1], "w").close()
+while os.path.exists(sys.argv[1]):  # the middle process removes it as it exits
+    time.sleep(0.05)
+start = time.monotonic()
+cli._outlive_launcher(timeout_s=30)
+open(sys.argv[2], "w").write(str(time.monotonic() - start))
+"""
+MIDDLE = """
+import os, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]])
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+os.remove(sys.argv[2])
+"""
+
+
+def test_a_rank_whose_launcher_is_gone_does_not_wait_for_it(tmp_path: Path) -> None:
+    """The wait compares the parent with the one the rank had at start; it read getppid() only when it began
+    waiting, after the rank had been re-parented, and so waited out its full timeout (60 s by default)."""
+    ready, seconds = tmp_path / "ready", tmp_path / "seconds"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "SLURM_JOB_ID")}
+    subprocess.run([sys.executable, "-c", MIDDLE, ORPHAN, str(ready), str(seconds)], cwd=REPO, env=env, timeout=60)
+    deadline = time.monotonic() + 60
+    while not seconds.is_file() or not seconds.read_text():
+        assert time.monotonic() < deadline, "the orphaned rank is still waiting"
+        time.sleep(0.1)
+    assert float(seconds.read_text()) < 5, seconds.read_text()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_end_soon_after_their_launcher_is_killed(tmp_path: Path) -> None:
+    """kill -9 of rank 0 (the launcher) of a ddp_sim run: rank 1 fails its next collective and exits within
+    seconds (it used to live 63 s, waiting for a launcher that was already gone)."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [
+        sys.executable,
+        "-m",
+        "recipes.train",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+        "callbacks.model_summary=null",
+    ]
+    proc = subprocess.Popen(
+        [*command, *SLOW_STEPS, "trainer=ddp_sim", "trainer.max_epochs=20"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch end"
+            time.sleep(0.1)
+        ranks = [pid for pid in session(proc.pid) if pid != proc.pid]
+        assert ranks, "no rank 1"
+        proc.kill()
+        proc.wait()
+        killed = time.monotonic()
+        while live(ranks) and time.monotonic() - killed < 45:
+            time.sleep(0.2)
+        assert not live(ranks), f"ranks {live(ranks)} outlived their killed launcher by 45 s"
+        assert time.monotonic() - killed < 20, time.monotonic() - killed
+    finally:
+        for pid in session(proc.pid):
+            os.kill(pid, 9)

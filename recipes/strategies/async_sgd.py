@@ -41,6 +41,16 @@ group is not torch.distributed's default group: with that one initialized, torch
 sync metrics over it at points where the leaders are not in step. `comm_bytes` counts the bytes a leader
 sends: the flat parameters per round, plus the per-worker step counts gathered once at the end.
 
+Stopping: no worker outlives the run. SIGTERM to the main process (which trains nothing; it waits for the
+workers) sets a shared flag; a thread in each worker watches the flag and the main process, and sends its
+worker SIGTERM when the flag is set or the main process has died (kill -9), so that every worker stops at its
+next batch end as SIGTERM makes any rank stop (recipes/interrupt.py: the resume point is last.ckpt from the
+last epoch end, no checkpoint is written on the way out). A worker stopped by SIGTERM exits 143; the main
+process then stops the others, waits until every worker has exited (it holds the run-dir lock until it exits)
+and ends with the one line and exit 143 of any SIGTERM stop. A worker that dies otherwise (kill -9, a crash)
+ends the run in one line, exit 1. A worker's parent is the fork server, which outlives a killed main process,
+so torch's parent-death signal (SIGINT, mid-batch) is turned off in favour of the watcher.
+
 CPU only: GPU memory cannot be shared this way between processes of different devices, so another
 accelerator or a precision that re-creates the parameters (16-true, bf16-true, 64-true) is a configuration
 error, never a silent fallback. On GPUs use torchft (see the README).
@@ -48,8 +58,12 @@ error, never a silent fallback. On GPUs use torchft (see the README).
 
 from __future__ import annotations
 
+import logging
 import os
+import select
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -66,10 +80,15 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.strategies.strategy import Strategy
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
+from torch.multiprocessing import _prctl_pr_set_pdeathsig
+from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from recipes.errors import EXIT_SIGTERM
+from recipes.interrupt import sigterm_noted, stopped, stopped_by_sigterm
 from recipes.strategies import refuse_self_stepping
 from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, collective_timeout
 
@@ -77,14 +96,99 @@ START_METHODS = ("forkserver", "spawn")
 
 
 class _HogwildLauncher(_MultiProcessingLauncher):
-    """Lightning's multiprocessing launcher, with the parameters in shared memory before workers start."""
+    """Lightning's multiprocessing launcher, with the parameters in shared memory before workers start, and
+    every worker stopped with the main process (see the module's "Stopping")."""
 
     @override
     def launch(self, function: Callable, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
         self._strategy.share_parameters()
         if self._start_method == "forkserver":
             mp.set_forkserver_preload(_preload_modules())
-        return super().launch(function, *args, trainer=trainer, **kwargs)
+        spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+        if not any(isinstance(f, _DropStopNotice) for f in spawn_log.filters):
+            spawn_log.addFilter(_DropStopNotice())
+        self._main_pid = os.getpid()
+        self._stop = torch.zeros((), dtype=torch.bool).share_memory_()  # set on SIGTERM: every worker stops
+        in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set a handler
+        previous = signal.signal(signal.SIGTERM, self._stop_workers) if in_main_thread else None
+        try:
+            # torch's join: once a worker exits non-zero, the others get SIGTERM (SIGKILL 30 s later) and
+            # are all reaped before ProcessExitedException / ProcessRaisedException reaches here.
+            return super().launch(function, *args, trainer=trainer, **kwargs)
+        except ProcessException as err:
+            raise self._one_line(err) from None
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _stop_workers(self, signum: int, frame: Any) -> None:
+        """The main process's SIGTERM handler: the flag reaches every worker, one still starting included."""
+        self._stop.fill_(True)
+
+    def _one_line(self, err: ProcessException) -> BaseException:
+        """What ends the run when a worker did not finish: exit 143 when SIGTERM stopped it (sent to the main
+        process, to that worker, or to the whole process group), one line and exit 1 when it died, else the
+        worker's own error (which carries its traceback)."""
+        exited = isinstance(err, ProcessExitedException)
+        if bool(self._stop) or (exited and err.exit_code in (EXIT_SIGTERM, -signal.SIGTERM)):
+            return stopped_by_sigterm(self._strategy.epoch_in_progress)
+        if not exited:
+            return err
+        how = f"was killed by {err.signal_name}" if err.exit_code < 0 else f"exited with status {err.exit_code}"
+        return stopped(
+            f"async worker {err.error_index} (pid {err.error_pid}) {how} during epoch "
+            f"{self._strategy.epoch_in_progress}, so the other workers were stopped"
+        )
+
+    @override
+    def _wrapping_function(self, process_idx: int, *args: Any, **kwargs: Any) -> None:
+        """A worker: watch the main process, and exit 143 (not Lightning's 0) when SIGTERM stopped it."""
+        _prctl_pr_set_pdeathsig(0)  # torch's SIGINT on the fork server's death: see the watcher instead
+        threading.Thread(target=_watch_main_process, args=(self._main_pid, self._stop), daemon=True).start()
+        try:
+            super()._wrapping_function(process_idx, *args, **kwargs)
+        except SIGTERMException:
+            sys.exit(EXIT_SIGTERM)
+
+
+class _DropStopNotice(logging.Filter):
+    """torch logs a warning for each worker it stops after another one exited: that is how every stop
+    goes here, and the run's one line says why; its SIGKILL warning (a worker that did not stop) stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Terminating process")
+
+
+def _watch_main_process(pid: int, stop: Tensor, every: float = 0.2) -> None:
+    """A worker's daemon thread: SIGTERM to its own worker once the main process asks every worker to stop
+    (it got SIGTERM) or has died (kill -9: it can ask nothing), so that the worker stops at its next batch end,
+    as SIGTERM makes any rank stop, or exits at once when it has not started training yet."""
+    gone = _exit_check(pid)
+    while not (bool(stop) or gone(every)):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _exit_check(pid: int) -> Callable[[float], bool]:
+    """A function that waits up to its argument's seconds and says whether process `pid` has exited: a pidfd
+    (Linux) tells of the exit itself, a zombie included; elsewhere, whether the pid is still there."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return lambda seconds: True
+    except (AttributeError, OSError):  # no pidfd: not Linux, or a kernel before 5.3
+        return lambda seconds: time.sleep(seconds) or not _pid_exists(pid)
+    return lambda seconds: bool(select.select([fd], [], [], seconds)[0])
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class AsyncSGDStrategy(DDPStrategy):
@@ -141,6 +245,7 @@ class AsyncSGDStrategy(DDPStrategy):
         self._finished_at: Tensor | None = None  # [world] wall time each worker finished training
         self._final_wait: Tensor | None = None  # seconds rank 0 waited for the others at the end
         self._others_done: Any = None  # a multiprocessing Semaphore: see _training_done
+        self._epoch: Tensor | None = None  # [] the epoch local rank 0 trains, in shared memory, for the main process
         self._marked_done = False
 
     # --- processes and shared memory ---------------------------------------------------------------
@@ -178,6 +283,12 @@ class AsyncSGDStrategy(DDPStrategy):
         # final validation and checkpoint. No other worker ever waits.
         self._others_done = mp.get_context(self._start_method).Semaphore(0)
         self._comm = torch.zeros(2, dtype=torch.long).share_memory_()
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()  # local rank 0's epoch in progress
+
+    @property
+    def epoch_in_progress(self) -> int:
+        """The epoch this node's local rank 0 was training (read by the main process when a worker stops)."""
+        return 0 if self._epoch is None else int(self._epoch)
 
     @property
     def comm_bytes(self) -> int:
@@ -263,6 +374,8 @@ class AsyncSGDStrategy(DDPStrategy):
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model: Any = None, **kwargs: Any) -> Any:
         output = super().optimizer_step(optimizer, closure, model, **kwargs)
         self._steps[self.global_rank] += 1
+        if self.local_rank == 0:
+            self._epoch.fill_(self.lightning_module.trainer.current_epoch)
         if (
             self._leaders is not None
             and self._comm[1] < self._rounds
@@ -331,9 +444,12 @@ class AsyncSGDStrategy(DDPStrategy):
         if self.local_rank != 0:
             self._others_done.release()
             return
-        start = time.perf_counter()
-        for _ in range(self.num_processes - 1):
-            self._others_done.acquire()
+        start, waiting = time.perf_counter(), self.num_processes - 1
+        while waiting:
+            if self._others_done.acquire(timeout=0.2):
+                waiting -= 1
+            elif sigterm_noted(self.lightning_module.trainer):  # a worker stopped or died: it will never release
+                raise SIGTERMException
         self._final_wait.fill_(time.perf_counter() - start)
         if self._leaders is not None:
             while self._comm[1] < self._rounds:  # rounds this leader had not reached: same count on every node
