@@ -11,11 +11,22 @@ import pytest
 import torch
 
 from recipes.results import strict_json
-from tests.conftest import train_in_process
+from tests.conftest import train, train_in_process
 
 
-def test_nonfinite_loss_stops_the_run(run_dir: Path) -> None:
-    proc = train_in_process(run_dir, "task.optimizer.lr=1e30", "trainer.max_epochs=2")
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        "single",
+        # a worker process diverges: its line reaches the main process, which prints it (not the worker's traceback)
+        pytest.param("async", marks=pytest.mark.slow),
+    ],
+)
+def test_nonfinite_loss_stops_the_run(run_dir: Path, strategy: str) -> None:
+    overrides = ("task.optimizer.lr=1e30", "trainer.max_epochs=2")
+    proc = (
+        train_in_process(run_dir, *overrides) if strategy == "single" else train(run_dir, *overrides, "strategy=async")
+    )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]

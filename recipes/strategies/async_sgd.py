@@ -87,12 +87,14 @@ from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from recipes.errors import EXIT_SIGTERM
-from recipes.interrupt import sigterm_noted, stopped, stopped_by_sigterm
+from recipes.errors import EXIT_SIGTERM, RunStopped
+from recipes.interrupt import how_to_go_on, sigterm_noted, stopped, stopped_by_sigterm
 from recipes.strategies import refuse_self_stepping
 from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, collective_timeout
 
 START_METHODS = ("forkserver", "spawn")
+_REASON_BYTES = 4096  # room for a worker's one-line reason (a RunStopped message, its remedy)
+_REMEDY_MARK = "\x1f"  # between a reason and what to do about it (CheckpointWriteError.remedy)
 
 
 class _HogwildLauncher(_MultiProcessingLauncher):
@@ -109,6 +111,8 @@ class _HogwildLauncher(_MultiProcessingLauncher):
             spawn_log.addFilter(_DropStopNotice())
         self._main_pid = os.getpid()
         self._stop = torch.zeros((), dtype=torch.bool).share_memory_()  # set on SIGTERM: every worker stops
+        # a worker's own one-line reason for stopping (a RunStopped: diverged, a checkpoint it could not write)
+        self._reasons = torch.zeros((self._strategy.num_processes, _REASON_BYTES), dtype=torch.uint8).share_memory_()
         in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set a handler
         previous = signal.signal(signal.SIGTERM, self._stop_workers) if in_main_thread else None
         try:
@@ -134,6 +138,10 @@ class _HogwildLauncher(_MultiProcessingLauncher):
             return stopped_by_sigterm(self._strategy.epoch_in_progress)
         if not exited:
             return err
+        reason = bytes(self._reasons[err.error_index].tolist()).rstrip(b"\0").decode(errors="replace")
+        if reason:  # the worker's own RunStopped: its line, and how to go on where it names a fix
+            message, _, remedy = reason.partition(_REMEDY_MARK)
+            return RunStopped(f"{message}: {how_to_go_on(remedy)}" if remedy else message, err.exit_code)
         how = f"was killed by {err.signal_name}" if err.exit_code < 0 else f"exited with status {err.exit_code}"
         return stopped(
             f"async worker {err.error_index} (pid {err.error_pid}) {how} during epoch "
@@ -149,6 +157,11 @@ class _HogwildLauncher(_MultiProcessingLauncher):
             super()._wrapping_function(process_idx, *args, **kwargs)
         except SIGTERMException:
             sys.exit(EXIT_SIGTERM)
+        except RunStopped as err:  # told to the main process, which prints the run's one line
+            remedy = getattr(err, "remedy", "")
+            text = (f"{err}{_REMEDY_MARK}{remedy}" if remedy else str(err)).encode()[: _REASON_BYTES - 1]
+            self._reasons[process_idx, : len(text)] = torch.tensor(list(text), dtype=torch.uint8)
+            sys.exit(err.exit_code)
 
 
 class _DropStopNotice(logging.Filter):
