@@ -45,11 +45,21 @@ def quiet_trainer(**kwargs: Any) -> Any:
     return pl.Trainer(**{**quiet, **kwargs})
 
 
+def user_env() -> dict[str, str]:
+    """This environment as a user's shell has it: without HYDRA_FULL_ERROR (one-line errors)."""
+    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+
+def train_argv(run_dir: Path, *overrides: str) -> list[str]:
+    """`python -m recipes.train hydra.run.dir=RUN_DIR` quiet, for a test that starts it itself (Popen)."""
+    return [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", *QUIET, *overrides]
+
+
 def run_module(
     module: str, *overrides: str, cwd: Path = REPO, timeout: int = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """`python -m MODULE OVERRIDES...` in a subprocess; returns the completed process (text output)."""
-    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env = user_env()
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", module, *overrides],

@@ -95,17 +95,22 @@ def assert_stopped_with_the_last_good_checkpoint(
     assert not list(checkpoints.glob(".*.partial")), sorted(p.name for p in checkpoints.iterdir())
 
 
+def fill_disk_at(epoch: int, disk: Path) -> list[str]:
+    """Overrides that fill `disk` at the start of `epoch` (tests.faults.FillDiskAt)."""
+    return [
+        "+callbacks.fault._target_=tests.faults.FillDiskAt",
+        f"+callbacks.fault.epoch={epoch}",
+        f"+callbacks.fault.folder={disk}",
+    ]
+
+
 def test_a_disk_that_fills_mid_run_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     """A real full disk (a 32 MB tmpfs, filled at the start of epoch 1 to 64 KB short of a checkpoint):
     torch's writer fails with ENOSPC and then its own RuntimeError, yet the run ends with one line, exit 1,
     and last.ckpt from epoch 0 resumes it."""
     with small_disk(tmp_path / "disk") as disk:
         run_dir = disk / "run"
-        fault = [
-            "+callbacks.fault._target_=tests.faults.FillDiskAt",
-            "+callbacks.fault.epoch=1",
-            f"+callbacks.fault.folder={disk}",
-        ]
+        fault = fill_disk_at(1, disk)
         proc = train_in_process(run_dir, *FAULT_RUN, *fault)
         assert (disk / FILLER).is_file()
         assert_stopped_with_the_last_good_checkpoint(
@@ -119,11 +124,7 @@ def test_a_disk_that_fills_under_ddp_stops_every_rank_with_one_line(tmp_path: Pa
     the same one line and exit 1, and no rank is left 10 s later."""
     with small_disk(tmp_path / "disk") as disk:
         run_dir = disk / "run"
-        fault = [
-            "+callbacks.fault._target_=tests.faults.FillDiskAt",
-            "+callbacks.fault.epoch=1",
-            f"+callbacks.fault.folder={disk}",
-        ]
+        fault = fill_disk_at(1, disk)
         proc = train(run_dir, "trainer=ddp_sim", *FAULT_RUN, *fault, timeout=240)
         assert_stopped_with_the_last_good_checkpoint(proc, run_dir, "(No space left on device)", "free some space")
         deadline = time.monotonic() + 10

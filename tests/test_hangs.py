@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import QUIET, REPO, train, train_in_process, train_ok
+from tests.conftest import QUIET, REPO, train, train_argv, train_in_process, train_ok, user_env
 from tests.processes import live, session
 from tests.test_sigterm import SLOW_STEPS
 
@@ -159,15 +159,8 @@ def test_ddp_ranks_end_soon_after_their_launcher_is_killed(tmp_path: Path) -> No
     """kill -9 of rank 0 (the launcher) of a ddp_sim run: rank 1 fails its next collective and exits within
     seconds (it used to live 63 s, waiting for a launcher that was already gone)."""
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    command = [
-        sys.executable,
-        "-m",
-        "recipes.train",
-        f"hydra.run.dir={run_dir}",
-        *QUIET,
-        "callbacks.model_summary=null",
-    ]
+    env = user_env()
+    command = train_argv(run_dir, "callbacks.model_summary=null")
     proc = subprocess.Popen(
         [*command, *SLOW_STEPS, "trainer=ddp_sim", "trainer.max_epochs=20"],
         cwd=REPO,

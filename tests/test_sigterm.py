@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import QUIET, REPO, run_module, run_module_in_process
+from tests.conftest import QUIET, REPO, run_module, run_module_in_process, train_argv, user_env
 from tests.processes import live, parent, session
 
 SLOW_STEPS = [
@@ -158,15 +158,8 @@ def async_run_at_first_checkpoint(run_dir: Path, stderr: Path, *overrides: str) 
     """Start a slowed strategy=async run in its own session; once its first last.ckpt exists, return the
     main process and its two workers' pids (the fork server's children: neither the main process nor its
     direct children, the fork server and the resource tracker)."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    command = [
-        sys.executable,
-        "-m",
-        "recipes.train",
-        f"hydra.run.dir={run_dir}",
-        *QUIET,
-        "callbacks.model_summary=null",
-    ]
+    env = user_env()
+    command = train_argv(run_dir, "callbacks.model_summary=null")
     with stderr.open("w") as err:  # a file, not a pipe: a worker left behind would hold a pipe open
         proc = subprocess.Popen(
             [*command, *SLOW_STEPS, *ASYNC, *overrides],
