@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from callbacks.structure import edits, replay
 from modules.task import Task
+from recipes.created_dirs import created
 from recipes.errors import RecipeError
 
 KEY = "recipe"
@@ -67,7 +68,8 @@ def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
         return None
     if value == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file() and run_dir.is_dir():  # a run stopped before its first epoch ended
+        record = created(run_dir)
+        if not last.is_file() and record is not None and record.top is None:  # a run there stopped in epoch 0
             raise RecipeError(
                 f"ckpt_path=last: there is no {last}: no epoch of the run in {run_dir} finished, so there is "
                 f"nothing to resume; run it again without ckpt_path"

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from recipes.build import build_training
 from recipes.checkpoint import resolve_ckpt_path
 from recipes.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+from recipes.created_dirs import note
 from recipes.errors import RecipeError
 from recipes.loggers import HistoryCSVLogger
 from tests.conftest import compose_train, copy_run, train, train_in_process, train_ok, train_ok_in_process
@@ -233,6 +234,9 @@ def test_resume_after_a_corrupt_last_ckpt_from_the_named_checkpoint(two_epochs: 
 def test_resume_where_no_epoch_finished_says_to_run_again(tmp_path: Path) -> None:
     """A run dir whose run was killed before its first last.ckpt: nothing to resume, and the line says so."""
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for run_dir in (tmp_path / "run", tmp_path / "elsewhere"):
+        note(run_dir)  # what the run-dir check records before the run starts: one existed, one is new
+        run_dir.mkdir(exist_ok=True)
     with pytest.raises(RecipeError, match=r"no epoch of the run in .* finished.*run it again without ckpt_path"):
         resolve_ckpt_path("last", tmp_path / "run")
     with pytest.raises(RecipeError, match=r"pass hydra.run.dir=<the run dir to resume>"):
