@@ -143,7 +143,7 @@ def payloads(traps: Traps) -> dict[str, tuple[str, Any, str]]:
         "huge_model": (
             "config.model.hidden",
             [10**7, 10**7],
-            "builds a net of 100,000,760,000,010 weights that do not fit",
+            "builds a net of 100,000,760,000,010 weights, more than the 50,610 stored",
         ),
         "data_entry": (
             "data.num_classes",
