@@ -124,6 +124,11 @@ class PipelineStrategy(TimedDDPStrategy):
             raise RecipeError(str(err)) from None
         rank = self.global_rank
         self.comm_bytes += stages.broadcast_tensors([*self.full_net.parameters(), *self.full_net.buffers()], src=0)
+        # The schedule's point-to-point waits (activations forward, gradients back) time out with the
+        # connections of their group, whose timeout gloo fixes when the group is made (set_timeout reaches
+        # collectives only): on the default group a stopped rank would hold the others for the start-up
+        # timeout. The stages talk over a group made with strategy.timeout instead.
+        self.p2p_group = dist.new_group(timeout=self.collective_timeout)
         self.stage_module = stages.stage_block(self.full_net, self.bounds[rank])
         self.is_first, self.is_last = rank == 0, rank == self.world_size - 1
         self.stage_module.register_forward_hook(self._count_activation_bytes)
@@ -164,7 +169,9 @@ class PipelineStrategy(TimedDDPStrategy):
     def _schedule(self, size: int) -> Any:
         """The schedule for micro-batches of `size` samples (a stage fixes its shapes on first use)."""
         if size not in self._schedules:
-            stage = PipelineStage(self.stage_module, self.global_rank, self.world_size, self.root_device)
+            stage = PipelineStage(
+                self.stage_module, self.global_rank, self.world_size, self.root_device, group=self.p2p_group
+            )
             self._schedules[size] = SCHEDULES[self.schedule_name](
                 stage, self.microbatches, loss_fn=self._microbatch_loss, scale_grads=False
             )
