@@ -177,6 +177,16 @@ class PipelineStrategy(TimedDDPStrategy):
             )
         return self._schedules[size]
 
+    def _check_peers(self) -> None:
+        """A one-byte broadcast on the default group before the schedule runs. Lightning's per-batch SIGTERM
+        broadcast, just before, swallows its timeout when a rank stopped between steps; gloo closes the
+        connection it timed out on, so this fails at once there, instead of the schedule waiting another
+        strategy.timeout on the stages' own connections (p2p_group)."""
+        alive = torch.ones(1, dtype=torch.uint8, device=self.root_device)
+        dist.broadcast(alive, src=0)
+        if self.is_first:
+            self.comm_bytes += alive.element_size()
+
     def _microbatch_loss(self, output: torch.Tensor, target: torch.Tensor, batch: int, padded: bool) -> torch.Tensor:
         """This micro-batch's share of the mean loss over the batch's `batch` real samples: the shares
         of all micro-batches sum to it. Padding rows (target -1, only in a ragged batch) get none."""
@@ -206,6 +216,7 @@ class PipelineStrategy(TimedDDPStrategy):
             index = torch.arange(size * m, device=y.device)
             x, y = x[index % n], torch.where(index < n, y[index % n], -1)
         schedule = self._schedule(size)
+        self._check_peers()
         # The schedule accumulates into .grad: set aside what is there (Lightning's zero_grad, which
         # runs after this step, decides whether it stays), so only this batch's gradients are taken.
         params = [p for p in self.stage_module.parameters() if p.requires_grad]
