@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import QUIET, REPO
 
-TIMEOUT = 5  # strategy.timeout in seconds: short, so that the test is too
+TIMEOUT = 12  # strategy.timeout in seconds: short, yet a run that waited it twice would fail the test
 STALL = ("trainer.max_epochs=1", "callbacks.model_summary=null", "logger=csv", "model.hidden=[32]")
 
 
@@ -35,15 +35,16 @@ def run_processes(run_dir: Path) -> list[int]:
     return pids
 
 
-def stop_rank(tmp_path: Path, rank: int, *overrides: str) -> tuple[subprocess.Popen, str, float]:
-    """A pipeline run on two ranks whose rank `rank` SIGSTOPs itself after its first batch: the process,
-    its stderr, and the seconds from that stop to the run's end. A run that outlives the test's own
-    limit is killed with its whole session, so a failing test leaves nothing behind either."""
+def stop_rank(tmp_path: Path, rank: int, in_step: bool, *overrides: str) -> tuple[subprocess.Popen, str, float]:
+    """A pipeline run on two ranks whose rank `rank` SIGSTOPs itself after its first batch (`in_step`: inside
+    its second training step, at its stage's first forward): the process, its stderr, and the seconds
+    from that stop to the run's end. A run that outlives the test's own limit is killed with its whole
+    session, so a failing test leaves nothing behind either."""
     run_dir, pid_file = tmp_path / "run", tmp_path / "stopped.pid"
     command = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", *QUIET, "trainer=ddp_sim"]
     command += ["strategy=pipeline", f"strategy.timeout={TIMEOUT}", *STALL, *overrides]
     command += ["+callbacks.stall._target_=tests.stalled_rank.StalledRank", f"+callbacks.stall.pid_file={pid_file}"]
-    command += [f"+callbacks.stall.rank={rank}", "+callbacks.stall.in_step=true"]
+    command += [f"+callbacks.stall.rank={rank}", f"+callbacks.stall.in_step={in_step}"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.Popen(
         command, cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
@@ -74,9 +75,11 @@ def assert_stopped_rank_failure(proc: subprocess.Popen, err: str, seconds: float
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
+@pytest.mark.parametrize("in_step", [True, False], ids=["in_step", "between_steps"])
 @pytest.mark.parametrize("rank", [1, 0])
-def test_a_stopped_pipeline_rank_fails_the_run_within_the_timeout(tmp_path: Path, rank: int) -> None:
-    """Rank 1 stopped: rank 0 waits for its gradients, fails and kills it. Rank 0 stopped (the launcher):
-    rank 1 waits for its activations, fails, leaves the process group and wakes rank 0, which fails at
-    once on the closed connection, prints the line and exits 1."""
-    assert_stopped_rank_failure(*stop_rank(tmp_path, rank))
+def test_a_stopped_pipeline_rank_fails_the_run_within_the_timeout(tmp_path: Path, rank: int, in_step: bool) -> None:
+    """Rank 1 stopped: rank 0 fails (in the schedule's wait for gradients, or in the check before the next
+    step) and kills it. Rank 0 stopped (the launcher): rank 1 fails (waiting for activations, or in the
+    check), leaves the process group and wakes rank 0, which fails at once on the closed connection,
+    takes rank 1 down, prints the line and exits 1."""
+    assert_stopped_rank_failure(*stop_rank(tmp_path, rank, in_step))
