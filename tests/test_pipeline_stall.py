@@ -71,7 +71,7 @@ def assert_stopped_rank_failure(proc: subprocess.Popen, err: str, seconds: float
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err[-3000:]
     assert errors[0].startswith(f"error: another rank stopped answering within strategy.timeout={TIMEOUT}s"), errors
-    assert seconds < TIMEOUT + 10, seconds  # the startup timeout (600 s) used to govern the waits
+    assert seconds < TIMEOUT + 10, seconds  # not the start-up timeout (600 s), nor the timeout twice
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
