@@ -1,6 +1,7 @@
 """strategy=pipeline and a stopped rank: the schedule's point-to-point waits (activations forward,
 gradients back) fail within strategy.timeout like the collectives do, whichever rank stops; the run
-ends with one line naming the knob, exit 1, and no process of it left behind."""
+ends with one line naming the knob, exit 1, and no process of it left behind. A stopped launcher (rank 0)
+is woken by the rank that notices, under strategy=ddp too."""
 
 from __future__ import annotations
 
@@ -35,14 +36,16 @@ def run_processes(run_dir: Path) -> list[int]:
     return pids
 
 
-def stop_rank(tmp_path: Path, rank: int, in_step: bool, *overrides: str) -> tuple[subprocess.Popen, str, float]:
-    """A pipeline run on two ranks whose rank `rank` SIGSTOPs itself after its first batch (`in_step`: inside
+def stop_rank(
+    tmp_path: Path, rank: int, in_step: bool, strategy: str = "pipeline"
+) -> tuple[subprocess.Popen, str, float]:
+    """A run of `strategy` on two ranks whose rank `rank` SIGSTOPs itself after its first batch (`in_step`: inside
     its second training step, at its stage's first forward): the process, its stderr, and the seconds
     from that stop to the run's end. A run that outlives the test's own limit is killed with its whole
     session, so a failing test leaves nothing behind either."""
     run_dir, pid_file = tmp_path / "run", tmp_path / "stopped.pid"
     command = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", *QUIET, "trainer=ddp_sim"]
-    command += ["strategy=pipeline", f"strategy.timeout={TIMEOUT}", *STALL, *overrides]
+    command += [f"strategy={strategy}", f"strategy.timeout={TIMEOUT}", *STALL]
     command += ["+callbacks.stall._target_=tests.stalled_rank.StalledRank", f"+callbacks.stall.pid_file={pid_file}"]
     command += [f"+callbacks.stall.rank={rank}", f"+callbacks.stall.in_step={in_step}"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
@@ -83,3 +86,10 @@ def test_a_stopped_pipeline_rank_fails_the_run_within_the_timeout(tmp_path: Path
     check), leaves the process group and wakes rank 0, which fails at once on the closed connection,
     takes rank 1 down, prints the line and exits 1."""
     assert_stopped_rank_failure(*stop_rank(tmp_path, rank, in_step))
+
+
+@pytest.mark.slow
+def test_a_stopped_launcher_fails_a_ddp_run_within_the_timeout(tmp_path: Path) -> None:
+    """The wake-up lives in TimedDDPStrategy: a stopped rank 0 used to outlive a ddp run for good (rank 1
+    failed and waited a minute for it to exit first; nothing ever continued or killed it)."""
+    assert_stopped_rank_failure(*stop_rank(tmp_path, 0, False, "ddp"))
