@@ -175,7 +175,7 @@ def preflight(argv: list[str]) -> None:
 
 
 # This process's parent when it started: for a DDP child that Lightning started, its launcher (rank 0).
-_PARENT_AT_START = os.getppid()
+PARENT_AT_START = os.getppid()
 
 
 def _outlive_launcher(timeout_s: float = 60.0) -> None:
@@ -187,7 +187,7 @@ def _outlive_launcher(timeout_s: float = 60.0) -> None:
     if launched_externally():
         return
     deadline = time.monotonic() + timeout_s
-    while os.getppid() == _PARENT_AT_START and time.monotonic() < deadline:
+    while os.getppid() == PARENT_AT_START and time.monotonic() < deadline:
         time.sleep(0.1)
 
 

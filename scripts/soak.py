@@ -2,6 +2,7 @@
 strategy, each under a hard timeout, and print how many runs finished, failed or hung.
 
     python scripts/soak.py --runs 30 [--timeout 180] [--strategies ddp,model_avg,async,pipeline] [OVERRIDE ...]
+    python scripts/soak.py --runs 20 --strategies pipeline-stop-rank1,pipeline-stop-rank0,async-sigterm  # fault cases
 
 A run is killed with its whole process group (its ranks, its fork server) when it outlives --timeout; if
 py-spy is installed (on PATH or --py-spy), every process of a hung run has its Python stack printed first,
@@ -11,7 +12,10 @@ overrides given on the command line are added to every run.
 
 Fault cases (CASES) are named in --strategies like a strategy: `async-sigterm` sends SIGTERM to an async run's
 main process after its first checkpoint and counts the run ok only when it exits 143 with one line, no
-traceback, and nothing of it left running 10 s later.
+traceback, and nothing of it left running 10 s later; `pipeline-stop-rank1` / `pipeline-stop-rank0` stop that
+rank of a strategy=pipeline run with SIGSTOP (inside a step or between steps, alternately) and count the run ok
+only when it ends within strategy.timeout + 10 s of the stop with exit 1, one line naming strategy.timeout,
+no traceback and no process left.
 """
 
 from __future__ import annotations
@@ -90,12 +94,73 @@ def run_once(
     return ("ok" if proc.returncode == 0 else "failed"), seconds, f"exit {proc.returncode}\n{last_lines(err)}"
 
 
+# Fault cases, chosen with --strategies like a strategy: name -> function(run_dir, timeout, overrides, py_spy)
+# returning (status, seconds, detail) as run_once does.
+CASES: dict[str, Callable[[Path, float, list[str], str | None], tuple[str, float, str]]] = {}
+
+# --- pipeline SIGSTOP: a stopped rank must end the run within strategy.timeout -----------------------------
+STOP_TIMEOUT = 10  # strategy.timeout of these runs (s); the run must end within it + 10 s of the stop
+_stop_in_step: dict[int, bool] = {}  # per rank, alternates: inside the next training step, or between steps
+
+
+def pipeline_stopped_rank(
+    run_dir: Path, timeout: float, overrides: list[str], py_spy: str | None, rank: int
+) -> tuple[str, float, str]:
+    """strategy=pipeline whose rank `rank` SIGSTOPs itself after its first batch (tests/stalled_rank.py),
+    alternately inside its next step (the others wait in the schedule's point-to-point transfers) and
+    between steps (they wait in a collective). 'ok' only for exit 1, one `error:` line naming
+    strategy.timeout, the end within STOP_TIMEOUT + 10 s of the stop, and no process of the run left;
+    seconds are counted from the stop."""
+    in_step = _stop_in_step[rank] = not _stop_in_step.get(rank, False)
+    pid_file = run_dir.with_suffix(".pid")
+    stall = ["+callbacks.stall._target_=tests.stalled_rank.StalledRank", f"+callbacks.stall.pid_file={pid_file}"]
+    stall += [f"+callbacks.stall.rank={rank}", f"+callbacks.stall.in_step={in_step}"]
+    command = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", "trainer=ddp_sim"]
+    command += ["strategy=pipeline", f"strategy.timeout={STOP_TIMEOUT}", *TINY, *overrides, *stall]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    where = f"rank {rank} stopped {'in a step' if in_step else 'between steps'}"
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stacks = dump_stacks(proc.pid, py_spy)
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        return "hung", time.perf_counter() - start, f"{where}\n{stacks}\n{last_lines(err)}"
+    end = time.time()
+    deadline = time.monotonic() + 5  # a rank killed at the end may take a moment to be reaped
+    while group_pids(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = group_pids(proc.pid)
+    if left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    if not pid_file.is_file():
+        return "failed", time.perf_counter() - start, f"{where}: it never reached its first batch\n{last_lines(err)}"
+    seconds = end - pid_file.stat().st_mtime
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    problems = [
+        f"exit {proc.returncode}, not 1" if proc.returncode != 1 else "",
+        f"{len(errors)} error lines" if len(errors) != 1 else "",
+        ""
+        if errors and f"strategy.timeout={STOP_TIMEOUT:g}s" in errors[0]
+        else "the line does not name strategy.timeout",
+        "a traceback" if "Traceback" in err else "",
+        f"ended {seconds:.1f} s after the stop" if seconds > STOP_TIMEOUT + 10 else "",
+        f"processes left behind: {left}" if left else "",
+    ]
+    problems = [p for p in problems if p]
+    return ("failed" if problems else "ok"), seconds, f"{where}: {'; '.join(problems)}\n{last_lines(err)}"
+
+
+CASES["pipeline-stop-rank1"] = lambda *args: pipeline_stopped_rank(*args, rank=1)
+CASES["pipeline-stop-rank0"] = lambda *args: pipeline_stopped_rank(*args, rank=0)
+
+
 def last_lines(text: str, count: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-count:])
-
-
-# Fault cases, run like a strategy (--strategies NAME): (run_dir, timeout, overrides, py_spy) -> run_once's result.
-CASES: dict[str, Callable[[Path, float, list[str], str | None], tuple[str, float, str]]] = {}
 
 
 def async_sigterm(run_dir: Path, timeout: float, overrides: list[str], py_spy: str | None) -> tuple[str, float, str]:

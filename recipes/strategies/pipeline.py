@@ -124,6 +124,11 @@ class PipelineStrategy(TimedDDPStrategy):
             raise RecipeError(str(err)) from None
         rank = self.global_rank
         self.comm_bytes += stages.broadcast_tensors([*self.full_net.parameters(), *self.full_net.buffers()], src=0)
+        # The schedule's point-to-point waits (activations forward, gradients back) time out with the
+        # connections of their group, whose timeout gloo fixes when the group is made (set_timeout reaches
+        # collectives only): on the default group a stopped rank would hold the others for the start-up
+        # timeout. The stages talk over a group made with strategy.timeout instead.
+        self.p2p_group = dist.new_group(timeout=self.collective_timeout)
         self.stage_module = stages.stage_block(self.full_net, self.bounds[rank])
         self.is_first, self.is_last = rank == 0, rank == self.world_size - 1
         self.stage_module.register_forward_hook(self._count_activation_bytes)
@@ -164,11 +169,23 @@ class PipelineStrategy(TimedDDPStrategy):
     def _schedule(self, size: int) -> Any:
         """The schedule for micro-batches of `size` samples (a stage fixes its shapes on first use)."""
         if size not in self._schedules:
-            stage = PipelineStage(self.stage_module, self.global_rank, self.world_size, self.root_device)
+            stage = PipelineStage(
+                self.stage_module, self.global_rank, self.world_size, self.root_device, group=self.p2p_group
+            )
             self._schedules[size] = SCHEDULES[self.schedule_name](
                 stage, self.microbatches, loss_fn=self._microbatch_loss, scale_grads=False
             )
         return self._schedules[size]
+
+    def _check_peers(self) -> None:
+        """A one-byte broadcast on the default group before the schedule runs. Lightning's per-batch SIGTERM
+        broadcast, just before, swallows its timeout when a rank stopped between steps; gloo closes the
+        connection it timed out on, so this fails at once there, instead of the schedule waiting another
+        strategy.timeout on the stages' own connections (p2p_group)."""
+        alive = torch.ones(1, dtype=torch.uint8, device=self.root_device)
+        dist.broadcast(alive, src=0)
+        if self.is_first:
+            self.comm_bytes += alive.element_size()
 
     def _microbatch_loss(self, output: torch.Tensor, target: torch.Tensor, batch: int, padded: bool) -> torch.Tensor:
         """This micro-batch's share of the mean loss over the batch's `batch` real samples: the shares
@@ -199,6 +216,7 @@ class PipelineStrategy(TimedDDPStrategy):
             index = torch.arange(size * m, device=y.device)
             x, y = x[index % n], torch.where(index < n, y[index % n], -1)
         schedule = self._schedule(size)
+        self._check_peers()
         # The schedule accumulates into .grad: set aside what is there (Lightning's zero_grad, which
         # runs after this step, decides whether it stays), so only this batch's gradients are taken.
         params = [p for p in self.stage_module.parameters() if p.requires_grad]

@@ -13,6 +13,7 @@ slow checkpoint or validation on one rank).
 from __future__ import annotations
 
 import math
+import os
 import signal
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from torch.multiprocessing import ProcessRaisedException
 from typing_extensions import override
+
+from recipes.cli import PARENT_AT_START, launched_externally
 
 DEFAULT_SECONDS = 300.0
 DEFAULT_STARTUP_SECONDS = 600.0
@@ -92,10 +95,35 @@ def stop_started_ranks(strategy: Any) -> None:
             proc.wait(timeout=30)  # reap it: no zombie left behind
 
 
+def started_by_launcher() -> int | None:
+    """The process id of the rank that started this one (Lightning's `start_method=popen` launcher, rank 0
+    of this node), read when the process started, while it was surely still its parent; None in a rank that
+    no launcher of this run started (rank 0 itself, srun or torchrun workers)."""
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 and not launched_externally():
+        return PARENT_AT_START
+    return None
+
+
+def wake_launcher(strategy: Any) -> None:
+    """In a rank started by the launcher, after it lost a peer: leave the process groups (every connection
+    to this rank closes, so a rank blocked on one fails at once, not after its own timeout), then send the
+    launcher SIGCONT. A launcher stopped by SIGSTOP would otherwise never end: its watchdogs stop with it,
+    and this rank waits for it to exit first (recipes/cli.py). Woken, it fails on the closed connection,
+    takes this rank down, and ends the run with its one line and exit status; a running launcher is not
+    affected by SIGCONT."""
+    pid = strategy.launcher_pid
+    if pid is None or os.getppid() != pid:  # the launcher is gone: nothing to wake
+        return
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    os.kill(pid, signal.SIGCONT)
+
+
 class TimedDDPStrategy(DDPStrategy):
     """Lightning's DDPStrategy with the run's collective timeout: the process group is created with
-    `startup_timeout` (every rank must join within it), then its collectives get `timeout`; and a
-    failing rank 0 takes the ranks it started down with it. Base of strategy=ddp (and so model_avg)
+    `startup_timeout` (every rank must join within it), then its collectives get `timeout`; a
+    failing rank 0 takes the ranks it started down with it, and a rank it started that lost a peer wakes
+    it (it may be the rank that was stopped) so that it can end the run. Base of strategy=ddp (and so model_avg)
     and strategy=pipeline."""
 
     def __init__(
@@ -108,6 +136,7 @@ class TimedDDPStrategy(DDPStrategy):
         self.startup_timeout = collective_timeout(startup_timeout, "startup_timeout")
         super().__init__(*args, timeout=self.startup_timeout, **kwargs)
         self.collective_timeout, self.ranks_met = collective_timeout(timeout), False
+        self.launcher_pid = started_by_launcher()
 
     @override
     def setup_distributed(self) -> None:
@@ -120,3 +149,5 @@ class TimedDDPStrategy(DDPStrategy):
     def on_exception(self, exception: BaseException) -> None:
         super().on_exception(exception)
         stop_started_ranks(self)
+        if collective_failure(exception, self) is not None:
+            wake_launcher(self)
