@@ -6,7 +6,7 @@ with `scale=channel`; the backward pass hands the gradient straight through to t
 latent weights where |W| <= 1 (the derivative of hardtanh), and the latent weights are clipped to
 [-1, 1] after every optimizer step, as the paper does. The first and last layers stay at full
 precision by default (`skip_first_last`), as both papers keep them. Each binary layer ships as one
-bit per weight (plus its fp32 scales): callbacks/dcz.py packs it.
+bit per weight (plus its fp32 scales): callbacks/formats/dcz.py packs it.
 """
 
 from __future__ import annotations

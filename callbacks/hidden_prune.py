@@ -19,7 +19,7 @@ from torch import nn
 from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
-from callbacks.structure import applied, rebuild_optimizers, record, remove_masks, shapes_of, snapshot
+from callbacks.surgery.structure import applied, rebuild_optimizers, record, remove_masks, shapes_of, snapshot
 from modules.nets import output_layer
 
 IMPORTANCE = ("l1", "l2", "activation")

@@ -18,7 +18,7 @@ from torch import nn
 from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
-from callbacks.structure import applied, factored, rebuild_optimizers, record, set_module, snapshot
+from callbacks.surgery.structure import applied, factored, rebuild_optimizers, record, set_module, snapshot
 from modules.nets import output_layer
 
 FACTORABLE = (nn.Linear, nn.Conv2d)

@@ -8,7 +8,7 @@ resumes in any phase, and the step's own parameters (learned scales, centroids) 
 optimizer from the start. The latent weight is `...parametrizations.weight.original`; the weight the
 net computes is also written beside it, as the `folded` buffer, in every checkpoint, so a plain net
 (recipes.evaluate, recipes.export, the test after fit) loads it without knowing the function
-(recipes.checkpoint folds it in). At the end of training the parametrization is removed with the
+(recipes.checkpointing.format folds it in). At the end of training the parametrization is removed with the
 computed weight left in place: the net ships plain weights.
 
 A pruned layer's `weight` is computed by pruning from `weight_orig`: there, `weight_orig` is
@@ -26,12 +26,12 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 from typing_extensions import override
 
-from callbacks import dcz
+from callbacks.formats import dcz
 from callbacks.prune import PRUNABLE, masked_weight
 from callbacks.step import CompressionStep, Stage
-from callbacks.structure import snapshot
+from callbacks.surgery.structure import snapshot
 
-FOLDED = "folded"  # the buffer holding the computed weight in a checkpoint (see recipes.checkpoint)
+FOLDED = "folded"  # the buffer holding the computed weight in a checkpoint (see recipes.checkpointing.format)
 
 
 class LatentWeight(nn.Module, ABC):
@@ -83,7 +83,7 @@ class LatentWeightStep(CompressionStep):
 
     stage = Stage.PRECISION
     encoding = (
-        "the .dcz file (callbacks/dcz.py): each tensor in the smallest exact encoding of raw, Huffman-coded "
+        "the .dcz file (callbacks/formats/dcz.py): each tensor in the smallest exact encoding of raw, Huffman-coded "
         "shared values, Han's sparse format, packed sign or ternary bits"
     )
     excludes = {"qat": "both set how the weights are stored", "ptq": "both set how the weights are stored"}

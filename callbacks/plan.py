@@ -33,7 +33,7 @@ def check_order(steps: dict[str, CompressionStep]) -> None:
             )
 
 
-def check_plan(steps: dict[str, CompressionStep], net: nn.Module, max_epochs: int) -> None:
+def check_compression_plan(steps: dict[str, CompressionStep], net: nn.Module, max_epochs: int) -> None:
     """Raise ValueError (one line, naming the fix) for a bad order, combination or setting."""
     plan = f"compress=[{','.join(steps)}]"
     for name, step in steps.items():

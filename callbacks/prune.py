@@ -13,7 +13,7 @@ fit the pruning is made permanent: the net holds plain, zero-filled weights, rea
 rates, e.g. 95/95/80% for LeNet-300-100) or `sparsity` for the layers it does not name. With
 `drop_dead_units`, from `end_epoch` on, a hidden unit left with no outgoing weight also loses its
 incoming weights (masked) and bias (zeroed after every optimizer step): it cannot change the
-logits, and Deep Compression's file then need not ship it (callbacks/dead_units.py).
+logits, and Deep Compression's file then need not ship it (callbacks/surgery/dead_units.py).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from torch import nn
 from torch.nn.utils import prune
 from typing_extensions import override
 
-from callbacks.dead_units import zero_dead_units
 from callbacks.step import CompressionStep, Stage
-from callbacks.structure import snapshot
+from callbacks.surgery.dead_units import zero_dead_units
+from callbacks.surgery.structure import snapshot
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
 

@@ -1,7 +1,7 @@
 """Post-training static quantization, the baseline QAT is compared with: the net trains in fp32 for
 the whole budget; after the last training batch, `calibration_batches` training batches run through
 the net (no gradient step) so each Linear / Conv2d records the min / max of its input and output,
-and from then on it computes fake-quantized int8 exactly as a QAT net does (callbacks/quantize.py),
+and from then on it computes fake-quantized int8 exactly as a QAT net does (callbacks/surgery/quantize.py),
 before the last validation and checkpoint. The same int8 export follows."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from torch import nn
 from typing_extensions import override
 
 from callbacks.qat import COUPLING, VALUE_STEPS, check_bits, check_quantizable
-from callbacks.quantize import Phase, instrument, quantized_layers, set_phase, shipped_bytes
 from callbacks.step import CompressionStep, Stage
-from callbacks.structure import snapshot
+from callbacks.surgery.quantize import Phase, instrument, quantized_layers, set_phase, shipped_bytes
+from callbacks.surgery.structure import snapshot
 
 
 class PostTrainingQuantization(CompressionStep):
@@ -86,5 +86,5 @@ class PostTrainingQuantization(CompressionStep):
 
     @override
     def encoded_bytes(self, net: nn.Module) -> dict[str, int]:
-        """The int8 encoding of every quantized layer (callbacks/quantize.py: shipped_bytes)."""
+        """The int8 encoding of every quantized layer (callbacks/surgery/quantize.py: shipped_bytes)."""
         return shipped_bytes(net) if quantized_layers(net) else {}

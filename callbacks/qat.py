@@ -3,7 +3,7 @@ from `start_epoch` every Linear / Conv2d computes with fake-quantized int8 weigh
 symmetric) and uint8 activations (per-tensor affine), BatchNorm folded in with frozen statistics,
 so the net learns to live with the rounding; for the last `freeze_epochs` epochs the activation
 observers are frozen too, so the final epochs train against the exact parameters that ship. The
-mechanics (fake-quant forward, BatchNorm folding, the int8 export module) are callbacks/quantize.py.
+mechanics (fake-quant forward, BatchNorm folding, the int8 export module) are callbacks/surgery/quantize.py.
 
 The quantization buffers are added to every layer in `setup`, before Lightning restores a
 checkpoint or builds the optimizer (as the pruning masks are), and the phase is set from the epoch at
@@ -17,9 +17,9 @@ import lightning.pytorch as pl
 from torch import nn
 from typing_extensions import override
 
-from callbacks.quantize import Phase, instrument, links, quantized_layers, set_phase, shipped_bytes
 from callbacks.step import CompressionStep, Stage
-from callbacks.structure import snapshot
+from callbacks.surgery.quantize import Phase, instrument, links, quantized_layers, set_phase, shipped_bytes
+from callbacks.surgery.structure import snapshot
 
 SUPPORTED_BITS = (8,)
 # why a quantization step cannot run on a net cut into stages on different ranks (strategy=pipeline)
@@ -134,5 +134,5 @@ class QuantizationAwareTraining(CompressionStep):
 
     @override
     def encoded_bytes(self, net: nn.Module) -> dict[str, int]:
-        """The int8 encoding of every quantized layer (callbacks/quantize.py: shipped_bytes)."""
+        """The int8 encoding of every quantized layer (callbacks/surgery/quantize.py: shipped_bytes)."""
         return shipped_bytes(net) if quantized_layers(net) else {}

@@ -7,7 +7,7 @@ layer, `w_p` for the positive and `w_n` for the negative weights (initialized to
 of each side); the latent weights get the gradient scaled by `w_p` / `1` / `w_n` in the positive /
 zero / negative region, `w_p` the sum of the positive region's gradients, `w_n` minus that of the
 negative one. First and last layers stay at full precision by default. Each ternary layer ships as
-two bits per weight plus its scales (callbacks/dcz.py).
+two bits per weight plus its scales (callbacks/formats/dcz.py).
 """
 
 from __future__ import annotations

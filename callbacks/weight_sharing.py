@@ -7,7 +7,7 @@ the assignments fixed and the centroids fine-tuned: a weight is `centroids[index
 gives each centroid the sum of its members' gradients, as in the paper. Zeros (a pruned layer's)
 are not clustered and stay zero (the pruning mask still applies). Layers an earlier binary or
 ternary step owns are left to it: weight sharing then covers the layers they keep at full
-precision. Each layer ships as its codebook and Huffman-coded indices (callbacks/dcz.py).
+precision. Each layer ships as its codebook and Huffman-coded indices (callbacks/formats/dcz.py).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ class GanModule(Task):
     beside it for an exact resume.
     """
 
-    # Declared on the class for the strategies' start-up checks (recipes/startup.py): this task steps
+    # Declared on the class for the strategies' start-up checks (recipes/assembly/startup_checks.py): this task steps
     # its two optimizers itself (Lightning's manual optimization).
     manual_optimization = True
 

@@ -32,7 +32,7 @@ class Task(RecipeModule, ABC):
     #: A GAN's generator does not; such a checkpoint is refused in one line.
     classifies_images: ClassVar[bool] = False
     #: Declared need: the validation and test steps take input gradients (e.g. an attack), so the test
-    #: trainer runs with inference_mode=False (recipes.testing).
+    #: trainer runs with inference_mode=False (recipes.stages.scoring).
     evaluates_with_gradients: ClassVar[bool] = False
 
     def __init__(self, monitor: str, monitor_mode: str) -> None:
@@ -56,7 +56,7 @@ class Task(RecipeModule, ABC):
     def chance_loss(self) -> float | None:
         """The training loss of a model that has learned nothing (a classifier's uniform guess: ln C),
         or None where the loss has no such level or need not fall as the task learns (a GAN's minimax
-        game). recipes/divergence.py warns at the end of a run whose loss stayed at or above it, or did
+        game). recipes/assembly/divergence.py warns at the end of a run whose loss stayed at or above it, or did
         not fall; with None it does not judge."""
         return None
 
@@ -133,7 +133,7 @@ class Task(RecipeModule, ABC):
                 "holds its own config, loads strictly with weights_only=True, and map_location names "
                 "one device (e.g. 'cpu', 'cuda:0')"
             )
-        from recipes.build import load_task
+        from recipes.assembly.restore import load_task
 
         module = load_task(str(checkpoint_path), {f"task.{k}": v for k, v in task_overrides.items()}, trusted_targets)
         if not isinstance(module, cls):

@@ -13,12 +13,12 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from modules.task import Task
-from recipes import cli
-from recipes.build import rebuild
-from recipes.checkpoint import load_checkpoint
+from recipes.assembly.restore import rebuild
+from recipes.checkpointing.format import load_checkpoint
+from recipes.checkpointing.trust import saved_config
 from recipes.errors import RecipeError
-from recipes.robustness import build_attack, measure, print_table, write_report
-from recipes.trusted import saved_config
+from recipes.runtime.guard import guarded, run_main
+from recipes.stages.robustness_report import build_attack, measure, print_table, write_report
 
 
 def check_classifier_checkpoint(path: str, trusted: list[str]) -> None:
@@ -53,11 +53,11 @@ def attack(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="robustness")
 def _hydra_main(cfg: DictConfig) -> None:
-    cli.guarded(attack, cfg)
+    guarded(attack, cfg)
 
 
 def main() -> None:
-    cli.run_main(_hydra_main)
+    run_main(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Entry points print their message as a single line, with no traceback unless HYDR
 every message must say what happened and what to do next.
 """
 
+__all__ = ["EXIT_BAD_INPUT", "EXIT_SIGINT", "EXIT_SIGTERM", "RecipeError", "RunStopped"]
+
+EXIT_BAD_INPUT = 2  # bad input (a config value, a path, a checkpoint): refused before anything was changed
 EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell and SLURM report for a job stopped by SIGTERM
 EXIT_SIGINT = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 

@@ -12,12 +12,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from callbacks import dcz
-from recipes import cli
-from recipes.build import rebuild
+from callbacks.formats import dcz
+from recipes.assembly.restore import rebuild
 from recipes.errors import RecipeError
-from recipes.results import print_summary, strict_json
-from recipes.testing import test_metrics
+from recipes.runtime.guard import guarded, run_main
+from recipes.stages.results import print_summary, strict_json
+from recipes.stages.scoring import score
 
 
 def load_dcz(net: nn.Module, path: Path) -> None:
@@ -40,7 +40,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     saved_cfg, datamodule, module, choices = rebuild(cfg.ckpt_path, overrides, cfg.trusted_targets)
     if cfg.get("weights"):
         load_dcz(module.shipped_net, Path(cfg.weights))
-    metrics = test_metrics(saved_cfg, module, datamodule)
+    metrics = score(saved_cfg, module, datamodule)
     report = {
         "recipe": choices.get("recipe"),
         "task": choices.get("task"),
@@ -57,11 +57,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
-    cli.guarded(evaluate, cfg)
+    guarded(evaluate, cfg)
 
 
 def main() -> None:
-    cli.run_main(_hydra_main)
+    run_main(_hydra_main)
 
 
 if __name__ == "__main__":

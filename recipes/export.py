@@ -9,11 +9,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from recipes import cli
-from recipes.build import rebuild
+from recipes.assembly.restore import rebuild
 from recipes.errors import RecipeError
-from recipes.exporting import export_shipped
-from recipes.results import strict_json
+from recipes.runtime.guard import guarded, run_main
+from recipes.stages.results import strict_json
+from recipes.stages.shipping import export_shipped
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -31,11 +31,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="export_checkpoint")
 def _hydra_main(cfg: DictConfig) -> None:
-    cli.guarded(export, cfg)
+    guarded(export, cfg)
 
 
 def main() -> None:
-    cli.run_main(_hydra_main)
+    run_main(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ from omegaconf import DictConfig
 
 from modules.gan import GanModule
 from modules.gan_pictures import sample_grid, save_grid
-from recipes import cli
-from recipes.build import rebuild
+from recipes.assembly.restore import rebuild
 from recipes.errors import RecipeError
+from recipes.runtime.guard import guarded, run_main
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
@@ -51,11 +51,11 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="generate")
 def _hydra_main(cfg: DictConfig) -> None:
-    cli.guarded(generate, cfg)
+    guarded(generate, cfg)
 
 
 def main() -> None:
-    cli.run_main(_hydra_main)
+    run_main(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recipes.errors import RecipeError
-from recipes.results import FILE_NAME
+from recipes.stages.results import FILE_NAME
 
 CSV_NAME, PLOT_NAME = "summary.csv", "objective.png"
 

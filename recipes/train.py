@@ -1,6 +1,6 @@
 """`python -m recipes.train [overrides]`: one straight pipeline, compose -> build -> fit -> test ->
-report -> export -> write results, each stage a function of the module that owns it (recipes.build,
-recipes.fitting, recipes.testing, recipes.reporting, recipes.exporting, recipes.results). The
+report -> export -> write results, each stage a function of the module that owns it (recipes.assembly.training,
+recipes.stages.fit, recipes.stages.scoring, recipes.stages.compression_results, recipes.stages.shipping, recipes.stages.results). The
 console script `recipes-train` is the same command."""
 
 from __future__ import annotations
@@ -13,18 +13,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from recipes import cli
-from recipes.build import Parts, build_run, check_build_plan
+from recipes.assembly.prerequisites import check_buildable, ensure_prerequisites
+from recipes.assembly.startup_checks import check_startup
+from recipes.assembly.training import Parts, build_run
 from recipes.errors import RecipeError
-from recipes.exporting import export_shipped, wants_export
-from recipes.fitting import fit
-from recipes.prerequisites import ensure_prerequisites
-from recipes.reporting import compression_results
-from recipes.results import print_summary, run_results, write_results
-from recipes.robustness import robustness_results
-from recipes.startup import check_plan
-from recipes.testing import test_shipped
-from recipes.tracking import finish_runs, log_run_files
+from recipes.runtime.guard import guarded, run_main
+from recipes.runtime.process_env import launched_externally
+from recipes.runtime.resolvers import register_resolvers
+from recipes.stages.compression_results import compression_results
+from recipes.stages.fit import fit
+from recipes.stages.results import print_summary, run_results, write_results
+from recipes.stages.robustness_report import robustness_results
+from recipes.stages.scoring import score_shipped
+from recipes.stages.shipping import export_shipped, wants_export
+from recipes.stages.tracking import finish_runs, log_run_files
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -33,7 +35,7 @@ def check_launch(cfg: DictConfig) -> None:
     strategy = cfg.strategy
     relaunches = "_target_" in strategy and strategy.get("start_method", "popen") == "popen"
     many = cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1
-    if HydraConfig.get().mode == RunMode.MULTIRUN and relaunches and many and not cli.launched_externally():
+    if HydraConfig.get().mode == RunMode.MULTIRUN and relaunches and many and not launched_externally():
         raise RecipeError(
             "a multirun cannot use strategy.start_method=popen (it re-launches the script per rank); "
             "use strategy.start_method=spawn (ddp_spawn), or launch each job with torchrun, srun or "
@@ -63,7 +65,7 @@ def _fit_and_report(
     fitted = fit(parts, run_dir, keep_weights)
     if fitted is None:
         return None
-    metrics = test_shipped(
+    metrics = score_shipped(
         cfg, parts.module, parts.datamodule, fitted.shipped, parts.loggers, step=parts.trainer.global_step
     )
     results = run_results(
@@ -93,8 +95,8 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     check_launch(cfg)
     run_dir = Path(cfg.paths.run_dir)
     choices = dict(HydraConfig.get().runtime.choices)
-    check_plan(cfg, choices)  # the whole plan, before any prerequisite trains
-    check_build_plan(cfg)
+    check_startup(cfg, choices)  # the whole plan, before any prerequisite trains
+    check_buildable(cfg)
     ensure_prerequisites(cfg, run_dir, choices, run)
     return run(cfg, choices)  # its summary ends with the run dir
 
@@ -108,16 +110,16 @@ def objective(results: dict[str, Any] | None) -> float | None:
 
 # Sweep jobs in another process (hydra/launcher=joblib, submitit) compose their config there, with
 # this module imported (to unpickle the task function) but without main(): the resolvers must exist.
-cli.register_resolvers()
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    return objective(cli.guarded(train, cfg, run_dir=cfg.paths.run_dir))
+    return objective(guarded(train, cfg, run_dir=cfg.paths.run_dir))
 
 
 def main() -> None:
-    cli.run_main(_hydra_main)
+    run_main(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 [300, 100]), data (digits), seeds and epoch budget, in one table.
 
 Each row is `python -m recipes.train recipe=NAME trainer.max_epochs=E export=onnx seed=S`, as a user
-runs it (`export=dcz` for the rows whose recipe ships a .dcz: it writes the ONNX file too). Parameters, compressed bytes (the sparse encoding of callbacks/report.py) and ratio come
+runs it (`export=dcz` for the rows whose recipe ships a .dcz: it writes the ONNX file too). Parameters, compressed bytes (the sparse encoding of callbacks/formats/size_report.py) and ratio come
 from results.json; test accuracy is the mean over seeds; the onnxruntime latency of every row's
 exported model is then timed side by side in this one process (round-robin, median of repeats, one
 fixed batch), and reported as a ratio to the dense model's.
@@ -58,7 +58,7 @@ def export_of(name: str) -> str:
 def onnx_latencies(files: dict[str, Path], batch: int, rounds: int) -> dict[str, float]:
     """Median ms per call of each ONNX file on one random batch, timed round-robin so that every
     model sees the same machine load. Every session alike, as the export times them
-    (callbacks/export.py: onnx_session): all graph optimizations, one intra-op thread per physical core,
+    (callbacks/formats/traced.py: onnx_session): all graph optimizations, one intra-op thread per physical core,
     no spinning between runs (the idle sessions' spinning threads would steal the timed one's cores)."""
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

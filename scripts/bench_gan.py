@@ -25,10 +25,8 @@ from runs import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the recipes package, run from a checkout
 
-from recipes.build import (
-    build_test_trainer,  # noqa: E402
-    rebuild,  # noqa: E402
-)
+from recipes.assembly.restore import rebuild
+from recipes.assembly.training import build_test_trainer
 
 
 def untrained_fd(ckpt: Path, seed: int) -> float:

@@ -10,7 +10,7 @@ in the recipe run, since the plain loop does none of them. Runs alternate (recip
 ...) after one warm-up each, and the medians are compared. A third loop, a bare LightningModule (the
 same net, loss, optimizer and schedule, nothing logged) under the same Trainer, runs alongside: its
 ratio is Lightning's own floor for the workload, and `recipe over floor` is what the recipe's module
-adds on top of it. Both loops run as `recipes.train` does (`recipes.cuda_check`: no per-step NVML
+adds on top of it. Both loops run as `recipes.train` does (`recipes.runtime.libraries`: no per-step NVML
 probe on a machine without a GPU), as a plain PyTorch program, which never imports Lightning, does.
 
 Two more rows, also measured side by side in the same run:
@@ -51,12 +51,12 @@ from torchvision import transforms as T
 from typing_extensions import override
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # this checkout's recipes (and tests.data_files), not an installed copy
+sys.path.insert(0, str(REPO))  # this checkout's recipes, not an installed copy
 
-from recipes.build import build_datamodule, build_module  # noqa: E402
-from recipes.cli import quiet_libraries, register_resolvers  # noqa: E402
-from recipes.cuda_check import drop_nvml_check_without_gpus  # noqa: E402
-from tests.data_files import write_mnist_idx  # noqa: E402
+from recipes.assembly.tasks import build_datamodule, build_module
+from recipes.data.synthetic_files import write_mnist_idx
+from recipes.runtime.libraries import drop_nvml_check_without_gpus, quiet_libraries
+from recipes.runtime.resolvers import register_resolvers
 
 # name -> (overrides, epochs)
 WORKLOADS = {

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from runs import QUIET, mean_std
 
-from recipes.results import strict_json
-from recipes.robustness import plot
+from recipes.stages.results import strict_json
+from recipes.stages.robustness_report import plot
 
 METHODS = {  # same net, data and epochs; only the task differs
     "standard": ["recipe=baseline", "model=convnet"],

@@ -110,7 +110,7 @@ def main() -> None:
     if not (args.template / "src" / "train.py").is_file():
         sys.exit(f"error: --template={args.template} has no src/train.py; pass a clone of lightning-hydra-template")
     sys.path.insert(0, str(REPO))
-    from tests.data_files import write_mnist_idx
+    from recipes.data.synthetic_files import write_mnist_idx
 
     with tempfile.TemporaryDirectory() as tmp:
         data_root = write_mnist_idx(Path(tmp) / "data", n_train=TRAIN + VAL, n_test=TEST)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from runs import mean_std, train
 
-from recipes.results import strict_json
+from recipes.stages.results import strict_json
 
 STUDENTS = {
     "student from scratch": ["recipe=distill", "task=classifier", "~prerequisites", "~task.temperature", "~task.alpha"],

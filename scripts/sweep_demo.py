@@ -28,8 +28,8 @@ from runs import QUIET, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the recipes package, run from a checkout
 
-from recipes.study import INTERRUPTED, open_storage  # noqa: E402
-from recipes.summarize import summarize  # noqa: E402
+from recipes.summarize import summarize
+from recipes.sweep.study import INTERRUPTED, open_storage
 
 
 def trials(db: Path) -> list[optuna.trial.FrozenTrial]:
@@ -45,7 +45,7 @@ def trials(db: Path) -> list[optuna.trial.FrozenTrial]:
 
 
 def finished_trials(db: Path) -> int:
-    """Trials that ran to an end (complete or failed), not those a kill cut off (recipes/study.py)."""
+    """Trials that ran to an end (complete or failed), not those a kill cut off (recipes/sweep/study.py)."""
     return len(
         [
             t

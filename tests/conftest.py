@@ -134,7 +134,7 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 def compose_train(tmp_path: Path, *overrides: str):
     """The config `python -m recipes.train OVERRIDES` would run with (run dir pinned to tmp_path)."""
-    from recipes.cli import register_resolvers
+    from recipes.runtime.resolvers import register_resolvers
 
     register_resolvers()
     with initialize_config_module(config_module="conf", version_base="1.3"):
@@ -159,7 +159,8 @@ def feature_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
 def write_untrained_checkpoint(path: Path, choices: dict[str, str], *overrides: str) -> str:
     """A recipes checkpoint of the untrained module that `overrides` compose (digits data), written as
     recipes.train writes one; `choices` are the config groups it records."""
-    from recipes.build import build_datamodule, build_module, plain_config
+    from recipes.assembly.instantiation import plain_config
+    from recipes.assembly.tasks import build_datamodule, build_module
 
     cfg = compose_train(path.parent, *overrides)
     module = build_module(cfg, build_datamodule(cfg))

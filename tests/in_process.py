@@ -23,7 +23,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Loggers whose handlers a run changes: Hydra's job logging sets the root's, recipes.cli gives Lightning's
+# Loggers whose handlers a run changes: Hydra's job logging sets the root's, recipes.runtime.guard gives Lightning's
 # the root's file handler (train.log); `lightning` has its own console handler.
 _RUN_LOGGERS = ("", "lightning", "lightning.pytorch", "lightning.fabric")
 
@@ -33,7 +33,7 @@ def _process_state_kept(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
     """What a run changes in its process, put back afterwards so that the next test starts as it would
     after a subprocess: environment (Lightning's PL_GLOBAL_SEED...), cwd, logging handlers and levels,
     the SIGTERM and SIGINT handlers, the random generators (the run seeds them), torch's deterministic mode, Hydra's
-    global state and its reporter (recipes.config_errors wraps it). Output written to sys.stdout and
+    global state and its reporter (recipes.runtime.overrides wraps it). Output written to sys.stdout and
     sys.stderr or through Lightning's own console handler goes to `out` and `err`."""
     from hydra._internal import utils as hydra_utils
     from hydra.core.global_hydra import GlobalHydra

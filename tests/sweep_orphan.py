@@ -1,7 +1,7 @@
 """Test-only stand-in for a sweep and its trial worker, with nothing heavy imported: `python -m
 tests.sweep_orphan DELAY` starts one multiprocessing child (as loky starts a sweep's workers), prints
 the child's pid, and waits for it; the child waits DELAY seconds (a trial not started yet), then calls
-a trial through recipes.sweeper.DieWithSweeper, which prints `watching` and sleeps a minute. A test kills the stand-in sweep and checks that the child ends with it."""
+a trial through recipes.sweep.sweeper.DieWithSweeper, which prints `watching` and sleeps a minute. A test kills the stand-in sweep and checks that the child ends with it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from recipes.sweeper import DieWithSweeper
+from recipes.sweep.sweeper import DieWithSweeper
 
 
 def trial(seconds: float) -> None:

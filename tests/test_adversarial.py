@@ -14,9 +14,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from recipes.build import build_training
+from recipes.assembly.startup_checks import check_startup
+from recipes.assembly.training import build_training
 from recipes.errors import RecipeError
-from recipes.startup import check_plan
 from recipes.train import run
 from tests.conftest import compose_train, train_ok
 
@@ -104,7 +104,7 @@ def test_overfitting_guard_restores_the_last_good_weights_and_stops(tmp_path: Pa
 def test_bad_adversarial_knobs_are_refused_at_start_up(tmp_path: Path, override: str, message: str) -> None:
     cfg = compose_train(tmp_path, "recipe=adv_train", override)
     with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        check_plan(cfg, {"recipe": "adv_train", "task": "adversarial"})
+        check_startup(cfg, {"recipe": "adv_train", "task": "adversarial"})
 
 
 TINY = [

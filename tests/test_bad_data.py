@@ -11,9 +11,15 @@ import pytest
 
 from recipes.data.files import DataFileError
 from recipes.data.folder import ImageFolderDataModule
+from recipes.data.synthetic_files import (
+    IDX_LABELS_MAGIC,
+    write_idx,
+    write_image_folder,
+    write_mnist_idx,
+    write_png_header,
+)
 from recipes.data.vision import TorchvisionDataModule
 from tests.conftest import assert_clean_failure, train_in_process
-from tests.data_files import IDX_LABELS_MAGIC, _write_idx, write_image_folder, write_mnist_idx, write_png_header
 
 
 def _random_bytes(path: Path) -> None:
@@ -69,7 +75,7 @@ def test_decoding_error_in_a_worker_names_the_file(tmp_path: Path) -> None:
 def test_mnist_count_mismatch_names_both_files(tmp_path: Path) -> None:
     root = write_mnist_idx(tmp_path / "mnist", n_train=60)
     raw = root / "MNIST" / "raw"
-    _write_idx(raw / "train-labels-idx1-ubyte", IDX_LABELS_MAGIC, np.zeros(50, dtype=np.uint8))
+    write_idx(raw / "train-labels-idx1-ubyte", IDX_LABELS_MAGIC, np.zeros(50, dtype=np.uint8))
     with pytest.raises(DataFileError) as err:
         TorchvisionDataModule(dataset="MNIST", root=str(root))
     message = str(err.value)

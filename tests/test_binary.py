@@ -14,7 +14,7 @@ from callbacks.binary import BinaryWeight, BinaryWeights, SignSTE
 from callbacks.ternary import TernaryWeight, TernaryWeights, TTQFunction, twn_scale, twn_threshold
 from modules.classifier import ClassifierModule
 from modules.nets.mlp import MLP
-from recipes.build import build_training
+from recipes.assembly.training import build_training
 from recipes.data.digits import DigitsDataModule
 from recipes.errors import RecipeError
 from tests.conftest import compose_train, quiet_trainer

@@ -15,12 +15,12 @@ import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-from recipes.build import build_training
-from recipes.checkpoint import resolve_ckpt_path
-from recipes.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
-from recipes.created_dirs import note
+from recipes.assembly.loggers import HistoryCSVLogger
+from recipes.assembly.training import build_training
+from recipes.checkpointing.files import AtomicCheckpointIO, CheckpointWriteError
+from recipes.checkpointing.format import resolve_ckpt_path
 from recipes.errors import RecipeError
-from recipes.loggers import HistoryCSVLogger
+from recipes.runtime.created_dirs import note
 from tests.conftest import compose_train, copy_run, train, train_in_process, train_ok, train_ok_in_process
 from tests.faults import FILLER, skip_unless_read_only_works, small_disk, writable_again
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from recipes.build import reference_net
+from recipes.assembly.tasks import reference_net
+from recipes.checkpointing.trust import saved_config, shipped_targets
 from recipes.errors import RecipeError
 from recipes.evaluate import rebuild
-from recipes.trusted import saved_config, shipped_targets
 from tests.conftest import REPO, run_module, train_in_process
 
 
@@ -114,10 +114,10 @@ def payloads(traps: Traps) -> dict[str, tuple[str, Any, str]]:
         "logger_as_data": (
             "config.data",
             {
-                "_target_": "recipes.tracking.LocalMLFlowLogger",
+                "_target_": "recipes.stages.tracking.LocalMLFlowLogger",
                 "tracking_uri": f"sqlite:///{traps.victim.parent}/x/y.db",
             },
-            "data._target_='recipes.tracking.LocalMLFlowLogger', which this project ships for another part of a run (logger)",
+            "data._target_='recipes.stages.tracking.LocalMLFlowLogger', which this project ships for another part of a run (logger)",
         ),
         "net_as_data": ("config.data._target_", "modules.nets.mlp.MLP", "model), not for data"),
         "transform_as_data": (

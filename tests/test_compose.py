@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from hydra.core.hydra_config import HydraConfig
 
-from recipes.acceleration import model_options
-from recipes.build import build_training, instantiate_part
-from recipes.cli import group_options
+from recipes.assembly.acceleration import model_options
+from recipes.assembly.instantiation import instantiate_part
+from recipes.assembly.training import build_training
+from recipes.runtime.overrides import group_options
 from tests.conftest import compose_train
 
 RECIPES = group_options("recipe")

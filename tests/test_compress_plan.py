@@ -11,10 +11,10 @@ from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 
 from callbacks.dsd import DenseSparseDense
-from callbacks.plan import check_plan
+from callbacks.plan import check_compression_plan
 from callbacks.prune import MagnitudePruning
 from callbacks.step import CompressionStep, Stage
-from recipes.build import build_training
+from recipes.assembly.training import build_training
 from recipes.errors import RecipeError
 from tests.conftest import compose_train, train_in_process
 
@@ -100,18 +100,18 @@ def _steps(*names: str) -> dict[str, CompressionStep]:
 
 def test_a_new_step_joins_a_plan_by_its_declarations() -> None:
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    check_plan(_steps("prune", "toy_precision"), net, max_epochs=20)
+    check_compression_plan(_steps("prune", "toy_precision"), net, max_epochs=20)
     with pytest.raises(
         ValueError,
         match=r"prune must come before toy_precision \(prune the weights .*use "
         r"compress=\[prune,toy_precision\]",
     ):
-        check_plan(_steps("toy_precision", "prune"), net, max_epochs=20)
+        check_compression_plan(_steps("toy_precision", "prune"), net, max_epochs=20)
     with pytest.raises(ValueError, match="dsd and toy_precision cannot share a plan with DSD; use one of them"):
-        check_plan(_steps("dsd", "toy_precision"), net, max_epochs=20)
+        check_compression_plan(_steps("dsd", "toy_precision"), net, max_epochs=20)
 
 
 def test_a_callback_that_is_not_a_step_is_refused() -> None:
     net = nn.Sequential(nn.Linear(4, 2))
     with pytest.raises(ValueError, match="compress.bar: .*EarlyStopping is not a compression step"):
-        check_plan({"bar": EarlyStopping(monitor="val/acc")}, net, max_epochs=20)
+        check_compression_plan({"bar": EarlyStopping(monitor="val/acc")}, net, max_epochs=20)

@@ -1,6 +1,6 @@
 """Lightning conventions: every task's checkpoint loads with `TaskClass.load_from_checkpoint(path)` and
 predicts as recipes.evaluate's rebuild does; every overridden Lightning (and Hydra) hook is marked
-`@override`; every private Lightning/Hydra name still in use (recipes/private_api.py) still exists; and
+`@override`; every private Lightning/Hydra name still in use (tests/private_api.py) still exists; and
 a run prints none of the noise it used to (duplicate summary note, `Total FLOPs: 0`, onnxscript's
 INFO lines, the eval-mode warning of a frozen backbone, paths cut with "...")."""
 
@@ -28,11 +28,12 @@ from modules.classifier import ClassifierModule
 from modules.distill import DistillModule
 from modules.gan import GanModule
 from modules.task import Task
-from recipes.build import build_run, rebuild
-from recipes.fitting import fit
-from recipes.private_api import USES
-from recipes.testing import test_metrics as run_test_metrics
+from recipes.assembly.restore import rebuild
+from recipes.assembly.training import build_run
+from recipes.stages.fit import fit
+from recipes.stages.scoring import score
 from tests.conftest import compose_train, quiet_trainer, train
+from tests.private_api import USES
 
 # One short epoch: a real checkpoint in a few seconds.
 TINY = (
@@ -107,7 +108,7 @@ def test_every_task_checkpoint_loads_with_load_from_checkpoint(tmp_path: Path) -
             assert torch.equal(loaded(*example), evaluated.shipped_net(*example)), cls.__name__
     # What recipes.evaluate reports, from the module Lightning's way of loading gives.
     cfg, datamodule, evaluated, _ = rebuild(classifier)
-    assert run_test_metrics(cfg, ClassifierModule.load_from_checkpoint(classifier), datamodule) == run_test_metrics(
+    assert score(cfg, ClassifierModule.load_from_checkpoint(classifier), datamodule) == score(
         cfg, evaluated, datamodule
     )
     # A reference model that is not at hand: the task config is patched like Lightning's hparams kwargs.
@@ -167,7 +168,7 @@ def resolve(owner: str) -> Any:
 
 
 def test_every_private_name_in_use_still_exists(tmp_path: Path) -> None:
-    """recipes/private_api.py lists each private Lightning/Hydra name the project uses: each is still
+    """tests/private_api.py lists each private Lightning/Hydra name the project uses: each is still
     there on the installed versions (on the class, or on an instance for attributes set in __init__)."""
     trainer = quiet_trainer()
     instances = {
@@ -186,7 +187,7 @@ def test_every_private_name_in_use_still_exists(tmp_path: Path) -> None:
         if not hasattr(holder, use.name):
             missing.append(f"{use.owner}.{use.name} (used by {use.where}: {use.why})")
     assert not missing, "private names gone after an upgrade:\n" + "\n".join(missing)
-    # The checkpoint entry recipes/loggers.py reads is where it reads it.
+    # The checkpoint entry recipes/assembly/loggers.py reads is where it reads it.
     assert "_batches_that_stepped" in trainer.fit_loop.state_dict()["epoch_loop.state_dict"]
     assert hasattr(trainer._logger_connector, "should_update_logs")
     assert hasattr(trainer._accelerator_connector, "use_distributed_sampler")

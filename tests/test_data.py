@@ -15,10 +15,10 @@ from sklearn.datasets import load_digits
 from recipes.data.digits import DigitsDataModule
 from recipes.data.folder import ImageFolderDataModule
 from recipes.data.shift import domain_shift
+from recipes.data.synthetic_files import write_cifar10, write_image_folder, write_mnist_idx
 from recipes.data.vision import TorchvisionDataModule
 from recipes.errors import RecipeError
 from tests.conftest import train_ok_in_process
-from tests.data_files import write_cifar10, write_image_folder, write_mnist_idx
 
 SPLITS = ("train", "val", "test")
 

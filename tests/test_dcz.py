@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import dcz, huffman
-from callbacks.dead_units import zero_dead_units
+from callbacks.formats import dcz, huffman
+from callbacks.surgery.dead_units import zero_dead_units
 from modules.nets.mlp import MLP
-from recipes.checkpoint import fold_masks
+from recipes.checkpointing.format import fold_masks
 from tests.conftest import assert_clean_failure, run_module, train_ok
 
 

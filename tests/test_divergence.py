@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes.results import strict_json
+from recipes.stages.results import strict_json
 from tests.conftest import train, train_in_process
 
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from callbacks.export import ExportError, export_and_verify
+from callbacks.formats.traced import ExportError, export_and_verify
 from modules.nets.convnet import ConvNet
 from modules.nets.lenet import LeNet5
 from modules.nets.mlp import MLP

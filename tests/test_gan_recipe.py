@@ -12,10 +12,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 import recipes.train
-from recipes.build import check_build_plan
+from recipes.assembly.prerequisites import check_buildable
+from recipes.data.synthetic_files import write_image_folder
 from recipes.errors import RecipeError
 from tests.conftest import compose_train, run_module, train_in_process, train_ok
-from tests.data_files import write_image_folder
 
 TINY = [
     "recipe=gan",
@@ -161,7 +161,7 @@ def test_svd_factors_the_generator_and_leaves_the_discriminator(feature_ckpt, tm
         "task.fd_samples=50",
         "task.val_samples=50",
     )
-    check_build_plan(cfg)  # task.feature_ckpt unset: the prerequisite is still to train
+    check_buildable(cfg)  # task.feature_ckpt unset: the prerequisite is still to train
     assert not run_dir.exists()
     cfg.task.feature_ckpt = feature_ckpt
     results = recipes.train.run(cfg, dict(HydraConfig.get().runtime.choices))

@@ -119,17 +119,17 @@ def test_repeated_ddp_sim_runs_do_not_hang() -> None:
     assert "       ddp     3     3       0     0" in proc.stdout, proc.stdout
 
 
-# A rank that waits for its launcher (recipes.cli._outlive_launcher) after the launcher has already died: the
-# middle process starts it, waits until it has imported recipes.cli, and exits without waiting for it.
+# A rank that waits for its launcher (recipes.runtime.guard._outlive_launcher) after the launcher has already died: the
+# middle process starts it, waits until it has imported recipes.runtime.guard, and exits without waiting for it.
 ORPHAN = """
 import os, sys, time
-from recipes import cli
-cli.launched_externally = lambda: False  # as for a rank Lightning started (and no Lightning import to wait for)
+from recipes.runtime import guard
+guard.launched_externally = lambda: False  # as for a rank Lightning started (and no Lightning import to wait for)
 open(sys.argv[1], "w").close()
 while os.path.exists(sys.argv[1]):  # the middle process removes it as it exits
     time.sleep(0.05)
 start = time.monotonic()
-cli._outlive_launcher(timeout_s=30)
+guard._outlive_launcher(timeout_s=30)
 open(sys.argv[2], "w").write(str(time.monotonic() - start))
 """
 MIDDLE = """

@@ -16,9 +16,9 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 
-from recipes import cli
-from recipes.build import build_training
+from recipes.assembly.training import build_training
 from recipes.errors import RecipeError
+from recipes.runtime import process_env, resolvers
 from recipes.train import check_launch
 from tests.conftest import QUIET, REPO, compose_train, train_in_process
 
@@ -182,7 +182,7 @@ def test_multirun_under_srun_or_torchrun_is_allowed(tmp_path: Path, monkeypatch:
         check_launch(cfg)
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_JOB_NAME", "recipes")
-    assert cli.launched_externally()
+    assert process_env.launched_externally()
     check_launch(cfg)
 
 
@@ -205,7 +205,7 @@ def test_run_id_is_pinned_by_the_launcher(env: dict[str, str], expected: str, mo
         monkeypatch.delenv(var)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert cli.run_id() == expected
+    assert process_env.run_id() == expected
 
 
 @pytest.mark.parametrize(
@@ -222,12 +222,12 @@ def test_run_id_falls_back_to_the_clock(env: dict[str, str], monkeypatch: pytest
         monkeypatch.delenv(var)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    first, second = cli.run_id(), cli.run_id()
+    first, second = process_env.run_id(), process_env.run_id()
     assert first != second and first[:4].isdigit()  # e.g. 2026-01-31_12-00-00_123456
 
 
 def hydra_compose(*overrides: str):
-    cli.register_resolvers()
+    resolvers.register_resolvers()
     with initialize_config_module(config_module="conf", version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

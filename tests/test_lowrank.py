@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from callbacks.lowrank import LowRankFactorization, energy_rank, max_useful_rank
-from callbacks.structure import factored
+from callbacks.surgery.structure import factored
 from modules.nets.mlp import MLP
 from tests.conftest import run_module, train_ok
 

@@ -21,16 +21,16 @@ from typing_extensions import override
 from callbacks.progress import PromptRichProgressBar
 from modules.classifier import ClassifierModule
 from modules.nets.mlp import MLP
-from recipes.acceleration import CompileNet
-from recipes.build import build_datamodule, build_module
-from recipes.cuda_check import VARIABLE, drop_nvml_check_without_gpus
+from recipes.assembly.acceleration import CompileNet
+from recipes.assembly.tasks import build_datamodule, build_module
 from recipes.data.digits import DigitsDataModule
 from recipes.data.splits import Batches, ConcatSplit, TensorSplit
+from recipes.data.synthetic_files import write_mnist_idx
 from recipes.data.transforms import compose
 from recipes.data.vision import TorchvisionDataModule
 from recipes.errors import RecipeError
+from recipes.runtime.libraries import VARIABLE, drop_nvml_check_without_gpus
 from tests.conftest import REPO, compose_train, quiet_trainer
-from tests.data_files import write_mnist_idx
 
 
 def tiny_classifier() -> ClassifierModule:

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from modules.nets.mlp import MLP
-from recipes.build import build_datamodule, build_module
+from recipes.assembly.tasks import build_datamodule, build_module
 from recipes.strategies import pipeline_stages as stages
 from recipes.strategies.pipeline import PipelineStrategy
 from tests.conftest import run_module, train_in_process, train_ok

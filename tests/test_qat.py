@@ -16,13 +16,14 @@ from hydra.core.hydra_config import HydraConfig
 from onnx import numpy_helper
 from torch import nn
 
-from callbacks.export import ExportError, export_and_verify
+from callbacks.formats.traced import ExportError, export_and_verify
 from callbacks.qat import check_quantizable
-from callbacks.quantize import Phase, fake_quant_weight, instrument, quantized_layers, set_phase
+from callbacks.surgery.quantize import Phase, fake_quant_weight, instrument, quantized_layers, set_phase
 from modules.nets.convnet import ConvNet
-from recipes.build import build_training, rebuild
+from recipes.assembly.restore import rebuild
+from recipes.assembly.training import build_training
 from recipes.errors import RecipeError
-from recipes.testing import test_metrics as run_test_metrics
+from recipes.stages.scoring import score
 from recipes.train import run
 from tests.conftest import compose_train, train, train_ok
 
@@ -87,7 +88,7 @@ def test_prune_then_qat_ships_sparse_int8_that_onnxruntime_runs_in_int8(tmp_path
     assert {"net.1.input_range", "net.1.output_range", "net.1.quant_phase"} <= set(ckpt["state_dict"])
     _, datamodule, module, _ = rebuild(str(tmp_path / results["checkpoint"]))
     assert all(int(m.quant_phase) == Phase.OBSERVE for m in quantized_layers(module.net).values())
-    assert run_test_metrics(cfg, module, datamodule) == results["metrics"]
+    assert score(cfg, module, datamodule) == results["metrics"]
 
 
 def test_convnet_int8_artifact_matches_fake_quant_and_folds_batchnorm(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from modules.base import TRAIN_LOSS_KEY
-from recipes.loggers import HistoryCSVLogger
+from recipes.assembly.loggers import HistoryCSVLogger
 from tests.conftest import copy_run, train, train_in_process, train_ok_in_process
 
 # 20 steps an epoch (digits, batches of 64) and train/loss every 7 steps (at steps 6, 13, 20, 27, ...):

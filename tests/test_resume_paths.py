@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from recipes.checkpoint_io import AtomicCheckpointIO
-from recipes.resume_paths import foreign_paths, is_checkpoint_in
+from recipes.checkpointing.files import AtomicCheckpointIO
+from recipes.checkpointing.resume_paths import foreign_paths, is_checkpoint_in
 from tests.conftest import copy_run, train_ok_in_process
 
 

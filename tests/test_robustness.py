@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
+from recipes.assembly.startup_checks import check_startup
 from recipes.attack import attack
 from recipes.errors import RecipeError
-from recipes.startup import check_plan
 from tests.conftest import assert_clean_failure, compose_train, run_module, train_ok, write_untrained_checkpoint
 
 
 def compose_attack(*overrides: str):
     """The config `python -m recipes.attack OVERRIDES` runs with."""
-    from recipes.cli import register_resolvers
+    from recipes.runtime.resolvers import register_resolvers
 
     register_resolvers()
     with initialize_config_module(config_module="conf", version_base="1.3"):
@@ -91,7 +91,7 @@ def test_unknown_attack_is_one_line_and_exit_2(feature_ckpt: str, tmp_path: Path
 def test_train_refuses_bad_attack_at_start_up(tmp_path: Path, overrides: list[str], message: str) -> None:
     cfg = compose_train(tmp_path, *overrides)
     with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        check_plan(cfg, {"attack": overrides[0].split("=")[1], "task": "gan"})
+        check_startup(cfg, {"attack": overrides[0].split("=")[1], "task": "gan"})
 
 
 @pytest.mark.slow  # a training run and an attack through the CLI: ~20 s on a quiet 2-core machine

@@ -21,11 +21,12 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from recipes.cli import group_options, preflight, register_resolvers
+from recipes.assembly.startup_checks import check_startup
 from recipes.errors import RecipeError
-from recipes.search_space import parse
-from recipes.startup import check_plan
+from recipes.runtime.overrides import group_options, preflight
+from recipes.runtime.resolvers import register_resolvers
 from recipes.summarize import CSV_NAME, PLOT_NAME, summarize
+from recipes.sweep.search_space import parse
 from tests.conftest import QUIET, REPO, assert_clean_failure, compose_train, run_module
 from tests.sweep_gate import held, release
 
@@ -143,7 +144,7 @@ def test_each_search_space_fits_its_recipe(tmp_path: Path, name: str) -> None:
     space = parse([f"{key}={value}" for key, value in sweeper.params.items()])
     assert len(space.distributions) >= 2, space
     trial = compose_train(tmp_path, f"hparams_search={name}", *space.probe())
-    check_plan(trial, {"recipe": name})
+    check_startup(trial, {"recipe": name})
 
 
 @pytest.mark.parametrize("recipe", ["baseline", "gan"])
@@ -314,7 +315,7 @@ def test_a_trial_process_ends_when_its_sweep_process_dies(delay: float) -> None:
     stand-in sweep (as loky's workers are; tests/sweep_orphan.py): SIGKILL of the stand-in while the
     trial runs ends the child within a second; a child whose sweep died before its trial started ends
     as the trial starts; in the sweep's own process (the basic launcher) it only calls the task."""
-    from recipes.sweeper import PARENT_POLL_S, DieWithSweeper
+    from recipes.sweep.sweeper import PARENT_POLL_S, DieWithSweeper
 
     assert DieWithSweeper(lambda cfg: cfg + 1, os.getpid())(1) == 2
     proc = subprocess.Popen(
@@ -357,7 +358,7 @@ def test_an_objective_the_task_does_not_log_is_refused_at_start_up(tmp_path: Pat
         match=r"^task.monitor=val/nope is not a metric ClassifierModule logs: choose one "
         r"of val/acc, val/loss, train/acc, train/loss",
     ):
-        check_plan(cfg, {"recipe": "baseline"})
+        check_startup(cfg, {"recipe": "baseline"})
 
 
 @pytest.mark.parametrize(

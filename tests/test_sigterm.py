@@ -116,7 +116,7 @@ def test_a_keyboard_interrupt_outside_the_training_loop_counts_as_sigint() -> No
     turns into sys.exit(1): that exit, or the interrupt itself, is a stop by SIGINT; other exits are not."""
     from types import SimpleNamespace
 
-    from recipes.interrupt import _stopped_by
+    from recipes.runtime.interrupt import _stopped_by
 
     trainer = SimpleNamespace(callbacks=[], received_sigterm=False)
     try:

@@ -125,7 +125,7 @@ def test_refused_multirun_leaves_no_sweep_dir(tmp_path: Path) -> None:
 def test_train_log_holds_the_runs_log_lines(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Lightning's loggers do not propagate to the root's train.log handler in a fresh `python -m
     recipes.train` (Lightning is imported before logging is set up; under pytest they do): as there, so
-    that the lines reach train.log only through recipes.cli.log_libraries_to_file."""
+    that the lines reach train.log only through recipes.runtime.libraries.log_libraries_to_file."""
     for name in ("lightning.pytorch", "lightning.fabric"):
         monkeypatch.setattr(logging.getLogger(name), "propagate", False)
     proc = train_in_process(run_dir, "debug=fast_dev_run")

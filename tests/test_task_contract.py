@@ -25,9 +25,10 @@ from typing_extensions import override
 
 import modules
 from modules.task import Task
-from recipes.build import build_datamodule, build_module, rebuild
-from recipes.cli import group_options
-from recipes.testing import test_metrics as run_test_metrics
+from recipes.assembly.restore import rebuild
+from recipes.assembly.tasks import build_datamodule, build_module
+from recipes.runtime.overrides import group_options
+from recipes.stages.scoring import score
 from recipes.train import run
 from tests.conftest import compose_train, train, train_ok
 
@@ -174,4 +175,4 @@ def test_a_task_the_core_does_not_know_runs_the_whole_pipeline(tmp_path: Path) -
     weights = [m.weight for m in module.body.modules() if isinstance(m, nn.Linear)]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros == pytest.approx(0.5, abs=0.01)
-    assert run_test_metrics(cfg, module, datamodule) == results["metrics"]
+    assert score(cfg, module, datamodule) == results["metrics"]

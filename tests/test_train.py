@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes.cli import group_options
+from recipes.runtime.overrides import group_options
 from tests.conftest import REPO, run_module, run_module_in_process, train_ok_in_process
 
 

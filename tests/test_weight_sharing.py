@@ -15,7 +15,7 @@ from callbacks.prune import MagnitudePruning
 from callbacks.weight_sharing import SharedWeight, WeightSharing, cluster, linear_centroids
 from modules.classifier import ClassifierModule
 from modules.nets.mlp import MLP
-from recipes.build import build_training
+from recipes.assembly.training import build_training
 from recipes.data.digits import DigitsDataModule
 from recipes.errors import RecipeError
 from tests.conftest import compose_train, quiet_trainer, train_ok

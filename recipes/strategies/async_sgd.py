@@ -44,7 +44,7 @@ sends: the flat parameters per round, plus the per-worker step counts gathered o
 Stopping: no worker outlives the run. SIGTERM to the main process (which trains nothing; it waits for the
 workers) sets a shared flag; a thread in each worker watches the flag and the main process, and sends its
 worker SIGTERM when the flag is set or the main process has died (kill -9), so that every worker stops at its
-next batch end as SIGTERM makes any rank stop (recipes/interrupt.py: the resume point is last.ckpt from the
+next batch end as SIGTERM makes any rank stop (recipes/runtime/interrupt.py: the resume point is last.ckpt from the
 last epoch end, no checkpoint is written on the way out). A worker stopped by SIGTERM exits 143; the main
 process then stops the others, waits until every worker has exited (it holds the run-dir lock until it exits)
 and ends with the one line and exit 143 of any SIGTERM stop. A worker that dies otherwise (kill -9, a crash)
@@ -88,7 +88,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from recipes.errors import EXIT_SIGTERM, RunStopped
-from recipes.interrupt import how_to_go_on, sigterm_noted, stopped, stopped_by_sigterm
+from recipes.runtime.interrupt import how_to_go_on, sigterm_noted, stopped, stopped_by_sigterm
 from recipes.strategies import refuse_self_stepping
 from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, collective_timeout
 
@@ -219,7 +219,7 @@ class AsyncSGDStrategy(DDPStrategy):
 
     @staticmethod
     def check_task(task: type) -> None:
-        """The tasks this strategy serves, declared for start-up checks (recipes/startup.py)."""
+        """The tasks this strategy serves, declared for start-up checks (recipes/assembly/startup_checks.py)."""
         refuse_self_stepping(task, "async", "its workers apply one optimizer step per batch to shared weights")
 
     def __init__(

@@ -72,7 +72,7 @@ class ModelAveragingStrategy(DDPStrategy):
 
     @staticmethod
     def check_task(task: type) -> None:
-        """The tasks this strategy serves, declared for start-up checks (recipes/startup.py)."""
+        """The tasks this strategy serves, declared for start-up checks (recipes/assembly/startup_checks.py)."""
         refuse_self_stepping(task, "model_avg", "its local-SGD averaging wraps one optimizer step per batch")
 
     def __init__(self, period: int = 4, warmup_steps: int = 0, **kwargs: Any) -> None:
@@ -131,7 +131,7 @@ class ModelAveragingStrategy(DDPStrategy):
             self._model_averager.step = self._ddp_comm_state.iter = step
 
     def on_restructure(self) -> None:
-        """A compression step changed layer shapes and configure_ddp ran again (callbacks/structure.py):
+        """A compression step changed layer shapes and configure_ddp ran again (callbacks/surgery/structure.py):
         average the new buffers, and keep the warm-up schedule where it was."""
         if isinstance(self._model_averager, ReplicaAverager):
             self._model_averager.buffers = floating_buffers(self.lightning_module)

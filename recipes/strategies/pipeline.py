@@ -137,7 +137,7 @@ class PipelineStrategy(TimedDDPStrategy):
 
     @staticmethod
     def check_task(task: type) -> None:
-        """The tasks this strategy serves, declared for start-up checks (recipes/startup.py), which
+        """The tasks this strategy serves, declared for start-up checks (recipes/assembly/startup_checks.py), which
         run before any prerequisite model trains."""
         if getattr(task, "training_step", None) is not ClassifierModule.training_step:
             raise ValueError(

@@ -24,7 +24,7 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from torch.multiprocessing import ProcessRaisedException
 from typing_extensions import override
 
-from recipes.cli import PARENT_AT_START, launched_externally
+from recipes.runtime.process_env import PARENT_AT_START, launched_externally
 
 DEFAULT_SECONDS = 300.0
 DEFAULT_STARTUP_SECONDS = 600.0
@@ -108,7 +108,7 @@ def wake_launcher(strategy: Any) -> None:
     """In a rank started by the launcher, after it lost a peer: leave the process groups (every connection
     to this rank closes, so a rank blocked on one fails at once, not after its own timeout), then send the
     launcher SIGCONT. A launcher stopped by SIGSTOP would otherwise never end: its watchdogs stop with it,
-    and this rank waits for it to exit first (recipes/cli.py). Woken, it fails on the closed connection,
+    and this rank waits for it to exit first (recipes/runtime/guard.py). Woken, it fails on the closed connection,
     takes this rank down, and ends the run with its one line and exit status; a running launcher is not
     affected by SIGCONT."""
     pid = strategy.launcher_pid

@@ -1,0 +1,235 @@
+"""Structural edits of a net during training (layers factored or shrunk), kept replayable.
+
+A checkpoint of a restructured net no longer fits the net its config builds, so every edit is
+recorded on the net (`net.structure_edits`, plain data) and stored in the checkpoint's `recipe`
+entry; `replay` applies the same edits to a freshly built net before its weights are loaded
+(recipes.evaluate, a resumed run, a teacher or fine-tuning start). After an edit mid-fit,
+`rebuild_optimizers` gives Lightning fresh optimizers over the new parameters, with the LR
+schedule's progress kept.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import parametrize, prune
+
+ATTR = "structure_edits"
+
+
+def edits(net: nn.Module) -> list[dict[str, Any]]:
+    """The structural edits applied to `net` so far, oldest first."""
+    return list(getattr(net, ATTR, []))
+
+
+def record(net: nn.Module, edit: dict[str, Any]) -> None:
+    object.__setattr__(net, ATTR, [*edits(net), edit])
+
+
+def applied(net: nn.Module, step: str) -> int:
+    """How many edits the compression step `step` has made to `net` (so a resumed run skips them)."""
+    return sum(1 for edit in edits(net) if edit.get("step") == step)
+
+
+def pruned_names(module: nn.Module) -> list[str]:
+    """The names of `module`'s own tensors that `torch.nn.utils.prune` masks: prune keeps each as a
+    parameter `<name>_orig` and a buffer `<name>_mask` (its documented layout)."""
+    parameters = {name for name, _ in module.named_parameters(recurse=False)}
+    if parametrize.is_parametrized(module):  # a parametrized `<name>_orig` (weight sharing after pruning)
+        parameters |= set(module.parametrizations)
+    return [
+        name[: -len("_mask")]
+        for name, _ in module.named_buffers(recurse=False)
+        if name.endswith("_mask") and name[: -len("_mask")] + "_orig" in parameters
+    ]
+
+
+def remove_masks(net: nn.Module) -> nn.Module:
+    """Fold every `torch.nn.utils.prune` mask into its weight, leaving plain parameters (the same
+    Parameter objects, so an optimizer over them stays valid)."""
+    for module in net.modules():
+        for name in pruned_names(module):
+            prune.remove(module, name)
+    return net
+
+
+def snapshot(net: nn.Module) -> nn.Module:
+    """A detached copy of `net` as a plain net would load it (pruning masks and parametrizations
+    folded in): what the
+    compression report tests as the model before a step."""
+    for module in net.modules():  # a pruned weight is recomputed by each forward: drop its autograd
+        for name in pruned_names(module):  # history so that deepcopy can copy it
+            setattr(module, name, getattr(module, name).detach())
+    plain = copy.deepcopy(net)
+    for module in plain.modules():  # a parametrized weight (binary, ternary, shared values) as computed
+        if parametrize.is_parametrized(module):
+            # deepcopy shares the injected Parametrized<Layer> class, which removal edits: give the copy its own
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return remove_masks(plain).requires_grad_(False)
+
+
+def set_module(net: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path `name`."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(net.get_submodule(parent_name) if parent_name else net, child, module)
+
+
+def factored(layer: nn.Module, rank: int) -> nn.Sequential:
+    """`layer` (Linear or Conv2d) as two layers through a `rank`-wide bottleneck, weights from its
+    truncated SVD `W ~ (U_k S_k^1/2)(S_k^1/2 V_k^T)`: Linear(n->k, no bias) -> Linear(k->m); a
+    Conv2d becomes a kxk conv with `rank` filters (same stride/padding) -> 1x1 conv to the outputs."""
+    weight = layer.weight.detach()
+    matrix = weight.reshape(weight.shape[0], -1)  # (out, in * kh * kw)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    root = s[:rank].sqrt()
+    first_w, second_w = root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
+    has_bias = layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        first = nn.Linear(layer.in_features, rank, bias=False)
+        second = nn.Linear(rank, layer.out_features, bias=has_bias)
+    else:
+        first = nn.Conv2d(
+            layer.in_channels,
+            rank,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            bias=False,
+            padding_mode=layer.padding_mode,
+        )
+        second = nn.Conv2d(rank, layer.out_channels, 1, bias=has_bias)
+    with torch.no_grad():
+        first.weight.copy_(first_w.reshape(first.weight.shape))
+        second.weight.copy_(second_w.reshape(second.weight.shape))
+        if has_bias:
+            second.bias.copy_(layer.bias)
+    return nn.Sequential(first, second).to(device=weight.device, dtype=weight.dtype)
+
+
+# Module attributes that describe a layer's width, by the parameter / buffer dim they follow.
+_WIDTH_ATTRS = {
+    nn.Linear: {"out_features": ("weight", 0), "in_features": ("weight", 1)},
+    nn.Conv2d: {"out_channels": ("weight", 0), "in_channels": ("weight", 1)},
+    nn.BatchNorm1d: {"num_features": ("running_mean", 0)},
+    nn.BatchNorm2d: {"num_features": ("running_mean", 0)},
+}
+
+
+def resize(net: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """Give the parameters and buffers named in `shapes` those shapes (fresh, uninitialized values:
+    weights are loaded next) and update the layers' width attributes to match."""
+    for key, shape in shapes.items():
+        module_name, _, attr = key.rpartition(".")
+        module = net.get_submodule(module_name)
+        old = getattr(module, attr)
+        new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+        if isinstance(old, nn.Parameter):
+            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module.register_buffer(attr, new)
+        for width, (source, dim) in _WIDTH_ATTRS.get(type(module), {}).items():
+            if source == attr:
+                setattr(module, width, shape[dim])
+
+
+def shapes_of(net: nn.Module) -> dict[str, list[int]]:
+    """Every parameter's and floating buffer's shape (what `resize` replays)."""
+    state = net.state_dict()
+    return {k: list(v.shape) for k, v in state.items() if v.is_floating_point()}
+
+
+def replay(net: nn.Module, recorded: list[dict[str, Any]]) -> nn.Module:
+    """Apply recorded edits to a freshly built `net` (whose weights are loaded afterwards). An int8
+    quantization edit (callbacks/surgery/quantize.py) instruments the layers the other edits leave, so it is
+    applied last whatever its place in the record. The record comes from a checkpoint, so each edit
+    is checked first (`check_edit`): a malformed one is a ValueError naming it, never a huge tensor."""
+    if not isinstance(recorded, list):
+        raise ValueError(f"the structure record is a {type(recorded).__name__}, not a list of edits")
+    for index, edit in enumerate(recorded):
+        check_edit(net, edit, index)
+        if edit["kind"] == "quantize":
+            continue
+        if edit["kind"] == "factor":
+            for name, rank in edit["ranks"].items():
+                set_module(net, name, factored(net.get_submodule(name), rank))
+        else:
+            current = shapes_of(net)
+            resize(net, {k: v for k, v in edit["shapes"].items() if current.get(k) != v})
+        record(net, edit)
+    if any(edit["kind"] == "quantize" for edit in recorded):
+        from callbacks.surgery.quantize import instrument  # it builds on this module
+
+        instrument(net)
+    return net
+
+
+def check_edit(net: nn.Module, edit: Any, index: int) -> None:
+    """ValueError unless `edit` is one the compression steps record, and fits `net` as the edits before
+    it left it: a factor rank from 1 to the layer's full rank, of a Linear or Conv2d; a resize that
+    names existing tensors of the same number of dims and never grows one (steps only shrink layers)."""
+    where = f"edit {index}"
+    if not isinstance(edit, dict) or edit.get("kind") not in ("factor", "resize", "quantize"):
+        kind = edit.get("kind") if isinstance(edit, dict) else edit
+        raise ValueError(f"{where} is {kind!r}, not a factor, resize or quantize edit")
+    if edit["kind"] == "factor":
+        ranks = edit.get("ranks")
+        if not isinstance(ranks, dict):
+            raise ValueError(f"{where} (factor) has no ranks mapping")
+        for name, rank in ranks.items():
+            layer = _submodule(net, name, where)
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+                raise ValueError(f"{where} factors {name!r}, a {type(layer).__name__}, not a Linear or Conv2d")
+            full = min(layer.weight.shape[0], layer.weight[0].numel())
+            if type(rank) is not int or not 1 <= rank <= full:
+                raise ValueError(f"{where} gives {name!r} rank {rank!r}, outside 1..{full}")
+    elif edit["kind"] == "resize":
+        shapes, current = edit.get("shapes"), shapes_of(net)
+        if not isinstance(shapes, dict):
+            raise ValueError(f"{where} (resize) has no shapes mapping")
+        for key, shape in shapes.items():
+            old = current.get(key)
+            if old is None:
+                raise ValueError(f"{where} resizes {key!r}, which the net does not have")
+            if (
+                not isinstance(shape, list)
+                or len(shape) != len(old)
+                or not all(type(n) is int and 0 <= n <= m for n, m in zip(shape, old))
+            ):
+                raise ValueError(f"{where} resizes {key!r} from {old} to {shape!r}, which is not a shrink of it")
+
+
+def _submodule(net: nn.Module, name: Any, where: str) -> nn.Module:
+    try:
+        return net.get_submodule(name)
+    except (AttributeError, TypeError):
+        raise ValueError(f"{where} names {name!r}, which is not a layer of the net") from None
+
+
+def rebuild_optimizers(trainer: pl.Trainer) -> None:
+    """A DDP wrapper over the edited net (when there is one) and new optimizers over the edited net's parameters, keeping each LR scheduler's progress (the
+    old one's state, e.g. the cosine step count and current LR, is loaded into the new one). Moment
+    estimates of the old parameters are dropped: their shapes changed."""
+    strategy = trainer.strategy
+    if isinstance(strategy.model, DistributedDataParallel) and hasattr(strategy, "configure_ddp"):
+        # DDP holds the old parameters (and their gradient buckets): wrap the edited module anew
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
+        if hasattr(strategy, "on_restructure"):  # e.g. model averaging: its averager holds the old buffers
+            strategy.on_restructure()
+    old_schedulers = [config.scheduler.state_dict() for config in strategy.lr_scheduler_configs]
+    old_lrs = [[group["lr"] for group in opt.param_groups] for opt in strategy.optimizers]
+    strategy.setup_optimizers(trainer)
+    for config, state in zip(strategy.lr_scheduler_configs, old_schedulers):
+        config.scheduler.load_state_dict(state)
+    for optimizer, lrs in zip(strategy.optimizers, old_lrs):
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr

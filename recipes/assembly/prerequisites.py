@@ -1,0 +1,128 @@
+"""Recipes that need an earlier model (a distillation teacher, an adaptation source, a fine-tuning
+start) take its checkpoint as `task.<name>_ckpt`. When that is unset, the recipe's
+`prerequisites.<name>` config describes the model, and it is trained first in `<run dir>/<name>/`
+by the same code path as any run, and reused if a finished one is already there."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from recipes.assembly.tasks import DataShape, build_datamodule, build_task
+from recipes.assembly.training import build_compression
+from recipes.errors import RecipeError
+
+# Keys that replace the run's node (they are group choices); all others merge into it.
+_REPLACED = ("model", "task", "data")
+# The task (conf/task/ option) a prerequisite model is trained with when its config names none.
+DEFAULT_TASK = "classifier"
+
+
+def default_task() -> DictConfig:
+    """conf/task/<DEFAULT_TASK>.yaml, for a prerequisite config without a task of its own."""
+    return OmegaConf.load(str(resources.files("conf").joinpath("task", f"{DEFAULT_TASK}.yaml")))
+
+
+def prerequisite_choices(choices: dict[str, Any], name: str) -> dict[str, Any]:
+    """The group choices of prerequisite `name`: Hydra records those its config made as
+    `<group>@prerequisites.<name>.<group>` (e.g. its task and model); the run's own choices otherwise."""
+    marker = f"@prerequisites.{name}."
+    own = {key.partition("@")[0]: value for key, value in choices.items() if marker in key}
+    return {**choices, **own, "recipe": f"{choices.get('recipe')}/{name}", "task": own.get("task", DEFAULT_TASK)}
+
+
+def prerequisite_config(cfg: DictConfig, name: str, run_dir: Path) -> DictConfig:
+    """The run's config with `prerequisites.<name>` applied, writing into `run_dir`."""
+    spec = cfg.prerequisites[name]
+    sub = copy.deepcopy(cfg)
+    with open_dict(sub):
+        del sub["prerequisites"]
+        for key in spec:
+            try:
+                node = copy.deepcopy(spec[key])  # interpolations such as ${data.source} resolve in cfg first
+            except OmegaConfBaseException as err:
+                raise RecipeError(
+                    f"prerequisites.{name}.{key} cannot be built with this config ({err}); "
+                    f"pass task.{name}_ckpt=PATH of a trained model instead"
+                ) from None
+            sub[key] = node if key in _REPLACED or key not in sub else OmegaConf.merge(sub[key], node)
+        if "task" not in spec:
+            sub.task = default_task()
+        sub.paths.run_dir = str(run_dir)
+        sub.ckpt_path = None
+    return sub
+
+
+def _wait_for(results_file: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while not results_file.is_file():
+        if time.monotonic() > deadline:
+            raise RecipeError(f"rank 0 did not write {results_file} within {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return json.loads(results_file.read_text())
+
+
+def ensure_prerequisites(
+    cfg: DictConfig, run_dir: Path, choices: dict[str, Any], run: Callable[..., dict[str, Any] | None]
+) -> None:
+    """Fill every unset `task.<name>_ckpt` that has a `prerequisites.<name>` by training that model
+    with `run` (recipes.train's pipeline, passed in so this module stays below it), then drop
+    `prerequisites` from `cfg` (it may point at config, e.g. ${data.source}, that a user's overrides
+    removed, which only matters when the model still has to be trained)."""
+    for name in cfg.get("prerequisites") or {}:
+        key = f"{name}_ckpt"
+        if key not in cfg.task:
+            raise RecipeError(f"prerequisites.{name} needs task.{key}, which task={choices.get('task')} does not have")
+        if cfg.task[key]:
+            continue
+        sub_dir = run_dir / name
+        done = sub_dir / "results.json"
+        if done.is_file():
+            path = sub_dir / json.loads(done.read_text())["checkpoint"]
+            rank_zero_info(f"task.{key} is not set: reusing the {name} model trained earlier in this run dir: {path}")
+        else:
+            rank_zero_info(f"task.{key} is not set: training the {name} model first, in {sub_dir}")
+            results = run(
+                prerequisite_config(cfg, name, sub_dir), prerequisite_choices(choices, name), keep_weights=True
+            )
+            if results is None:  # another DDP rank: rank 0 tests the model and writes results.json
+                results = _wait_for(done)
+            path = sub_dir / results["checkpoint"]
+        with open_dict(cfg):
+            cfg.task[key] = str(path)
+    if "prerequisites" in cfg:
+        with open_dict(cfg):  # done with: the run's config records the checkpoints instead
+            del cfg["prerequisites"]
+
+
+def pending_prerequisites(cfg: DictConfig) -> list[str]:
+    """The prerequisite models this run would train before its own fit."""
+    task = cfg.get("task") or {}
+    return [name for name in cfg.get("prerequisites") or {} if not task.get(f"{name}_ckpt")]
+
+
+def check_buildable(cfg: DictConfig) -> None:
+    """Build the run's task now (data, model, task, compression plan), with untrained stand-ins of the
+    same shape for the reference nets that prerequisites would train, when a prerequisite would
+    otherwise train before the run's own build finds a value wrong: a value only the data can judge
+    (e.g. task.conditional=true on data with one class) or a compression plan that does not fit the
+    shipped net. Without a pending prerequisite the run's own build comes first and refuses them."""
+    pending = pending_prerequisites(cfg)
+    if not pending:
+        return
+    run_dir = Path(cfg.paths.run_dir)
+    stand_ins = {}
+    for name in pending:
+        sub = prerequisite_config(cfg, name, run_dir / name)
+        stand_ins[name] = build_task(sub, DataShape.of(build_datamodule(sub)), references={}).shipped_net
+    module = build_task(cfg, DataShape.of(build_datamodule(cfg)), stand_ins)
+    build_compression(cfg, module.shipped_net)

@@ -1,0 +1,218 @@
+"""The checkpoint format: Lightning's checkpoint plus a `recipe` entry holding the resolved config,
+the Hydra group choices, the data shape and the RNG states, all plain data, so checkpoints load
+with `torch.load(weights_only=True)` and rebuild their module from config, never from a pickle."""
+
+from __future__ import annotations
+
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from callbacks.surgery.structure import edits, replay
+from modules.task import Task
+from recipes.errors import RecipeError
+from recipes.runtime.created_dirs import created
+
+KEY = "recipe"
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG a training step may draw from, as weights_only-safe values."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np_state}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = dict(states["numpy"])
+    np_state["state"] = dict(np_state["state"], key=np.asarray(np_state["state"]["key"], dtype=np.uint32))
+    np.random.set_state(np_state)
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class RecipeState(Callback):
+    """Writes the `recipe` entry into every checkpoint and restores the RNG states on resume, so a
+    resumed run draws the same random numbers as the uninterrupted one would have."""
+
+    def __init__(self, config: dict[str, Any], choices: dict[str, Any], data: dict[str, Any]) -> None:
+        self.entry = {"config": config, "choices": choices, "data": data}
+
+    @override
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # structure: the layer edits (factoring, shrinking) that rebuild this net's shapes from config
+        checkpoint[KEY] = {**self.entry, "structure": edits(pl_module.shipped_net), "rng": rng_states()}
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if KEY in checkpoint and "rng" in checkpoint[KEY]:
+            set_rng_states(checkpoint[KEY]["rng"])
+
+
+def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
+    """`ckpt_path` as given, with `last` meaning this run dir's checkpoints/last.ckpt."""
+    if value in (None, ""):
+        return None
+    if value == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        record = created(run_dir)
+        if not last.is_file() and record is not None and record.top is None:  # a run there stopped in epoch 0
+            raise RecipeError(
+                f"ckpt_path=last: there is no {last}: no epoch of the run in {run_dir} finished, so there is "
+                f"nothing to resume; run it again without ckpt_path"
+            )
+        if not last.is_file():
+            raise RecipeError(f"ckpt_path=last: there is no {last}; pass hydra.run.dir=<the run dir to resume>")
+        try:
+            peek(last)
+        except ValueError as err:
+            good = newest_readable(last.parent)
+            fix = (
+                f"the newest readable checkpoint is {good}: resume with ckpt_path={good}"
+                if good
+                else "there is no other readable checkpoint beside it: start over without ckpt_path"
+            )
+            raise RecipeError(f"ckpt_path=last: {last} is corrupt ({err}); {fix}") from None
+        return str(last)
+    return str(value)
+
+
+def peek(path: Path) -> dict[str, Any]:
+    """A recipes checkpoint, memory-mapped (cheap even for a large file: little more than its zip
+    index is read); ValueError saying why when it is truncated, empty, garbage or not ours."""
+    size = path.stat().st_size
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip whose index is its last bytes
+        raise ValueError("0 bytes" if size == 0 else f"{size} bytes but no complete archive: truncated or overwritten")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means "not a loadable checkpoint"
+        text = str(err).strip()
+        raise ValueError((text.splitlines()[0] if text else type(err).__name__)[:160]) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or KEY not in ckpt:
+        raise ValueError(f"it has no '{KEY}' entry")
+    return ckpt
+
+
+def newest_readable(directory: Path) -> Path | None:
+    """The readable checkpoint in `directory`, besides last.ckpt, that trained the most steps."""
+    found = []
+    for path in directory.glob("*.ckpt"):
+        if path.name == "last.ckpt":
+            continue
+        try:
+            found.append((int(peek(path).get("global_step", 0)), path.stat().st_mtime, path))
+        except ValueError:
+            continue
+    return max(found)[2] if found else None
+
+
+def load_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
+    """Load a recipes checkpoint with weights_only=True, or fail with one line saying what is wrong
+    (`key` is the config key that named the file)."""
+    file = Path(path)
+    if not file.is_file():
+        raise RecipeError(f"{key}={path} does not exist: pass the path of a .ckpt file from a run's checkpoints/")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means "not a loadable checkpoint"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"{key}={path} is not a readable checkpoint ({reason[:160]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or KEY not in ckpt:
+        raise RecipeError(f"{key}={path} was not written by recipes.train (it has no '{KEY}' entry)")
+    return ckpt
+
+
+def model_name(ckpt: dict[str, Any]) -> str:
+    """The model group option (e.g. `mlp`) a checkpoint was trained with."""
+    return str(ckpt[KEY].get("choices", {}).get("model") or ckpt[KEY]["config"]["model"]["_target_"])
+
+
+def restore_structure(ckpt: dict[str, Any], net: torch.nn.Module, path: str, key: str = "ckpt_path") -> None:
+    """Give a net fresh from its config the layer edits (factoring, shrinking) the checkpoint's net
+    went through, so its weights fit; a malformed record is refused in one line."""
+    recorded = ckpt[KEY].get("structure", [])
+    if recorded and not edits(net):
+        try:
+            replay(net, recorded)
+        except ValueError as err:
+            raise RecipeError(
+                f"{key}={path}: its '{KEY}.structure' record is malformed ({err}); it was not written by recipes.train"
+            ) from None
+
+
+def check_compatible(ckpt: dict[str, Any], module: pl.LightningModule, path: str, key: str = "ckpt_path") -> None:
+    """Fail in one line when the checkpoint's weights do not fit `module` (another net or shape)."""
+    saved, current = fold_masks(ckpt["state_dict"]), fold_masks(module.state_dict())
+    missing = sorted(set(current) - set(saved))
+    unexpected = sorted(set(saved) - set(current))
+    reshaped = sorted(k for k in set(saved) & set(current) if tuple(saved[k].shape) != tuple(current[k].shape))
+    if missing or unexpected or reshaped:
+        first = (reshaped or missing or unexpected)[0]
+        detail = (
+            f"{first} has shape {tuple(saved[first].shape)} there but {tuple(current[first].shape)} here"
+            if reshaped
+            else f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. {first}"
+        )
+        raise RecipeError(
+            f"{key}={path} holds a model={model_name(ckpt)} net that does not fit the configured "
+            f"model ({detail}); use the model settings it was trained with"
+        )
+
+
+def load_weights(ckpt: dict[str, Any], module: Task, path: str, key: str = "ckpt_path") -> Task:
+    """The one load sequence of a checkpoint into a module its config built: replay the structure
+    edits on the shipped net, check that the weights fit, load them (pruning masks folded in)."""
+    restore_structure(ckpt, module.shipped_net, path, key)
+    check_compatible(ckpt, module, path, key)
+    module.load_state_dict(fold_masks(ckpt["state_dict"]))
+    return module
+
+
+def fold_masks(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A state dict with `torch.nn.utils.prune` masks applied (`x_orig * x_mask` becomes `x`) and
+    parametrizations folded (`fold_parametrizations`): what a plain net loads from a checkpoint
+    written mid-pruning or mid-binarization."""
+    state_dict = fold_parametrizations(state_dict)
+    folded = {}
+    for key, value in state_dict.items():
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state_dict:
+            continue
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state_dict:
+            base = key[: -len("_orig")]
+            folded[base] = value * state_dict[base + "_mask"]
+        else:
+            folded[key] = value
+    return folded
+
+
+def fold_parametrizations(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A state dict with each `torch.nn.utils.parametrize` weight that carries its computed value
+    (`<layer>.parametrizations.<x>.0.folded`, callbacks/parametrized.py) as the plain `<layer>.<x>`:
+    the latent weight and the parametrization's own state (scales, centroids) are training state."""
+    marker = ".parametrizations."
+    folded_keys = {key for key in state_dict if marker in key and key.endswith(".0.folded")}
+    if not folded_keys:
+        return state_dict
+    bases = {key.rsplit(".0.folded", 1)[0] for key in folded_keys}  # <layer>.parametrizations.<x>
+    result = {}
+    for key, value in state_dict.items():
+        base = next((b for b in bases if key.startswith(b + ".")), None)
+        if base is None:
+            result[key] = value
+        elif key == f"{base}.0.folded":
+            layer, _, tensor = base.rpartition(marker)
+            result[f"{layer}.{tensor}"] = value
+    return result

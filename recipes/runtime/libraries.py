@@ -1,0 +1,56 @@
+"""The libraries set up for a recipe run: Lightning's advertising and inapplicable warnings silenced,
+its log lines sent to train.log too, and its NVML-based CUDA check dropped where there is no GPU.
+
+Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when imported, so that asking whether CUDA is
+available never initializes CUDA in a process that may fork later. Without a GPU that question is
+asked through NVML every time, and torch's Adam and AdamW ask it at every optimizer step (their
+CUDA-graph capture check): each step then tries to load and initialize NVML again. A machine with
+no GPU has nothing a fork could spoil, so there the setting is dropped and the answer is the CUDA
+runtime's, which is cheap."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+__all__ = ["drop_nvml_check_without_gpus", "log_libraries_to_file", "quiet_libraries"]
+
+VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def drop_nvml_check_without_gpus() -> None:
+    """Drop Lightning's NVML-based CUDA check where there is no GPU (asked once, through NVML)."""
+    import torch  # here: recipes.runtime.guard, which calls this, stays light to import
+
+    if os.environ.get(VARIABLE) == "1" and torch.cuda.device_count() == 0:
+        del os.environ[VARIABLE]
+
+
+class _DropTips(logging.Filter):
+    """Lightning advertises a cloud logger at every Trainer start; that line is noise in a recipe run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_libraries() -> None:
+    """Silence Lightning's advertising and warnings that do not apply to recipe runs."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Steps are counted across epochs, so train/loss is logged even when an epoch is shorter than
+    # log_every_n_steps (digits: 20 batches); Lightning's warning about that is misleading here.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+
+
+def log_libraries_to_file() -> None:
+    """Hydra's job logging sends the root logger to <run dir>/train.log, but Lightning's loggers keep
+    their own console handler and do not propagate (Lightning imported before Hydra set up logging):
+    give them the root's file handlers too, so train.log holds the run's log lines, console unchanged."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in files:
+            if not logger.propagate and handler not in logger.handlers:
+                logger.addHandler(handler)

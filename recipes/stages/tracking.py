@@ -1,0 +1,76 @@
+"""Experiment trackers (logger=mlflow, logger=wandb; the `track` extra): Lightning's own loggers log the
+config (as hyper-parameters) and the metrics while the run trains; at its end the run hands them its
+files: results.json, the composed config and overrides (.hydra/), and the verified exports (export/).
+
+MLflow runs on a local store, SQLite by default (MLflow 3 refuses a plain ./mlruns folder unless
+MLFLOW_ALLOW_FILE_STORE=true); W&B runs offline (`wandb sync <run dir>/wandb/offline-run-*` uploads one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import Logger, MLFlowLogger, WandbLogger
+from typing_extensions import override
+
+from recipes.runtime.process_env import process_rank
+from recipes.stages.results import FILE_NAME
+
+# What a tracker receives at the end of a run, relative to the run dir: files, then folders.
+RUN_FILES = (FILE_NAME, ".hydra/config.yaml", ".hydra/overrides.yaml")
+RUN_FOLDERS = ("export",)
+
+
+class LocalMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger, creating the folder of a SQLite store first (SQLite creates the file
+    but not its folder), on rank 0 only."""
+
+    @override
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        uri = kwargs.get("tracking_uri")
+        if uri and str(uri).startswith("sqlite:") and process_rank() == 0:
+            from sqlalchemy.engine import make_url
+
+            database = make_url(str(uri)).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(*args, **kwargs)
+
+
+def _run_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    files = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
+    folders = [run_dir / name for name in RUN_FOLDERS if (run_dir / name).is_dir()]
+    return files, folders
+
+
+def log_run_files(loggers: list[Logger], run_dir: Path) -> None:
+    """Hand each tracker the run's files (rank 0; other ranks' trackers are Lightning's no-op stand-ins)."""
+    files, folders = _run_files(run_dir)
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger) and logger.run_id:
+            for path in files:
+                parent = str(path.parent.relative_to(run_dir))
+                logger.experiment.log_artifact(logger.run_id, str(path), None if parent == "." else parent)
+            for folder in folders:
+                logger.experiment.log_artifacts(logger.run_id, str(folder), folder.name)
+        elif isinstance(logger, WandbLogger) and process_rank() == 0:
+            import wandb
+
+            artifact = wandb.Artifact(f"run-files-{logger.experiment.id}", type="run-files")
+            for path in files:
+                artifact.add_file(str(path), name=str(path.relative_to(run_dir)))
+            for folder in folders:
+                artifact.add_dir(str(folder), name=folder.name)
+            logger.experiment.log_artifact(artifact)
+
+
+def finish_runs(loggers: list[Logger], failed: bool) -> None:
+    """End the W&B run this process opened, so the next run in the process (a sweep's next trial) opens
+    its own instead of appending to it; MLflow runs are ended by Lightning (MLFlowLogger.finalize)."""
+    if process_rank() != 0 or not any(isinstance(logger, WandbLogger) for logger in loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)
