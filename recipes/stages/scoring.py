@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from modules.task import Task
 from recipes.assembly.training import build_test_trainer
 from recipes.checkpointing.format import load_checkpoint, load_weights
+from recipes.data.contract import DomainData
 
 
 def score(
@@ -20,7 +21,7 @@ def score(
 ) -> dict[str, float]:
     """The test metrics of `module` on one device: shared by recipes.train and recipes.evaluate.
 
-    A data module with `test_domains` (old and new domain) is also tested on each domain's test set,
+    A data module of two domains (recipes.data.contract.DomainData) is also tested on each domain's test set,
     reported as `test/<metric>_<domain>`; plain `test/<metric>` is the training domain's.
     """
     inference = not module.evaluates_with_gradients
@@ -28,7 +29,7 @@ def score(
     metrics = {
         name: float(value) for name, value in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()
     }
-    for domain in getattr(datamodule, "test_domains", ()):
+    for domain in datamodule.test_domains if isinstance(datamodule, DomainData) else ():
         loader = datamodule.domain_test_dataloader(domain)
         for name, value in (
             build_test_trainer(cfg, inference).test(module, dataloaders=loader, verbose=False)[0].items()

@@ -1,0 +1,40 @@
+"""The data-module contract: what the recipes read of a data module besides Lightning's own hooks, so
+that a new data set is one LightningDataModule that declares these, and the builder checks it does
+before sizing a net from it. Protocols, not a base class: ImageDataModule and TwoDomainDataModule
+share no base beyond Lightning's, and a user's own module need not derive from either."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["DomainData", "RecipeData"]
+
+
+@runtime_checkable
+class RecipeData(Protocol):
+    """A data module a recipe can train on. `input_shape` ([C, H, W] of the images the net receives)
+    and `num_classes` size the net and are recorded in every checkpoint; `return_index` is set by the
+    builder when the task caches per-sample values (batches then carry each sample's index);
+    `training_dataset` is the training split as a dataset, for tasks that pass over it once (a
+    teacher's cached logits, a GAN's reference features); `pixel_normalization` is the per-channel
+    (mean, std) the loaders normalize with, or None, which attacks need to measure eps in pixels."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    return_index: bool
+
+    def training_dataset(self) -> Dataset: ...
+
+    def pixel_normalization(self) -> tuple[list[float], list[float]] | None: ...
+
+
+@runtime_checkable
+class DomainData(Protocol):
+    """A data module of two domains (transfer recipes): the test stage also tests on each domain's test
+    set and reports `test/<metric>_<domain>`."""
+
+    test_domains: tuple[str, ...]
+
+    def domain_test_dataloader(self, domain: str) -> DataLoader: ...
