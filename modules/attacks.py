@@ -9,7 +9,7 @@ says, and every adversarial image is clipped to [0, 1].
 FGSM and PGD are written here rather than called from torchattacks because adversarial training
 runs them inside training steps: they take gradients with respect to the input only (no parameter
 gradient is touched, so DDP and the optimizer never see them), leave the model's train/eval mode as
-it is, and work under Lightning's inference mode. tests/test_attacks.py checks them against
+it is, and work under Lightning's inference mode. tests/modules/test_attacks.py checks them against
 torchattacks on the same model and inputs.
 """
 

@@ -6,7 +6,7 @@ of the label the target gave it, then labelled by the target too), and FGSM or P
 makes the adversarial images that are then shown to the target.
 
 The target reaches this module only as a `LabelOracle`: a function from images to labels, queried
-under no_grad. Nothing here can read its weights or gradients (tests/test_attacks.py proves it with
+under no_grad. Nothing here can read its weights or gradients (tests/modules/test_attacks.py proves it with
 an oracle whose labels come through NumPy and weights that raise if a gradient ever reaches them).
 """
 

@@ -106,14 +106,17 @@ _stop_in_step: dict[int, bool] = {}  # per rank, alternates: inside the next tra
 def pipeline_stopped_rank(
     run_dir: Path, timeout: float, overrides: list[str], py_spy: str | None, rank: int
 ) -> tuple[str, float, str]:
-    """strategy=pipeline whose rank `rank` SIGSTOPs itself after its first batch (tests/stalled_rank.py),
+    """strategy=pipeline whose rank `rank` SIGSTOPs itself after its first batch (tests/helpers/stalled_rank.py),
     alternately inside its next step (the others wait in the schedule's point-to-point transfers) and
     between steps (they wait in a collective). 'ok' only for exit 1, one `error:` line naming
     strategy.timeout, the end within STOP_TIMEOUT + 10 s of the stop, and no process of the run left;
     seconds are counted from the stop."""
     in_step = _stop_in_step[rank] = not _stop_in_step.get(rank, False)
     pid_file = run_dir.with_suffix(".pid")
-    stall = ["+callbacks.stall._target_=tests.stalled_rank.StalledRank", f"+callbacks.stall.pid_file={pid_file}"]
+    stall = [
+        "+callbacks.stall._target_=tests.helpers.stalled_rank.StalledRank",
+        f"+callbacks.stall.pid_file={pid_file}",
+    ]
     stall += [f"+callbacks.stall.rank={rank}", f"+callbacks.stall.in_step={in_step}"]
     command = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", "trainer=ddp_sim"]
     command += ["strategy=pipeline", f"strategy.timeout={STOP_TIMEOUT}", *TINY, *overrides, *stall]

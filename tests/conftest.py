@@ -1,120 +1,20 @@
-"""Shared helpers: run an entry point in a subprocess, exactly as a user would from the shell, or through
-the same console-script body in this process, and trained runs shared by several tests.
-
-Which to use: a subprocess (run_module, train, train_ok) where the process itself is what a test proves
-(a shell's view of the CLI contract, once per kind of refusal; console scripts; DDP ranks, torchrun and
-srun launches; signals; hangs); in this process (run_module_in_process, train_in_process,
-train_ok_in_process) everywhere else: the same pre-flight, Hydra run, error guard and exit status, without
-paying ~5 s of `import torch, lightning` per run. A trained model that several tests only read comes
-from a session fixture (two_epoch_run, feature_ckpt); a test that changes it works on a copy (copy_run)."""
+"""The fixtures every test folder shares: a run dir, and trained runs and checkpoints that several tests
+only read (trained once per session; a test that changes one works on a copy: copy_run). The functions
+tests call are in tests/helpers/."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
-from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from tests.in_process import REPO, run_module_in_process
-
-QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
-
-
-def quiet_trainer(**kwargs: Any) -> Any:
-    """A one-process CPU Trainer with no logger, checkpoints, progress bar or model summary, for tests
-    that fit a module directly; keyword arguments add to or override these."""
-    import lightning.pytorch as pl
-
-    quiet = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
-    return pl.Trainer(**{**quiet, **kwargs})
-
-
-def user_env() -> dict[str, str]:
-    """This environment as a user's shell has it: without HYDRA_FULL_ERROR (one-line errors)."""
-    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-
-
-def train_argv(run_dir: Path, *overrides: str) -> list[str]:
-    """`python -m recipes.train hydra.run.dir=RUN_DIR` quiet, for a test that starts it itself (Popen)."""
-    return [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", *QUIET, *overrides]
-
-
-def run_module(
-    module: str, *overrides: str, cwd: Path = REPO, timeout: int = 300, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    """`python -m MODULE OVERRIDES...` in a subprocess; returns the completed process (text output)."""
-    full_env = user_env()
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", module, *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
-
-
-def train(run_dir: Path, *overrides: str, quiet: bool = True, **kwargs: Any) -> subprocess.CompletedProcess:
-    """`python -m recipes.train hydra.run.dir=RUN_DIR ...`."""
-    extra = QUIET if quiet else []
-    return run_module("recipes.train", f"hydra.run.dir={run_dir}", *extra, *overrides, **kwargs)
-
-
-def train_ok(run_dir: Path, *overrides: str, **kwargs: Any) -> dict[str, Any]:
-    """Train and return results.json, failing the test with the run's output if it did not succeed."""
-    return _results(run_dir, train(run_dir, *overrides, **kwargs))
-
-
-def _results(run_dir: Path, proc: subprocess.CompletedProcess) -> dict[str, Any]:
-    assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads((run_dir / "results.json").read_text())
-
-
-def train_in_process(run_dir: Path, *overrides: str, quiet: bool = True, **kwargs: Any) -> subprocess.CompletedProcess:
-    """`python -m recipes.train hydra.run.dir=RUN_DIR ...` through the same entry, in this process: Hydra's
-    run (run dir, .hydra/, train.log, its callbacks), the pre-flight and the error guard, all real."""
-    extra = QUIET if quiet else []
-    return run_module_in_process("recipes.train", f"hydra.run.dir={run_dir}", *extra, *overrides, **kwargs)
-
-
-def train_ok_in_process(run_dir: Path, *overrides: str, **kwargs: Any) -> dict[str, Any]:
-    """train_ok through train_in_process."""
-    return _results(run_dir, train_in_process(run_dir, *overrides, **kwargs))
+from tests.helpers.build import write_untrained_checkpoint
+from tests.helpers.runs import train_ok_in_process
 
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
-
-
-def assert_clean_failure(proc, run_dir: Path | None, *expected: str) -> None:
-    """A refusal as the contract says: non-zero exit, no traceback, one `error:` line naming what is
-    expected, and (when `run_dir` is given) no run dir left behind."""
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), proc.stderr[-3000:]
-    for text in expected:
-        assert text in last, last
-    if run_dir is not None:
-        assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
 
 
 @pytest.fixture(scope="session")
@@ -127,24 +27,6 @@ def two_epoch_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def copy_run(run_dir: Path, tmp_path: Path) -> Path:
-    """A private copy of a shared run, at tmp_path/run."""
-    return Path(shutil.copytree(run_dir, tmp_path / "run"))
-
-
-def compose_train(tmp_path: Path, *overrides: str):
-    """The config `python -m recipes.train OVERRIDES` would run with (run dir pinned to tmp_path)."""
-    from recipes.runtime.resolvers import register_resolvers
-
-    register_resolvers()
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.run_dir={tmp_path}", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as in a real run, where the task function never sees the hydra node
-    return cfg
-
-
 @pytest.fixture(scope="session")
 def feature_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A recipes checkpoint of an (untrained) digits classifier, written as recipes.train writes one:
@@ -154,16 +36,3 @@ def feature_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
     return write_untrained_checkpoint(
         folder / "feature.ckpt", {"recipe": "baseline", "task": "classifier", "model": "mlp"}
     )
-
-
-def write_untrained_checkpoint(path: Path, choices: dict[str, str], *overrides: str) -> str:
-    """A recipes checkpoint of the untrained module that `overrides` compose (digits data), written as
-    recipes.train writes one; `choices` are the config groups it records."""
-    from recipes.assembly.instantiation import plain_config
-    from recipes.assembly.tasks import build_datamodule, build_module
-
-    cfg = compose_train(path.parent, *overrides)
-    module = build_module(cfg, build_datamodule(cfg))
-    recipe = {"config": plain_config(cfg), "choices": choices, "data": {"input_shape": [1, 8, 8], "num_classes": 10}}
-    torch.save({"state_dict": module.state_dict(), "recipe": recipe}, path)
-    return str(path)

@@ -1,6 +1,6 @@
 """Lightning conventions: every task's checkpoint loads with `TaskClass.load_from_checkpoint(path)` and
 predicts as recipes.evaluate's rebuild does; every overridden Lightning (and Hydra) hook is marked
-`@override`; every private Lightning/Hydra name still in use (tests/private_api.py) still exists; and
+`@override`; every private Lightning/Hydra name still in use (tests/helpers/private_api.py) still exists; and
 a run prints none of the noise it used to (duplicate summary note, `Total FLOPs: 0`, onnxscript's
 INFO lines, the eval-mode warning of a frozen backbone, paths cut with "...")."""
 
@@ -32,8 +32,9 @@ from recipes.assembly.restore import rebuild
 from recipes.assembly.training import build_run
 from recipes.stages.fit import fit
 from recipes.stages.scoring import score
-from tests.conftest import compose_train, quiet_trainer, train
-from tests.private_api import USES
+from tests.helpers.build import compose_train, quiet_trainer
+from tests.helpers.private_api import USES
+from tests.helpers.runs import train
 
 # One short epoch: a real checkpoint in a few seconds.
 TINY = (
@@ -168,7 +169,7 @@ def resolve(owner: str) -> Any:
 
 
 def test_every_private_name_in_use_still_exists(tmp_path: Path) -> None:
-    """tests/private_api.py lists each private Lightning/Hydra name the project uses: each is still
+    """tests/helpers/private_api.py lists each private Lightning/Hydra name the project uses: each is still
     there on the installed versions (on the class, or on an instance for attributes set in __init__)."""
     trainer = quiet_trainer()
     instances = {

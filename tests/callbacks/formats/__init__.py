@@ -1,0 +1,1 @@
+"""Tests of callbacks.formats: ONNX / torch.export artifacts and the .dcz file."""

@@ -1,0 +1,1 @@
+"""Tests of modules/: the nets, the tasks and their contract, the attacks."""

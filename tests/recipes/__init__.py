@@ -1,0 +1,1 @@
+"""Tests of the entry points (train, attack, launch, speed) and, in sub-folders, of recipes' packages."""

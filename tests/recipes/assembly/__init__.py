@@ -1,0 +1,1 @@
+"""Tests of recipes.assembly: composing and building a run, the divergence guard."""

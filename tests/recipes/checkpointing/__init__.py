@@ -1,0 +1,2 @@
+"""Tests of recipes.checkpointing: checkpoint files under failure, trust, resume paths and metrics,
+checkpoints written before the package layout."""

@@ -1,0 +1,1 @@
+"""Tests of recipes.runtime: start-up refusals, the run-dir lock, signals."""

@@ -1,0 +1,1 @@
+"""Tests of recipes.stages: experiment tracking."""

@@ -1,0 +1,1 @@
+"""Tests of recipes.sweep: hyper-parameter search."""

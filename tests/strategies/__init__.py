@@ -1,0 +1,1 @@
+"""Tests of recipes.strategies: what each strategy computes, and that none hangs."""
