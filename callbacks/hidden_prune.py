@@ -19,7 +19,8 @@ from torch import nn
 from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
-from callbacks.surgery.structure import applied, rebuild_optimizers, record, remove_masks, shapes_of, snapshot
+from callbacks.surgery.folding import remove_masks, snapshot
+from callbacks.surgery.structure import applied, rebuild_optimizers, record, shapes_of
 from modules.nets import output_layer
 
 IMPORTANCE = ("l1", "l2", "activation")

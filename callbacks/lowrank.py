@@ -18,7 +18,8 @@ from torch import nn
 from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
-from callbacks.surgery.structure import applied, factored, rebuild_optimizers, record, set_module, snapshot
+from callbacks.surgery.folding import snapshot
+from callbacks.surgery.structure import applied, factored, rebuild_optimizers, record, set_module
 from modules.nets import output_layer
 
 FACTORABLE = (nn.Linear, nn.Conv2d)

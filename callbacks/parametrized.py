@@ -8,7 +8,7 @@ resumes in any phase, and the step's own parameters (learned scales, centroids) 
 optimizer from the start. The latent weight is `...parametrizations.weight.original`; the weight the
 net computes is also written beside it, as the `folded` buffer, in every checkpoint, so a plain net
 (recipes.evaluate, recipes.export, the test after fit) loads it without knowing the function
-(recipes.checkpointing.format folds it in). At the end of training the parametrization is removed with the
+(callbacks/surgery/folding.py folds it in). At the end of training the parametrization is removed with the
 computed weight left in place: the net ships plain weights.
 
 A pruned layer's `weight` is computed by pruning from `weight_orig`: there, `weight_orig` is
@@ -29,9 +29,7 @@ from typing_extensions import override
 from callbacks.formats import dcz
 from callbacks.prune import PRUNABLE, masked_weight
 from callbacks.step import CompressionStep, Stage
-from callbacks.surgery.structure import snapshot
-
-FOLDED = "folded"  # the buffer holding the computed weight in a checkpoint (see recipes.checkpointing.format)
+from callbacks.surgery.folding import FOLDED, snapshot
 
 
 class LatentWeight(nn.Module, ABC):

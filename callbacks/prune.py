@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
 from callbacks.surgery.dead_units import zero_dead_units
-from callbacks.surgery.structure import snapshot
+from callbacks.surgery.folding import snapshot
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
 

@@ -15,8 +15,9 @@ from typing_extensions import override
 
 from callbacks.qat import COUPLING, VALUE_STEPS, check_bits, check_quantizable
 from callbacks.step import CompressionStep, Stage
-from callbacks.surgery.quantize import Phase, instrument, quantized_layers, set_phase, shipped_bytes
-from callbacks.surgery.structure import snapshot
+from callbacks.surgery.folding import snapshot
+from callbacks.surgery.int8_layers import shipped_bytes
+from callbacks.surgery.quantize import Phase, instrument, quantized_layers, set_phase
 
 
 class PostTrainingQuantization(CompressionStep):
@@ -86,5 +87,5 @@ class PostTrainingQuantization(CompressionStep):
 
     @override
     def encoded_bytes(self, net: nn.Module) -> dict[str, int]:
-        """The int8 encoding of every quantized layer (callbacks/surgery/quantize.py: shipped_bytes)."""
+        """The int8 encoding of every quantized layer (callbacks/surgery/int8_layers.py: shipped_bytes)."""
         return shipped_bytes(net) if quantized_layers(net) else {}

@@ -3,7 +3,8 @@ from `start_epoch` every Linear / Conv2d computes with fake-quantized int8 weigh
 symmetric) and uint8 activations (per-tensor affine), BatchNorm folded in with frozen statistics,
 so the net learns to live with the rounding; for the last `freeze_epochs` epochs the activation
 observers are frozen too, so the final epochs train against the exact parameters that ship. The
-mechanics (fake-quant forward, BatchNorm folding, the int8 export module) are callbacks/surgery/quantize.py.
+mechanics (fake-quant forward, BatchNorm folding) are callbacks/surgery/quantize.py, the int8
+export module callbacks/surgery/int8_layers.py.
 
 The quantization buffers are added to every layer in `setup`, before Lightning restores a
 checkpoint or builds the optimizer (as the pruning masks are), and the phase is set from the epoch at
@@ -18,8 +19,9 @@ from torch import nn
 from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
-from callbacks.surgery.quantize import Phase, instrument, links, quantized_layers, set_phase, shipped_bytes
-from callbacks.surgery.structure import snapshot
+from callbacks.surgery.folding import snapshot
+from callbacks.surgery.int8_layers import shipped_bytes
+from callbacks.surgery.quantize import Phase, instrument, links, quantized_layers, set_phase
 
 SUPPORTED_BITS = (8,)
 # why a quantization step cannot run on a net cut into stages on different ranks (strategy=pipeline)
@@ -134,5 +136,5 @@ class QuantizationAwareTraining(CompressionStep):
 
     @override
     def encoded_bytes(self, net: nn.Module) -> dict[str, int]:
-        """The int8 encoding of every quantized layer (callbacks/surgery/quantize.py: shipped_bytes)."""
+        """The int8 encoding of every quantized layer (callbacks/surgery/int8_layers.py: shipped_bytes)."""
         return shipped_bytes(net) if quantized_layers(net) else {}

@@ -26,8 +26,9 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from modules.attacks import PixelModel, check_eps, check_steps, fgsm, normalization_of, pgd, seeded
 from modules.classifier import ClassifierModule
+from modules.perturbations import check_eps, check_steps, fgsm, pgd, seeded
+from modules.pixel_model import PixelModel, normalization_of
 
 METHODS = ("fgsm_mix", "pgd", "fast")
 GUARD_KEY = "adversarial_guard"  # the guard's state in a checkpoint (plain data and tensors)

@@ -10,18 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from modules.gan_checks import check_parts, check_settings
 from modules.gan_ema import ParameterAverage
-from modules.gan_losses import LOSSES, discriminator_loss, generator_loss
-from modules.gan_metrics import PenultimateFeatures, class_coverage, frechet_distance
-from modules.gan_pictures import sample_grid, save_grid
+from modules.gan_losses import discriminator_loss, generator_loss
+from modules.gan_metrics import GanScores
+from modules.gan_pictures import publish_grid, sample_grid
 from modules.nets.gan_pair import GanPair
 from modules.task import Task
 
+__all__ = ["GanModule"]
+
+AVERAGE_KEY = "generator_average"  # the checkpoint entry of the generator's average (modules.gan_ema)
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -80,21 +83,7 @@ class GanModule(Task):
                 "grid_every_n_epochs": grid_every_n_epochs,
             }
         )
-        if conditional and net.num_classes < 2:
-            raise ValueError(
-                f"task.conditional=true needs labelled data with at least 2 classes, but the data gives "
-                f"{net.num_classes}; set task.conditional=false"
-            )
-        if (net.latent_dim, net.conditional) != (latent_dim, conditional):
-            raise ValueError(
-                f"model.latent_dim={net.latent_dim} / model.conditional={net.conditional} differ from "
-                f"task.latent_dim={latent_dim} / task.conditional={conditional}: set them in task only"
-            )
-        if feature is None:
-            raise ValueError(
-                "task.feature_ckpt is not set: pass task.feature_ckpt=PATH of a classifier trained on "
-                "this data, or use recipe=gan, which trains one first"
-            )
+        check_parts(net, feature, latent_dim, conditional)
         self.automatic_optimization = not self.manual_optimization
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -103,9 +92,7 @@ class GanModule(Task):
         self.latent_dim, self.conditional, self.num_classes = latent_dim, conditional, net.num_classes
         self.fd_samples, self.sample_seed, self.grid_every_n_epochs = fd_samples, sample_seed, grid_every_n_epochs
         self.generator_average = ParameterAverage(net.generator, ema_decay) if ema_decay else None
-        self.features = PenultimateFeatures(feature)
-        self.val_fd = frechet_distance(self.features)
-        self.test_fd, self.test_fd_real = frechet_distance(self.features), frechet_distance(self.features)
+        self.scores = GanScores(feature)
         # The fixed latent batch: the same samples every epoch, so val/fd and the grids compare epochs.
         z, labels = self.latent_batch(val_samples, sample_seed)
         self.register_buffer("fixed_z", z)
@@ -115,33 +102,7 @@ class GanModule(Task):
     @classmethod
     @override
     def check_arguments(cls, arguments: dict[str, Any]) -> None:
-        get = arguments.get
-        if get("d_steps", 1) < 1:
-            raise ValueError(f"task.d_steps={get('d_steps')} must be >= 1 (discriminator updates per generator update)")
-        if get("d_lr_scale", 1.0) <= 0:
-            raise ValueError(
-                f"task.d_lr_scale={get('d_lr_scale')} must be > 0 (discriminator LR = this x task.optimizer.lr), e.g. 0.5"
-            )
-        if get("latent_dim", 1) < 1:
-            raise ValueError(
-                f"task.latent_dim={get('latent_dim')} must be >= 1 (the size of the generator's noise input)"
-            )
-        loss = get("loss", "non_saturating")
-        if loss not in LOSSES:
-            raise ValueError(f"task.loss={loss} is not one of {', '.join(LOSSES)}")
-        smoothing = get("label_smoothing", 0.0)
-        if not 0 <= smoothing < 1 or (smoothing and loss == "hinge"):
-            raise ValueError(f"task.label_smoothing={smoothing} must be in [0, 1), and 0 with task.loss=hinge")
-        if not 0 <= get("ema_decay", 0.0) < 1:
-            raise ValueError(
-                f"task.ema_decay={get('ema_decay')} must be in [0, 1) (0: no average of the generator's "
-                "weights), e.g. 0.998"
-            )
-        for key in ("fd_samples", "val_samples"):
-            if get(key, 2) < 2:
-                raise ValueError(f"task.{key}={get(key)} must be >= 2 (a Frechet distance needs a covariance)")
-        if get("grid_every_n_epochs", 1) < 1:
-            raise ValueError(f"task.grid_every_n_epochs={get('grid_every_n_epochs')} must be >= 1")
+        check_settings(arguments)
 
     @property
     @override
@@ -247,20 +208,17 @@ class GanModule(Task):
         return optimizers, [self.scheduler_factory(opt) for opt in optimizers]
 
     # --- validation: val/fd on the fixed latent batch, and the sample grid ------------------------
-    def _move_features(self) -> None:
-        self.features.move(self.device)
-
     @override
     def on_fit_start(self) -> None:
-        self._move_features()
+        self.scores.move(self.device)
 
     @override
     def on_validation_start(self) -> None:
-        self._move_features()
+        self.scores.move(self.device)
 
     @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.val_fd.update(batch[0], real=True)
+        self.scores.add_real(batch[0], "val")
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -270,9 +228,7 @@ class GanModule(Task):
             epoch = self.current_epoch
             if not self.trainer.sanity_checking and epoch % self.grid_every_n_epochs == 0:
                 self.write_grid(Path(self.trainer.default_root_dir) / "samples" / f"epoch{epoch:04d}.png", step=epoch)
-        self.val_fd.update(samples, real=False)
-        self.log("val/fd", self.val_fd.compute(), prog_bar=True, sync_dist=False)
-        self.val_fd.reset()
+        self.log("val/fd", self.scores.val_fd_of(samples), prog_bar=True, sync_dist=False)
 
     def averaged_generator(self) -> AbstractContextManager[None]:
         """The generator with its averaged weights (when task.ema_decay > 0) for the block."""
@@ -283,26 +239,15 @@ class GanModule(Task):
         # The checkpoint's generator is the averaged one (what is tested, exported and evaluated);
         # the trained weights and the average ride along for a resume.
         super().on_save_checkpoint(checkpoint)
-        if self.generator_average is None or not self.generator_average.average:
-            return
-        prefix, state = f"{self.shipped_prefix()}.", checkpoint["state_dict"]
-        average = self.generator_average.state_dict()
-        checkpoint["generator_average"] = {
-            "average": average,
-            "trained": {name: state[prefix + name] for name in average if prefix + name in state},
-        }
-        state.update({prefix + name: value for name, value in average.items() if prefix + name in state})
+        if self.generator_average is not None:
+            self.generator_average.into_checkpoint(checkpoint, AVERAGE_KEY, f"{self.shipped_prefix()}.")
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A resume (trainer.fit(ckpt_path=...)) continues from the trained weights and their average.
         super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("generator_average")
-        if saved is None or self.generator_average is None:
-            return
-        prefix = f"{self.shipped_prefix()}."
-        checkpoint["state_dict"].update({prefix + name: value for name, value in saved["trained"].items()})
-        self.generator_average.load_state_dict(saved["average"])
+        if self.generator_average is not None:
+            self.generator_average.from_checkpoint(checkpoint, AVERAGE_KEY, f"{self.shipped_prefix()}.")
 
     def grid(self) -> torch.Tensor:
         """Samples of the fixed latent batch: 10 x 10 (one row per class when conditional)."""
@@ -316,13 +261,8 @@ class GanModule(Task):
 
     def write_grid(self, path: Path, step: int) -> None:
         """Rank 0 saves the grid as PNG and hands it to TensorBoard when that logger is on."""
-        if self.global_rank != 0:
-            return
-        grid = self.grid()
-        save_grid(grid, path)
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", grid, global_step=step)
+        if self.global_rank == 0:
+            publish_grid(self.grid(), path, self.loggers, step)
 
     @override
     def on_fit_end(self) -> None:
@@ -332,30 +272,17 @@ class GanModule(Task):
     # --- test: test/fd, test/fd_real, test/class_coverage, test/cond_acc --------------------------
     @override
     def on_test_start(self) -> None:
-        self._move_features()
+        self.scores.move(self.device)
 
     @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.test_fd.update(batch[0], real=True)
-        self.test_fd_real.update(batch[0], real=True)
+        self.scores.add_real(batch[0], "test")
 
     @override
     def on_test_epoch_end(self) -> None:
         z, labels = self.latent_batch(self.fd_samples, self.sample_seed + 1, self.device)
         samples = self.sample(z, labels)
-        self.test_fd.update(samples, real=False)
-        predicted = self.features.features_and_logits(samples)[1].argmax(dim=1)
         datamodule = self.trainer.datamodule
         datamodule.setup("fit")  # the training split is the floor's reference (a no-op once set up)
-        for batch in DataLoader(datamodule.training_dataset(), batch_size=512):
-            self.test_fd_real.update(batch[0].to(self.device), real=False)
-        metrics = {
-            "test/fd": self.test_fd.compute(),
-            "test/fd_real": self.test_fd_real.compute(),
-            "test/class_coverage": class_coverage(predicted, self.num_classes).float(),
-        }
-        if self.conditional:
-            metrics["test/cond_acc"] = (predicted == labels).float().mean()
-        self.log_dict(metrics)
-        self.test_fd.reset()
-        self.test_fd_real.reset()
+        training = (batch[0].to(self.device) for batch in DataLoader(datamodule.training_dataset(), batch_size=512))
+        self.log_dict(self.scores.test_metrics(samples, labels, training, self.num_classes, self.conditional))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,3 +61,25 @@ class ParameterAverage:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.average = {name: value.clone() for name, value in state.items()}
+
+    def into_checkpoint(self, checkpoint: dict[str, Any], key: str, prefix: str) -> None:
+        """Put the averaged values in place of the trained ones in the checkpoint's state dict (the
+        net's parameters under `prefix`), and under `key` both the average and the trained values
+        they replaced, for an exact resume. Nothing before the first update."""
+        if not self.average:
+            return
+        state, average = checkpoint["state_dict"], self.state_dict()
+        checkpoint[key] = {
+            "average": average,
+            "trained": {name: state[prefix + name] for name in average if prefix + name in state},
+        }
+        state.update({prefix + name: value for name, value in average.items() if prefix + name in state})
+
+    def from_checkpoint(self, checkpoint: dict[str, Any], key: str, prefix: str) -> None:
+        """Undo `into_checkpoint` in a checkpoint being resumed: the trained values back in its state
+        dict, the average restored (nothing when it holds none)."""
+        saved = checkpoint.get(key)
+        if saved is None:
+            return
+        checkpoint["state_dict"].update({prefix + name: value for name, value in saved["trained"].items()})
+        self.load_state_dict(saved["average"])

@@ -5,6 +5,7 @@ classifier's penultimate features as its custom `feature` extractor."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -59,3 +60,57 @@ def class_coverage(predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
     share = torch.bincount(predicted, minlength=num_classes).double() / max(1, predicted.numel())
     entropy = -(share[share > 0] * share[share > 0].log()).sum()
     return entropy / math.log(num_classes)
+
+
+class GanScores(nn.Module):
+    """The GAN's metrics in the features of one frozen classifier: `val/fd` (samples of the fixed
+    latent batch against the validation images) and, at test, `test/fd` (fresh samples against the
+    test images), `test/fd_real` (the training images against the test images: the floor a perfect
+    generator would reach), `test/class_coverage` and, for a conditional GAN, `test/cond_acc` (how
+    often the classifier names the class the samples were asked for). No state-dict entries."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.features = PenultimateFeatures(classifier)
+        self.val_fd = frechet_distance(self.features)
+        self.test_fd, self.test_fd_real = frechet_distance(self.features), frechet_distance(self.features)
+
+    def move(self, device: torch.device) -> None:
+        self.features.move(device)
+
+    def add_real(self, images: torch.Tensor, stage: str) -> None:
+        """A batch of real images of the `val` or `test` split."""
+        for metric in (self.val_fd,) if stage == "val" else (self.test_fd, self.test_fd_real):
+            metric.update(images, real=True)
+
+    def val_fd_of(self, samples: torch.Tensor) -> torch.Tensor:
+        """`val/fd` of `samples` against the validation images added since the last call."""
+        self.val_fd.update(samples, real=False)
+        distance = self.val_fd.compute()
+        self.val_fd.reset()
+        return distance
+
+    def test_metrics(
+        self,
+        samples: torch.Tensor,
+        labels: torch.Tensor,
+        training_images: Iterable[torch.Tensor],
+        num_classes: int,
+        conditional: bool,
+    ) -> dict[str, torch.Tensor]:
+        """The test metrics of `samples` (asked for `labels`), the test images added since the last call
+        and the batches of `training_images`."""
+        self.test_fd.update(samples, real=False)
+        predicted = self.features.features_and_logits(samples)[1].argmax(dim=1)
+        for images in training_images:
+            self.test_fd_real.update(images, real=False)
+        metrics = {
+            "test/fd": self.test_fd.compute(),
+            "test/fd_real": self.test_fd_real.compute(),
+            "test/class_coverage": class_coverage(predicted, num_classes).float(),
+        }
+        if conditional:
+            metrics["test/cond_acc"] = (predicted == labels).float().mean()
+        self.test_fd.reset()
+        self.test_fd_real.reset()
+        return metrics

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torchvision.utils import make_grid, save_image
 
 
@@ -16,3 +18,11 @@ def sample_grid(images: torch.Tensor, per_row: int) -> torch.Tensor:
 def save_grid(grid: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, path)
+
+
+def publish_grid(grid: torch.Tensor, path: Path, loggers: Iterable[Logger], step: int) -> None:
+    """Save `grid` as PNG at `path` and hand it to each TensorBoard logger among `loggers`."""
+    save_grid(grid, path)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image("samples", grid, global_step=step)

@@ -12,7 +12,9 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from modules.attacks import Attack, PixelModel, WhiteBoxAttack, gradients_on, seeded
+from modules.attacks import Attack, WhiteBoxAttack
+from modules.perturbations import gradients_on, seeded
+from modules.pixel_model import PixelModel
 from modules.transfer_attack import LabelOracle, Transfer
 
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.attacks import Attack, check_steps, fgsm, gradients_on, pgd
+from modules.attacks import Attack
+from modules.perturbations import check_steps, fgsm, gradients_on, pgd
 
 METHODS = ("fgsm", "pgd")
 
@@ -34,7 +35,7 @@ class LabelOracle:
 
     @classmethod
     def of(cls, model: nn.Module, batch_size: int = 1024) -> LabelOracle:
-        """The oracle of a pixel-space model (modules.attacks.PixelModel): argmax labels, in batches."""
+        """The oracle of a pixel-space model (modules.pixel_model.PixelModel): argmax labels, in batches."""
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             return torch.cat([model(chunk).argmax(dim=1) for chunk in x.split(batch_size)])

@@ -58,7 +58,7 @@ def export_of(name: str) -> str:
 def onnx_latencies(files: dict[str, Path], batch: int, rounds: int) -> dict[str, float]:
     """Median ms per call of each ONNX file on one random batch, timed round-robin so that every
     model sees the same machine load. Every session alike, as the export times them
-    (callbacks/formats/traced.py: onnx_session): all graph optimizations, one intra-op thread per physical core,
+    (callbacks/formats/onnx_files.py: onnx_session): all graph optimizations, one intra-op thread per physical core,
     no spinning between runs (the idle sessions' spinning threads would steal the timed one's cores)."""
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -12,12 +12,10 @@ within `int8_atol` (one rounding step of an activation can move a logit by a few
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from callbacks.surgery.quantize import float_copy, int8_module, is_quantized, quantized_layers
+from callbacks.formats.onnx_files import (
+    Inputs,
+    Runner,
+    compact,
+    dynamic_batch,
+    initializer_bytes,
+    onnx_runner,
+    optimize,
+    runtime_ops,
+    torch_onnx_export,
+)
+from callbacks.surgery.int8_layers import int8_module
+from callbacks.surgery.quantize import float_copy, is_quantized, quantized_layers
+
+__all__ = ["DEFAULT_FORMATS", "FILE_NAMES", "FORMATS", "ExportError", "export_and_verify"]
 
 FORMATS = ("onnx", "program", "onnx_int8", "dcz")
 DEFAULT_FORMATS = ("onnx", "program")
@@ -34,57 +46,10 @@ INT8_FORMATS = ("onnx_int8",)
 EXACT = ("dcz",)  # formats that must give the trained net's outputs bit for bit
 # onnxruntime ops that compute in int8 (QGemm: its fused Linear; ConvInteger / MatMulInteger: dynamic)
 INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
-# Loggers of torch.onnx's dynamo exporter passes: at INFO they report every pass ("No unused functions to
-# remove", "Skipping constant folding ...") on each export, and the run's logging config shows INFO.
-ONNX_PASS_LOGGERS = ("onnxscript", "onnx_ir")
 
 
 class ExportError(RuntimeError):
     """An artifact could not be written, loaded back, or does not match the trained net."""
-
-
-Inputs = tuple[torch.Tensor, ...]  # the net's positional inputs, batch first (one image tensor; z and labels)
-Runner = Callable[[tuple[np.ndarray, ...]], np.ndarray]
-
-
-def _dynamic_batch(example: Inputs) -> tuple[dict[int, Any], ...]:
-    batch = torch.export.Dim("batch")
-    return tuple({0: batch} for _ in example)
-
-
-def _input_names(example: Inputs) -> list[str]:
-    return ["input"] if len(example) == 1 else [f"input{i}" for i in range(len(example))]
-
-
-@contextlib.contextmanager
-def quiet_onnx_passes() -> Iterator[None]:
-    """The exporter's pass loggers at WARNING for the export (their warnings and errors still show)."""
-    loggers = [logging.getLogger(name) for name in ONNX_PASS_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-def torch_onnx_export(net: nn.Module, example: Inputs, path: Path, opset: int) -> None:
-    """Export with torch.onnx (dynamo), a dynamic batch dimension, one file."""
-    with quiet_onnx_passes():
-        torch.onnx.export(
-            net,
-            example,
-            str(path),
-            dynamo=True,
-            dynamic_shapes=_dynamic_batch(example),
-            opset_version=opset,
-            input_names=_input_names(example),
-            output_names=["logits"],
-            external_data=False,
-            verbose=False,
-        )
 
 
 def write_onnx(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
@@ -94,82 +59,9 @@ def write_onnx(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runne
     return onnx_runner(path, example)
 
 
-def compact(path: Path) -> None:
-    """Drop from the ONNX file at `path` the exporter's per-node metadata (source stack, module
-    scopes) and doc strings, its shape annotations and the opset imports no node uses, and give its
-    nodes and inner tensors short names (the graph's input and output names stay): onnxruntime needs
-    none of that text, and in an int8 MLP it weighs a third of its weights. Both the fp32 and the
-    int8 file get it, so their size ratio is that of what they compute with."""
-    import onnx
-
-    model = onnx.load(str(path))
-    for node in model.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    del model.graph.value_info[:]
-    _shorten_names(model.graph)
-    used = {node.domain for node in model.graph.node} | {"", "ai.onnx"}
-    kept = [opset for opset in model.opset_import if opset.domain in used]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
-    onnx.save(model, str(path))
-
-
-def _shorten_names(graph: Any) -> None:
-    """Nodes unnamed (the name is optional in ONNX) and every tensor that is not a graph input or
-    output renamed to a short base-36 name. Graphs with subgraphs (If, Loop) are left as they are."""
-    if any(attr.g.node or attr.graphs for node in graph.node for attr in node.attribute):
-        return
-    kept = {value.name for value in [*graph.input, *graph.output]}
-    short: dict[str, str] = {}
-
-    def rename(name: str) -> str:
-        if not name or name in kept:  # "" marks an omitted optional input
-            return name
-        if name not in short:
-            short[name] = f"_{_base36(len(short))}"
-        return short[name]
-
-    for tensor in graph.initializer:
-        tensor.name = rename(tensor.name)
-    for node in graph.node:
-        node.name = ""
-        node.input[:] = [rename(name) for name in node.input]
-        node.output[:] = [rename(name) for name in node.output]
-
-
-def _base36(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    text = ""
-    while True:
-        number, rest = divmod(number, 36)
-        text = digits[rest] + text
-        if not number:
-            return text
-
-
-def onnx_session(path: Path) -> Any:
-    """An onnxruntime CPU session of the file at `path`: all graph optimizations, one intra-op thread
-    per physical core (the defaults), and threads that sleep between runs instead of spinning: a
-    spinning pool steals the cores from the other sessions and processes timed beside it (on a busy
-    2-core machine it made an fp32 MLP look 5-10x slower than the same file timed alone)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_runner(path: Path, example: Inputs) -> Runner:
-    """An onnxruntime session of the file at `path` (`onnx_session`), as a runner of the net's inputs."""
-    names = _input_names(example)
-    session = onnx_session(path)
-    return lambda xs: session.run(None, dict(zip(names, xs)))[0]
-
-
 def write_program(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
     """Export with torch.export, save the .pt2 and return a runner of the program loaded back."""
-    torch.export.save(torch.export.export(net, example, dynamic_shapes=_dynamic_batch(example)), str(path))
+    torch.export.save(torch.export.export(net, example, dynamic_shapes=dynamic_batch(example)), str(path))
     module = torch.export.load(str(path)).module()
 
     def run(xs: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -194,46 +86,6 @@ def write_onnx_int8(net: nn.Module, example: Inputs, path: Path, opset: int) -> 
         qdq.unlink(missing_ok=True)
     compact(path)
     return onnx_runner(path, example)
-
-
-def optimize(path: Path, out: Path, level: str) -> None:
-    """Save the graph onnxruntime runs for the ONNX file at `path` after its graph optimizations up to
-    `level` (a GraphOptimizationLevel name) to `out`."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    options.optimized_model_filepath = str(out)
-    # Errors only: at ORT_ENABLE_ALL onnxruntime warns that the saved graph is CPU-specific, which is
-    # what runtime_ops reads it for (the shipped file is saved at the portable ORT_ENABLE_EXTENDED).
-    options.log_severity_level = 3
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def runtime_ops(path: Path) -> dict[str, int]:
-    """Op counts of the graph onnxruntime really runs (after its graph optimizations, which fuse QDQ
-    groups into int8 kernels), read back from SessionOptions.optimized_model_filepath."""
-    import onnx
-
-    optimized = path.with_name(f"{path.stem}.optimized.onnx")
-    optimize(path, optimized, "ORT_ENABLE_ALL")
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(optimized)).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    optimized.unlink()
-    return counts
-
-
-def initializer_bytes(path: Path) -> dict[str, int]:
-    """Bytes of the ONNX file's initializers (weights, scales, biases) by element type."""
-    import onnx
-    from onnx import numpy_helper
-
-    sizes: dict[str, int] = {}
-    for tensor in onnx.load(str(path)).graph.initializer:
-        array = numpy_helper.to_array(tensor)
-        sizes[array.dtype.name] = sizes.get(array.dtype.name, 0) + array.nbytes
-    return sizes
 
 
 def write_dcz(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:

@@ -1,7 +1,6 @@
 """Int8 quantization of a net's Linear / Conv2d layers, shared by QAT (callbacks/qat.py) and PTQ
-(callbacks/ptq.py): fake quantization for training and testing, and the int8 module that export
-writes as an ONNX QDQ model, which onnxruntime fuses into QLinearConv / QGemm kernels (callbacks/formats/traced.py
-saves that fused graph).
+(callbacks/ptq.py): fake quantization for training and testing. The int8 module that export writes
+as an ONNX QDQ model is callbacks/surgery/int8_layers.py.
 
 Scheme (the ONNX / onnxruntime int8 target, as torchao's X86InductorQuantizer also uses it):
 weights per-channel symmetric int8 in [-127, 127] (zero point 0, so a pruned zero stays exactly 0;
@@ -16,11 +15,12 @@ Every quantized layer holds three buffers from the first epoch on, whatever the 
 checkpoint has the same keys: `quant_phase` (FLOAT, OBSERVE, FROZEN), `input_range` and
 `output_range` (min, max; +inf, -inf while unobserved). The forward is the layer's own while FLOAT.
 The instrumentation is recorded as a structure edit (callbacks/surgery/structure.py), so a net rebuilt from
-its config (recipes.evaluate, recipes.export, a resumed run) gets it before its weights load.
+its config (recipes.evaluate, recipes.export, a resumed run) gets it before its weights load: the
+loader passes `instrument` to structure.replay for edits of kind `EDIT` (this module builds on
+structure, which does not import it).
 
-Engine: torch's own fake-quantize ops for training and the `quantized_decomposed` quantize /
-dequantize ops for export (the ops torchao's PT2E flow lowers to), exported by torch.onnx; see the
-README for why not torchao's `prepare_qat_pt2e` GraphModule.
+Engine: torch's own fake-quantize ops for training (torch's `quantized_decomposed` ops for export,
+callbacks/surgery/int8_layers.py); see docs/int8.md for why not torchao's `prepare_qat_pt2e` GraphModule.
 """
 
 from __future__ import annotations
@@ -32,23 +32,37 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from callbacks.surgery.structure import edits, record, set_module
+from callbacks.surgery.structure import edits, record
+
+__all__ = [
+    "ACT_QMAX",
+    "ACT_QMIN",
+    "EDIT",
+    "WEIGHT_QMAX",
+    "Links",
+    "Phase",
+    "activation_qparams",
+    "fake_quant_weight",
+    "float_copy",
+    "folded_weight_bias",
+    "instrument",
+    "is_quantized",
+    "links",
+    "quantized_layers",
+    "set_phase",
+    "weight_scales",
+]
 
 QUANTIZABLE = (nn.Linear, nn.Conv2d)
 FOLDABLE = (nn.BatchNorm1d, nn.BatchNorm2d)
 PRESERVING = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)  # a quantized input stays on its grid
 WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127]
-# onnxruntime's fast int8 convolution (MLAS's symmetric indirect kernel) takes input channels in multiples of
-# 4 only; a conv with e.g. 3 (an RGB input) falls back to im2col + int8 GEMM, 2-3x slower than fp32 on it
-CONV_CHANNEL_MULTIPLE = 4
 ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations
 EDIT = "quantize"
-qd = torch.ops.quantized_decomposed
 
 
 class Phase(IntEnum):
@@ -255,99 +269,3 @@ def float_copy(net: nn.Module) -> nn.Module:
         for name in ("quant_phase", "input_range", "output_range"):
             module._buffers.pop(name, None)
     return net
-
-
-class Int8Layer(nn.Module):
-    """A quantized Linear / Conv2d as it ships: int8 weights with per-channel scales, fp32 bias (BN
-    folded in), and quantize / dequantize of its input and output at fixed uint8 parameters; torch.onnx
-    writes it as QuantizeLinear / DequantizeLinear around the Conv / Gemm, which onnxruntime fuses."""
-
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        source = layer.__dict__["input_from"]
-        input_range = layer.input_range if source is None else source.output_range
-        if input_range[0] > input_range[1] or layer.output_range[0] > layer.output_range[1]:
-            raise ValueError("a quantized layer has never observed its activations: run QAT or PTQ calibration first")
-        weight, bias = folded_weight_bias(layer)
-        weight, bias = weight.detach().float(), None if bias is None else bias.detach().float()
-        scales = weight_scales(weight)
-        shape = (-1, *[1] * (weight.dim() - 1))
-        weight_int8 = torch.clamp(torch.round(weight / scales.reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8)
-        # a plain conv's input channels padded with zero channels (and zero weights) to a multiple the fast
-        # int8 kernel takes: the outputs are unchanged (a zero input channel maps to the zero point)
-        self.channel_pad = (
-            0 if isinstance(layer, nn.Linear) or layer.groups != 1 else -weight.shape[1] % CONV_CHANNEL_MULTIPLE
-        )
-        if self.channel_pad:
-            weight_int8 = F.pad(weight_int8, (0, 0, 0, 0, 0, self.channel_pad))
-        self.register_buffer("weight_int8", weight_int8)
-        self.register_buffer("weight_scale", scales)
-        self.register_buffer("weight_zero_point", torch.zeros_like(scales, dtype=torch.int64))
-        self.register_buffer("bias", bias)
-        self.qparams = [
-            (float(s), int(z)) for s, z in (activation_qparams(r) for r in (input_range, layer.output_range))
-        ]
-        self.relu = layer.__dict__["fused_relu"]
-        self.linear = isinstance(layer, nn.Linear)
-        self.conv = (
-            None
-            if self.linear
-            else dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
-        )
-
-    @staticmethod
-    def requantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-        q = qd.quantize_per_tensor(x, scale, zero_point, ACT_QMIN, ACT_QMAX, torch.uint8)
-        return qd.dequantize_per_tensor(q, scale, zero_point, ACT_QMIN, ACT_QMAX, torch.uint8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channel_pad:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.channel_pad))
-        x = self.requantize(x, *self.qparams[0])
-        weight = qd.dequantize_per_channel(
-            self.weight_int8, self.weight_scale, self.weight_zero_point, 0, -WEIGHT_QMAX, WEIGHT_QMAX, torch.int8
-        )
-        y = F.linear(x, weight, self.bias) if self.linear else F.conv2d(x, weight, self.bias, **self.conv)
-        if self.relu:
-            y = F.relu(y)
-        return self.requantize(y, *self.qparams[1])
-
-
-def int8_module(net: nn.Module) -> nn.Module:
-    """A copy of the quantized `net` with every quantized layer an `Int8Layer` and every BatchNorm
-    or ReLU it absorbed an Identity: what the int8 export traces."""
-    net = copy.deepcopy(net).cpu().eval()
-    absorbed = [name for name, m in net.named_modules() if "absorbed_into" in m.__dict__]
-    int8 = {name: Int8Layer(layer) for name, layer in quantized_layers(net).items()}  # before any is replaced
-    for name, layer in int8.items():
-        set_module(net, name, layer)
-    for name in absorbed:
-        set_module(net, name, nn.Identity())
-    return net
-
-
-def shipped_bytes(net: nn.Module) -> dict[str, int]:
-    """Bytes per state-dict key of `net` as the int8 artifact stores it: each quantized weight at 1
-    byte per value (its nonzeros plus a 1-bit mask where that is smaller) plus a 4-byte scale and a
-    1-byte zero point per channel; activation ranges as one scale and zero point each; a folded
-    BatchNorm as the fp32 bias it adds to its layer; the phase flag not at all."""
-    sizes: dict[str, int] = {}
-    names = {id(m): n for n, m in net.named_modules()}
-    for name, layer in quantized_layers(net).items():
-        prefix = f"{name}." if name else ""
-        weight = layer.weight.detach()
-        count = weight.numel()
-        values = min(count, int((weight != 0).sum()) + math.ceil(count / 8))
-        sizes[f"{prefix}weight"] = values + 5 * weight.shape[0]
-        sizes[f"{prefix}output_range"] = 5
-        sizes[f"{prefix}input_range"] = 0 if layer.__dict__["input_from"] is not None else 5  # shared otherwise
-        sizes[f"{prefix}quant_phase"] = 0
-        bn = layer.__dict__.get("folded_bn")
-        if bn is not None:
-            bn_prefix = f"{names[id(bn)]}."
-            for key in ("weight", "running_mean", "running_var", "num_batches_tracked"):
-                sizes[bn_prefix + key] = 0
-            sizes[bn_prefix + "bias"] = 4 * bn.num_features  # the folded bias (fp32)
-            if layer.bias is not None:
-                sizes[f"{prefix}bias"] = 0  # merged into the folded bias
-    return sizes

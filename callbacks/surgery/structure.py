@@ -6,20 +6,45 @@ entry; `replay` applies the same edits to a freshly built net before its weights
 (recipes.evaluate, a resumed run, a teacher or fine-tuning start). After an edit mid-fit,
 `rebuild_optimizers` gives Lightning fresh optimizers over the new parameters, with the LR
 schedule's progress kept.
+
+This module replays the shape edits it makes (factor, resize). An edit of another kind builds on
+it (int8 quantization, callbacks/surgery/quantize.py, instruments the layers the shape edits
+leave), so this module cannot import it: the caller of `replay` passes the function of each such
+kind (`late`). An explicit argument rather than a registry that the other module fills when it is
+imported: a checkpoint loaded in a fresh process (recipes.evaluate, Task.load_from_checkpoint)
+replays its edits whatever was imported before. The one caller is
+recipes.checkpointing.format.restore_structure.
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.nn.utils import parametrize, prune
+
+__all__ = [
+    "ATTR",
+    "LateEdits",
+    "applied",
+    "check_edit",
+    "edits",
+    "factored",
+    "rebuild_optimizers",
+    "record",
+    "replay",
+    "resize",
+    "set_module",
+    "shapes_of",
+]
 
 ATTR = "structure_edits"
+SHAPE_EDITS = ("factor", "resize")
+# Kind -> the function that applies (and records) an edit of that kind to a net with its shape edits done.
+LateEdits = Mapping[str, Callable[[nn.Module], Any]]
 
 
 def edits(net: nn.Module) -> list[dict[str, Any]]:
@@ -34,46 +59,6 @@ def record(net: nn.Module, edit: dict[str, Any]) -> None:
 def applied(net: nn.Module, step: str) -> int:
     """How many edits the compression step `step` has made to `net` (so a resumed run skips them)."""
     return sum(1 for edit in edits(net) if edit.get("step") == step)
-
-
-def pruned_names(module: nn.Module) -> list[str]:
-    """The names of `module`'s own tensors that `torch.nn.utils.prune` masks: prune keeps each as a
-    parameter `<name>_orig` and a buffer `<name>_mask` (its documented layout)."""
-    parameters = {name for name, _ in module.named_parameters(recurse=False)}
-    if parametrize.is_parametrized(module):  # a parametrized `<name>_orig` (weight sharing after pruning)
-        parameters |= set(module.parametrizations)
-    return [
-        name[: -len("_mask")]
-        for name, _ in module.named_buffers(recurse=False)
-        if name.endswith("_mask") and name[: -len("_mask")] + "_orig" in parameters
-    ]
-
-
-def remove_masks(net: nn.Module) -> nn.Module:
-    """Fold every `torch.nn.utils.prune` mask into its weight, leaving plain parameters (the same
-    Parameter objects, so an optimizer over them stays valid)."""
-    for module in net.modules():
-        for name in pruned_names(module):
-            prune.remove(module, name)
-    return net
-
-
-def snapshot(net: nn.Module) -> nn.Module:
-    """A detached copy of `net` as a plain net would load it (pruning masks and parametrizations
-    folded in): what the
-    compression report tests as the model before a step."""
-    for module in net.modules():  # a pruned weight is recomputed by each forward: drop its autograd
-        for name in pruned_names(module):  # history so that deepcopy can copy it
-            setattr(module, name, getattr(module, name).detach())
-    plain = copy.deepcopy(net)
-    for module in plain.modules():  # a parametrized weight (binary, ternary, shared values) as computed
-        if parametrize.is_parametrized(module):
-            # deepcopy shares the injected Parametrized<Layer> class, which removal edits: give the copy its own
-            cls = type(module)
-            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-            for name in list(module.parametrizations):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    return remove_masks(plain).requires_grad_(False)
 
 
 def set_module(net: nn.Module, name: str, module: nn.Module) -> None:
@@ -147,16 +132,17 @@ def shapes_of(net: nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in state.items() if v.is_floating_point()}
 
 
-def replay(net: nn.Module, recorded: list[dict[str, Any]]) -> nn.Module:
-    """Apply recorded edits to a freshly built `net` (whose weights are loaded afterwards). An int8
-    quantization edit (callbacks/surgery/quantize.py) instruments the layers the other edits leave, so it is
-    applied last whatever its place in the record. The record comes from a checkpoint, so each edit
-    is checked first (`check_edit`): a malformed one is a ValueError naming it, never a huge tensor."""
+def replay(net: nn.Module, recorded: list[dict[str, Any]], late: LateEdits) -> nn.Module:
+    """Apply recorded edits to a freshly built `net` (whose weights are loaded afterwards): the shape
+    edits in their order, then each kind of `late` that the record holds, once, by its function (it
+    builds on the layers the shape edits leave, so it comes last whatever its place in the record).
+    The record comes from a checkpoint, so each edit is checked first (`check_edit`): a malformed
+    one is a ValueError naming it, never a huge tensor."""
     if not isinstance(recorded, list):
         raise ValueError(f"the structure record is a {type(recorded).__name__}, not a list of edits")
     for index, edit in enumerate(recorded):
-        check_edit(net, edit, index)
-        if edit["kind"] == "quantize":
+        check_edit(net, edit, index, late)
+        if edit["kind"] in late:
             continue
         if edit["kind"] == "factor":
             for name, rank in edit["ranks"].items():
@@ -165,21 +151,22 @@ def replay(net: nn.Module, recorded: list[dict[str, Any]]) -> nn.Module:
             current = shapes_of(net)
             resize(net, {k: v for k, v in edit["shapes"].items() if current.get(k) != v})
         record(net, edit)
-    if any(edit["kind"] == "quantize" for edit in recorded):
-        from callbacks.surgery.quantize import instrument  # it builds on this module
-
-        instrument(net)
+    for kind, apply in late.items():
+        if any(edit["kind"] == kind for edit in recorded):
+            apply(net)
     return net
 
 
-def check_edit(net: nn.Module, edit: Any, index: int) -> None:
-    """ValueError unless `edit` is one the compression steps record, and fits `net` as the edits before
-    it left it: a factor rank from 1 to the layer's full rank, of a Linear or Conv2d; a resize that
-    names existing tensors of the same number of dims and never grows one (steps only shrink layers)."""
+def check_edit(net: nn.Module, edit: Any, index: int, late: LateEdits) -> None:
+    """ValueError unless `edit` is one the compression steps record (a shape edit or a kind of `late`),
+    and fits `net` as the edits before it left it: a factor rank from 1 to the layer's full rank, of a
+    Linear or Conv2d; a resize that names existing tensors of the same number of dims and never grows
+    one (steps only shrink layers)."""
     where = f"edit {index}"
-    if not isinstance(edit, dict) or edit.get("kind") not in ("factor", "resize", "quantize"):
+    kinds = (*SHAPE_EDITS, *late)
+    if not isinstance(edit, dict) or edit.get("kind") not in kinds:
         kind = edit.get("kind") if isinstance(edit, dict) else edit
-        raise ValueError(f"{where} is {kind!r}, not a factor, resize or quantize edit")
+        raise ValueError(f"{where} is {kind!r}, not a {', '.join(kinds[:-1])} or {kinds[-1]} edit")
     if edit["kind"] == "factor":
         ranks = edit.get("ranks")
         if not isinstance(ranks, dict):

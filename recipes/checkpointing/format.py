@@ -15,12 +15,16 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from callbacks.surgery import quantize
+from callbacks.surgery.folding import fold_masks
 from callbacks.surgery.structure import edits, replay
 from modules.task import Task
 from recipes.errors import RecipeError
 from recipes.runtime.created_dirs import created
 
 KEY = "recipe"
+# The structure edits that build on the layers the shape edits leave, by kind (callbacks.surgery.structure.replay).
+LATE_EDITS = {quantize.EDIT: quantize.instrument}
 
 
 def rng_states() -> dict[str, Any]:
@@ -146,7 +150,7 @@ def restore_structure(ckpt: dict[str, Any], net: torch.nn.Module, path: str, key
     recorded = ckpt[KEY].get("structure", [])
     if recorded and not edits(net):
         try:
-            replay(net, recorded)
+            replay(net, recorded, LATE_EDITS)
         except ValueError as err:
             raise RecipeError(
                 f"{key}={path}: its '{KEY}.structure' record is malformed ({err}); it was not written by recipes.train"
@@ -179,40 +183,3 @@ def load_weights(ckpt: dict[str, Any], module: Task, path: str, key: str = "ckpt
     check_compatible(ckpt, module, path, key)
     module.load_state_dict(fold_masks(ckpt["state_dict"]))
     return module
-
-
-def fold_masks(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A state dict with `torch.nn.utils.prune` masks applied (`x_orig * x_mask` becomes `x`) and
-    parametrizations folded (`fold_parametrizations`): what a plain net loads from a checkpoint
-    written mid-pruning or mid-binarization."""
-    state_dict = fold_parametrizations(state_dict)
-    folded = {}
-    for key, value in state_dict.items():
-        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state_dict:
-            continue
-        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state_dict:
-            base = key[: -len("_orig")]
-            folded[base] = value * state_dict[base + "_mask"]
-        else:
-            folded[key] = value
-    return folded
-
-
-def fold_parametrizations(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A state dict with each `torch.nn.utils.parametrize` weight that carries its computed value
-    (`<layer>.parametrizations.<x>.0.folded`, callbacks/parametrized.py) as the plain `<layer>.<x>`:
-    the latent weight and the parametrization's own state (scales, centroids) are training state."""
-    marker = ".parametrizations."
-    folded_keys = {key for key in state_dict if marker in key and key.endswith(".0.folded")}
-    if not folded_keys:
-        return state_dict
-    bases = {key.rsplit(".0.folded", 1)[0] for key in folded_keys}  # <layer>.parametrizations.<x>
-    result = {}
-    for key, value in state_dict.items():
-        base = next((b for b in bases if key.startswith(b + ".")), None)
-        if base is None:
-            result[key] = value
-        elif key == f"{base}.0.folded":
-            layer, _, tensor = base.rpartition(marker)
-            result[f"{layer}.{tensor}"] = value
-    return result

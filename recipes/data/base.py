@@ -87,7 +87,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def pixel_normalization(self) -> tuple[list[float], list[float]] | None:
         """Per-channel (mean, std) the loaders' images are normalized with, or None: what maps them
-        back to [0, 1], the pixel units in which attacks measure eps (modules.attacks.PixelNormalized)."""
+        back to [0, 1], the pixel units in which attacks measure eps (modules.pixel_model.PixelNormalized)."""
         if not self._normalize:
             return None
         step = self._normalize[0]

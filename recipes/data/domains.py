@@ -45,7 +45,7 @@ class TwoDomainDataModule(pl.LightningDataModule):
         self.target.return_index = value
 
     def pixel_normalization(self) -> tuple[list[float], list[float]] | None:
-        """The new domain's normalization (modules.attacks.PixelNormalized): its loaders are the ones tested."""
+        """The new domain's normalization (modules.pixel_model.PixelNormalized): its loaders are the ones tested."""
         return self.target.pixel_normalization()
 
     @override

@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from modules.attacks import Attack, PixelModel
+from modules.attacks import Attack
+from modules.pixel_model import PixelModel
 from modules.robustness import RobustnessProbe
 from modules.task import Task
 from recipes.assembly.instantiation import instantiate_part

@@ -1,7 +1,7 @@
-"""modules/attacks.py and modules/transfer_attack.py on tiny models and the embedded digits: FGSM is the
-analytic step on a linear model, PGD keeps to the eps ball and [0, 1] under normalized data and is at
-least as strong as FGSM, both agree with torchattacks on the same model and inputs, and the transfer
-attack works from the target's labels alone."""
+"""modules/perturbations.py, modules/attacks.py and modules/transfer_attack.py on tiny models and the
+embedded digits: FGSM is the analytic step on a linear model, PGD keeps to the eps ball and [0, 1]
+under normalized data and is at least as strong as FGSM, both agree with torchattacks on the same
+model and inputs, and the transfer attack works from the target's labels alone."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-from modules.attacks import PixelModel, fgsm, pgd
 from modules.nets.mlp import MLP
+from modules.perturbations import fgsm, pgd
+from modules.pixel_model import PixelModel
 from modules.transfer_attack import LabelOracle, Transfer
 from recipes.data.digits import DigitsDataModule
 

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from callbacks.formats import dcz, huffman
+from callbacks.formats.tensor_encodings import encode_tensor, sparse_entries
 from callbacks.surgery.dead_units import zero_dead_units
+from callbacks.surgery.folding import fold_masks
 from modules.nets.mlp import MLP
-from recipes.checkpointing.format import fold_masks
 from tests.helpers.runs import assert_clean_failure, run_module, train_ok
 
 
@@ -36,7 +37,7 @@ def test_huffman_codes_are_prefix_free_and_decode_exactly(alphabet: int) -> None
 def test_relative_positions_bridge_long_gaps_with_filler_zeros() -> None:
     flat = np.zeros(40)
     flat[[2, 3, 20]] = 1.0
-    gaps, which = dcz.sparse_entries(flat, pbits=3)  # gaps up to 8
+    gaps, which = sparse_entries(flat, pbits=3)  # gaps up to 8
     assert (gaps + 1).tolist() == [3, 1, 8, 8, 1]  # 20 - 3 = 17 = 8 (filler) + 8 (filler) + 1
     assert which.tolist() == [0, 1, -1, -1, 2]
     assert (np.cumsum(gaps + 1) - 1).tolist() == [2, 3, 11, 19, 20]
@@ -61,7 +62,7 @@ def _compressed_net() -> nn.Module:
 
 def test_dcz_round_trip_is_bit_exact_and_sizes_add_up(tmp_path: Path) -> None:
     net = _compressed_net()
-    kinds = {key: dcz.encode_tensor(t.detach())[0] for key, t in net.state_dict().items()}
+    kinds = {key: encode_tensor(t.detach())[0] for key, t in net.state_dict().items()}
     assert kinds["0.weight"] == "sparse" and kinds["2.weight"] == "sign" and kinds["5.weight"] == "raw"
     assert kinds["4.weight"] in ("ternary", "shared")  # 2 packed bits, or Huffman codes where shorter
     assert all(kinds[f"{i}.bias"] == "raw" for i in (0, 2, 4, 5))
