@@ -66,7 +66,7 @@ class RobustnessProbe(pl.LightningModule):
         raise TypeError(f"{type(self.attack).__name__} is neither a WhiteBoxAttack nor a Transfer attack")
 
     def report(self) -> dict[str, Any]:
-        """robustness.json's content (rates in [0, 1]; the README's robustness section)."""
+        """robustness.json's content (rates in [0, 1]; docs/adversarial.md)."""
         if not self.seen:
             raise ValueError("the test split gave no samples to attack")
         clean = self.clean_correct / self.seen
