@@ -43,6 +43,7 @@ class AdversarialModule(ClassifierModule):
     ClassifierModule's (optimizer, scheduler, fine-tuning knobs, monitor)."""
 
     evaluates_with_gradients = True  # val/test steps run PGD: the test trainer runs with inference_mode=False
+    pipelines = False  # training_step attacks the whole net first: no stage-by-stage schedule runs it
 
     def __init__(
         self,

@@ -58,6 +58,7 @@ class ClassifierModule(Task):
     """
 
     classifies_images = True  # the task contract's capability: its net can be attacked (recipes.attack)
+    pipelines = True  # the task contract's capability: training_step is loss_fn(net(x), y) (strategy=pipeline)
 
     def __init__(
         self,

@@ -49,6 +49,8 @@ class DistillModule(ClassifierModule):
     sample (at the start of training) instead of once per sample per epoch.
     """
 
+    pipelines = False  # training_step's loss needs the teacher's logits beside the net's: not loss_fn(net(x), y)
+
     def __init__(
         self,
         net: nn.Module,

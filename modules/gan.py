@@ -45,9 +45,7 @@ class GanModule(Task):
     beside it for an exact resume.
     """
 
-    # Declared on the class for the strategies' start-up checks (recipes/assembly/startup_checks.py): this task steps
-    # its two optimizers itself (Lightning's manual optimization).
-    manual_optimization = True
+    manual_optimization = True  # the task contract's capability: it steps its two optimizers itself
 
     def __init__(
         self,

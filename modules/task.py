@@ -34,6 +34,14 @@ class Task(RecipeModule, ABC):
     #: Declared need: the validation and test steps take input gradients (e.g. an attack), so the test
     #: trainer runs with inference_mode=False (recipes.stages.scoring).
     evaluates_with_gradients: ClassVar[bool] = False
+    #: Declared capability: the task's training step is a plain forward + loss over (x, y) batches,
+    #: `loss_fn(shipped_net(x), y)` with an nn.Sequential net, which the pipeline schedule can run stage by
+    #: stage (strategy=pipeline refuses any other task at start-up). A subclass that overrides
+    #: training_step declares it anew.
+    pipelines: ClassVar[bool] = False
+    #: Declared capability: the task steps its own optimizers (Lightning's manual optimization, e.g. a
+    #: GAN's two); strategies built around one optimizer step per batch refuse it at start-up.
+    manual_optimization: ClassVar[bool] = False
 
     def __init__(self, monitor: str, monitor_mode: str) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch import LightningDataModule
 from omegaconf import DictConfig
 
 from recipes.assembly.prerequisites import check_buildable, ensure_prerequisites
@@ -43,13 +44,20 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
-def run(cfg: DictConfig, choices: dict[str, Any], keep_weights: bool = False) -> dict[str, Any] | None:
-    """One model, build to results.json; rank 0 returns the results, other ranks None.
+def run(
+    cfg: DictConfig,
+    choices: dict[str, Any],
+    keep_weights: bool = False,
+    datamodule: LightningDataModule | None = None,
+) -> dict[str, Any] | None:
+    """One model, build to results.json; rank 0 returns the results, other ranks None. Its plan was
+    checked first (`train`'s check_startup, which covers the prerequisite models too).
 
     keep_weights: write checkpoints/last.ckpt even when no checkpoint callback ran (fast_dev_run),
-    for a model that a later run of the recipe starts from."""
+    for a model that a later run of the recipe starts from.
+    datamodule: the run's data module when the start-up checks built it (check_buildable)."""
     run_dir = Path(cfg.paths.run_dir)
-    parts = build_run(cfg, choices)
+    parts = build_run(cfg, choices, datamodule)
     try:
         results = _fit_and_report(cfg, choices, parts, run_dir, keep_weights)
     except BaseException:
@@ -96,9 +104,9 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     run_dir = Path(cfg.paths.run_dir)
     choices = dict(HydraConfig.get().runtime.choices)
     check_startup(cfg, choices)  # the whole plan, before any prerequisite trains
-    check_buildable(cfg)
-    ensure_prerequisites(cfg, run_dir, choices, run)
-    return run(cfg, choices)  # its summary ends with the run dir
+    built = check_buildable(cfg)
+    ensure_prerequisites(cfg, run_dir, choices, run, built.prerequisites)
+    return run(cfg, choices, datamodule=built.datamodule)  # its summary ends with the run dir
 
 
 def objective(results: dict[str, Any] | None) -> float | None:

@@ -19,16 +19,18 @@ recipes.checkpointing.format.restore_structure.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "ATTR",
     "LateEdits",
+    "Restructurable",
     "applied",
     "check_edit",
     "edits",
@@ -45,6 +47,15 @@ ATTR = "structure_edits"
 SHAPE_EDITS = ("factor", "resize")
 # Kind -> the function that applies (and records) an edit of that kind to a net with its shape edits done.
 LateEdits = Mapping[str, Callable[[nn.Module], Any]]
+
+
+@runtime_checkable
+class Restructurable(Protocol):
+    """A training strategy that holds state over the net's tensors beyond the DDP wrapper (e.g. model
+    averaging's averager, which holds the old buffers): told after an edit changed layer shapes and the
+    wrapper was rebuilt. The recipes' strategies declare it (recipes.strategies.contract)."""
+
+    def on_restructure(self) -> None: ...
 
 
 def edits(net: nn.Module) -> list[dict[str, Any]]:
@@ -206,11 +217,11 @@ def rebuild_optimizers(trainer: pl.Trainer) -> None:
     old one's state, e.g. the cosine step count and current LR, is loaded into the new one). Moment
     estimates of the old parameters are dropped: their shapes changed."""
     strategy = trainer.strategy
-    if isinstance(strategy.model, DistributedDataParallel) and hasattr(strategy, "configure_ddp"):
+    if isinstance(strategy.model, DistributedDataParallel) and isinstance(strategy, DDPStrategy):
         # DDP holds the old parameters (and their gradient buckets): wrap the edited module anew
         strategy.model = strategy.lightning_module
         strategy.configure_ddp()
-        if hasattr(strategy, "on_restructure"):  # e.g. model averaging: its averager holds the old buffers
+        if isinstance(strategy, Restructurable):  # e.g. model averaging: its averager holds the old buffers
             strategy.on_restructure()
     old_schedulers = [config.scheduler.state_dict() for config in strategy.lr_scheduler_configs]
     old_lrs = [[group["lr"] for group in opt.param_groups] for opt in strategy.optimizers]

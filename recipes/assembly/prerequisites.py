@@ -9,10 +9,12 @@ import copy
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -40,8 +42,9 @@ def prerequisite_choices(choices: dict[str, Any], name: str) -> dict[str, Any]:
     return {**choices, **own, "recipe": f"{choices.get('recipe')}/{name}", "task": own.get("task", DEFAULT_TASK)}
 
 
-def prerequisite_config(cfg: DictConfig, name: str, run_dir: Path) -> DictConfig:
-    """The run's config with `prerequisites.<name>` applied, writing into `run_dir`."""
+def prerequisite_config(cfg: DictConfig, name: str, run_dir: Path | None) -> DictConfig:
+    """The run's config with `prerequisites.<name>` applied, writing into `run_dir` (None: a config to
+    check, not to train, whose paths stay the run's own, unresolved)."""
     spec = cfg.prerequisites[name]
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
@@ -57,7 +60,8 @@ def prerequisite_config(cfg: DictConfig, name: str, run_dir: Path) -> DictConfig
             sub[key] = node if key in _REPLACED or key not in sub else OmegaConf.merge(sub[key], node)
         if "task" not in spec:
             sub.task = default_task()
-        sub.paths.run_dir = str(run_dir)
+        if run_dir is not None:
+            sub.paths.run_dir = str(run_dir)
         sub.ckpt_path = None
     return sub
 
@@ -72,12 +76,17 @@ def _wait_for(results_file: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
 
 
 def ensure_prerequisites(
-    cfg: DictConfig, run_dir: Path, choices: dict[str, Any], run: Callable[..., dict[str, Any] | None]
+    cfg: DictConfig,
+    run_dir: Path,
+    choices: dict[str, Any],
+    run: Callable[..., dict[str, Any] | None],
+    datamodules: dict[str, pl.LightningDataModule] | None = None,
 ) -> None:
     """Fill every unset `task.<name>_ckpt` that has a `prerequisites.<name>` by training that model
     with `run` (recipes.train's pipeline, passed in so this module stays below it), then drop
     `prerequisites` from `cfg` (it may point at config, e.g. ${data.source}, that a user's overrides
-    removed, which only matters when the model still has to be trained)."""
+    removed, which only matters when the model still has to be trained). `datamodules`: those
+    check_buildable built already, by prerequisite name, passed on to `run`."""
     for name in cfg.get("prerequisites") or {}:
         key = f"{name}_ckpt"
         if key not in cfg.task:
@@ -92,7 +101,10 @@ def ensure_prerequisites(
         else:
             rank_zero_info(f"task.{key} is not set: training the {name} model first, in {sub_dir}")
             results = run(
-                prerequisite_config(cfg, name, sub_dir), prerequisite_choices(choices, name), keep_weights=True
+                prerequisite_config(cfg, name, sub_dir),
+                prerequisite_choices(choices, name),
+                keep_weights=True,
+                datamodule=(datamodules or {}).get(name),
             )
             if results is None:  # another DDP rank: rank 0 tests the model and writes results.json
                 results = _wait_for(done)
@@ -110,19 +122,43 @@ def pending_prerequisites(cfg: DictConfig) -> list[str]:
     return [name for name in cfg.get("prerequisites") or {} if not task.get(f"{name}_ckpt")]
 
 
-def check_buildable(cfg: DictConfig) -> None:
+def pending_configs(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, tuple[DictConfig, dict[str, Any]]]:
+    """The config and group choices of each prerequisite model this run would train, by name, for the
+    start-up checks of the whole plan (their paths are the run's own: they are checked, not run)."""
+    return {
+        name: (prerequisite_config(cfg, name, None), prerequisite_choices(choices, name))
+        for name in pending_prerequisites(cfg)
+    }
+
+
+@dataclass
+class Built:
+    """The data modules check_buildable built, handed on to the runs that train with them, so each is
+    built once: the run's own, and each pending prerequisite's by name."""
+
+    datamodule: pl.LightningDataModule | None = None
+    prerequisites: dict[str, pl.LightningDataModule] = field(default_factory=dict)
+
+
+def check_buildable(cfg: DictConfig) -> Built:
     """Build the run's task now (data, model, task, compression plan), with untrained stand-ins of the
     same shape for the reference nets that prerequisites would train, when a prerequisite would
     otherwise train before the run's own build finds a value wrong: a value only the data can judge
     (e.g. task.conditional=true on data with one class) or a compression plan that does not fit the
-    shipped net. Without a pending prerequisite the run's own build comes first and refuses them."""
+    shipped net. Without a pending prerequisite the run's own build comes first and refuses them.
+
+    The data modules built here are returned for the real builds. The task is not: it is built again
+    once the prerequisites trained, since building it reads the reference nets' weights (e.g. an
+    adaptation starts from the source model's), and the compression plan's dry run needs real weights."""
     pending = pending_prerequisites(cfg)
     if not pending:
-        return
+        return Built()
     run_dir = Path(cfg.paths.run_dir)
-    stand_ins = {}
+    built, stand_ins = Built(build_datamodule(cfg)), {}
     for name in pending:
         sub = prerequisite_config(cfg, name, run_dir / name)
-        stand_ins[name] = build_task(sub, DataShape.of(build_datamodule(sub)), references={}).shipped_net
-    module = build_task(cfg, DataShape.of(build_datamodule(cfg)), stand_ins)
+        built.prerequisites[name] = build_datamodule(sub)
+        stand_ins[name] = build_task(sub, DataShape.of(built.prerequisites[name]), references={}).shipped_net
+    module = build_task(cfg, DataShape.of(built.datamodule), stand_ins)
     build_compression(cfg, module.shipped_net)
+    return built

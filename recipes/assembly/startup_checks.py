@@ -16,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.step import CompressionStep
 from modules.attacks import Attack
 from modules.task import MODES, Task
+from recipes.assembly.prerequisites import pending_configs
 from recipes.errors import RecipeError
+from recipes.strategies.contract import recipe_strategy
 
 
 def check_seed(seed: Any) -> None:
@@ -82,28 +84,28 @@ def step_class(node: Any) -> type[CompressionStep] | None:
 
 
 def check_strategy(cfg: DictConfig, choices: dict[str, Any]) -> None:
-    """The strategy's own declarations against the task and the compression steps (see Strategy in
-    the strategy contract): `check_task(task_class)` and `restructurable`."""
+    """The strategy class's declarations (recipes.strategies.contract.RecipeStrategy) against the task and
+    the compression steps: `check_task(task_class)`, `restructurable` and `splits_net`. A strategy that
+    does not declare the contract (Lightning's own, e.g. strategy=single's `auto`) has its defaults."""
     target = cfg.strategy.get("_target_") if "strategy" in cfg else None
     if not target:
         return
-    strategy = get_object(target)
+    strategy = recipe_strategy(get_object(target))
     task_target = (cfg.get("task") or {}).get("_target_")
-    check_task = getattr(strategy, "check_task", None)
-    if check_task is not None and task_target:
+    if task_target:
         try:
-            check_task(get_object(task_target))
+            strategy.check_task(get_object(task_target))
         except ValueError as err:
             raise RecipeError(str(err)) from None
     steps = {name: step_class(node) for name, node in (cfg.get("compress") or {}).items()}
     reshaping = [name for name, cls in steps.items() if cls is not None and cls.changes_shapes]
-    if reshaping and not getattr(strategy, "restructurable", True):
+    if reshaping and not strategy.restructurable:
         raise RecipeError(
             f"compress={','.join(reshaping)} changes layer shapes during training, which "
             f"strategy={choices.get('strategy')} cannot follow; use strategy=ddp or single"
         )
     coupled = next(((name, cls) for name, cls in steps.items() if cls is not None and cls.couples_layers), None)
-    if coupled and getattr(strategy, "splits_net", False):
+    if coupled and strategy.splits_net:
         raise RecipeError(
             f"compress={coupled[0]} {coupled[1].couples_layers}: strategy={choices.get('strategy')} runs "
             "each block of the net on a different rank; use strategy=ddp or single"
@@ -173,11 +175,18 @@ def check_attack(cfg: DictConfig, choices: dict[str, Any]) -> None:
 
 
 def check_startup(cfg: DictConfig, choices: dict[str, Any]) -> None:
-    """Every start-up check of the run's own config, cheapest first."""
+    """Every start-up check of the run's own config, cheapest first, and the strategy's declarations
+    against each prerequisite model it would train first (the only place a run's strategy is checked:
+    the builds that follow, recipes.assembly.training's, do not check it again)."""
     check_seed(cfg.get("seed"))
     check_budget(cfg)
     check_accelerator(cfg)
     check_strategy(cfg, choices)
+    for name, (prerequisite, its_choices) in pending_configs(cfg, choices).items():
+        try:
+            check_strategy(prerequisite, its_choices)
+        except RecipeError as err:
+            raise RecipeError(f"prerequisites.{name} (the {name} model, trained first): {err}") from None
     check_monitor(cfg)
     check_task_arguments(cfg)
     check_attack(cfg, choices)

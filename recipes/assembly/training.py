@@ -21,7 +21,6 @@ from recipes.assembly.acceleration import CompileNet, model_options
 from recipes.assembly.divergence import DivergenceGuard
 from recipes.assembly.instantiation import instantiate_part, plain_config
 from recipes.assembly.loggers import continue_history
-from recipes.assembly.startup_checks import check_strategy
 from recipes.assembly.tasks import build_datamodule, build_module
 from recipes.checkpointing.format import RecipeState, load_checkpoint, load_weights, resolve_ckpt_path
 from recipes.checkpointing.resume_paths import ResumePathGuard
@@ -110,12 +109,18 @@ class Parts:
     ckpt_path: str | None = None  # the checkpoint the fit resumes from
 
 
-def build_training(cfg: DictConfig, choices: dict[str, Any], ckpt_path: str | None = None) -> Parts:
-    """All parts of a training run; its checkpoints carry what rebuilds them (RecipeState).
+def build_training(
+    cfg: DictConfig,
+    choices: dict[str, Any],
+    ckpt_path: str | None = None,
+    datamodule: pl.LightningDataModule | None = None,
+) -> Parts:
+    """All parts of a training run; its checkpoints carry what rebuilds them (RecipeState). The plan was
+    checked before (recipes.assembly.startup_checks.check_startup, the strategy's declarations included).
     `ckpt_path`: a checkpoint to resume from, loaded into the module now (so a misfit fails here,
-    before the loggers touch the run's metrics); `trainer.fit` then restores the rest of its state."""
-    check_strategy(cfg, choices)  # before anything is built
-    datamodule = build_datamodule(cfg)
+    before the loggers touch the run's metrics); `trainer.fit` then restores the rest of its state.
+    `datamodule`: the run's data module when the start-up checks built it already (check_buildable)."""
+    datamodule = datamodule if datamodule is not None else build_datamodule(cfg)
     module = build_module(cfg, datamodule, cfg.get("trusted_targets") or ())
     data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
     compression = build_compression(cfg, module.shipped_net)
@@ -146,7 +151,7 @@ def build_training(cfg: DictConfig, choices: dict[str, Any], ckpt_path: str | No
     return Parts(datamodule, module, compression, callbacks, loggers, trainer, dense_size, ckpt_path)
 
 
-def build_run(cfg: DictConfig, choices: dict[str, Any]) -> Parts:
+def build_run(cfg: DictConfig, choices: dict[str, Any], datamodule: pl.LightningDataModule | None = None) -> Parts:
     """The build stage of recipes.train: seed, then every part, resuming from `cfg.ckpt_path`."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    return build_training(cfg, choices, resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.run_dir)))
+    return build_training(cfg, choices, resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.run_dir)), datamodule)

@@ -94,20 +94,30 @@ def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
     return str(value)
 
 
-def peek(path: Path) -> dict[str, Any]:
-    """A recipes checkpoint, memory-mapped (cheap even for a large file: little more than its zip
-    index is read); ValueError saying why when it is truncated, empty, garbage or not ours."""
+class NotOurs(ValueError):
+    """A readable file that recipes.train did not write (no `recipe` entry)."""
+
+
+def _read(path: Path, mmap: bool) -> dict[str, Any]:
+    """The one reader of a recipes checkpoint (weights_only): ValueError saying why when it is truncated,
+    empty or garbage, NotOurs when it loads but is not ours. `mmap`: map the file instead of reading it
+    (cheap even for a large file: little more than its zip index is read)."""
     size = path.stat().st_size
     if not zipfile.is_zipfile(path):  # torch.save writes a zip whose index is its last bytes
         raise ValueError("0 bytes" if size == 0 else f"{size} bytes but no complete archive: truncated or overwritten")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - any failure here means "not a loadable checkpoint"
         text = str(err).strip()
         raise ValueError((text.splitlines()[0] if text else type(err).__name__)[:160]) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or KEY not in ckpt:
-        raise ValueError(f"it has no '{KEY}' entry")
+        raise NotOurs(f"it has no '{KEY}' entry")
     return ckpt
+
+
+def peek(path: Path) -> dict[str, Any]:
+    """A recipes checkpoint, memory-mapped; ValueError saying why when it is unreadable or not ours."""
+    return _read(path, mmap=True)
 
 
 def newest_readable(directory: Path) -> Path | None:
@@ -130,13 +140,11 @@ def load_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
     if not file.is_file():
         raise RecipeError(f"{key}={path} does not exist: pass the path of a .ckpt file from a run's checkpoints/")
     try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure here means "not a loadable checkpoint"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RecipeError(f"{key}={path} is not a readable checkpoint ({reason[:160]})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or KEY not in ckpt:
-        raise RecipeError(f"{key}={path} was not written by recipes.train (it has no '{KEY}' entry)")
-    return ckpt
+        return _read(file, mmap=False)
+    except NotOurs as err:
+        raise RecipeError(f"{key}={path} was not written by recipes.train ({err})") from None
+    except ValueError as err:
+        raise RecipeError(f"{key}={path} is not a readable checkpoint ({err})") from None
 
 
 def model_name(ckpt: dict[str, Any]) -> str:

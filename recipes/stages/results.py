@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from recipes.strategies.contract import recipe_strategy
+
 FILE_NAME = "results.json"
 
 
@@ -84,9 +86,9 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
 
 def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[str, Any]:
     """results.json's `parallel` section: how the replicas cooperated and what it cost, measured on
-    this rank (bytes come from a strategy's `comm_bytes` counter; absent when it keeps none)."""
-    strategy = trainer.strategy
-    extra = getattr(strategy, "parallel_extra", None) or {}  # e.g. strategy=async: per-worker step counts
+    this rank (bytes come from the strategy contract's `comm_bytes` counter; absent when it keeps none)."""
+    strategy = recipe_strategy(trainer.strategy)
+    extra = strategy.parallel_extra  # e.g. strategy=async: per-worker step counts
     worker_steps = extra.get("worker_steps")  # async: workers step on their own, not together
     steps = sum(worker_steps) if worker_steps else trainer.global_step  # async: updates to the shared weights
     # samples per step: one batch per update (async), else one per data-parallel replica (a pipeline's
@@ -94,7 +96,7 @@ def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[
     replicas = 1 if worker_steps else (trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1)
     samples = steps * batch_size * replicas * trainer.accumulate_grad_batches
     section: dict[str, Any] = {
-        "strategy": type(strategy).__name__,
+        "strategy": type(trainer.strategy).__name__,
         "world_size": trainer.world_size,
         "steps": steps,
         "samples_per_second": round(samples / fit_seconds, 1) if fit_seconds > 0 else None,
@@ -102,7 +104,7 @@ def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[
     section.update(extra)
     if trainer.world_size == 1:
         section["comm_bytes_per_step"] = 0
-    elif hasattr(strategy, "comm_bytes") and steps:
+    elif strategy.comm_bytes is not None and steps:
         section["comm_bytes_per_step"] = round(strategy.comm_bytes / steps, 1)
     return section
 

@@ -35,6 +35,7 @@ class DDPStrategy(TimedDDPStrategy):
         self.hook_bytes = 0
 
     @property
+    @override
     def comm_bytes(self) -> int:
         return self.hook_bytes
 

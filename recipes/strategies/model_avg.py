@@ -26,8 +26,8 @@ from torch.distributed.algorithms.model_averaging import utils
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 from typing_extensions import override
 
-from recipes.strategies import refuse_self_stepping
 from recipes.strategies.ddp import DDPStrategy
+from recipes.strategies.self_stepping import refuse_self_stepping
 
 
 def floating_buffers(module: nn.Module) -> list[torch.Tensor]:
@@ -71,6 +71,7 @@ class ModelAveragingStrategy(DDPStrategy):
     """`strategy=model_avg strategy.period=K strategy.warmup_steps=W` (see conf/strategy/model_avg.yaml)."""
 
     @staticmethod
+    @override
     def check_task(task: type) -> None:
         """The tasks this strategy serves, declared for start-up checks (recipes/assembly/startup_checks.py)."""
         refuse_self_stepping(task, "model_avg", "its local-SGD averaging wraps one optimizer step per batch")
@@ -130,6 +131,7 @@ class ModelAveragingStrategy(DDPStrategy):
         if isinstance(self._model_averager, ReplicaAverager):
             self._model_averager.step = self._ddp_comm_state.iter = step
 
+    @override
     def on_restructure(self) -> None:
         """A compression step changed layer shapes and configure_ddp ran again (callbacks/surgery/structure.py):
         average the new buffers, and keep the warm-up schedule where it was."""

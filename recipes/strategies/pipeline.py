@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 from typing_extensions import override
 
-from modules.classifier import ClassifierModule
+from modules.task import Task
 from recipes.errors import RecipeError
 from recipes.strategies import pipeline_stages as stages
 from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, TimedDDPStrategy
@@ -136,10 +136,11 @@ class PipelineStrategy(TimedDDPStrategy):
         self._schedules.clear()
 
     @staticmethod
+    @override
     def check_task(task: type) -> None:
-        """The tasks this strategy serves, declared for start-up checks (recipes/assembly/startup_checks.py), which
-        run before any prerequisite model trains."""
-        if getattr(task, "training_step", None) is not ClassifierModule.training_step:
+        """The tasks this strategy serves (those that declare Task.pipelines), declared for start-up checks
+        (recipes/assembly/startup_checks.py), which run before any prerequisite model trains."""
+        if not (isinstance(task, type) and issubclass(task, Task) and task.pipelines):
             raise ValueError(
                 f"strategy=pipeline trains a module whose training_step is loss_fn(net(x), y) with an "
                 f"nn.Sequential net (task=classifier); {task.__name__} is not one"
@@ -147,8 +148,8 @@ class PipelineStrategy(TimedDDPStrategy):
 
     @classmethod
     def _check_module(cls, module: pl.LightningModule) -> nn.Sequential:
-        cls.check_task(type(module))
-        net, loss_fn = getattr(module, "shipped_net", None), getattr(module, "loss_fn", None)
+        cls.check_task(type(module))  # a Task that declares `pipelines`: its shipped net and loss_fn
+        net, loss_fn = module.shipped_net, getattr(module, "loss_fn", None)
         if not isinstance(net, nn.Sequential) or not callable(loss_fn):
             raise ValueError(
                 f"strategy=pipeline trains a module whose training_step is loss_fn(net(x), y) with an "
@@ -242,9 +243,7 @@ class PipelineStrategy(TimedDDPStrategy):
         out = _StageGrads.apply(loss, grads, *params)
         if not out.requires_grad:  # a stage without trainable weights: nothing to deliver
             out.requires_grad_()
-        track = getattr(self.lightning_module, "track_train_loss", None)
-        if track is not None:
-            track(out)
+        self.lightning_module.track_train_loss(out)  # a Task (check_task): train/loss as its own step logs it
         return out
 
     # --- the whole net where it is needed ------------------------------------------------------------

@@ -25,6 +25,7 @@ from torch.multiprocessing import ProcessRaisedException
 from typing_extensions import override
 
 from recipes.runtime.process_env import PARENT_AT_START, launched_externally
+from recipes.strategies.contract import RecipeStrategy, recipe_strategy
 
 DEFAULT_SECONDS = 300.0
 DEFAULT_STARTUP_SECONDS = 600.0
@@ -59,10 +60,11 @@ def _lost_peer(err: BaseException) -> bool:
 
 def collective_failure(err: BaseException, strategy: Any) -> str | None:
     """One line for a run that failed because another rank stopped answering in a collective, or None
-    when `err` is something else. `strategy` has `collective_timeout`, `startup_timeout`, and `ranks_met` once the process
-    group is up (see `meet`). A worker started by Lightning's multiprocessing launcher (spawn,
+    when `err` is something else. `strategy`'s timeouts and `ranks_met` are the strategy contract's
+    (recipes.strategies.contract). A worker started by Lightning's multiprocessing launcher (spawn,
     forkserver) reaches the main process as a ProcessRaisedException that carries its traceback as text."""
-    if not hasattr(strategy, "collective_timeout"):  # one process: no other rank to lose
+    declared = recipe_strategy(strategy)
+    if declared.collective_timeout is None:  # one process: no other rank to lose
         return None
     while err is not None and not _lost_peer(err):
         err = err.__cause__ or err.__context__
@@ -73,10 +75,10 @@ def collective_failure(err: BaseException, strategy: Any) -> str | None:
     reason = next((line for line in reversed(lines) if "Error" in line or "timed out" in line.lower()), lines[-1])
     if isinstance(err, ProcessRaisedException):  # a worker's: this process cannot tell which phase it was in
         key, waited = "timeout", " (strategy.startup_timeout while the ranks start)"
-    elif getattr(strategy, "ranks_met", False):
-        key, waited = "timeout", f"={strategy.collective_timeout.total_seconds():g}s"
+    elif declared.ranks_met:
+        key, waited = "timeout", f"={declared.collective_timeout.total_seconds():g}s"
     else:
-        key, waited = "startup_timeout", f"={strategy.startup_timeout.total_seconds():g}s"
+        key, waited = "startup_timeout", f"={declared.startup_timeout.total_seconds():g}s"
     return (
         f"another rank stopped answering within strategy.{key}{waited} (it stopped, died or hung; "
         f"{reason[:200]}): check the other ranks' output, or raise strategy.{key} if ranks legitimately "
@@ -119,12 +121,12 @@ def wake_launcher(strategy: Any) -> None:
     os.kill(pid, signal.SIGCONT)
 
 
-class TimedDDPStrategy(DDPStrategy):
+class TimedDDPStrategy(DDPStrategy, RecipeStrategy):
     """Lightning's DDPStrategy with the run's collective timeout: the process group is created with
     `startup_timeout` (every rank must join within it), then its collectives get `timeout`; a
     failing rank 0 takes the ranks it started down with it, and a rank it started that lost a peer wakes
     it (it may be the rank that was stopped) so that it can end the run. Base of strategy=ddp (and so model_avg)
-    and strategy=pipeline."""
+    and strategy=pipeline; `ranks_met` (the strategy contract) turns True once the process group is up."""
 
     def __init__(
         self,

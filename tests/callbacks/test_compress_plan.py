@@ -14,6 +14,7 @@ from callbacks.dsd import DenseSparseDense
 from callbacks.plan import check_compression_plan
 from callbacks.prune import MagnitudePruning
 from callbacks.step import CompressionStep, Stage
+from recipes.assembly.startup_checks import check_startup
 from recipes.assembly.training import build_training
 from recipes.errors import RecipeError
 from tests.helpers.build import compose_train
@@ -54,9 +55,13 @@ BAD_PLANS = [
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_PLANS, ids=[" ".join(o) for o, _ in BAD_PLANS])
 def test_bad_plan_is_refused_before_training(overrides: list[str], message: str, tmp_path: Path) -> None:
+    """As recipes.train checks and builds a run: the start-up checks (the strategy's declarations), then
+    the build (the plan against the net)."""
     cfg = compose_train(tmp_path, *overrides)
+    choices = dict(HydraConfig.get().runtime.choices)
     with pytest.raises(RecipeError) as err:
-        build_training(cfg, dict(HydraConfig.get().runtime.choices))
+        check_startup(cfg, choices)
+        build_training(cfg, choices)
     assert message in str(err.value)
 
 

@@ -180,34 +180,34 @@ USES: tuple[PrivateUse, ...] = (
     PrivateUse(
         "lightning.pytorch.strategies.launchers",
         "_MultiProcessingLauncher",
-        "recipes/strategies/async_sgd.py",
+        "recipes/strategies/hogwild_launcher.py",
         "the spawn/forkserver launcher, subclassed to share the parameters before the workers start.",
     ),
     PrivateUse(
         "lightning.pytorch.strategies.launchers:_MultiProcessingLauncher",
         "_strategy",
-        "recipes/strategies/async_sgd.py",
+        "recipes/strategies/hogwild_launcher.py",
         "the strategy whose parameters the subclass shares.",
         instance=True,
     ),
     PrivateUse(
         "lightning.pytorch.strategies.launchers:_MultiProcessingLauncher",
         "_start_method",
-        "recipes/strategies/async_sgd.py",
+        "recipes/strategies/hogwild_launcher.py",
         "forkserver: the subclass preloads modules into the server.",
         instance=True,
     ),
     PrivateUse(
         "lightning.pytorch.strategies.launchers:_MultiProcessingLauncher",
         "_wrapping_function",
-        "recipes/strategies/async_sgd.py",
+        "recipes/strategies/hogwild_launcher.py",
         "the first code a worker runs: the subclass starts its watcher of the main process there, and turns "
         "SIGTERMException (a SystemExit with status 0, which would read as a finished worker) into exit 143.",
     ),
     PrivateUse(
         "torch.multiprocessing",
         "_prctl_pr_set_pdeathsig",
-        "recipes/strategies/async_sgd.py",
+        "recipes/strategies/hogwild_launcher.py",
         "torch sets SIGINT as a worker's parent-death signal; a forkserver worker's parent is the fork server, "
         "whose death (SIGTERM to the process group) would interrupt the worker mid-batch. No public API.",
     ),
@@ -228,7 +228,7 @@ USES: tuple[PrivateUse, ...] = (
     PrivateUse(
         "lightning.pytorch.loops.training_epoch_loop:_TrainingEpochLoop",
         "_num_ready_batches_reached",
-        "recipes/strategies/async_sgd.py",
+        "recipes/strategies/async_counts.py",
         "whether the batch just trained was the epoch's last (a Hogwild worker then signals it is done).",
     ),
     PrivateUse(

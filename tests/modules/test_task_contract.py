@@ -24,6 +24,7 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 import modules
+from modules.classifier import ClassifierModule
 from modules.task import Task
 from recipes.assembly.restore import rebuild
 from recipes.assembly.tasks import build_datamodule, build_module
@@ -74,6 +75,18 @@ def test_every_task_under_modules_implements_the_contract(tmp_path: Path, featur
             out = net(*example) if isinstance(example, tuple) else net(example)
         assert out.shape[0] == 3, recipe
     assert task_classes() <= seen, f"tasks no recipe builds (so untested here): {task_classes() - seen}"
+
+
+def test_only_a_task_with_the_classifiers_training_step_declares_pipelines() -> None:
+    """Task.pipelines (strategy=pipeline runs the training step stage by stage) holds only for a task whose
+    training_step is ClassifierModule's plain loss_fn(net(x), y): a subclass that overrides it (an
+    adversarial or distillation step) must declare False anew, or the pipeline would run the wrong step."""
+    tasks = task_classes()
+    assert ClassifierModule.pipelines and ClassifierModule in tasks and not Task.pipelines
+    wrong = [cls.__name__ for cls in tasks if cls.pipelines and cls.training_step is not ClassifierModule.training_step]
+    assert not wrong, f"declare pipelines = False on: {wrong}"
+    overriding = {cls.__name__ for cls in tasks if cls.training_step is not ClassifierModule.training_step}
+    assert {"AdversarialModule", "DistillModule", "AdaptModule", "GanModule"} <= overriding
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)

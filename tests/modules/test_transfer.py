@@ -22,6 +22,8 @@ from modules.classifier import ClassifierModule, head
 from modules.distill import DistillModule, distillation_loss
 from modules.nets.convnet import ConvNet
 from modules.nets.mlp import MLP
+from recipes.assembly import prerequisites, training
+from recipes.assembly.tasks import build_datamodule
 from recipes.data.digits import DigitsDataModule
 from tests.helpers.build import quiet_trainer
 from tests.helpers.runs import train, train_ok, train_ok_in_process
@@ -304,8 +306,18 @@ def test_adapt_recipe_end_to_end_and_resume_reuses_the_source(run_dir: Path) -> 
 
 
 @pytest.mark.parametrize("recipe", ["finetune", pytest.param("data_mix", marks=pytest.mark.slow)])
-def test_init_recipes_end_to_end(recipe: str, run_dir: Path) -> None:
+def test_init_recipes_end_to_end(recipe: str, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = []
+
+    def counted(cfg: Any) -> pl.LightningDataModule:
+        built.append(cfg.paths.run_dir)
+        return build_datamodule(cfg)
+
+    for module in (prerequisites, training):
+        monkeypatch.setattr(module, "build_datamodule", counted)
     results = train_ok_in_process(run_dir, f"recipe={recipe}", *FAST, "prerequisites.init.trainer.max_epochs=1")
+    # the start-up check's data modules are the ones the runs train with: each built once
+    assert built == [str(run_dir), str(run_dir / "init")], built
     assert results["recipe"] == recipe
     ckpt = check_run(run_dir, results, "init", domains=True)
     assert Path(ckpt["recipe"]["config"]["task"]["init_ckpt"]).is_file()

@@ -11,7 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_object
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from omegaconf import OmegaConf
 
+from callbacks.surgery.structure import Restructurable
+from recipes.assembly.startup_checks import check_startup
+from recipes.errors import RecipeError
+from recipes.runtime.overrides import group_options
+from recipes.strategies.contract import DEFAULTS, RecipeStrategy, recipe_strategy
+from recipes.strategies.model_avg import ModelAveragingStrategy
+from tests.helpers import REPO
+from tests.helpers.build import compose_train
 from tests.helpers.faults import read_only, skip_unless_read_only_works
 from tests.helpers.in_process import run_module_in_process
 from tests.helpers.runs import assert_clean_failure, copy_run, run_module, train, train_in_process
@@ -48,6 +60,64 @@ def test_startup_refusal(case: str, run_dir: Path) -> None:
     assert_clean_failure(proc, run_dir, *expected)
     assert proc.returncode == 2
     assert "training the teacher" not in proc.stdout + proc.stderr
+
+
+def test_a_prerequisite_the_strategy_cannot_train_is_refused_before_anything_trains(run_dir: Path) -> None:
+    """The run's own task suits strategy=pipeline, the source model it would train first does not: refused
+    at start-up, naming the prerequisite, before that model trains."""
+    proc = train_in_process(run_dir, "recipe=finetune", "strategy=pipeline", "task@prerequisites.init.task=adversarial")
+    assert_clean_failure(proc, run_dir, "prerequisites.init", "strategy=pipeline", "AdversarialModule")
+    assert proc.returncode == 2 and "training the init model" not in proc.stdout + proc.stderr
+
+
+def strategy_classes() -> dict[str, type | None]:
+    """Each conf/strategy option's `_target_` class (None: Lightning picks its own, strategy=single)."""
+    found = {}
+    for name in group_options("strategy"):
+        target = OmegaConf.load(REPO / "conf" / "strategy" / f"{name}.yaml").get("_target_")
+        found[name] = get_object(target) if target else None
+    return found
+
+
+def test_every_strategy_declares_the_strategy_contract() -> None:
+    """Each strategy a config names derives from RecipeStrategy (so it satisfies the surgery's
+    Restructurable too); Lightning's own, for strategy=single, is read as the contract's defaults."""
+    classes = strategy_classes()
+    assert classes.pop("single") is None and set(classes) == {"async", "ddp", "model_avg", "pipeline"}
+    for name, cls in classes.items():
+        assert issubclass(cls, RecipeStrategy) and issubclass(cls, Restructurable), name
+        assert recipe_strategy(cls) is cls, name
+    assert isinstance(ModelAveragingStrategy(), Restructurable)
+    assert (
+        recipe_strategy(SingleDeviceStrategy()) is DEFAULTS and recipe_strategy(SingleDeviceStrategy) is RecipeStrategy
+    )
+    assert DEFAULTS.restructurable and not DEFAULTS.splits_net and DEFAULTS.comm_bytes is None
+    assert DEFAULTS.parallel_extra == {} and DEFAULTS.collective_timeout is None and not DEFAULTS.ranks_met
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused_by"),
+    [
+        (["recipe=gan"], {"async", "model_avg", "pipeline"}),  # steps its own optimizers; not a plain step
+        (["compress=[svd]"], {"async", "pipeline"}),  # changes layer shapes mid-fit (restructurable)
+        (["compress=[qat]"], {"pipeline"}),  # couples layers (splits_net)
+        (["recipe=baseline"], set()),
+    ],
+)
+def test_the_start_up_checks_refuse_what_each_strategy_declares(
+    overrides: list[str], refused_by: set[str], tmp_path: Path
+) -> None:
+    """Every strategy option against a real composed config: refused exactly by the strategies whose
+    declarations (check_task, restructurable, splits_net) exclude it, in one line naming the strategy."""
+    refused = set()
+    for name in strategy_classes():
+        cfg = compose_train(tmp_path, *overrides, f"strategy={name}")
+        try:
+            check_startup(cfg, dict(HydraConfig.get().runtime.choices))
+        except RecipeError as err:
+            assert f"strategy={name}" in str(err) and "\n" not in str(err), (name, str(err))
+            refused.add(name)
+    assert refused == refused_by
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="this machine has a GPU")
