@@ -19,6 +19,7 @@ from recipes.assembly.acceleration import model_options, to_channels_last
 from recipes.assembly.instantiation import instantiate_part
 from recipes.checkpointing.format import KEY, load_checkpoint, load_weights, restore_structure
 from recipes.checkpointing.trust import saved_config
+from recipes.data.contract import RecipeData
 from recipes.errors import RecipeError
 
 __all__ = [
@@ -34,8 +35,22 @@ __all__ = [
 ]
 
 
-def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    return instantiate_part(cfg.data, "data")
+def build_datamodule(cfg: DictConfig) -> RecipeData:
+    """The run's data module, checked against the data contract (recipes.data.contract.RecipeData)
+    before a net is sized from it."""
+    datamodule = instantiate_part(cfg.data, "data")
+    if not isinstance(datamodule, RecipeData):
+        missing = [
+            name
+            for name in ("input_shape", "num_classes", "return_index", "training_dataset", "pixel_normalization")
+            if not hasattr(datamodule, name)
+        ]
+        raise RecipeError(
+            f"data._target_={cfg.data.get('_target_')} is not a recipes data module (it lacks "
+            f"{', '.join(missing)}): see recipes.data.contract.RecipeData, or derive it from "
+            f"recipes.data.base.ImageDataModule"
+        )
+    return datamodule
 
 
 def reference_net(path: str, key: str, input_shape: tuple[int, ...], trusted: Iterable[str] = ()) -> nn.Module:

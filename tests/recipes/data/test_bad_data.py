@@ -90,3 +90,10 @@ def test_cli_refuses_a_corrupt_test_image_before_training(run_dir: Path, tmp_pat
     proc = train_in_process(run_dir, "data=imagefolder", f"data.root={root}", "data.num_workers=0", "data.image_size=8")
     assert_clean_failure(proc, run_dir, str(bad), "not a readable image")
     assert "Epoch" not in proc.stdout + proc.stderr
+
+
+def test_a_data_module_without_the_contract_is_refused_in_one_line(run_dir: Path) -> None:
+    """A `data._target_` that is not a recipes data module (recipes.data.contract.RecipeData) is refused
+    before a net is sized from it, naming what it lacks."""
+    proc = train_in_process(run_dir, "data._target_=torch.nn.Identity")
+    assert_clean_failure(proc, run_dir, "data._target_=torch.nn.Identity is not a recipes data module", "num_classes")
