@@ -17,6 +17,8 @@ from typing_extensions import override
 
 from callbacks.parametrized import HiddenLayerStep, LatentWeight
 
+__all__ = ["BinaryWeight", "BinaryWeights", "SCALES", "SignSTE", "channel_scale"]
+
 SCALES = ("none", "channel")
 
 

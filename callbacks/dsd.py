@@ -18,6 +18,8 @@ from typing_extensions import override
 
 from callbacks.prune import MagnitudePruning, prunable
 
+__all__ = ["DenseSparseDense"]
+
 
 class DenseSparseDense(MagnitudePruning):
     step = "dsd"

@@ -23,6 +23,8 @@ from callbacks.surgery.folding import remove_masks, snapshot
 from callbacks.surgery.structure import applied, rebuild_optimizers, record, shapes_of
 from modules.nets import output_layer
 
+__all__ = ["HiddenNodePruning", "IMPORTANCE", "prunable_layers", "round_ratio"]
+
 IMPORTANCE = ("l1", "l2", "activation")
 
 

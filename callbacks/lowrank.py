@@ -22,6 +22,8 @@ from callbacks.surgery.folding import snapshot
 from callbacks.surgery.structure import applied, factored, rebuild_optimizers, record, set_module
 from modules.nets import output_layer
 
+__all__ = ["FACTORABLE", "LowRankFactorization", "energy_rank", "matrix_shape", "max_useful_rank"]
+
 FACTORABLE = (nn.Linear, nn.Conv2d)
 
 

@@ -31,6 +31,18 @@ from callbacks.prune import PRUNABLE, masked_weight
 from callbacks.step import CompressionStep, Stage
 from callbacks.surgery.folding import FOLDED, snapshot
 
+__all__ = [
+    "HiddenLayerStep",
+    "LatentWeight",
+    "LatentWeightStep",
+    "latent",
+    "layers",
+    "parametrization",
+    "unparametrize",
+    "weight_name",
+    "weight_name_of",
+]
+
 
 class LatentWeight(nn.Module, ABC):
     """A parametrization `latent -> weight`, the identity until `activate`d."""

@@ -14,6 +14,8 @@ from torch import nn
 
 from callbacks.step import CompressionStep
 
+__all__ = ["check_compression_plan", "check_order"]
+
 
 def check_order(steps: dict[str, CompressionStep]) -> None:
     """Raise ValueError (one line, naming the fix) for two steps that exclude each other or a step

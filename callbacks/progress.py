@@ -22,6 +22,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 from typing_extensions import override
 
+__all__ = ["PromptRichProgressBar"]
+
 
 class PromptRichProgressBar(RichProgressBar):
     """RichProgressBar whose stop costs nothing and whose batches update it only when it redraws;

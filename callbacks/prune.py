@@ -30,6 +30,17 @@ from callbacks.step import CompressionStep, Stage
 from callbacks.surgery.dead_units import zero_dead_units
 from callbacks.surgery.folding import snapshot
 
+__all__ = [
+    "MagnitudePruning",
+    "PRUNABLE",
+    "cubic_sparsity",
+    "masked_weight",
+    "prunable",
+    "prunable_names",
+    "pruned_count",
+    "weight_sparsity",
+]
+
 PRUNABLE = (nn.Linear, nn.Conv2d)
 
 

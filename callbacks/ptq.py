@@ -19,6 +19,8 @@ from callbacks.surgery.folding import snapshot
 from callbacks.surgery.int8_layers import shipped_bytes
 from callbacks.surgery.quantize import Phase, instrument, quantized_layers, set_phase
 
+__all__ = ["PostTrainingQuantization"]
+
 
 class PostTrainingQuantization(CompressionStep):
     """Calibrate and quantize `pl_module.shipped_net` to int8 at the end of the last training epoch."""

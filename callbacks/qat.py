@@ -23,6 +23,8 @@ from callbacks.surgery.folding import snapshot
 from callbacks.surgery.int8_layers import shipped_bytes
 from callbacks.surgery.quantize import Phase, instrument, links, quantized_layers, set_phase
 
+__all__ = ["COUPLING", "QuantizationAwareTraining", "SUPPORTED_BITS", "VALUE_STEPS", "check_bits", "check_quantizable"]
+
 SUPPORTED_BITS = (8,)
 # why a quantization step cannot run on a net cut into stages on different ranks (strategy=pipeline)
 COUPLING = (

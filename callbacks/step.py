@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+__all__ = ["CompressionStep", "Stage"]
+
 
 class Stage(IntEnum):
     """Where a step runs in a plan, earliest first."""

@@ -18,6 +18,8 @@ from typing_extensions import override
 
 from callbacks.parametrized import HiddenLayerStep, LatentWeight
 
+__all__ = ["METHODS", "TTQFunction", "TernarySTE", "TernaryWeight", "TernaryWeights", "twn_scale", "twn_threshold"]
+
 METHODS = ("twn", "ttq")
 
 

@@ -23,6 +23,8 @@ from typing_extensions import override
 
 from callbacks.parametrized import LatentWeight, LatentWeightStep, layers, parametrization
 
+__all__ = ["SharedWeight", "WeightSharing", "cluster", "linear_centroids"]
+
 
 def linear_centroids(values: torch.Tensor, count: int) -> torch.Tensor:
     """`count` centroids spaced evenly over [min, max] of `values` (Han's linear initialization)."""

@@ -11,6 +11,8 @@ from torch import nn
 
 from modules.distill import DistillModule
 
+__all__ = ["AdaptModule"]
+
 
 class AdaptModule(DistillModule):
     """Loss `alpha * CE(y) + (1 - alpha) * KL(p_source || p_adapted)`, i.e. cross-entropy against the

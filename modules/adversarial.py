@@ -30,6 +30,8 @@ from modules.classifier import ClassifierModule
 from modules.perturbations import check_eps, check_steps, fgsm, pgd, seeded
 from modules.pixel_model import PixelModel, normalization_of
 
+__all__ = ["AdversarialModule", "GUARD_KEY", "METHODS"]
+
 METHODS = ("fgsm_mix", "pgd", "fast")
 GUARD_KEY = "adversarial_guard"  # the guard's state in a checkpoint (plain data and tensors)
 

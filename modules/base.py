@@ -10,6 +10,8 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+__all__ = ["RecipeModule", "TRAIN_LOSS_KEY"]
+
 # Attributes that only ever hold plain Python values and are set many times per training step.
 _PLAIN_ATTRS = frozenset({"_current_fx_name", "_loss_count", "_train_seen"})
 # The checkpoint entry holding the training losses accumulated since `train/loss` was last logged.

@@ -15,6 +15,8 @@ from typing_extensions import override
 from modules.nets import head_block
 from modules.task import Task
 
+__all__ = ["ClassifierModule", "backbone", "head", "load_backbone"]
+
 
 def head(net: nn.Module) -> nn.Module:
     """The classifier head: the top-level block holding the net's output layer (modules.nets.head_block)."""

@@ -15,6 +15,8 @@ from typing_extensions import override
 
 from modules.classifier import ClassifierModule
 
+__all__ = ["DistillModule", "distillation_loss"]
+
 
 def distillation_loss(
     student_logits: torch.Tensor,

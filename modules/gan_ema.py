@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+__all__ = ["ParameterAverage"]
+
 
 class ParameterAverage:
     """EMA `avg <- decay * avg + (1 - decay) * param` of `net`'s parameters, by name."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+__all__ = ["LOSSES", "discriminator_loss", "generator_loss"]
+
 LOSSES = ("non_saturating", "minimax", "hinge")
 
 

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+__all__ = ["GanScores", "PenultimateFeatures", "class_coverage", "frechet_distance", "last_linear"]
+
 
 def last_linear(net: nn.Module) -> nn.Linear:
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]

@@ -9,6 +9,8 @@ import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torchvision.utils import make_grid, save_image
 
+__all__ = ["publish_grid", "sample_grid", "save_grid"]
+
 
 def sample_grid(images: torch.Tensor, per_row: int) -> torch.Tensor:
     """Generated images in [-1, 1] tiled `per_row` to a row, as one [0, 1] image (C x H x W)."""

@@ -17,6 +17,8 @@ from modules.perturbations import gradients_on, seeded
 from modules.pixel_model import PixelModel
 from modules.transfer_attack import LabelOracle, Transfer
 
+__all__ = ["RobustnessProbe"]
+
 
 class RobustnessProbe(pl.LightningModule):
     """Attacks `model` (a PixelModel: the classifier seen from [0, 1] pixels) on the test batches.

@@ -15,6 +15,8 @@ from typing_extensions import override
 
 from modules.base import RecipeModule
 
+__all__ = ["MODES", "Task"]
+
 MODES = ("min", "max")
 
 

@@ -22,6 +22,8 @@ from torch import nn
 from modules.attacks import Attack
 from modules.perturbations import check_steps, fgsm, gradients_on, pgd
 
+__all__ = ["LabelOracle", "METHODS", "Transfer"]
+
 METHODS = ("fgsm", "pgd")
 
 

@@ -20,6 +20,8 @@ from recipes.errors import RecipeError
 from recipes.runtime.guard import guarded, run_main
 from recipes.stages.robustness_report import build_attack, measure, print_table, write_report
 
+__all__ = ["attack", "check_classifier_checkpoint", "main"]
+
 
 def check_classifier_checkpoint(path: str, trusted: list[str]) -> None:
     """Refuse a checkpoint whose task does not classify images (Task.classifies_images) before its

@@ -19,6 +19,8 @@ from recipes.runtime.guard import guarded, run_main
 from recipes.stages.results import print_summary, strict_json
 from recipes.stages.scoring import score
 
+__all__ = ["evaluate", "load_dcz", "main"]
+
 
 def load_dcz(net: nn.Module, path: Path) -> None:
     """The weights of a .dcz file into `net`, or a one-line RecipeError."""

@@ -15,6 +15,8 @@ from recipes.runtime.guard import guarded, run_main
 from recipes.stages.results import strict_json
 from recipes.stages.shipping import export_shipped
 
+__all__ = ["export", "main"]
+
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.export.formats:

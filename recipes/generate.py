@@ -17,6 +17,8 @@ from recipes.assembly.restore import rebuild
 from recipes.errors import RecipeError
 from recipes.runtime.guard import guarded, run_main
 
+__all__ = ["generate", "main"]
+
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.num_samples < 1:

@@ -25,6 +25,19 @@ from rich.table import Table
 from recipes.errors import RecipeError
 from recipes.stages.results import FILE_NAME
 
+__all__ = [
+    "CSV_NAME",
+    "PLOT_NAME",
+    "Job",
+    "best_job",
+    "find_jobs",
+    "main",
+    "plot_objective",
+    "rows",
+    "summarize",
+    "write_csv",
+]
+
 CSV_NAME, PLOT_NAME = "summary.csv", "objective.png"
 
 

@@ -29,6 +29,8 @@ from recipes.stages.scoring import score_shipped
 from recipes.stages.shipping import export_shipped, wants_export
 from recipes.stages.tracking import finish_runs, log_run_files
 
+__all__ = ["check_launch", "main", "objective", "run", "train"]
+
 
 def check_launch(cfg: DictConfig) -> None:
     """A strategy that re-runs this script per rank cannot live inside a Hydra multirun (srun, torchrun

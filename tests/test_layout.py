@@ -68,9 +68,8 @@ def test_tests_and_scripts_use_only_exported_names() -> None:
     wrong = []
     for path in [*project_files("tests", "scripts")]:
         for line, module, name in imported_names(path):
-            exported = declared_all(REPO / (module.replace(".", "/") + ".py")) or declared_all(
-                REPO / module.replace(".", "/") / "__init__.py"
-            )
+            file = REPO / (module.replace(".", "/") + ".py")
+            exported = declared_all(file if file.exists() else REPO / module.replace(".", "/") / "__init__.py")
             if exported is None or name not in exported:
                 wrong.append(f"{path.relative_to(REPO)}:{line}: {module}.{name}")
     assert not wrong, "imports of names not in __all__:\n" + "\n".join(wrong)

@@ -1,0 +1,1 @@
+__all__ = ["dcz", "huffman", "onnx_files", "size_report", "tensor_encodings", "traced"]

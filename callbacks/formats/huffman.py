@@ -13,6 +13,8 @@ from collections import Counter
 
 import numpy as np
 
+__all__ = ["canonical_codes", "code_lengths", "coded_bits", "decode", "encode"]
+
 
 def code_lengths(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     """Huffman code length of each symbol in [0, alphabet) (0 for symbols that never occur; a stream

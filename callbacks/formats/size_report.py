@@ -19,6 +19,16 @@ from torch import nn
 
 from callbacks.step import CompressionStep
 
+__all__ = [
+    "ENCODING",
+    "TRAINING_ONLY",
+    "compression_report",
+    "default_bytes",
+    "layer_table",
+    "model_size",
+    "write_report",
+]
+
 ENCODING = "nonzero values at their dtype + 1-bit mask per weight (dense where smaller)"
 TRAINING_ONLY = ("num_batches_tracked",)  # BatchNorm's step counter: state for training, not shipped
 

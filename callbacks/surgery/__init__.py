@@ -1,0 +1,1 @@
+__all__ = ["dead_units", "folding", "int8_layers", "quantize", "structure"]

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
+__all__ = ["ELEMENTWISE", "dead", "feeds", "weight", "zero_dead_units"]
+
 # per-unit, stateless: unit j's output depends only on unit j's input (and is finite for finite input)
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Identity)
 

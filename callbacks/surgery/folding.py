@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-__all__ = ["FOLDED", "fold_masks", "fold_parametrizations", "pruned_names", "remove_masks", "snapshot"]
+__all__ = ["FOLDED", "MASK", "ORIG", "fold_masks", "fold_parametrizations", "pruned_names", "remove_masks", "snapshot"]
 
 MASK, ORIG = "_mask", "_orig"  # prune's suffixes: `<x>_orig * <x>_mask` is `<x>`
 FOLDED = "folded"  # the parametrization buffer that holds the computed weight in a checkpoint

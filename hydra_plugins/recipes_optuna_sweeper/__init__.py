@@ -6,6 +6,8 @@ imported when a sweep starts)."""
 
 from recipes.sweep import sweeper as _sweeper
 
+__all__ = ["OptunaSweeper"]
+
 
 class OptunaSweeper(_sweeper.OptunaSweeper):
     """recipes.sweep.sweeper.OptunaSweeper under the name Hydra accepts (hydra_plugins.*)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
+__all__ = ["convnet", "dcgan", "gan_mlp", "gan_pair", "lenet", "mlp", "resnet", "output_layer", "head_block"]
+
 # Layers whose outputs can be a net's outputs (and that compression steps act on).
 WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 

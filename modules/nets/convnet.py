@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+__all__ = ["ConvNet", "conv_bn_relu"]
+
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 'same' conv without bias (BatchNorm has one), BatchNorm, ReLU."""

@@ -12,6 +12,8 @@ from torch import nn
 
 from modules.nets.gan_pair import GanPair, check_gan_sizes, with_label
 
+__all__ = ["DCDiscriminator", "DCGan", "DCGenerator"]
+
 
 class DCGenerator(nn.Module):
     """z -> Linear to channels[0] x H/2^n x W/2^n -> n stride-2 transposed convs (BN, ReLU) -> tanh."""

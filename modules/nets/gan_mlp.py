@@ -11,6 +11,8 @@ from torch import nn
 
 from modules.nets.gan_pair import GanPair, check_gan_sizes, with_label
 
+__all__ = ["MLPDiscriminator", "MLPGan", "MLPGenerator"]
+
 
 def _layers(width: int, hidden: Sequence[int], out: int) -> list[nn.Module]:
     layers: list[nn.Module] = []

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+__all__ = ["GanPair", "check_gan_sizes", "with_label"]
+
 
 def check_gan_sizes(latent_dim: int, conditional: bool, num_classes: int) -> None:
     """The task keys the nets are sized by (the model node interpolates them from `task`)."""

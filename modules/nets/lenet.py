@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+__all__ = ["LeNet5"]
+
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 

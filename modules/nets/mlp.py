@@ -7,6 +7,8 @@ from math import prod
 
 from torch import nn
 
+__all__ = ["MLP"]
+
 
 class MLP(nn.Sequential):
     """Flatten -> [Linear -> (BatchNorm1d) -> ReLU -> (Dropout)] per hidden width -> Linear head."""

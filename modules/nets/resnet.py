@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from torch import nn
 from torchvision.models import resnet18
 
+__all__ = ["ResNet18"]
+
 
 class ResNet18(nn.Sequential):
     """stem -> layer1..layer4 -> global average pool -> Linear head.

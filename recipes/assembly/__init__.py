@@ -1,0 +1,12 @@
+__all__ = [
+    "acceleration",
+    "divergence",
+    "instantiation",
+    "loggers",
+    "prerequisites",
+    "restore",
+    "signatures",
+    "startup_checks",
+    "tasks",
+    "training",
+]

@@ -23,6 +23,8 @@ from typing_extensions import override
 from modules.task import Task
 from recipes.errors import RecipeError
 
+__all__ = ["CompileNet", "OPTIONS", "model_options", "to_channels_last"]
+
 OPTIONS = ("compile", "channels_last")
 
 

@@ -17,6 +17,8 @@ from typing_extensions import override
 from modules.task import Task
 from recipes.errors import RunStopped
 
+__all__ = ["DivergenceGuard", "learning_rate", "log", "step_loss"]
+
 log = logging.getLogger(__name__)
 
 _NONE = 2**62  # "no non-finite loss yet" as a step number, so that ranks agree by taking the minimum

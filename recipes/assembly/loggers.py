@@ -21,6 +21,8 @@ from typing_extensions import override
 
 from recipes.runtime.atomic import atomic_write
 
+__all__ = ["HistoryCSVLogger", "continue_history"]
+
 
 class _KeepingWriter(ExperimentWriter):
     """Lightning's writer, minus the delete at creation, appending under the file's own header."""

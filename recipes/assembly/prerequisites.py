@@ -23,6 +23,18 @@ from recipes.assembly.tasks import DataShape, build_datamodule, build_task
 from recipes.assembly.training import build_compression
 from recipes.errors import RecipeError
 
+__all__ = [
+    "Built",
+    "DEFAULT_TASK",
+    "check_buildable",
+    "default_task",
+    "ensure_prerequisites",
+    "pending_configs",
+    "pending_prerequisites",
+    "prerequisite_choices",
+    "prerequisite_config",
+]
+
 # Keys that replace the run's node (they are group choices); all others merge into it.
 _REPLACED = ("model", "task", "data")
 # The task (conf/task/ option) a prerequisite model is trained with when its config names none.

@@ -18,6 +18,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from recipes.errors import RecipeError
 
+__all__ = ["check_node", "matches"]
+
 
 def _signature_hints(target: Any) -> tuple[dict[str, Any], dict[str, Any], bool]:
     """(type hints, defaults, accepts extra keys) over the constructor chain of a class or a function."""

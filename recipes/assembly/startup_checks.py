@@ -20,6 +20,20 @@ from recipes.assembly.prerequisites import pending_configs
 from recipes.errors import RecipeError
 from recipes.strategies.contract import recipe_strategy
 
+__all__ = [
+    "accelerator_available",
+    "check_accelerator",
+    "check_attack",
+    "check_budget",
+    "check_monitor",
+    "check_seed",
+    "check_startup",
+    "check_strategy",
+    "check_task_arguments",
+    "starts_from_weights",
+    "step_class",
+]
+
 
 def check_seed(seed: Any) -> None:
     """Lightning seeds numpy too, which takes only unsigned 32-bit seeds."""

@@ -1,0 +1,1 @@
+__all__ = ["files", "format", "resume_paths", "trust"]

@@ -31,6 +31,8 @@ from typing_extensions import override
 from recipes.errors import RunStopped
 from recipes.runtime.atomic import atomic_write, remove_partials
 
+__all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "log", "os_error"]
+
 # What the user can do about a failed write, by errno (anything else: the reason is all there is to say).
 _REMEDIES = {
     errno.ENOSPC: "free some space on its disk",

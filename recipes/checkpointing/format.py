@@ -22,6 +22,23 @@ from modules.task import Task
 from recipes.errors import RecipeError
 from recipes.runtime.created_dirs import created
 
+__all__ = [
+    "KEY",
+    "LATE_EDITS",
+    "NotOurs",
+    "RecipeState",
+    "check_compatible",
+    "load_checkpoint",
+    "load_weights",
+    "model_name",
+    "newest_readable",
+    "peek",
+    "resolve_ckpt_path",
+    "restore_structure",
+    "rng_states",
+    "set_rng_states",
+]
+
 KEY = "recipe"
 # The structure edits that build on the layers the shape edits leave, by kind (callbacks.surgery.structure.replay).
 LATE_EDITS = {quantize.EDIT: quantize.instrument}

@@ -18,6 +18,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
+__all__ = ["ResumePathGuard", "foreign_paths", "is_checkpoint_in", "log"]
+
 log = logging.getLogger(__name__)
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # file:, local://, s3://, memory:: chains

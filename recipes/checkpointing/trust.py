@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from recipes.checkpointing.format import KEY
 from recipes.errors import RecipeError
 
+__all__ = ["ROLES", "TARGET", "entries", "saved_config", "shipped_targets", "shipped_targets_by_part"]
+
 TARGET = "_target_"
 _PLAIN = (str, int, float, bool, type(None))
 _GLOBAL = "# @package _global_"

@@ -1,1 +1,16 @@
 """LightningDataModules. Each exposes `input_shape` and `num_classes` so nets are sized from the data."""
+
+__all__ = [
+    "base",
+    "contract",
+    "digits",
+    "domains",
+    "files",
+    "folder",
+    "mixing",
+    "shift",
+    "splits",
+    "synthetic_files",
+    "transforms",
+    "vision",
+]

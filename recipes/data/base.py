@@ -23,6 +23,8 @@ from typing_extensions import override
 from recipes.data.splits import Batches, ImageSplit, IndexedSplit, Split, TensorSplit, keep_batch
 from recipes.data.transforms import compose, geometry_and_domain, normalization, to_float_image
 
+__all__ = ["DECODE_CHUNK", "ImageDataModule"]
+
 DECODE_CHUNK = 4096  # images transformed at once when decoding into memory (bounds the peak memory)
 
 

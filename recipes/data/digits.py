@@ -11,6 +11,8 @@ from typing_extensions import override
 
 from recipes.data.base import ImageDataModule
 
+__all__ = ["DigitsDataModule"]
+
 
 class DigitsDataModule(ImageDataModule):
     """1797 grayscale 8x8 digits, split stratified into train/val/test by `split_seed`.

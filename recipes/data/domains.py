@@ -15,6 +15,8 @@ from recipes.data.base import ImageDataModule
 from recipes.data.mixing import MixingSampler
 from recipes.data.splits import ConcatSplit, Split
 
+__all__ = ["TwoDomainDataModule"]
+
 
 class TwoDomainDataModule(pl.LightningDataModule):
     """`test_domains` names the test sets; recipes report `test/acc_<domain>` for each."""

@@ -18,6 +18,8 @@ from PIL import Image
 
 from recipes.errors import RecipeError
 
+__all__ = ["DataFileError", "check_idx_pair", "check_image", "idx_count", "image_error", "load_image"]
+
 # What PIL raises for a file it cannot read: unknown format, bad structure, truncation, bombs.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError)
 

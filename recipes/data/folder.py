@@ -16,6 +16,8 @@ from recipes.data.base import ImageDataModule
 from recipes.data.files import check_image, load_image
 from recipes.errors import RecipeError
 
+__all__ = ["ImageFolderDataModule", "SPLITS"]
+
 SPLITS = ("train", "val", "test")
 
 

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DistributedSampler
 
+__all__ = ["MODES", "MixingSampler"]
+
 MODES = ("uniform", "tail")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torchvision.transforms import v2
 
+__all__ = ["domain_shift"]
+
 
 def domain_shift(
     rotation: float = 0.0,

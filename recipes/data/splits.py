@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, default_collate
 
+__all__ = ["Batches", "ConcatSplit", "ImageSplit", "IndexedSplit", "Split", "TensorSplit", "keep_batch"]
+
 
 class Split(Dataset, ABC):
     """One split of a data module: finished samples by index, raw batches for the loaders."""

@@ -15,6 +15,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+__all__ = [
+    "CIFAR10_CLASSES",
+    "IDX_IMAGES_MAGIC",
+    "IDX_LABELS_MAGIC",
+    "write_cifar10",
+    "write_idx",
+    "write_image_folder",
+    "write_mnist_idx",
+    "write_png_header",
+]
+
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -11,6 +11,8 @@ from torchvision.transforms import v2
 
 from recipes.data.shift import domain_shift
 
+__all__ = ["compose", "geometry_and_domain", "normalization", "to_float_image"]
+
 
 def compose(steps: Sequence[Callable]) -> Callable:
     """v2.Compose that also accepts no steps (identity)."""

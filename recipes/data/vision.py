@@ -15,6 +15,8 @@ from recipes.data.base import ImageDataModule
 from recipes.data.files import check_idx_pair
 from recipes.errors import RecipeError
 
+__all__ = ["KNOWN", "TorchvisionDataModule", "all_images"]
+
 # name -> (channels, side, classes) of the images as torchvision returns them
 KNOWN = {
     "MNIST": (1, 28, 10),

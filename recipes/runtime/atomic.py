@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+__all__ = ["PARTIAL_SUFFIX", "atomic_write", "fsync_dir", "remove_partials"]
+
 PARTIAL_SUFFIX = ".partial"
 
 

@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["Created", "created", "note", "remove_created"]
+
 _NEW_SWEEP = "RECIPES_NEW_SWEEP_DIR"  # the sweep dir this sweep created; unset when it existed before
 
 

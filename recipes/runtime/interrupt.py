@@ -39,6 +39,19 @@ from typing_extensions import override
 
 from recipes.errors import EXIT_SIGINT, EXIT_SIGTERM, RunStopped
 
+__all__ = [
+    "SECOND_CTRL_C_S",
+    "STOP_SIGNALS",
+    "SigtermStop",
+    "how_to_go_on",
+    "rerun_command",
+    "sigterm_noted",
+    "stop_on_sigterm",
+    "stopped",
+    "stopped_by",
+    "stopped_by_sigterm",
+]
+
 STOP_SIGNALS = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGINT: EXIT_SIGINT}  # the signals that stop a run, and its exit
 # A SIGINT this long after the first is a second Ctrl-C; one sooner is the same press reaching a DDP child
 # twice (from the terminal, to the whole process group, and forwarded by rank 0).
@@ -96,7 +109,7 @@ def how_to_go_on(before: str = "") -> str:
     return f"no epoch had finished, so there is no checkpoint; {then}run again with: {rerun_command(run_dir, resume)}"
 
 
-def _stopped_by(err: BaseException, trainer: pl.Trainer) -> signal.Signals | None:
+def stopped_by(err: BaseException, trainer: pl.Trainer) -> signal.Signals | None:
     """The signal that stopped the fit, or None when `err` is another failure. Lightning turns a
     KeyboardInterrupt (Ctrl-C outside the training loop, or a second one) into sys.exit(1)."""
     noted = [c.signum for c in trainer.callbacks if isinstance(c, SigtermStop) and c.received]
@@ -136,7 +149,7 @@ def stop_on_sigterm(trainer: pl.Trainer) -> Iterator[None]:
     try:
         yield
     except BaseException as err:
-        signum = _stopped_by(err, trainer)
+        signum = stopped_by(err, trainer)
         if signum is None:
             raise
         if signum == signal.SIGINT and threading.current_thread() is threading.main_thread():

@@ -14,7 +14,7 @@ import logging
 import os
 import warnings
 
-__all__ = ["drop_nvml_check_without_gpus", "log_libraries_to_file", "quiet_libraries"]
+__all__ = ["VARIABLE", "drop_nvml_check_without_gpus", "log_libraries_to_file", "quiet_libraries"]
 
 VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"
 

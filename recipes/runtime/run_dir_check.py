@@ -21,6 +21,8 @@ from typing_extensions import override
 from recipes.errors import RecipeError
 from recipes.runtime.created_dirs import note
 
+__all__ = ["FILE_NAME_ROOM", "RUN_FOLDERS", "WritableRunDir", "check_writable"]
+
 # The folders a run writes in its run dir (Hydra's .hydra/, conf/callbacks, conf/logger, recipes/stages/shipping.py):
 # in an existing run dir (a resume) each one that exists is probed too.
 RUN_FOLDERS = (".hydra", "checkpoints", "csv", "tensorboard", "export")

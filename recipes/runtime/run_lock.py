@@ -25,6 +25,8 @@ from typing_extensions import override
 from recipes.errors import EXIT_BAD_INPUT
 from recipes.runtime.process_env import process_rank
 
+__all__ = ["LOCK_FILE", "RunDirLock", "finished_recipe", "refuse"]
+
 LOCK_FILE = ".lock"
 
 

@@ -1,0 +1,1 @@
+__all__ = ["compression_results", "fit", "results", "robustness_report", "scoring", "shipping", "tracking"]

@@ -14,6 +14,8 @@ from callbacks.surgery.structure import set_module
 from recipes.assembly.training import Parts
 from recipes.stages.scoring import score
 
+__all__ = ["compression_results"]
+
 
 def compression_results(cfg: DictConfig, parts: Parts, metrics: dict[str, float]) -> dict[str, Any]:
     """results.json's compression section: sizes of the final shipped net, and the task's headline

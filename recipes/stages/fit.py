@@ -21,6 +21,8 @@ from recipes.runtime.interrupt import how_to_go_on, stop_on_sigterm
 from recipes.stages.results import parallel_results
 from recipes.strategies.timeout import collective_failure
 
+__all__ = ["Fitted", "best_checkpoint", "best_score", "fit", "resuming", "shipped_checkpoint"]
+
 
 @dataclass
 class Fitted:

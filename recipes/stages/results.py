@@ -14,6 +14,17 @@ from rich.table import Table
 
 from recipes.strategies.contract import recipe_strategy
 
+__all__ = [
+    "FILE_NAME",
+    "finite",
+    "parallel_results",
+    "print_summary",
+    "relative",
+    "run_results",
+    "strict_json",
+    "write_results",
+]
+
 FILE_NAME = "results.json"
 
 

@@ -22,6 +22,19 @@ from recipes.assembly.training import build_test_trainer
 from recipes.errors import RecipeError
 from recipes.stages.results import strict_json
 
+__all__ = [
+    "JSON_NAME",
+    "PLOT_NAME",
+    "attacker_pool",
+    "build_attack",
+    "check_classifier",
+    "measure",
+    "plot",
+    "print_table",
+    "robustness_results",
+    "write_report",
+]
+
 JSON_NAME, PLOT_NAME = "robustness.json", "robustness.png"
 
 

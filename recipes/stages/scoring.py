@@ -15,6 +15,8 @@ from recipes.assembly.training import build_test_trainer
 from recipes.checkpointing.format import load_checkpoint, load_weights
 from recipes.data.contract import DomainData
 
+__all__ = ["adopt_csv_header", "score", "score_shipped"]
+
 
 def score(
     cfg: DictConfig, module: Task, datamodule: Any, loggers: list[Logger] | tuple = (), step: int = 0

@@ -12,6 +12,8 @@ from callbacks.formats.traced import ExportError, export_and_verify
 from modules.task import Task
 from recipes.errors import RecipeError
 
+__all__ = ["export_shipped", "wants_export"]
+
 
 def export_shipped(export_cfg: DictConfig, module: Task, datamodule: Any, out_dir: Path) -> dict[str, Any]:
     """Export `module.shipped_net` as `export_cfg` says and verify it; a failure is a RecipeError."""

@@ -17,6 +17,8 @@ from typing_extensions import override
 from recipes.runtime.process_env import process_rank
 from recipes.stages.results import FILE_NAME
 
+__all__ = ["LocalMLFlowLogger", "RUN_FILES", "RUN_FOLDERS", "finish_runs", "log_run_files"]
+
 # What a tracker receives at the end of a run, relative to the run dir: files, then folders.
 RUN_FILES = (FILE_NAME, ".hydra/config.yaml", ".hydra/overrides.yaml")
 RUN_FOLDERS = ("export",)

@@ -20,6 +20,8 @@ from typing_extensions import override
 
 from recipes.strategies.timeout import TimedDDPStrategy
 
+__all__ = ["DDPStrategy", "Hook"]
+
 Hook = Callable[[Any, dist.GradBucket], torch.futures.Future]
 
 

@@ -29,6 +29,8 @@ from typing_extensions import override
 from recipes.strategies.ddp import DDPStrategy
 from recipes.strategies.self_stepping import refuse_self_stepping
 
+__all__ = ["ModelAveragingStrategy", "ReplicaAverager", "floating_buffers"]
+
 
 def floating_buffers(module: nn.Module) -> list[torch.Tensor]:
     """Buffers a checkpoint keeps that averaging makes sense for (BatchNorm running mean / var; not

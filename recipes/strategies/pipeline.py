@@ -28,6 +28,8 @@ from recipes.errors import RecipeError
 from recipes.strategies import pipeline_stages as stages
 from recipes.strategies.timeout import DEFAULT_SECONDS, DEFAULT_STARTUP_SECONDS, TimedDDPStrategy
 
+__all__ = ["PipelineStrategy", "SCHEDULES", "plain_optimizer"]
+
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
 

@@ -14,6 +14,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+__all__ = [
+    "broadcast_tensors",
+    "check_split_points",
+    "default_split_points",
+    "full_layout",
+    "gather_optimizer_state",
+    "gather_stages",
+    "local_optimizer_state",
+    "stage_block",
+    "stage_bounds",
+    "stage_tensors",
+]
+
 
 def check_split_points(split_points: Sequence[int] | None) -> list[int] | None:
     """The config value as a list, or ValueError when it cannot be cut points of any net."""

@@ -27,6 +27,17 @@ from typing_extensions import override
 from recipes.runtime.process_env import PARENT_AT_START, launched_externally
 from recipes.strategies.contract import RecipeStrategy, recipe_strategy
 
+__all__ = [
+    "DEFAULT_SECONDS",
+    "DEFAULT_STARTUP_SECONDS",
+    "TimedDDPStrategy",
+    "collective_failure",
+    "collective_timeout",
+    "started_by_launcher",
+    "stop_started_ranks",
+    "wake_launcher",
+]
+
 DEFAULT_SECONDS = 300.0
 DEFAULT_STARTUP_SECONDS = 600.0
 

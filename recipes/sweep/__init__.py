@@ -1,0 +1,1 @@
+__all__ = ["search_space", "study", "sweeper"]

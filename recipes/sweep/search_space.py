@@ -23,6 +23,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from recipes.errors import RecipeError
 
+__all__ = ["SearchSpace", "distribution", "parse"]
+
 
 @dataclass
 class SearchSpace:

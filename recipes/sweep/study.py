@@ -32,6 +32,24 @@ from sqlalchemy.engine import make_url
 from recipes.errors import RecipeError
 from recipes.stages.results import FILE_NAME
 
+__all__ = [
+    "DIRECTIONS",
+    "FINISHED",
+    "INTERRUPTED",
+    "OWNER",
+    "ask",
+    "direction",
+    "finished",
+    "load",
+    "log",
+    "open_storage",
+    "owner",
+    "recover_interrupted",
+    "storage_lock",
+    "taken",
+    "tell",
+]
+
 log = logging.getLogger(__name__)
 
 OWNER = "owner"

@@ -52,6 +52,16 @@ from typing_extensions import override
 from recipes.errors import RecipeError, RunStopped
 from recipes.runtime.overrides import unknown_key_message
 
+__all__ = [
+    "DieWithSweeper",
+    "OptunaSweeper",
+    "PARENT_POLL_S",
+    "RESULTS_FILE",
+    "exit_with_parent",
+    "log",
+    "objective_of",
+]
+
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "optimization_results.yaml"

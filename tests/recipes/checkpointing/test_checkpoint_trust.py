@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 
+from recipes.assembly.restore import rebuild
 from recipes.assembly.tasks import reference_net
 from recipes.checkpointing.trust import saved_config, shipped_targets
 from recipes.errors import RecipeError
-from recipes.evaluate import rebuild
 from tests.helpers import REPO
 from tests.helpers.runs import run_module, train_in_process
 

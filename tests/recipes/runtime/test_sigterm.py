@@ -111,7 +111,7 @@ def test_a_keyboard_interrupt_outside_the_training_loop_counts_as_sigint() -> No
     turns into sys.exit(1): that exit, or the interrupt itself, is a stop by SIGINT; other exits are not."""
     from types import SimpleNamespace
 
-    from recipes.runtime.interrupt import _stopped_by
+    from recipes.runtime.interrupt import stopped_by
 
     trainer = SimpleNamespace(callbacks=[], received_sigterm=False)
     try:
@@ -120,9 +120,9 @@ def test_a_keyboard_interrupt_outside_the_training_loop_counts_as_sigint() -> No
         except KeyboardInterrupt:
             raise SystemExit(1)  # noqa: B904 - what Lightning's _call_and_handle_interrupt does
     except SystemExit as lightning_exit:
-        assert _stopped_by(lightning_exit, trainer) == signal.SIGINT
-    assert _stopped_by(KeyboardInterrupt(), trainer) == signal.SIGINT
-    assert _stopped_by(SystemExit(1), trainer) is None and _stopped_by(ValueError(), trainer) is None
+        assert stopped_by(lightning_exit, trainer) == signal.SIGINT
+    assert stopped_by(KeyboardInterrupt(), trainer) == signal.SIGINT
+    assert stopped_by(SystemExit(1), trainer) is None and stopped_by(ValueError(), trainer) is None
 
 
 @pytest.mark.slow
