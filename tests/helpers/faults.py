@@ -110,7 +110,8 @@ class FillDiskAt(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.current_epoch == self.epoch:
+        # One rank fills: a second rank's fill would see the disk full, reopen the filler and truncate it.
+        if trainer.current_epoch == self.epoch and trainer.is_global_zero:
             fill(self.folder, self.reserve)
 
 
