@@ -183,8 +183,8 @@ class PipelineStrategy(TimedDDPStrategy):
     def _check_peers(self) -> None:
         """A one-byte broadcast on the default group before the schedule runs. Lightning's per-batch SIGTERM
         broadcast, just before, swallows its timeout when a rank stopped between steps; gloo closes the
-        connection it timed out on, so this fails at once there, instead of the schedule waiting another
-        strategy.timeout on the stages' own connections (p2p_group)."""
+        connection it timed out on, so this usually fails at once there (a loaded machine has seen it wait
+        one timeout more), instead of the schedule waiting on the stages' own connections (p2p_group)."""
         alive = torch.ones(1, dtype=torch.uint8, device=self.root_device)
         dist.broadcast(alive, src=0)
         if self.is_first:

@@ -17,7 +17,7 @@ import pytest
 from tests.helpers import REPO
 from tests.helpers.runs import QUIET
 
-TIMEOUT = 12  # strategy.timeout in seconds: short, yet a run that waited it twice would fail the test
+TIMEOUT = 12  # strategy.timeout in seconds: short, yet a run that waited it once too often would fail the test
 STALL = ("trainer.max_epochs=1", "callbacks.model_summary=null", "logger=csv", "model.hidden=[32]")
 
 
@@ -73,12 +73,14 @@ def stop_rank(
     return proc, err, seconds
 
 
-def assert_stopped_rank_failure(proc: subprocess.Popen, err: str, seconds: float) -> None:
+def assert_stopped_rank_failure(proc: subprocess.Popen, err: str, seconds: float, waits: int = 1) -> None:
+    """One line, exit 1, within `waits` timeouts of the stop (and a margin for the teardown), so never the
+    start-up timeout (600 s) nor a wait more than the documented bound."""
     assert proc.returncode == 1 and "Traceback" not in err, f"exit {proc.returncode}\n{err[-3000:]}"
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err[-3000:]
     assert errors[0].startswith(f"error: another rank stopped answering within strategy.timeout={TIMEOUT}s"), errors
-    assert seconds < TIMEOUT + 10, seconds  # not the start-up timeout (600 s), nor the timeout twice
+    assert seconds < waits * TIMEOUT + 10, seconds
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
@@ -88,12 +90,15 @@ def test_a_stopped_pipeline_rank_fails_the_run_within_the_timeout(tmp_path: Path
     """Rank 1 stopped: rank 0 fails (in the schedule's wait for gradients, or in the check before the next
     step) and kills it. Rank 0 stopped (the launcher): rank 1 fails (waiting for activations, or in the
     check), leaves the process group and wakes rank 0, which fails at once on the closed connection,
-    takes rank 1 down, prints the line and exits 1."""
-    assert_stopped_rank_failure(*stop_rank(tmp_path, rank, in_step))
+    takes rank 1 down, prints the line and exits 1. Rank 0 stopped between steps may cost rank 1 two waits:
+    Lightning swallows the timeout of its per-batch broadcast from rank 0, and the check after it usually
+    fails at once on the connection gloo closed, yet on a loaded machine it has waited a timeout more."""
+    waits = 2 if rank == 0 and not in_step else 1
+    assert_stopped_rank_failure(*stop_rank(tmp_path, rank, in_step), waits=waits)
 
 
 @pytest.mark.slow
 def test_a_stopped_launcher_fails_a_ddp_run_within_the_timeout(tmp_path: Path) -> None:
     """The wake-up lives in TimedDDPStrategy: a stopped rank 0 used to outlive a ddp run for good (rank 1
     failed and waited a minute for it to exit first; nothing ever continued or killed it)."""
-    assert_stopped_rank_failure(*stop_rank(tmp_path, 0, False, "ddp"))
+    assert_stopped_rank_failure(*stop_rank(tmp_path, 0, False, "ddp"), waits=2)  # between steps: as above
