@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from runs import mean_std, train
+
+from launch import mean_std, train
 
 RECIPES = [
     "baseline",

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from runs import train
+
+from launch import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the recipes package, run from a checkout
 

@@ -25,10 +25,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runs import QUIET, mean_std
-
 from recipes.stages.results import strict_json
 from recipes.stages.robustness_report import plot
+
+from launch import QUIET, mean_std
 
 METHODS = {  # same net, data and epochs; only the task differs
     "standard": ["recipe=baseline", "model=convnet"],

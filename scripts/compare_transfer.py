@@ -21,9 +21,9 @@ import json
 import sys
 from pathlib import Path
 
-from runs import mean_std, train
-
 from recipes.stages.results import strict_json
+
+from launch import mean_std, train
 
 STUDENTS = {
     "student from scratch": ["recipe=distill", "task=classifier", "~prerequisites", "~task.temperature", "~task.alpha"],

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from runs import QUIET, train
+
+from launch import QUIET, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the recipes package, run from a checkout
 

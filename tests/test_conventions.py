@@ -2,13 +2,17 @@
 predicts as recipes.evaluate's rebuild does; every overridden Lightning (and Hydra) hook is marked
 `@override`; every private Lightning/Hydra name still in use (tests/helpers/private_api.py) still exists; and
 a run prints none of the noise it used to (duplicate summary note, `Total FLOPs: 0`, onnxscript's
-INFO lines, the eval-mode warning of a frozen backbone, paths cut with "...")."""
+INFO lines, the eval-mode warning of a frozen backbone, paths cut with "..."); and lint does not depend on
+the run output folders in the working tree."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import pkgutil
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -225,3 +229,17 @@ def test_a_run_prints_none_of_the_old_noise(tmp_path: Path, feature_ckpt: str) -
     summary = proc.stdout[proc.stdout.index("run summary") :]
     assert "..." not in summary and "…" not in summary, summary  # no path cut to fit a table cell
     assert f"run_dir: {run_dir}" in summary and "export: export/model.onnx" in proc.stdout
+
+
+def test_lint_import_order_does_not_depend_on_run_output_folders(tmp_path: Path) -> None:
+    """scripts/ with the project's lint config, beside the folders the README's runs create (runs/,
+    outputs/, multirun/) and one named like the scripts' helper: ruff's import order still passes (a
+    top-level folder once made `from runs import ...` first-party: 5 errors)."""
+    root = Path(__file__).resolve().parent.parent
+    shutil.copy(root / "pyproject.toml", tmp_path)
+    shutil.copytree(root / "scripts", tmp_path / "scripts")
+    for folder in ("runs/a", "outputs/b", "multirun/c", "launch", "runs_helper"):
+        (tmp_path / folder).mkdir(parents=True)
+    lint = [sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "I", "."]
+    proc = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

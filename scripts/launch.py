@@ -1,5 +1,6 @@
-"""What the comparison and benchmark scripts share: one `python -m recipes.train` run as a user
-would launch it, and the mean +- std of accuracies over seeds."""
+"""What the comparison and benchmark scripts share: launch one `python -m recipes.train` run as a user
+would, and the mean +- std of accuracies over seeds. (Not named `runs`: the README's run folder, runs/,
+has that name.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+__all__ = ["QUIET", "mean_std", "train"]
 
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "callbacks.model_summary=null"]
 
