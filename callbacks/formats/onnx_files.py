@@ -60,8 +60,11 @@ def quiet_onnx_passes() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def torch_onnx_export(net: nn.Module, example: Inputs, path: Path, opset: int) -> None:
-    """Export with torch.onnx (dynamo), a dynamic batch dimension, one file."""
+def torch_onnx_export(
+    net: nn.Module, example: Inputs, path: Path, opset: int, translations: dict[Any, Any] | None = None
+) -> None:
+    """Export with torch.onnx (dynamo), a dynamic batch dimension, one file; `translations` give the ONNX
+    form of the project's own ops (callbacks/surgery/int8_ops.py)."""
     with quiet_onnx_passes():
         torch.onnx.export(
             net,
@@ -74,6 +77,7 @@ def torch_onnx_export(net: nn.Module, example: Inputs, path: Path, opset: int) -
             output_names=["logits"],
             external_data=False,
             verbose=False,
+            custom_translation_table=translations,
         )
 
 

@@ -35,6 +35,7 @@ from callbacks.formats.onnx_files import (
     torch_onnx_export,
 )
 from callbacks.surgery.int8_layers import int8_module
+from callbacks.surgery.int8_ops import onnx_translations
 from callbacks.surgery.quantize import float_copy, is_quantized, quantized_layers
 
 __all__ = ["DEFAULT_FORMATS", "FILE_NAMES", "FORMATS", "ExportError", "export_and_verify"]
@@ -80,7 +81,7 @@ def write_onnx_int8(net: nn.Module, example: Inputs, path: Path, opset: int) -> 
     run, without the dequantize / requantize pairs the QDQ form spells out around every layer."""
     qdq = path.with_name(f"{path.stem}.qdq.onnx")
     try:
-        torch_onnx_export(int8_module(net), example, qdq, opset)
+        torch_onnx_export(int8_module(net), example, qdq, opset, onnx_translations())
         optimize(qdq, path, "ORT_ENABLE_EXTENDED")
     finally:
         qdq.unlink(missing_ok=True)

@@ -9,10 +9,10 @@ import copy
 import math
 
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
 import torch.nn.functional as F
 from torch import nn
 
+from callbacks.surgery import int8_ops as qd
 from callbacks.surgery.quantize import (
     ACT_QMAX,
     ACT_QMIN,
@@ -29,7 +29,6 @@ __all__ = ["CONV_CHANNEL_MULTIPLE", "Int8Layer", "int8_module", "shipped_bytes"]
 # onnxruntime's fast int8 convolution (MLAS's symmetric indirect kernel) takes input channels in multiples of
 # 4 only; a conv with e.g. 3 (an RGB input) falls back to im2col + int8 GEMM, 2-3x slower than fp32 on it
 CONV_CHANNEL_MULTIPLE = 4
-qd = torch.ops.quantized_decomposed
 
 
 class Int8Layer(nn.Module):

@@ -19,8 +19,8 @@ its config (recipes.evaluate, recipes.export, a resumed run) gets it before its 
 loader passes `instrument` to structure.replay for edits of kind `EDIT` (this module builds on
 structure, which does not import it).
 
-Engine: torch's own fake-quantize ops for training (torch's `quantized_decomposed` ops for export,
-callbacks/surgery/int8_layers.py); see docs/int8.md for why not torchao's `prepare_qat_pt2e` GraphModule.
+Engine: torch's own fake-quantize ops for training (the project's own quantize / dequantize ops for
+export, callbacks/surgery/int8_ops.py, used by callbacks/surgery/int8_layers.py); see docs/int8.md for why not torchao's `prepare_qat_pt2e` GraphModule.
 """
 
 from __future__ import annotations

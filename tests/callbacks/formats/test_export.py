@@ -1,9 +1,12 @@
 """Final export: every net exports to ONNX and a torch.export program that match it on the test
-set; the CLI paths write and verify artifacts; a parity miss is an error that leaves nothing behind."""
+set; the CLI paths write and verify artifacts; a parity miss is an error that leaves nothing behind; the
+int8 export needs nothing of torch's deprecated `torch.ao.quantization` beyond what `import torch` loads."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,8 @@ from modules.nets.convnet import ConvNet
 from modules.nets.lenet import LeNet5
 from modules.nets.mlp import MLP
 from modules.nets.resnet import ResNet18
-from tests.helpers.runs import run_module, train_ok
+from tests.helpers import REPO
+from tests.helpers.runs import run_module, train_ok, user_env
 
 NETS = [(MLP, (1, 8, 8)), (LeNet5, (1, 8, 8)), (ConvNet, (3, 16, 16)), (ResNet18, (3, 32, 32))]
 
@@ -73,3 +77,51 @@ def test_train_exports_the_best_checkpoint(run_dir: Path, tmp_path: Path) -> Non
     assert report["top1_agreement"] == 1.0 and (tmp_path / "again" / "model.pt2").is_file()
     proc = run_module("recipes.export", f"ckpt_path={run_dir / results['checkpoint']}", "export=none")
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: export=none")
+
+
+# `import torch` itself still loads torch.ao.quantization (through the legacy torch.quantization alias), so
+# the check is that the int8 export imports none of it beyond that: every later torch.ao.quantization import
+# (torch.ao.quantization.fx._decomposed, which used to register the quantize / dequantize ops) fails.
+WITHOUT_TORCH_AO_QUANTIZATION = """
+import sys, tempfile
+from pathlib import Path
+import torch
+loaded = {m for m in sys.modules if m.startswith("torch.ao.quantization")}
+class Removed:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("torch.ao.quantization") and name not in loaded:
+            raise ImportError(f"{name} is gone (deprecated upstream)")
+sys.meta_path.insert(0, Removed())
+from callbacks.formats.traced import export_and_verify
+from callbacks.surgery.quantize import Phase, instrument, set_phase
+from modules.nets.convnet import ConvNet
+torch.manual_seed(0)
+net = ConvNet((3, 16, 16), 10, channels=(8, 16))
+instrument(net)
+set_phase(net.train(), Phase.OBSERVE)
+for _ in range(3):
+    net(torch.rand(32, 3, 16, 16))
+set_phase(net, Phase.FROZEN)
+x = torch.rand(64, 3, 16, 16)
+with tempfile.TemporaryDirectory() as out:
+    report = export_and_verify(net, x[:2], x, Path(out), formats=["onnx_int8"], batch_size=32, repeats=1)
+assert report["int8"]["kernels"] == {"QLinearConv": 2, "QGemm": 1}, report
+assert report["int8"]["top1_agreement"] >= 0.99, report
+assert "torch.ao.quantization.fx._decomposed" not in sys.modules
+print("int8 export ok")
+"""
+
+
+def test_int8_export_runs_without_torch_ao_quantization() -> None:
+    """A quantized ConvNet's int8 ONNX export, in a process where importing any more of
+    torch.ao.quantization fails (as after its removal upstream): it writes QLinearConv / QGemm kernels that
+    agree with the fake-quantized net (its ops are the project's own: callbacks/surgery/int8_ops.py)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH_AO_QUANTIZATION],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=user_env(),
+    )
+    assert proc.returncode == 0 and "int8 export ok" in proc.stdout, proc.stdout + proc.stderr[-3000:]
