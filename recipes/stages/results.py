@@ -11,12 +11,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from torch.utils.data import DistributedSampler
 
 from recipes.strategies.contract import recipe_strategy
 
 __all__ = [
     "FILE_NAME",
     "finite",
+    "padded_samples_per_epoch",
     "parallel_results",
     "print_summary",
     "relative",
@@ -112,12 +114,30 @@ def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[
         "steps": steps,
         "samples_per_second": round(samples / fit_seconds, 1) if fit_seconds > 0 else None,
     }
+    section["padded_samples_per_epoch"] = padded_samples_per_epoch(trainer)
     section.update(extra)
     if trainer.world_size == 1:
         section["comm_bytes_per_step"] = 0
     elif strategy.comm_bytes is not None and steps:
         section["comm_bytes_per_step"] = round(strategy.comm_bytes / steps, 1)
     return section
+
+
+def padded_samples_per_epoch(trainer: Any) -> int:
+    """Samples the training sampler repeats each epoch to give every replica as many: a DistributedSampler
+    (without drop_last) pads the split to `num_replicas * ceil(n / num_replicas)` with samples from its start,
+    so DDP equals one process with the global batch only when this is 0 (docs/parallel.md). 0 for one
+    process, and for strategies whose ranks share each batch (pipeline)."""
+    loaders = trainer.train_dataloader
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    padded = 0
+    for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
+            length = getattr(sampler, "length", None)  # recipes/data/mixing.py's sampler: its stream, no dataset
+            padded += sampler.total_size - (len(sampler.dataset) if length is None else length)
+    return padded
 
 
 def print_summary(results: dict[str, Any], title: str = "run summary") -> None:

@@ -1,6 +1,7 @@
 """Synchronous SGD is what `strategy=ddp` does: 2 ranks x batch B reach the same weights as one
 process x batch 2B on the same sample order (DistributedSampler interleaves the ranks' shards, so
-each global step sees the same 2B samples; a net without BatchNorm; 512 samples, no padding)."""
+each global step sees the same 2B samples; a net without BatchNorm; 512 samples, no padding), and only then:
+a training split the ranks do not divide is padded, and results.json says by how many samples."""
 
 from __future__ import annotations
 
@@ -32,4 +33,24 @@ def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path: Path) -> N
         assert torch.allclose(weight, b["state_dict"][name], atol=1e-5, rtol=0), name
     # and the weights did train: both models are well above chance (0.1) after 16 steps
     assert ddp_results["parallel"]["world_size"] == 2 and single_results["parallel"]["comm_bytes_per_step"] == 0
+    assert (
+        ddp_results["parallel"]["padded_samples_per_epoch"]
+        == single_results["parallel"]["padded_samples_per_epoch"]
+        == 0
+    )
     assert ddp_results["metrics"]["test/acc"] > 0.3 and single_results["metrics"]["test/acc"] > 0.3
+
+
+def test_a_split_the_ranks_do_not_divide_is_padded_and_results_say_so(tmp_path: Path) -> None:
+    """511 samples on 2 ranks: DistributedSampler repeats 1 sample each epoch (2 x 256 = 512), so the run is not
+    one process's with the global batch; results.json's `parallel` section records the 1."""
+    results = train_ok(
+        tmp_path / "ddp",
+        "trainer=ddp_sim",
+        "data.batch_size=32",
+        *SAME_WORK[:1],
+        "data.train_samples=511",
+        "trainer.max_epochs=1",
+        *SAME_WORK[3:],
+    )
+    assert results["parallel"]["world_size"] == 2 and results["parallel"]["padded_samples_per_epoch"] == 1
