@@ -6,9 +6,13 @@ a training split the ranks do not divide is padded, and results.json says by how
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
+from recipes.data.mixing import MixingSampler
+from recipes.stages.results import padded_samples_per_epoch
 from tests.helpers.runs import train_ok, train_ok_in_process
 
 SAME_WORK = (
@@ -54,3 +58,20 @@ def test_a_split_the_ranks_do_not_divide_is_padded_and_results_say_so(tmp_path: 
         *SAME_WORK[3:],
     )
     assert results["parallel"]["world_size"] == 2 and results["parallel"]["padded_samples_per_epoch"] == 1
+
+
+def test_padded_samples_count_every_sampler_the_training_loader_may_have() -> None:
+    """torch's DistributedSampler (with and without drop_last) and the data-mixing sampler (no dataset, a
+    stream length) on 3 ranks; one replica pads nothing; a trainer without a training loader counts 0."""
+    data = list(range(10))
+
+    def padded(*samplers: object) -> int:
+        loaders = [DataLoader(data, sampler=s) for s in samplers]
+        return padded_samples_per_epoch(SimpleNamespace(train_dataloader=loaders[0] if len(loaders) == 1 else loaders))
+
+    assert padded(DistributedSampler(data, num_replicas=3, rank=0)) == 2  # 3 x 4 = 12 for 10
+    assert padded(DistributedSampler(data, num_replicas=3, rank=0, drop_last=True)) == 0  # drops 1 instead
+    assert padded(DistributedSampler(data, num_replicas=1, rank=0)) == 0
+    mixing = MixingSampler(n_old=6, n_new=5, num_replicas=3)  # a stream of 11: 3 x 4 = 12
+    assert padded(mixing) == 1 and padded(mixing, DistributedSampler(data, num_replicas=3, rank=0)) == 3
+    assert padded_samples_per_epoch(SimpleNamespace(train_dataloader=None)) == 0
