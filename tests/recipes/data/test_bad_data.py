@@ -20,6 +20,7 @@ from recipes.data.synthetic_files import (
     write_png_header,
 )
 from recipes.data.vision import TorchvisionDataModule
+from recipes.errors import EXIT_BAD_INPUT
 from tests.helpers.runs import assert_clean_failure, train_in_process
 
 
@@ -120,8 +121,7 @@ def test_cli_refuses_an_image_without_data_before_training(
     bad = root / "train" / "cat" / "cat_1.png"
     spoil(bad)
     proc = train_in_process(run_dir, "data=imagefolder", f"data.root={root}", "data.num_workers=0", "data.image_size=8")
-    assert_clean_failure(proc, run_dir, str(bad))
-    assert "Epoch" not in proc.stdout + proc.stderr
+    _assert_refused_before_training(proc, run_dir, str(bad))
 
 
 def _magic(raw: Path) -> Path:
@@ -175,5 +175,12 @@ def test_cli_refuses_a_bad_mnist_file_before_training(case: str, run_dir: Path, 
     spoil, expected = BAD_IDX[case]
     bad = spoil(root / "MNIST" / "raw")
     proc = train_in_process(run_dir, "data=mnist", f"data.root={root}", "trainer.max_epochs=1")
-    assert_clean_failure(proc, run_dir, str(bad), *expected)
+    _assert_refused_before_training(proc, run_dir, str(bad), *expected)
+
+
+def _assert_refused_before_training(proc, run_dir: Path, *expected: str) -> None:
+    """Exit 2, stderr the one `error:` line (naming `expected`), no traceback, no run dir, no epoch run."""
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr[-2000:]
+    assert_clean_failure(proc, run_dir, *expected)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
     assert "Epoch" not in proc.stdout + proc.stderr
