@@ -66,6 +66,7 @@ def test_a_batch_larger_than_the_training_split_warns_once(run_dir: Path) -> Non
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "data.batch_size=5000" in line]
     assert len(lines) == 1, lines
     assert "WARNING" in lines[0] and "1257 training samples" in lines[0] and "one optimizer step" in lines[0]
+    assert "data.batch_size=5000 is larger" in (run_dir / "train.log").read_text()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["metrics"]["test/acc"] > 0  # it trained and tested: a warning, not a refusal
 
