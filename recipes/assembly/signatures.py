@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from recipes.errors import RecipeError
 
-__all__ = ["check_node", "matches"]
+__all__ = ["check_node", "matches", "parameter_names"]
 
 
 def _signature_hints(target: Any) -> tuple[dict[str, Any], dict[str, Any], bool]:
@@ -46,6 +46,12 @@ def _signature_hints(target: Any) -> tuple[dict[str, Any], dict[str, Any], bool]
             break  # the chain ends here: a constructor without **kwargs forwards nothing further
         open_kwargs = True  # **kwargs may go to a parent or elsewhere (DDPStrategy -> DDP): accept extras
     return hints, defaults, open_kwargs
+
+
+def parameter_names(target: Any) -> set[str]:
+    """The keyword parameters of a class's constructor chain (or a function), as far as the chain is
+    followed: what a config node of that target may set, bar a **kwargs that goes elsewhere."""
+    return set(_signature_hints(target)[0])
 
 
 def matches(value: Any, hint: Any) -> bool:

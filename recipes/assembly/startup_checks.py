@@ -17,6 +17,7 @@ from callbacks.step import CompressionStep
 from modules.attacks import Attack
 from modules.task import MODES, Task
 from recipes.assembly.prerequisites import pending_configs
+from recipes.assembly.trainer_checks import check_trainer_values
 from recipes.errors import RecipeError
 from recipes.strategies.contract import recipe_strategy
 
@@ -53,7 +54,8 @@ def starts_from_weights(cfg: DictConfig) -> bool:
 
 def check_budget(cfg: DictConfig) -> None:
     """trainer.max_epochs / max_steps: -1 is "no limit", below that Lightning raises mid-build, and 0
-    trains nothing, which would then test and ship an untrained net as if it were a result."""
+    trains nothing, which would then test and ship an untrained net as if it were a result; so does
+    trainer.limit_train_batches=0 (0 batches an epoch)."""
     trainer = cfg.trainer
     for key, unlimited in (("max_epochs", "-1 (no limit, with trainer.max_steps)"), ("max_steps", "-1 (no limit)")):
         value = trainer.get(key)
@@ -64,11 +66,20 @@ def check_budget(cfg: DictConfig) -> None:
                 f"trainer.{key}={value} must be a positive count or {unlimited}, "
                 f"e.g. trainer.{key}={20 if key == 'max_epochs' else -1}"
             )
-        if value == 0 and not trainer.get("fast_dev_run") and not starts_from_weights(cfg):
-            raise RecipeError(
-                f"trainer.{key}=0 trains nothing, so the run would test and ship an untrained net: "
-                f"give trainer.{key}>=1, or start from weights (task.init_ckpt=PATH or ckpt_path=PATH)"
-            )
+        if value == 0:
+            _refuse_training_nothing(cfg, key, 0, f"trainer.{key}>=1")
+    batches = trainer.get("limit_train_batches")  # null: all; a float: a fraction; an int: a count
+    if not isinstance(batches, bool) and isinstance(batches, (int, float)) and batches == 0:
+        _refuse_training_nothing(cfg, "limit_train_batches", batches, "trainer.limit_train_batches=null (all)")
+
+
+def _refuse_training_nothing(cfg: DictConfig, key: str, value: Any, fix: str) -> None:
+    """A budget of zero trains nothing: refused unless the net starts from weights or it is a smoke test."""
+    if not cfg.trainer.get("fast_dev_run") and not starts_from_weights(cfg):
+        raise RecipeError(
+            f"trainer.{key}={value} trains nothing, so the run would test and ship an untrained net: "
+            f"give {fix}, or start from weights (task.init_ckpt=PATH or ckpt_path=PATH)"
+        )
 
 
 def accelerator_available(name: str) -> bool:
@@ -194,6 +205,7 @@ def check_startup(cfg: DictConfig, choices: dict[str, Any]) -> None:
     the builds that follow, recipes.assembly.training's, do not check it again)."""
     check_seed(cfg.get("seed"))
     check_budget(cfg)
+    check_trainer_values(cfg)
     check_accelerator(cfg)
     check_strategy(cfg, choices)
     for name, (prerequisite, its_choices) in pending_configs(cfg, choices).items():

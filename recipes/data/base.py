@@ -10,6 +10,7 @@ the normalization after it, run on whole batches on the device (`on_after_batch_
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -23,7 +24,9 @@ from typing_extensions import override
 from recipes.data.splits import Batches, ImageSplit, IndexedSplit, Split, TensorSplit, keep_batch
 from recipes.data.transforms import compose, geometry_and_domain, normalization, to_float_image
 
-__all__ = ["DECODE_CHUNK", "ImageDataModule"]
+__all__ = ["DECODE_CHUNK", "ImageDataModule", "warn_one_step_epochs"]
+
+log = logging.getLogger(__name__)
 
 DECODE_CHUNK = 4096  # images transformed at once when decoding into memory (bounds the peak memory)
 
@@ -157,6 +160,7 @@ class ImageDataModule(pl.LightningDataModule):
                 shuffle=self.shuffle,
                 seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
             )
+        warn_one_step_epochs(self.batch_size, sampler, self.trainer)
         return self._loader(dataset, sampler)
 
     def _in_memory(self, split: Split) -> Split:
@@ -214,3 +218,16 @@ class ImageDataModule(pl.LightningDataModule):
             return batch
         images = torch.cat([finish(group) for group in batch[0].tensor_split(min(self.augment_draws, len(batch[0])))])
         return (images, *batch[1:])
+
+
+def warn_one_step_epochs(batch_size: int, sampler: Sampler, trainer: pl.Trainer | None) -> None:
+    """A batch larger than what one rank draws in an epoch still trains (the loaders keep the last,
+    short batch), but one step per epoch: say so in one line, once (rank 0)."""
+    samples = len(sampler) if hasattr(sampler, "__len__") else None
+    if samples is None or batch_size <= samples or (trainer is not None and not trainer.is_global_zero):
+        return
+    log.warning(
+        f"data.batch_size={batch_size} is larger than the {samples} training samples each epoch draws"
+        f"{' per rank' if trainer is not None and trainer.world_size > 1 else ''}: every epoch is one "
+        f"optimizer step; lower data.batch_size (e.g. {max(1, samples // 8)}) for more steps per epoch"
+    )

@@ -54,13 +54,14 @@ class TorchvisionDataModule(ImageDataModule):
             self._check_files()  # after a download, setup checks them
 
     def _check_files(self) -> None:
-        """IDX headers of the MNIST family: images and labels of each split must agree in count
-        (torchvision would index past the shorter one mid-training)."""
+        """IDX files of the MNIST family (recipes.data.files.check_idx_pair): magic numbers, sizes, images
+        and labels of each split agreeing in count (torchvision would index past the shorter one
+        mid-training), labels within the classes."""
         if not issubclass(getattr(datasets, self.dataset), datasets.MNIST):
             return
         raw = self.root / self.dataset / "raw"  # torchvision's MNIST.raw_folder
         for prefix in ("train", "t10k"):
-            check_idx_pair(raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte")
+            check_idx_pair(raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte", self.num_classes)
 
     def _open(self, train: bool, download: bool = False) -> Any:
         cls = getattr(datasets, self.dataset)
@@ -95,8 +96,9 @@ class TorchvisionDataModule(ImageDataModule):
         images, labels = self.decode(all_images(full_train)), torch.as_tensor(full_train.targets)
         self.train_set = self.tensor_split(images[train_idx], labels[train_idx], train=True, base=train_base)
         self.val_set = self.tensor_split(images[val_idx], labels[val_idx], train=False, base=val_base)
-        self.test_set = self.tensor_split(self.decode(all_images(test)), torch.as_tensor(test.targets), train=False,
-                                          base=test)
+        self.test_set = self.tensor_split(
+            self.decode(all_images(test)), torch.as_tensor(test.targets), train=False, base=test
+        )
 
 
 def all_images(dataset: Any) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Bad data files are found at start-up and named: unreadable, truncated and decompression-bomb images
-in any split, a worker's decoding error, and MNIST image/label files that disagree in count."""
+"""Bad data files are found at start-up and named: unreadable, truncated, header-only and
+decompression-bomb images in any split, a worker's decoding error, and MNIST IDX files that disagree in
+count, have a wrong magic number, are truncated or hold labels outside the classes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from recipes.data.synthetic_files import (
     write_png_header,
 )
 from recipes.data.vision import TorchvisionDataModule
+from recipes.errors import EXIT_BAD_INPUT
 from tests.helpers.runs import assert_clean_failure, train_in_process
 
 
@@ -35,8 +37,18 @@ def _bomb(path: Path) -> None:
     write_png_header(path, 20000, 20000)
 
 
+def _header_only(path: Path) -> None:
+    write_png_header(path, 8, 8)  # a valid PNG header and end marker, no pixel data (IDAT) between
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
 BAD_FILES: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     "random bytes": (_random_bytes, ["not a readable image", "replace or remove it"]),
+    "no image data": (_header_only, ["holds no image data", "PNG header only", "replace or remove it"]),
+    "zero bytes": (_empty, ["not a readable image", "cannot identify image file"]),
     "truncated png": (_truncated, ["not a readable image", "Truncated"]),
     "decompression bomb": (_bomb, ["400,000,000 pixels", "decompression-bomb limit", "downscale it"]),
 }
@@ -97,3 +109,78 @@ def test_a_data_module_without_the_contract_is_refused_in_one_line(run_dir: Path
     before a net is sized from it, naming what it lacks."""
     proc = train_in_process(run_dir, "data._target_=torch.nn.Identity")
     assert_clean_failure(proc, run_dir, "data._target_=torch.nn.Identity is not a recipes data module", "num_classes")
+
+
+@pytest.mark.parametrize("spoil", [_header_only, _empty], ids=["no image data", "zero bytes"])
+def test_cli_refuses_an_image_without_data_before_training(
+    spoil: Callable[[Path], None], run_dir: Path, tmp_path: Path
+) -> None:
+    """A PNG with a header and no pixel data (once a traceback: "Error in call to target"), or none at
+    all, in the training split: one line naming it, before any training."""
+    root = write_image_folder(tmp_path / "imgs", per_class=2, size=8)
+    bad = root / "train" / "cat" / "cat_1.png"
+    spoil(bad)
+    proc = train_in_process(run_dir, "data=imagefolder", f"data.root={root}", "data.num_workers=0", "data.image_size=8")
+    _assert_refused_before_training(proc, run_dir, str(bad))
+
+
+def _magic(raw: Path) -> Path:
+    path = raw / "train-images-idx3-ubyte"
+    data = bytearray(path.read_bytes())
+    data[2:4] = b"\x08\x02"  # claims 2 dimensions: torchvision asserted on it
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _gzip_magic(raw: Path) -> Path:
+    path = raw / "t10k-labels-idx1-ubyte"
+    path.write_bytes(b"\x1f\x8b\x08\x00" + path.read_bytes()[4:])  # a gzip signature where the magic is
+    return path
+
+
+def _truncated_idx(raw: Path) -> Path:
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    return path
+
+
+def _label_too_large(raw: Path) -> Path:
+    path = raw / "train-labels-idx1-ubyte"
+    labels = np.arange(60, dtype=np.uint8) % 10
+    labels[17] = 10  # one past the last of 10 classes: an IndexError in the loss, once training ran
+    write_idx(path, IDX_LABELS_MAGIC, labels)
+    return path
+
+
+def _label_byte_max(raw: Path) -> Path:
+    path = raw / "t10k-labels-idx1-ubyte"
+    write_idx(path, IDX_LABELS_MAGIC, np.full(20, 255, dtype=np.uint8))
+    return path
+
+
+BAD_IDX: dict[str, tuple[Callable[[Path], Path], list[str]]] = {
+    "bad magic number": (_magic, ["magic number 0x00000802", "not 0x00000803", "replace it"]),
+    "gzip where the magic is": (_gzip_magic, ["magic number 0x1f8b0800", "compressed"]),
+    "truncated image file": (_truncated_idx, ["46940 bytes", "60 x 28 x 28 = 47040", "truncated"]),
+    "label 10 of 10 classes": (_label_too_large, ["label 10 (item 17)", "10 classes (labels 0 to 9)"]),
+    "label 255 in the test split": (_label_byte_max, ["label 255 (item 0)", "10 classes"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_IDX)
+def test_cli_refuses_a_bad_mnist_file_before_training(case: str, run_dir: Path, tmp_path: Path) -> None:
+    """The real MNIST loader (torchvision's, through data=mnist) on IDX files spoilt one way each: one
+    line naming the file before any training, not an AssertionError or a mid-fit IndexError."""
+    root = write_mnist_idx(tmp_path / "mnist")
+    spoil, expected = BAD_IDX[case]
+    bad = spoil(root / "MNIST" / "raw")
+    proc = train_in_process(run_dir, "data=mnist", f"data.root={root}", "trainer.max_epochs=1")
+    _assert_refused_before_training(proc, run_dir, str(bad), *expected)
+
+
+def _assert_refused_before_training(proc, run_dir: Path, *expected: str) -> None:
+    """Exit 2, stderr the one `error:` line (naming `expected`), no traceback, no run dir, no epoch run."""
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr[-2000:]
+    assert_clean_failure(proc, run_dir, *expected)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert "Epoch" not in proc.stdout + proc.stderr
