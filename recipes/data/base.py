@@ -59,8 +59,10 @@ class ImageDataModule(pl.LightningDataModule):
         if train_samples is not None and train_samples <= 0:
             raise ValueError(f"data.train_samples={train_samples} must be a positive count or null (all)")
         if not 0 < batch_size <= sys.maxsize:  # above sys.maxsize the DataLoader fails at the first batch
-            raise ValueError(f"data.batch_size={batch_size} must be a positive integer up to {sys.maxsize} (a batch "
-                             "larger than the data set is the whole set), e.g. 64")
+            raise ValueError(
+                f"data.batch_size={batch_size} must be a positive integer up to {sys.maxsize} (a batch "
+                "larger than the data set is the whole set), e.g. 64"
+            )
         if num_workers < 0:
             raise ValueError(f"data.num_workers={num_workers} must be >= 0")
         if image_size is not None and image_size <= 0:
@@ -68,8 +70,10 @@ class ImageDataModule(pl.LightningDataModule):
         if channels not in (1, 3):
             raise ValueError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
         if augment_draws < 1:
-            raise ValueError(f"data.augment_draws={augment_draws} must be >= 1 (independent augmentation draws per "
-                             "batch; 1 = one for the whole batch)")
+            raise ValueError(
+                f"data.augment_draws={augment_draws} must be >= 1 (independent augmentation draws per "
+                "batch; 1 = one for the whole batch)"
+            )
         if cache_mb < 0:
             raise ValueError(f"data.cache_mb={cache_mb} must be >= 0 (MiB of decoded images held in memory; 0 = none)")
         self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
@@ -100,7 +104,10 @@ class ImageDataModule(pl.LightningDataModule):
 
     def deterministic_steps(self) -> list[Callable]:
         """Float conversion, size, channels and domain shift: the same for every split."""
-        return [to_float_image(), *geometry_and_domain(self.native_channels, self.channels, self.image_size, self.shift)]
+        return [
+            to_float_image(),
+            *geometry_and_domain(self.native_channels, self.channels, self.image_size, self.shift),
+        ]
 
     def finish(self, train: bool) -> Callable | None:
         """What a split leaves for its batches: augmentation then normalization for training images
@@ -175,8 +182,9 @@ class ImageDataModule(pl.LightningDataModule):
         if dataset is None:
             raise RuntimeError("setup() has not run: call datamodule.setup(stage) first")
         dataset = self._in_memory(dataset)
-        in_memory = isinstance(dataset, TensorSplit) or (isinstance(dataset, IndexedSplit)
-                                                         and isinstance(dataset.base, TensorSplit))
+        in_memory = isinstance(dataset, TensorSplit) or (
+            isinstance(dataset, IndexedSplit) and isinstance(dataset.base, TensorSplit)
+        )
         workers = 0 if in_memory else self.num_workers  # worker processes only add start-up cost to in-memory data
         on_gpu = bool(self.trainer and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
         return DataLoader(

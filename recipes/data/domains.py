@@ -26,8 +26,10 @@ class TwoDomainDataModule(pl.LightningDataModule):
     def __init__(self, source: ImageDataModule, target: ImageDataModule, mix: dict[str, Any] | None = None) -> None:
         super().__init__()
         if tuple(source.input_shape) != tuple(target.input_shape) or source.num_classes != target.num_classes:
-            raise ValueError(f"data.source gives {source.input_shape} x {source.num_classes} classes but data.target "
-                             f"{target.input_shape} x {target.num_classes}: match image_size, channels and classes")
+            raise ValueError(
+                f"data.source gives {source.input_shape} x {source.num_classes} classes but data.target "
+                f"{target.input_shape} x {target.num_classes}: match image_size, channels and classes"
+            )
         self.source, self.target = source, target
         self.mix = dict(mix) if mix else None
         if self.mix is not None:  # check the knobs now rather than at the first epoch
@@ -74,7 +76,10 @@ class TwoDomainDataModule(pl.LightningDataModule):
             return self.target.train_loader(dataset)
         old, new = dataset.datasets  # type: ignore[attr-defined]
         sampler = MixingSampler(
-            n_old=len(old), n_new=len(new), **self.mix, shuffle=self.target.shuffle,
+            n_old=len(old),
+            n_new=len(new),
+            **self.mix,
+            shuffle=self.target.shuffle,
             seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
             num_replicas=self.trainer.world_size if self.trainer else 1,
             rank=self.trainer.global_rank if self.trainer else 0,

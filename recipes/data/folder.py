@@ -50,14 +50,18 @@ class ImageFolderDataModule(ImageDataModule):
         if present:
             missing = [s for s in SPLITS if s not in present]
             if missing:
-                raise RecipeError(f"data.root={root} has {', '.join(present)}/ but no {', '.join(missing)}/: "
-                                  "give all of train/, val/, test/, or one folder of class folders")
+                raise RecipeError(
+                    f"data.root={root} has {', '.join(present)}/ but no {', '.join(missing)}/: "
+                    "give all of train/, val/, test/, or one folder of class folders"
+                )
             self._folders = {s: self._scan(self.root / s, loader) for s in SPLITS}
             self._check_classes()
         else:
             if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-                raise ValueError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} "
-                                 "must be in (0, 1) and sum to less than 1")
+                raise ValueError(
+                    f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} "
+                    "must be in (0, 1) and sum to less than 1"
+                )
             self._folders = {"all": self._scan(self.root, loader)}
             self._fractions = (val_fraction, test_fraction)
         self.classes: list[str] = next(iter(self._folders.values())).classes
@@ -89,13 +93,20 @@ class ImageFolderDataModule(ImageDataModule):
         val_fraction, test_fraction = self._fractions
         indices, targets = list(range(len(folder))), folder.targets
         try:
-            rest, test = train_test_split(indices, test_size=test_fraction, stratify=targets,
-                                          random_state=self.split_seed)
-            train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
-                                          stratify=[targets[i] for i in rest], random_state=self.split_seed)
+            rest, test = train_test_split(
+                indices, test_size=test_fraction, stratify=targets, random_state=self.split_seed
+            )
+            train, val = train_test_split(
+                rest,
+                test_size=val_fraction / (1 - test_fraction),
+                stratify=[targets[i] for i in rest],
+                random_state=self.split_seed,
+            )
         except ValueError as err:
-            raise RecipeError(f"data.root={self.root} is too small to split by class ({err}); add images "
-                              "or give train/, val/, test/ folders") from None
+            raise RecipeError(
+                f"data.root={self.root} is too small to split by class ({err}); add images "
+                "or give train/, val/, test/ folders"
+            ) from None
         return {"train": Subset(folder, train), "val": Subset(folder, val), "test": Subset(folder, test)}
 
     @override

@@ -44,8 +44,9 @@ class TensorSplit(Split):
     `labels` (N, int64). `base` is the per-image data set they were decoded from (a Subset keeps the
     split's indices into it)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, base: Any = None,
-                 finish: Callable | None = None) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, base: Any = None, finish: Callable | None = None
+    ) -> None:
         self.images, self.labels, self.base, self.finish = images, labels, base, finish
 
     @property

@@ -37,8 +37,10 @@ def geometry_and_domain(
         try:
             steps.append(domain_shift(**shift))
         except TypeError as err:
-            raise ValueError(f"data.shift={dict(shift)} has an unknown key ({err}); keys: rotation, noise, "
-                             "invert, contrast, brightness, saturation, hue") from None
+            raise ValueError(
+                f"data.shift={dict(shift)} has an unknown key ({err}); keys: rotation, noise, "
+                "invert, contrast, brightness, saturation, hue"
+            ) from None
     return steps
 
 
@@ -50,9 +52,7 @@ def normalization(normalize: dict[str, Sequence[float]] | None, channels: int) -
     if channels == 1 and len(mean) == len(std) > 1:  # RGB statistics for grayscale-converted images
         mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
     if len(mean) != len(std) or len(mean) not in (1, channels):
-        raise ValueError(
-            f"data.normalize mean={mean} std={std} must both have 1 or {channels} (data.channels) values"
-        )
+        raise ValueError(f"data.normalize mean={mean} std={std} must both have 1 or {channels} (data.channels) values")
     if any(s <= 0 for s in std):
         raise ValueError(f"data.normalize.std={std} must be positive")
     return [v2.Normalize(mean=mean * (channels // len(mean)), std=std * (channels // len(std)))]
