@@ -28,16 +28,40 @@ def drop_nvml_check_without_gpus() -> None:
 
 
 class _DropTips(logging.Filter):
-    """Lightning advertises a cloud logger at every Trainer start; that line is noise in a recipe run."""
+    """Lightning advertises a cloud logger at every Trainer start; that line is noise in a recipe run.
+    Its device lines (GPU available...) are worth one look, not one per Trainer: a run builds one to
+    train and one per test; a line the run already showed is dropped (quiet_libraries starts each run afresh)."""
+
+    DEVICES = ("GPU available", "TPU available", "HPU available")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        line = str(record.msg)
+        if line.startswith(self.DEVICES):
+            seen = line in self.shown
+            self.shown.add(line)
+            return not seen
+        # MLflow's logger, on a recipe's first run in a store: logger=mlflow makes one per recipe
+        return not line.startswith(("💡 Tip", "Experiment with name"))
+
+
+_FILTER = _DropTips()  # one for the process: addFilter adds an instance once
 
 
 def quiet_libraries() -> None:
     """Silence Lightning's advertising and warnings that do not apply to recipe runs."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropTips())
+    _FILTER.shown.clear()  # a run (a sweep's trial too) shows its device lines once, in its own train.log
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.loggers.mlflow",
+    ):
+        logging.getLogger(name).addFilter(_FILTER)
+    # mlflow (logger=mlflow) imports setuptools' pkg_resources, deprecated: a matter for its maintainers
+    warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated", category=UserWarning)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # Steps are counted across epochs, so train/loss is logged even when an epoch is shorter than
     # log_every_n_steps (digits: 20 batches); Lightning's warning about that is misleading here.
