@@ -20,7 +20,7 @@ from typing_extensions import override
 from recipes.runtime.process_env import process_rank
 from recipes.stages.results import FILE_NAME
 
-__all__ = ["LocalMLFlowLogger", "RUN_FILES", "RUN_FOLDERS", "finish_runs", "log_run_files"]
+__all__ = ["LocalMLFlowLogger", "OfflineWandbLogger", "RUN_FILES", "RUN_FOLDERS", "finish_runs", "log_run_files"]
 
 # What a tracker receives at the end of a run, relative to the run dir: files, then folders.
 RUN_FILES = (FILE_NAME, ".hydra/config.yaml", ".hydra/overrides.yaml")
@@ -74,6 +74,19 @@ class LocalMLFlowLogger(MLFlowLogger):
             super().__init__(*args, **kwargs)  # opens the store (once per process and URI)
         if stray and _STRAY_ARTIFACT_ROOT.is_dir() and not any(_STRAY_ARTIFACT_ROOT.iterdir()):
             _STRAY_ARTIFACT_ROOT.rmdir()
+
+
+class OfflineWandbLogger(WandbLogger):
+    """Lightning's WandbLogger without the two init settings W&B warns it ignores at every run: `anonymous`
+    (Lightning always passes it; W&B no longer uses it) and, offline, `resume` (an offline run is always new)."""
+
+    @override
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+        if self._offline and "resume" not in kwargs:
+            self._wandb_init.pop("resume", None)
 
 
 def _run_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
