@@ -4,7 +4,6 @@ retries ending in a page of chained tracebacks. A local store (the default SQLit
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from typing import Any
@@ -29,7 +28,7 @@ def _unreachable(uri: str) -> str | None:
     except urllib.error.URLError as err:
         reason: Any = err.reason
         return str(getattr(reason, "strerror", None) or reason)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return f"no answer within {TIMEOUT_S:g} s"
     except OSError as err:
         return err.strerror or str(err)
