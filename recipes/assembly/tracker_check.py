@@ -4,6 +4,7 @@ retries ending in a page of chained tracebacks. A local store (the default SQLit
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
@@ -19,7 +20,8 @@ TIMEOUT_S = 5.0  # a tracking server answers its health check in well under a se
 
 def _unreachable(uri: str) -> str | None:
     """Why no server answers at `uri` (refused, timed out, unknown host), else None. Any HTTP answer, an
-    error status included (a proxy in front, a server without /health), counts as one being there."""
+    error status included (a proxy in front, a server without /health), or a TLS handshake counts as one
+    being there."""
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=TIMEOUT_S):  # noqa: S310 - http(s) only
             return None
@@ -27,6 +29,8 @@ def _unreachable(uri: str) -> str | None:
         return None
     except urllib.error.URLError as err:
         reason: Any = err.reason
+        if isinstance(reason, ssl.SSLError):  # something answers; MLflow's own TLS settings may accept it
+            return None
         return str(getattr(reason, "strerror", None) or reason)
     except TimeoutError:
         return f"no answer within {TIMEOUT_S:g} s"
