@@ -4,7 +4,6 @@ the sweep dir, the Optuna study and its database exist, and reports it as a page
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from typing import Any
@@ -38,8 +37,6 @@ class SlurmAvailable(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_launcher(config)
-        except RecipeError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
+        except RecipeError as err:  # even with HYDRA_FULL_ERROR=1: Hydra turns a callback's exception into a warning
             print(f"error: {err}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)  # SystemExit passes Hydra's callback guard and its error report untouched
