@@ -1,7 +1,8 @@
 """`python -m recipes.attack ckpt_path=PATH attack=fgsm|pgd|pgd_l2|noise|transfer|autoattack
 attack.eps=[0.05,0.1,0.2]`: the robustness of a classifier checkpoint on its test split (or the first
 `attack.max_samples` images), rebuilt from the config saved in it as recipes.evaluate does. Prints a
-table and writes robustness.json and robustness.png to `out_dir`. Console script `recipes-attack`."""
+table and writes robustness.json and robustness.png to <the checkpoint's run dir>/robustness/, or to
+`out_dir=DIR`. Console script `recipes-attack`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from recipes.errors import RecipeError
 from recipes.runtime.guard import guarded, run_main
 from recipes.stages.robustness_report import build_attack, measure, print_table, write_report
 
-__all__ = ["attack", "check_classifier_checkpoint", "main"]
+__all__ = ["attack", "check_classifier_checkpoint", "main", "report_dir"]
 
 
 def check_classifier_checkpoint(path: str, trusted: list[str]) -> None:
@@ -33,6 +34,15 @@ def check_classifier_checkpoint(path: str, trusted: list[str]) -> None:
             f"ckpt_path={path} holds a {task.__name__} model, which does not classify images: "
             f"recipes.attack needs a classifier checkpoint (e.g. of recipe=baseline or recipe=adv_train)"
         )
+
+
+def report_dir(cfg: DictConfig) -> Path:
+    """`out_dir`, or robustness/ in the checkpoint's run dir (the folder holding its checkpoints/ folder;
+    a checkpoint elsewhere: its own folder), next to the run's other results, not in the working directory."""
+    if cfg.out_dir:
+        return Path(cfg.out_dir)
+    ckpt = Path(cfg.ckpt_path).resolve()
+    return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "robustness"
 
 
 def attack(cfg: DictConfig) -> dict[str, Any]:
@@ -48,8 +58,9 @@ def attack(cfg: DictConfig) -> dict[str, Any]:
         **measure(saved_cfg, chosen, module, datamodule, f"ckpt_path={cfg.ckpt_path}"),
     }
     print_table(report)
-    write_report(report, Path(cfg.out_dir))
-    print(f"wrote {Path(cfg.out_dir) / 'robustness.json'} and robustness.png")
+    out_dir = report_dir(cfg)
+    write_report(report, out_dir)
+    print(f"wrote {out_dir / 'robustness.json'} and robustness.png")
     return report
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
@@ -180,6 +180,7 @@ def test_every_private_name_in_use_still_exists(tmp_path: Path) -> None:
         "lightning.pytorch:LightningModule": pl.LightningModule(),
         "lightning.pytorch:Trainer": trainer,
         "lightning.pytorch.loggers:CSVLogger": CSVLogger(tmp_path),
+        "lightning.pytorch.loggers:WandbLogger": WandbLogger(offline=True, save_dir=str(tmp_path)),  # dev has wandb
         "lightning.pytorch.loops.training_epoch_loop:_TrainingEpochLoop": trainer.fit_loop.epoch_loop,
         "lightning.pytorch.strategies:DDPStrategy": DDPStrategy(model_averaging_period=4),
         "lightning.pytorch.strategies.launchers:_MultiProcessingLauncher": _MultiProcessingLauncher(

@@ -144,10 +144,14 @@ def export_and_verify(
     opset: int = 18,
     int8_atol: float = 1.0,
     int8_agreement: float = 0.99,
+    where_applicable: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write each format of `net`, traced with `example` (the task's example input), to `out_dir`,
     run it on `inputs` (the task's parity inputs, e.g. the test images) and compare it with `net`
     (an int8 format with the fake-quantized net, the others with its fp32 version).
+
+    `where_applicable`: formats of `formats` written only where they apply, skipped elsewhere instead
+    of refused (export=all: onnx_int8 for a quantized net only).
 
     Returns the `export` section of results.json (paths relative to `out_dir`'s parent).
     """
@@ -156,6 +160,8 @@ def export_and_verify(
         raise ExportError(f"export.formats has unknown {unknown}: choose from {', '.join(FORMATS)}")
     net = copy.deepcopy(net).cpu().eval()
     quantized = is_quantized(net)
+    if not quantized:
+        formats = [f for f in formats if not (f in INT8_FORMATS and f in where_applicable)]
     if not quantized and any(f in INT8_FORMATS for f in formats):
         raise ExportError(
             "export.formats has onnx_int8 but the net is not quantized: add qat or ptq to compress "

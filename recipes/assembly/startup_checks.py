@@ -17,6 +17,7 @@ from callbacks.step import CompressionStep
 from modules.attacks import Attack
 from modules.task import MODES, Task
 from recipes.assembly.prerequisites import pending_configs
+from recipes.assembly.tracker_check import check_tracking_server
 from recipes.assembly.trainer_checks import check_trainer_values
 from recipes.errors import RecipeError
 from recipes.strategies.contract import recipe_strategy
@@ -216,3 +217,4 @@ def check_startup(cfg: DictConfig, choices: dict[str, Any]) -> None:
     check_monitor(cfg)
     check_task_arguments(cfg)
     check_attack(cfg, choices)
+    check_tracking_server(cfg)  # last: the one check that waits on the network

@@ -18,7 +18,7 @@ from recipes.runtime.libraries import drop_nvml_check_without_gpus, log_librarie
 from recipes.runtime.process_env import PARENT_AT_START, launched_externally, process_rank
 from recipes.runtime.resolvers import register_resolvers
 
-__all__ = ["TrialFailed", "guarded", "in_search_trial", "run_main"]
+__all__ = ["TrialFailed", "guarded", "in_search_trial", "require_set", "run_main"]
 
 
 def _outlive_launcher(timeout_s: float = 60.0) -> None:
@@ -53,6 +53,26 @@ def _remove_fresh(run_dir: str) -> None:
         remove_created(sweep)
 
 
+# What a value the config leaves `???` (required) is, for the one line that asks for it.
+_REQUIRED_HINTS = {
+    "ckpt_path": "a .ckpt that recipes.train wrote, e.g. ckpt_path=runs/a/checkpoints/last.ckpt",
+    "data.root": "the ImageFolder tree, e.g. data.root=/data/pets",
+}
+
+
+def require_set(cfg: Any) -> None:
+    """Refuse a config that leaves a required (`???`) value unset, in one line naming it and what it takes,
+    rather than the MissingMandatoryValue traceback its first read would raise."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(cfg, DictConfig):
+        return
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        raise RecipeError(f"{key} is required and not set: pass {_REQUIRED_HINTS.get(key, f'{key}=VALUE')}")
+
+
 class TrialFailed(Exception):
     """A trial of a search (recipes/sweep/sweeper.py) that failed or diverged: raised instead of exiting, so
     that Hydra records the job as failed, the sweeper tells Optuna and the sweep goes on."""
@@ -77,6 +97,7 @@ def guarded(task: Callable[[Any], Any], cfg: Any, run_dir: str | None = None) ->
     log_libraries_to_file()
     drop_nvml_check_without_gpus()  # after Lightning's import set it: see recipes/runtime/libraries.py
     try:
+        require_set(cfg)
         return task(cfg)
     except RunStopped as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -1,4 +1,4 @@
-"""The libraries set up for a recipe run: Lightning's advertising and inapplicable warnings silenced,
+"""The libraries set up for a recipe run: their advertising, repeats and inapplicable warnings silenced,
 its log lines sent to train.log too, and its NVML-based CUDA check dropped where there is no GPU.
 
 Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when imported, so that asking whether CUDA is
@@ -27,17 +27,46 @@ def drop_nvml_check_without_gpus() -> None:
         del os.environ[VARIABLE]
 
 
-class _DropTips(logging.Filter):
-    """Lightning advertises a cloud logger at every Trainer start; that line is noise in a recipe run."""
+class _DropNoise(logging.Filter):
+    """Library log lines nobody can act on in a recipe run (NOISE). Lightning's device lines (GPU
+    available...) are worth one look, not one per Trainer: a run builds one to train and one per test;
+    a line the run already showed is dropped (quiet_libraries starts each run afresh)."""
+
+    DEVICES = ("GPU available", "TPU available", "HPU available")
+    NOISE = (
+        "💡 Tip",  # Lightning's advertising
+        "Experiment with name",  # MLflow's experiment, created on a recipe's first run in a store
+        "Joblib.Parallel(",  # hydra/launcher=joblib's settings, at every batch of a sweep
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        line = str(record.msg)
+        if line.startswith(self.DEVICES):
+            seen = line in self.shown
+            self.shown.add(line)
+            return not seen
+        return not line.startswith(self.NOISE)
+
+
+_FILTER = _DropNoise()  # one for the process: addFilter adds an instance once
 
 
 def quiet_libraries() -> None:
-    """Silence Lightning's advertising and warnings that do not apply to recipe runs."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropTips())
+    """Silence the libraries' advertising, repeats and warnings that do not apply to recipe runs."""
+    _FILTER.shown.clear()  # a run (a sweep's trial too) shows its device lines once, in its own train.log
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.loggers.mlflow",
+        "hydra_plugins.hydra_joblib_launcher._core",
+    ):
+        logging.getLogger(name).addFilter(_FILTER)
+    # mlflow (logger=mlflow) imports setuptools' pkg_resources, deprecated: a matter for its maintainers
+    warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated", category=UserWarning)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # Steps are counted across epochs, so train/loss is logged even when an epoch is shorter than
     # log_every_n_steps (digits: 20 batches); Lightning's warning about that is misleading here.

@@ -237,6 +237,22 @@ USES: tuple[PrivateUse, ...] = (
         "recipes/strategies/pipeline.py",
         "moves a restored optimizer's state to the device, as Lightning's own restore does.",
     ),
+    # --- W&B without the settings it warns it ignores (recipes/stages/tracking.py) ----------------------------
+    PrivateUse(
+        "lightning.pytorch.loggers:WandbLogger",
+        "_wandb_init",
+        "recipes/stages/tracking.py",
+        "the wandb.init arguments; Lightning always adds `anonymous` and `resume`, which W&B warns it ignores "
+        "(offline), and takes no argument to leave them out.",
+        instance=True,
+    ),
+    PrivateUse(
+        "lightning.pytorch.loggers:WandbLogger",
+        "_offline",
+        "recipes/stages/tracking.py",
+        "whether the run is offline (where `resume` is ignored); no public property.",
+        instance=True,
+    ),
     # --- Hydra (recipes/runtime/overrides.py) -----------------------------------------------------------------
     PrivateUse(
         "hydra._internal.utils",

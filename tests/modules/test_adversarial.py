@@ -82,7 +82,8 @@ def test_overfitting_guard_restores_the_last_good_weights_and_stops(tmp_path: Pa
     parts = build_training(cfg, {"recipe": "adv_train", "task": "adversarial"})
     collapse = Collapse()
     parts.trainer.callbacks.append(collapse)
-    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    with pytest.warns(UserWarning, match="catastrophic overfitting at epoch 1"):  # the user is told
+        parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     record = parts.module.run_record()["adversarial"]["guard"]
     assert record["fired"] and record["epoch"] == 1 and record["restored_epoch"] == 0, record
     assert record["robust_acc"] < record["best_robust_acc"] - 0.1

@@ -5,6 +5,7 @@ attack values, unknown attacks and checkpoints that are not classifiers, with no
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,21 @@ def test_attack_a_classifier_checkpoint_writes_json_and_plot(feature_ckpt: str, 
     for row in written["results"]:
         assert row["attack"] == name and 0 <= row["robust_acc"] <= written["clean_acc"]
     assert (tmp_path / "robustness.png").stat().st_size > 1000
+
+
+def test_attack_writes_into_the_checkpoints_run_dir_by_default(
+    feature_ckpt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without out_dir: <run dir>/robustness/, not the working directory (a user running from the repo root)."""
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(feature_ckpt, ckpt)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    attack(compose_attack(f"ckpt_path={ckpt}", "attack=fgsm", "attack.max_samples=8", "attack.eps=[0.1]"))
+    assert sorted(p.name for p in (tmp_path / "run" / "robustness").iterdir()) == ["robustness.json", "robustness.png"]
+    assert not any(cwd.iterdir())
 
 
 @pytest.mark.parametrize(

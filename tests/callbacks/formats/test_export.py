@@ -13,8 +13,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from callbacks.formats.traced import ExportError, export_and_verify
+from callbacks.surgery.quantize import Phase, instrument, set_phase
 from modules.nets.convnet import ConvNet
 from modules.nets.lenet import LeNet5
 from modules.nets.mlp import MLP
@@ -45,6 +47,22 @@ def test_every_net_exports_with_parity(net_cls, shape, tmp_path: Path) -> None:
     for size in (1, 5):  # the batch dimension is dynamic
         logits = session.run(None, {"input": np.random.rand(size, *shape).astype(np.float32)})[0]
         assert logits.shape == (size, 10)
+
+
+def test_export_all_writes_every_format_that_applies(tmp_path: Path) -> None:
+    """export=all (conf/export/all.yaml): onnx and program for any net, and the int8 model too for a
+    quantized one, where export=all used to drop it."""
+    settings = {**OmegaConf.to_container(OmegaConf.load(REPO / "conf/export/all.yaml")), "repeats": 1}
+    net = MLP(input_shape=(1, 8, 8), num_classes=10)
+    plain = export_and_verify(net, torch.zeros(2, 1, 8, 8), inputs((1, 8, 8)), tmp_path / "plain", **settings)
+    assert set(plain["latency_ms"]) == {"torch_fp32", "onnx", "program"}
+    instrument(net)
+    set_phase(net, Phase.OBSERVE)
+    net(inputs((1, 8, 8), 64))
+    set_phase(net, Phase.FROZEN)
+    quantized = export_and_verify(net, torch.zeros(2, 1, 8, 8), inputs((1, 8, 8)), tmp_path / "q", **settings)
+    assert set(quantized["latency_ms"]) == {"torch_fp32", "onnx", "program", "onnx_int8"}
+    assert (tmp_path / quantized["onnx_int8"]).is_file()
 
 
 def test_a_parity_miss_is_an_error_and_leaves_no_artifact(tmp_path: Path) -> None:

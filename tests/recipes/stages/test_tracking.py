@@ -4,6 +4,7 @@ client; logger=wandb writes an offline run. Each run is the CLI, as a user launc
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,30 @@ def test_wandb_offline_run_is_written_in_the_run_dir(run_dir: Path) -> None:
     for text in (b"val/acc", b"test/acc", b"results.json", b".hydra/config.yaml", b"lr"):
         assert text in data, text
     assert results["metrics"]["test/acc"] > 0
+
+
+def test_a_new_mlflow_store_leaves_no_mlruns_and_no_migration_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Opening a new SQLite store runs MLflow's migrations: no INFO lines from them, the root logger's
+    handlers (a run's train.log) and level kept, and no empty ./mlruns in the working directory."""
+    pytest.importorskip("mlflow")
+    from recipes.stages.tracking import LocalMLFlowLogger
+
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    LocalMLFlowLogger(experiment_name="x", tracking_uri=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    assert (tmp_path / "store" / "mlflow.db").is_file() and not (tmp_path / "mlruns").exists()
+    assert root.handlers == handlers and root.level == level
+    out, err = capfd.readouterr()
+    assert "alembic" not in out + err and "Creating initial MLflow database" not in out + err
+
+
+def test_wandb_gets_no_settings_it_ignores(tmp_path: Path) -> None:
+    """W&B warns at every run about `anonymous` (always passed by Lightning) and, offline, `resume`."""
+    pytest.importorskip("wandb")
+    from recipes.stages.tracking import OfflineWandbLogger
+
+    logger = OfflineWandbLogger(offline=True, save_dir=str(tmp_path), project="p")
+    assert "anonymous" not in logger._wandb_init and "resume" not in logger._wandb_init
