@@ -95,7 +95,6 @@ class RunDirLock(Callback):
     def lock(self, run_dir: Path, config: DictConfig) -> None:
         if process_rank() != 0:
             return
-        self.refuse_finished(run_dir, config)
         run_dir.mkdir(parents=True, exist_ok=True)
         handle = open(run_dir / LOCK_FILE, "a")  # noqa: SIM115 - held open for the life of the run
         try:
@@ -106,6 +105,11 @@ class RunDirLock(Callback):
                 f"hydra.run.dir={run_dir} is in use by another run (it holds {run_dir / LOCK_FILE}); "
                 f"wait for it to end, or choose another hydra.run.dir"
             )
+        try:  # checked under the lock (no run can finish there meanwhile), before .lock changes
+            self.refuse_finished(run_dir, config)
+        except SystemExit:
+            handle.close()  # a caller that goes on (a test, a notebook) must not keep the flock
+            raise
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")  # who holds it, for a person looking; the flock is the lock
         handle.flush()
