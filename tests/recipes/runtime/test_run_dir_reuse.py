@@ -23,7 +23,9 @@ CONFIGS = ("config.yaml", "hydra.yaml", "overrides.yaml")
 def tree(run_dir: Path) -> dict[str, str]:
     """Every file of a run dir by relative path, with the sha256 of its bytes."""
     return {
-        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in run_dir.rglob("*") if p.is_file()
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in run_dir.rglob("*")
+        if p.is_file()
     }
 
 
