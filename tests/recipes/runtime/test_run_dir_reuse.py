@@ -15,9 +15,11 @@ from omegaconf import OmegaConf
 from recipes.checkpointing.resume_fit import ResumeFits
 from recipes.runtime.run_lock import RunDirLock
 from tests.helpers import REPO
-from tests.helpers.runs import copy_run, train_in_process, train_ok_in_process, user_env
+from tests.helpers.in_process import run_module_in_process
+from tests.helpers.runs import QUIET, copy_run, train_in_process, train_ok_in_process, user_env
 
 CONFIGS = ("config.yaml", "hydra.yaml", "overrides.yaml")
+TINY = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
 
 
 def tree(run_dir: Path) -> dict[str, str]:
@@ -73,13 +75,13 @@ def test_a_resume_refused_after_start_up_puts_hydra_back(finished: Path) -> None
 
 def test_a_new_run_in_a_finished_run_dir_of_the_same_recipe_is_refused(finished: Path) -> None:
     before = tree(finished)
-    proc = train_in_process(finished, "trainer.max_epochs=1")
+    proc = train_in_process(finished, *TINY)
     refused(proc, f"hydra.run.dir={finished} holds a finished recipe=baseline run", "ckpt_path=last", "overwrite=true")
     assert tree(finished) == before
 
 
 def test_overwrite_true_trains_again_in_the_finished_run_dir(finished: Path) -> None:
-    results = train_ok_in_process(finished, "overwrite=true", "trainer.max_epochs=1")
+    results = train_ok_in_process(finished, "overwrite=true", *TINY)
     assert results["recipe"] == "baseline"
     assert "overwrite=true" in (finished / ".hydra" / "overrides.yaml").read_text()
 
@@ -99,6 +101,16 @@ def test_other_ranks_are_not_refused(finished: Path, monkeypatch: pytest.MonkeyP
     config.ckpt_path = "last"
     ResumeFits().on_run_start(config)
     assert tree(finished) == before
+
+
+def test_a_sweep_run_again_in_its_sweep_dir_still_runs(tmp_path: Path) -> None:
+    """A sweep's job dirs are its trials': the same sweep again in the same sweep dir is not refused."""
+    sweep = tmp_path / "sweep"
+    args = ("--multirun", "seed=0", f"hydra.sweep.dir={sweep}", *QUIET, *TINY)
+    for _ in range(2):
+        proc = run_module_in_process("recipes.train", *args)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert (sweep / "0" / "results.json").is_file()
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
