@@ -16,7 +16,7 @@ from recipes.checkpointing.resume_fit import ResumeFits
 from recipes.runtime.run_lock import RunDirLock
 from tests.helpers import REPO
 from tests.helpers.in_process import run_module_in_process
-from tests.helpers.runs import QUIET, copy_run, train_in_process, train_ok_in_process, user_env
+from tests.helpers.runs import QUIET, copy_run, train, train_in_process, train_ok, train_ok_in_process, user_env
 
 CONFIGS = ("config.yaml", "hydra.yaml", "overrides.yaml")
 TINY = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
@@ -111,6 +111,18 @@ def test_a_sweep_run_again_in_its_sweep_dir_still_runs(tmp_path: Path) -> None:
         proc = run_module_in_process("recipes.train", *args)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         assert (sweep / "0" / "results.json").is_file()
+
+
+@pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
+def test_a_ddp_resume_runs_and_a_ddp_rerun_is_refused(run_dir: Path) -> None:
+    """Lightning's popen children re-run the script with rank 0's run dir and ckpt_path=last: only
+    rank 0 checks, so the resume trains on every rank; a new run there is refused before any rank starts."""
+    train_ok(run_dir, "trainer=ddp_sim", *TINY)
+    resumed = train_ok(run_dir, "trainer=ddp_sim", *TINY[1:], "trainer.max_epochs=2", "ckpt_path=last")
+    assert resumed["recipe"] == "baseline"
+    before = tree(run_dir)
+    refused(train(run_dir, "trainer=ddp_sim", *TINY), "holds a finished recipe=baseline run", "overwrite=true")
+    assert tree(run_dir) == before
 
 
 @pytest.mark.slow  # long: runs in CI's slow pass (python -m pytest -m slow)
