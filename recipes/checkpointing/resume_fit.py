@@ -16,7 +16,6 @@ from omegaconf import DictConfig
 from typing_extensions import override
 
 from recipes.errors import RecipeError
-from recipes.runtime.process_env import process_rank
 from recipes.runtime.run_lock import refuse
 
 __all__ = ["ResumeFits", "check_resume_fits"]
@@ -53,11 +52,13 @@ def check_resume_fits(config: DictConfig, run_dir: Path) -> None:
 
 class ResumeFits(Callback):
     """Runs at the start of a training run (conf/hydra/default.yaml, before the run-dir lock makes or
-    locks anything), on rank 0 only: Lightning's DDP children re-run the script with the same resume."""
+    locks anything), on every rank: it only reads, so Lightning's DDP children (which re-run the script
+    with rank 0's resume) pass as rank 0 did, and under torchrun or srun every rank refuses alike instead
+    of waiting for a rank 0 that is gone."""
 
     @override
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if process_rank() != 0 or not config.get("ckpt_path") or "recipe" not in config.hydra.runtime.choices:
+        if not config.get("ckpt_path") or "recipe" not in config.hydra.runtime.choices:
             return
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolves
         try:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from recipes.checkpointing.resume_fit import ResumeFits
 from recipes.runtime.run_lock import RunDirLock
 from tests.helpers import REPO
 from tests.helpers.in_process import run_module_in_process
@@ -87,19 +86,14 @@ def test_overwrite_true_trains_again_in_the_finished_run_dir(finished: Path) -> 
 
 
 def test_other_ranks_are_not_refused(finished: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lightning's DDP children re-run the script in rank 0's run dir, with its ckpt_path: only rank 0
-    checks (these callbacks would refuse rank 0 here)."""
+    """Lightning's DDP children re-run the script in rank 0's finished run dir: only rank 0 checks it
+    (the lock would refuse rank 0 here)."""
     config = OmegaConf.create(
-        {
-            "ckpt_path": None,
-            "hydra": {"runtime": {"choices": {"recipe": "prune"}}, "run": {"dir": str(finished)}},
-        }
+        {"ckpt_path": None, "hydra": {"runtime": {"choices": {"recipe": "baseline"}}, "run": {"dir": str(finished)}}}
     )
     monkeypatch.setenv("LOCAL_RANK", "1")
     before = tree(finished)
     RunDirLock().lock(finished, config)
-    config.ckpt_path = "last"
-    ResumeFits().on_run_start(config)
     assert tree(finished) == before
 
 
