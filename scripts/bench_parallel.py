@@ -60,7 +60,15 @@ def overrides_for(name: str, args: argparse.Namespace) -> list[str]:
 
 
 def run(name: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
-    cmd = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", *overrides_for(name, args)]
+    # overwrite=true: a second call with the same --out measures again in the same run dirs
+    cmd = [
+        sys.executable,
+        "-m",
+        "recipes.train",
+        f"hydra.run.dir={run_dir}",
+        "overwrite=true",
+        *overrides_for(name, args),
+    ]
     print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:

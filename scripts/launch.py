@@ -16,8 +16,9 @@ QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "ca
 
 
 def train(run_dir: Path, *overrides: str) -> dict:
-    """One `python -m recipes.train` run; its results.json (exits with the run's error if it failed)."""
-    cmd = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", *QUIET, *overrides]
+    """One `python -m recipes.train` run; its results.json (exits with the run's error if it failed).
+    A script run again with the same --out trains its rows again: overwrite=true (conf/train.yaml)."""
+    cmd = [sys.executable, "-m", "recipes.train", f"hydra.run.dir={run_dir}", *QUIET, "overwrite=true", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"run failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")

@@ -150,14 +150,14 @@ def newest_readable(directory: Path) -> Path | None:
     return max(found)[2] if found else None
 
 
-def load_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
+def load_checkpoint(path: str, key: str = "ckpt_path", mmap: bool = False) -> dict[str, Any]:
     """Load a recipes checkpoint with weights_only=True, or fail with one line saying what is wrong
-    (`key` is the config key that named the file)."""
+    (`key` is the config key that named the file; `mmap`: map it, for a look at its records only)."""
     file = Path(path)
     if not file.is_file():
         raise RecipeError(f"{key}={path} does not exist: pass the path of a .ckpt file from a run's checkpoints/")
     try:
-        return _read(file, mmap=False)
+        return _read(file, mmap=mmap)
     except NotOurs as err:
         raise RecipeError(f"{key}={path} was not written by recipes.train ({err})") from None
     except ValueError as err:

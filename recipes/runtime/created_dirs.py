@@ -1,6 +1,7 @@
 """What this run created, recorded before anything is created, so that a refused run removes exactly
 that and never a folder of the user's: `hydra.run.dir=~/mylogs` that already held files (or nothing)
-stays, with only the entries this run added taken out of it.
+stays, with only the entries this run added taken out of it, and the `.hydra/` files that Hydra wrote
+over (a resume refused after start-up) put back as they were.
 
 `note` runs in the first Hydra callback (recipes/runtime/run_dir_check.py), before Hydra or the run-dir lock
 makes the run dir. A multirun job's dir is made by Hydra before any job callback runs, so for a sweep
@@ -22,10 +23,12 @@ _NEW_SWEEP = "RECIPES_NEW_SWEEP_DIR"  # the sweep dir this sweep created; unset 
 @dataclass(frozen=True)
 class Created:
     """`top`: the outermost folder made for the dir (the dir itself or a parent), or None when the dir
-    existed; `before`: the names the dir held when the run started (empty when it was made)."""
+    existed; `before`: the names the dir held when the run started (empty when it was made);
+    `configs`: the files of its `.hydra/` folder then, (name, bytes) pairs."""
 
     top: Path | None
     before: frozenset[str]
+    configs: tuple[tuple[str, bytes], ...] = ()
 
 
 _record: dict[Path, Created] = {}
@@ -44,12 +47,20 @@ def note(folder: Path | str, sweep: bool = False) -> None:
     while not probe.exists() and probe != probe.parent:
         top, probe = probe, probe.parent
     before = frozenset(p.name for p in path.iterdir()) if top is None and path.is_dir() else frozenset()
-    _record[path] = Created(top, before)
+    _record[path] = Created(top, before, _configs(path / ".hydra") if before else ())
     if sweep:
         if top is None:
             os.environ.pop(_NEW_SWEEP, None)
         else:
             os.environ[_NEW_SWEEP] = str(path)
+
+
+def _configs(folder: Path) -> tuple[tuple[str, bytes], ...]:
+    """The files of a run dir's .hydra/ (config.yaml, hydra.yaml, overrides.yaml: a few kB)."""
+    try:
+        return tuple((p.name, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file())
+    except OSError:
+        return ()
 
 
 def created(folder: Path | str) -> Created | None:
@@ -77,6 +88,10 @@ def remove_created(folder: Path | str) -> None:
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
+        for name, data in record.configs:
+            config = path / ".hydra" / name
+            if not config.is_file() or config.read_bytes() != data:
+                config.write_bytes(data)
         return
     shutil.rmtree(path, ignore_errors=True)
     parent = path.parent

@@ -119,7 +119,7 @@ def test_evaluate_needs_a_checkpoint(tmp_path: Path) -> None:
 def test_existing_run_dir_is_kept_on_error(run_dir: Path, mlp_checkpoint: Path) -> None:
     """An error in a run dir that already holds results must not delete them."""
     train_ok_in_process(run_dir, "debug=fast_dev_run")
-    proc = train_in_process(run_dir, "data.batch_size=0")
+    proc = train_in_process(run_dir, "data.batch_size=0", "overwrite=true")  # past the finished-run refusal
     assert proc.returncode != 0 and (run_dir / "results.json").is_file()
 
 
