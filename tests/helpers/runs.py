@@ -93,11 +93,13 @@ def train_ok_in_process(run_dir: Path, *overrides: str, **kwargs: Any) -> dict[s
 
 
 def assert_clean_failure(proc, run_dir: Path | None, *expected: str) -> None:
-    """A refusal as the contract says: non-zero exit, no traceback, one `error:` line naming what is
-    expected, and (when `run_dir` is given) no run dir left behind."""
-    assert proc.returncode != 0, proc.stdout[-2000:]
+    """A refusal of bad input as the contract says: exit 2, no traceback, exactly one line on stderr, an
+    `error:` line naming what is expected, and (when `run_dir` is given) no run dir left behind."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    last = lines[0]
     assert last.startswith("error: "), proc.stderr[-3000:]
     for text in expected:
         assert text in last, last
