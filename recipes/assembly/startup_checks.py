@@ -32,6 +32,7 @@ __all__ = [
     "check_startup",
     "check_strategy",
     "check_task_arguments",
+    "check_threads",
     "starts_from_weights",
     "step_class",
 ]
@@ -41,6 +42,12 @@ def check_seed(seed: Any) -> None:
     """Lightning seeds numpy too, which takes only unsigned 32-bit seeds."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not min_seed_value <= seed <= max_seed_value:
         raise RecipeError(f"seed={seed} must be an integer from {min_seed_value} to {max_seed_value}, e.g. seed=0")
+
+
+def check_threads(threads: Any) -> None:
+    """`threads`: auto or a positive count (torch.set_num_threads would take 0 or a negative and fail)."""
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise RecipeError(f"threads={threads} must be auto or a positive integer, e.g. threads=auto or threads=4")
 
 
 def starts_from_weights(cfg: DictConfig) -> bool:
@@ -205,6 +212,7 @@ def check_startup(cfg: DictConfig, choices: dict[str, Any]) -> None:
     against each prerequisite model it would train first (the only place a run's strategy is checked:
     the builds that follow, recipes.assembly.training's, do not check it again)."""
     check_seed(cfg.get("seed"))
+    check_threads(cfg.get("threads", "auto"))
     check_budget(cfg)
     check_trainer_values(cfg)
     check_accelerator(cfg)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DistributedSampler
@@ -113,6 +114,7 @@ def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[
         "world_size": trainer.world_size,
         "steps": steps,
         "samples_per_second": round(samples / fit_seconds, 1) if fit_seconds > 0 else None,
+        "threads": torch.get_num_threads(),  # intra-op threads per process (recipes.assembly.thread_count)
     }
     section["padded_samples_per_epoch"] = padded_samples_per_epoch(trainer)
     section.update(extra)

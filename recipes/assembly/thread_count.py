@@ -1,0 +1,58 @@
+"""Sets each process's intra-op thread count (the `threads` knob, recipes.runtime.threads) when the fit
+starts: only then are the strategy's local processes, the data module's loader workers and the net known."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.flop_counter import FlopCounterMode
+from typing_extensions import override
+
+from recipes.runtime.threads import available_cpus, choose_threads, user_omp_threads
+
+__all__ = ["ThreadCount", "forward_flops"]
+
+
+def forward_flops(module: pl.LightningModule, batch_size: int) -> float | None:
+    """FLOPs of one forward of the shipped net on a batch of `batch_size` (one sample's, times the
+    batch), in eval mode and without gradients so that nothing (BatchNorm statistics) changes; None
+    for a module without the Task contract's net and example input."""
+    net, example = getattr(module, "shipped_net", None), getattr(module, "example_input", None)
+    if net is None or example is None:
+        return None
+    training = net.training
+    try:
+        net.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(example(1))
+    finally:
+        net.train(training)
+    return float(counter.get_total_flops()) * batch_size
+
+
+class ThreadCount(Callback):
+    """`torch.set_num_threads` on every rank, before the first step; rank 0 prints the count and why."""
+
+    def __init__(self, threads: int | str = "auto") -> None:
+        self.threads = threads
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule: Any = trainer.datamodule
+        workers = datamodule.loader_workers() if hasattr(datamodule, "loader_workers") else 0
+        batch_size = getattr(datamodule, "batch_size", 1)
+        flops = forward_flops(pl_module, batch_size) if self.threads == "auto" else None
+        count, reason = choose_threads(
+            self.threads,
+            available_cpus(),
+            local_processes=getattr(trainer.strategy, "num_processes", 1),
+            loader_workers=workers,
+            flops_per_batch=flops,
+            user_omp=user_omp_threads(),
+        )
+        torch.set_num_threads(count)
+        if trainer.is_global_zero:
+            print(f"threads: {count} per process ({reason})", flush=True)
