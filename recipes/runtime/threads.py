@@ -109,11 +109,10 @@ def choose_threads(
     if user_omp is not None and user_omp.isdigit() and int(user_omp) > 0:
         return int(user_omp), f"OMP_NUM_THREADS={user_omp}"
     if flops_per_batch is not None and flops_per_batch < TINY_FLOPS:
-        return 1, f"auto: the net's forward is {flops_per_batch / 1e6:.1f} MFLOP per batch, below {TINY_FLOPS / 1e6:.0f}"
+        mflops, limit = flops_per_batch / 1e6, TINY_FLOPS / 1e6
+        return 1, f"auto: the net's forward is {mflops:.1f} MFLOP per batch, below {limit:.0f}"
     share = max(1, cpus // (local_processes * (1 + loader_workers)))
-    return share, (
-        f"auto: {cpus} CPUs / ({local_processes} local processes x (1 + {loader_workers} loader workers))"
-    )
+    return share, f"auto: {cpus} CPUs / ({local_processes} local processes x (1 + {loader_workers} loader workers))"
 
 
 def set_spin_count(env: dict[str, str] | None = None) -> None:
