@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from recipes.runtime.threads import USER_OMP_ENV, available_cpus
-from tests.helpers.runs import train, train_in_process, train_ok
+from tests.helpers.runs import train, train_in_process
 
 TINY = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=csv")
 
@@ -56,7 +56,7 @@ def test_each_ddp_rank_gets_its_share(tmp_path: Path, auto_env) -> None:
     """A net above the tiny threshold (convnet, 128 a batch: 156 MFLOP), 2 CPU ranks: each gets cpus // 2,
     although Lightning sets OMP_NUM_THREADS in each rank before the callback runs."""
     probe = tmp_path / "probe"
-    results = train_ok(
+    proc = train(
         tmp_path / "run",
         *TINY,
         "trainer=ddp_sim",
@@ -66,6 +66,8 @@ def test_each_ddp_rank_gets_its_share(tmp_path: Path, auto_env) -> None:
         f"+callbacks.threads_probe.out_dir={probe}",
         timeout=240,
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     share = max(1, available_cpus() // 2)
-    assert results["parallel"]["threads"] == share
+    assert f"threads: {share} per process (auto: {available_cpus()} CPUs / (2 local processes x" in proc.stdout
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["parallel"]["threads"] == share
     assert [(probe / f"rank{r}.txt").read_text() for r in (0, 1)] == [str(share)] * 2
