@@ -26,8 +26,12 @@ def forward_flops(module: pl.LightningModule, batch_size: int) -> float | None:
     training = net.training
     try:
         net.eval()
+        inputs = example(1)  # as Lightning's example_input_array: a tuple is positional, a dict keywords
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(example(1))
+            if isinstance(inputs, dict):
+                net(**inputs)
+            else:
+                net(*inputs) if isinstance(inputs, tuple) else net(inputs)
     finally:
         net.train(training)
     return float(counter.get_total_flops()) * batch_size
