@@ -42,21 +42,25 @@ class ThreadCount(Callback):
 
     def __init__(self, threads: int | str = "auto") -> None:
         self.threads = threads
+        self.count: int | None = None  # set in the processes that fit (not the main one of strategy=async)
 
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[int, str]:
+        """(threads per process, why) for this trainer's local processes, data and net."""
         datamodule: Any = trainer.datamodule
         workers = datamodule.loader_workers() if hasattr(datamodule, "loader_workers") else 0
         batch_size = getattr(datamodule, "batch_size", 1)
-        flops = forward_flops(pl_module, batch_size) if self.threads == "auto" else None
-        count, reason = choose_threads(
+        return choose_threads(
             self.threads,
             available_cpus(),
             local_processes=getattr(trainer.strategy, "num_processes", 1),
             loader_workers=workers,
-            flops_per_batch=flops,
+            flops_per_batch=forward_flops(pl_module, batch_size) if self.threads == "auto" else None,
             user_omp=user_omp_threads(),
         )
-        torch.set_num_threads(count)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.count, reason = self.choose(trainer, pl_module)
+        torch.set_num_threads(self.count)
         if trainer.is_global_zero:
-            print(f"threads: {count} per process ({reason})", flush=True)
+            print(f"threads: {self.count} per process ({reason})", flush=True)

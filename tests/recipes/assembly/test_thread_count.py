@@ -71,3 +71,12 @@ def test_each_ddp_rank_gets_its_share(tmp_path: Path, auto_env) -> None:
     assert f"threads: {share} per process (auto: {available_cpus()} CPUs / (2 local processes x" in proc.stdout
     assert json.loads((tmp_path / "run" / "results.json").read_text())["parallel"]["threads"] == share
     assert [(probe / f"rank{r}.txt").read_text() for r in (0, 1)] == [str(share)] * 2
+
+
+@pytest.mark.slow
+def test_async_reports_its_workers_count(tmp_path: Path, auto_env) -> None:
+    """strategy=async fits in worker processes: results.json, written by the main process (which keeps
+    torch's default count), reports the workers' count (1 for the tiny MLP)."""
+    proc = train(tmp_path / "run", *TINY, "strategy=async", "trainer=ddp_sim", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["parallel"]["threads"] == 1
