@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -116,8 +116,9 @@ def floor_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
     return recipe_run(cfg, datamodule, BareLightning(module), run_dir)
 
 
-def recipe_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
-    """The recipe's LightningModule under a Trainer with the recipe's trainer settings.
+def recipe_run(cfg, datamodule, module, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> tuple[float, float]:
+    """The recipe's LightningModule under a Trainer with the recipe's trainer settings (scripts/bench_gpu.py
+    runs it on a GPU, with its own `callbacks` beside the loop timer).
 
     Returns (seconds of the training loop, seconds of the whole `trainer.fit` call with its setup)."""
     timer = LoopTimer()
@@ -125,6 +126,8 @@ def recipe_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
         accelerator=cfg.trainer.accelerator,
         devices=1,
         max_epochs=cfg.trainer.max_epochs,
+        precision=cfg.trainer.precision,
+        benchmark=cfg.trainer.benchmark,
         deterministic=cfg.trainer.deterministic,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         logger=CSVLogger(run_dir, name="recipe"),
@@ -133,7 +136,7 @@ def recipe_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=[timer, *callbacks],
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
