@@ -92,8 +92,8 @@ def competitors(count: int) -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         for _ in range(count):
-            group = {"process_group": procs[0].pid} if procs else {"process_group": 0}
-            procs.append(subprocess.Popen([sys.executable, "-c", BUSY], stdin=subprocess.DEVNULL, **group))
+            group = procs[0].pid if procs else 0  # the first one's group
+            procs.append(subprocess.Popen([sys.executable, "-c", BUSY], stdin=subprocess.DEVNULL, process_group=group))
         time.sleep(1)  # let them reach full speed before the warm-up round
         yield
     finally:
@@ -106,6 +106,7 @@ def competitors(count: int) -> Iterator[None]:
 
 
 def load() -> str:
+    """The machine's load averages, printed beside each state."""
     return "load average {:.2f} {:.2f} {:.2f} (1, 5, 15 min)".format(*os.getloadavg())
 
 
@@ -127,6 +128,7 @@ def measure_state(state: str, args: argparse.Namespace, knob: bool, tmp: Path) -
 
 
 def report(medians: dict[str, dict], args: argparse.Namespace) -> None:
+    """The table of medians per job, mode and state, then the `ratio ...: X` lines the targets are about."""
     states = list(medians)
     print(f"\nmedians of {args.repeats} alternated runs, seconds: whole command / fit_seconds")
     print(f"{'job':<12}{'mode':<12}" + "".join(f"{s:>20}" for s in states))
@@ -142,7 +144,8 @@ def report(medians: dict[str, dict], args: argparse.Namespace) -> None:
         fixed = {m: v[0] for m, v in busy.items() if m == "one" or m.startswith("threads=")}
         if "auto" in busy and fixed:
             best = min(fixed, key=fixed.get)
-            print(f"ratio {job} busy auto / best fixed ({best}): {busy['auto'][0] / fixed[best]:.3f} (target <= 1.3)")
+            ratio = busy["auto"][0] / fixed[best]
+            print(f"ratio {job} busy auto / best fixed: {ratio:.3f} (best fixed: {best}; target <= 1.3)")
         if "auto" in quiet:
             target = " (target <= 1.05)" if job == "convnet" else ""
             print(f"ratio {job} quiet auto / default: {quiet['auto'][0] / quiet['default'][0]:.3f}{target}")
