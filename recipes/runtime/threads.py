@@ -35,9 +35,9 @@ CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/c
 # wake-ups dominate), and under load a waiting thread stalls the step: such a net gets 1 thread.
 TINY_FLOPS = 100e6
 # Spins of an idle libgomp (torch's OpenMP) thread before it sleeps; libgomp's own default is 300000,
-# which on a busy machine keeps waiting threads on the cores the thread with work needs. 30000 still
+# which on a busy machine keeps waiting threads on the cores the thread with work needs. 100000 still
 # bridges the gap between two ops of a step (docs/parallel.md#threads has the measurement).
-SPIN_COUNT = 30000
+SPIN_COUNT = 100000
 # "<pid>:<value>": the OMP_NUM_THREADS the user gave the run (empty: none), recorded by process <pid>.
 USER_OMP_ENV = "RECIPES_USER_OMP_NUM_THREADS"
 
