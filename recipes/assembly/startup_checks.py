@@ -17,6 +17,7 @@ from callbacks.step import CompressionStep
 from modules.attacks import Attack
 from modules.task import MODES, Task
 from recipes.assembly.prerequisites import pending_configs
+from recipes.assembly.thread_count import check_threads
 from recipes.assembly.tracker_check import check_tracking_server
 from recipes.assembly.trainer_checks import check_trainer_values
 from recipes.errors import RecipeError
@@ -32,7 +33,6 @@ __all__ = [
     "check_startup",
     "check_strategy",
     "check_task_arguments",
-    "check_threads",
     "starts_from_weights",
     "step_class",
 ]
@@ -42,12 +42,6 @@ def check_seed(seed: Any) -> None:
     """Lightning seeds numpy too, which takes only unsigned 32-bit seeds."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not min_seed_value <= seed <= max_seed_value:
         raise RecipeError(f"seed={seed} must be an integer from {min_seed_value} to {max_seed_value}, e.g. seed=0")
-
-
-def check_threads(threads: Any) -> None:
-    """`threads`: auto or a positive count (torch.set_num_threads would take 0 or a negative and fail)."""
-    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise RecipeError(f"threads={threads} must be auto or a positive integer, e.g. threads=auto or threads=4")
 
 
 def starts_from_weights(cfg: DictConfig) -> bool:

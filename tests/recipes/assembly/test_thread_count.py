@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from recipes.runtime.threads import USER_OMP_ENV, available_cpus
-from tests.helpers.runs import train, train_in_process
+from tests.helpers.in_process import run_module_in_process
+from tests.helpers.runs import assert_clean_failure, train, train_in_process
 
 TINY = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=csv")
 
@@ -49,6 +50,21 @@ def test_the_users_omp_num_threads_wins(tmp_path: Path) -> None:
     proc = train(tmp_path / "run", *TINY, env={"OMP_NUM_THREADS": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "threads: 3 per process (OMP_NUM_THREADS=3)" in proc.stdout
+
+
+def test_evaluate_follows_the_checkpoints_rule(tmp_path: Path, auto_env) -> None:
+    """recipes.evaluate (as export, attack and generate, through the same rebuild) sets its threads by the
+    saved `threads` setting, which +overrides.threads changes; a bad value is one line, exit 2."""
+    results, _ = run_json(tmp_path / "run", "threads=2")
+    ckpt = f"ckpt_path={tmp_path / 'run' / results['checkpoint']}"
+    proc = run_module_in_process("recipes.evaluate", ckpt)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "threads: 2 (threads=2)" in proc.stdout and torch.get_num_threads() == 2
+    proc = run_module_in_process("recipes.evaluate", ckpt, "+overrides.threads=auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "threads: 1 (auto: the net's forward is" in proc.stdout and torch.get_num_threads() == 1
+    bad = run_module_in_process("recipes.evaluate", ckpt, "+overrides.threads=0")
+    assert_clean_failure(bad, None, "threads=0 must be auto or a positive integer")
 
 
 @pytest.mark.slow
