@@ -4,7 +4,10 @@ checkpointing, data, runtime, errors (docs/architecture.md).
 
 Modules that moved keep working at their old import path, for the `_target_`s that checkpoints and
 configs written before the move name (`recipes.loggers.HistoryCSVLogger`, ...): MOVED lists each old
-path and where it went, and an import of an old path gives the module at its new one."""
+path and where it went, and an import of an old path gives the module at its new one.
+
+Imported first by every entry point, before torch: it records the user's OMP_NUM_THREADS and sets
+libgomp's spin count (recipes.runtime.threads), which OpenMP reads only when torch loads it."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import importlib.abc
 import importlib.util
 import sys
 from types import ModuleType
+
+from recipes.runtime.threads import record_user_omp, set_spin_count
 
 __all__ = ["MOVED"]
 
@@ -25,6 +30,9 @@ MOVED = {
     "recipes.run_lock": "recipes.runtime.run_lock",
     "recipes.tracking": "recipes.stages.tracking",
 }
+
+record_user_omp()
+set_spin_count()
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):

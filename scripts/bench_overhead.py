@@ -21,8 +21,12 @@ Two more rows, also measured side by side in the same run:
 - start-up: wall time of `python -m recipes.train debug=fast_dev_run` against a bare
   `python -c "import torch, lightning"` (the floor every Lightning program pays).
 
-    python scripts/bench_overhead.py                 # every row, prints `ratio convnet: X`, `ratio mlp: Y`, ...
+One more, only when asked for, since it keeps every core busy for a while: `--rows load` runs
+scripts/bench_load.py (threads on a quiet and on a busy machine) with `--side-repeats` repeats.
+
+    python scripts/bench_overhead.py                 # every row but load: `ratio convnet: X`, `ratio mlp: Y`, ...
     python scripts/bench_overhead.py --repeats 9 --workloads mlp --rows loop
+    python scripts/bench_overhead.py --rows load     # the same as python scripts/bench_load.py --repeats 3
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -50,6 +54,10 @@ from torchvision import datasets
 from torchvision import transforms as T
 from typing_extensions import override
 
+from bench_load import CONVNET
+from bench_load import main as load_main
+from launch import alternated
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's recipes, not an installed copy
 
@@ -60,7 +68,7 @@ from recipes.runtime.resolvers import register_resolvers
 
 # name -> (overrides, epochs)
 WORKLOADS = {
-    "convnet": (["model=convnet", "data.image_size=32", "data.batch_size=128"], 10),
+    "convnet": (CONVNET, 10),
     "mlp": (["model=mlp", "model.hidden=[300,100]", "data.batch_size=64"], 60),
 }
 
@@ -116,8 +124,9 @@ def floor_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
     return recipe_run(cfg, datamodule, BareLightning(module), run_dir)
 
 
-def recipe_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
-    """The recipe's LightningModule under a Trainer with the recipe's trainer settings.
+def recipe_run(cfg, datamodule, module, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> tuple[float, float]:
+    """The recipe's LightningModule under a Trainer with the recipe's trainer settings (scripts/bench_gpu.py
+    runs it on a GPU, with its own `callbacks` beside the loop timer).
 
     Returns (seconds of the training loop, seconds of the whole `trainer.fit` call with its setup)."""
     timer = LoopTimer()
@@ -125,6 +134,8 @@ def recipe_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
         accelerator=cfg.trainer.accelerator,
         devices=1,
         max_epochs=cfg.trainer.max_epochs,
+        precision=cfg.trainer.precision,
+        benchmark=cfg.trainer.benchmark,
         deterministic=cfg.trainer.deterministic,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         logger=CSVLogger(run_dir, name="recipe"),
@@ -133,7 +144,7 @@ def recipe_run(cfg, datamodule, module, run_dir: Path) -> tuple[float, float]:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=[timer, *callbacks],
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -217,15 +228,8 @@ def measure(name: str, repeats: int) -> float:
 
 
 def interleaved(measures: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Each measure run `repeats` times, alternating with the others, after one dropped warm-up
-    round (caches, allocator, file cache); the median of each."""
-    values: dict[str, list[float]] = {name: [] for name in measures}
-    for i in range(repeats + 1):
-        for name, measure in measures.items():
-            value = measure()
-            if i:
-                values[name].append(value)
-    return {name: statistics.median(found) for name, found in values.items()}
+    """The median of each measure, run alternated after a dropped warm-up (launch.alternated)."""
+    return {name: statistics.median(found) for name, found in alternated(measures, repeats).items()}
 
 
 def print_row(heading: str, detail: str, name: str, ratio: float) -> float:
@@ -314,7 +318,7 @@ def startup(repeats: int) -> float:
     )
 
 
-ROWS = ("loop", "data", "startup")
+ROWS = ("loop", "data", "startup", "load")
 
 
 def main() -> None:
@@ -324,11 +328,12 @@ def main() -> None:
     parser.add_argument(
         "--rows",
         nargs="+",
-        default=list(ROWS),
+        default=list(ROWS[:-1]),
         choices=ROWS,
-        help="loop: the training-loop workloads; data: the data path; startup: fast_dev_run wall time",
+        help="loop: the training-loop workloads; data: the data path; startup: fast_dev_run wall time; "
+        "load: scripts/bench_load.py (not by default: it keeps every core busy)",
     )
-    parser.add_argument("--side-repeats", type=int, default=3, help="timed runs of the data and start-up rows")
+    parser.add_argument("--side-repeats", type=int, default=3, help="timed runs of the data, start-up and load rows")
     args = parser.parse_args()
     quiet_libraries()
     drop_nvml_check_without_gpus()  # as recipes.train does (a plain PyTorch program never sets it)
@@ -340,6 +345,8 @@ def main() -> None:
         data_path(args.side_repeats)
     if "startup" in args.rows:
         startup(args.side_repeats)
+    if "load" in args.rows:
+        load_main(["--repeats", str(args.side_repeats)])
 
 
 if __name__ == "__main__":

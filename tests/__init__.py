@@ -1,2 +1,3 @@
 """The test suite. Its folders mirror the source (recipes/, callbacks/, modules/, and strategies/ for
-recipes.strategies); helpers/ holds what tests import or start, conftest.py the shared fixtures."""
+recipes.strategies); gpu/ is the GPU suite (`-m gpu`, docs/gpu.md); helpers/ holds what tests import or
+start, conftest.py the shared fixtures."""

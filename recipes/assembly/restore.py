@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from modules.task import Task
 from recipes.assembly.signatures import parameter_names
 from recipes.assembly.tasks import DataShape, build_datamodule, build_module, build_sized_task, check_net_fits
+from recipes.assembly.thread_count import use_threads
 from recipes.checkpointing.format import KEY, load_checkpoint, load_weights
 from recipes.checkpointing.trust import saved_config
 from recipes.errors import RecipeError
@@ -71,14 +72,17 @@ def rebuild(
     ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: Iterable[str] = ()
 ) -> tuple[DictConfig, Any, Task, dict[str, Any]]:
     """Config, datamodule and weight-loaded module of a checkpoint, and its group choices (what
-    recipes.evaluate and recipes.export start from); `overrides` patch the saved config; `trusted`:
-    targets beyond the shipped ones it may build."""
+    recipes.evaluate, export, attack and generate start from), with this process's thread count set by
+    the saved `threads` rule; `overrides` patch the saved config; `trusted`: targets beyond the shipped
+    ones it may build."""
     ckpt = load_checkpoint(ckpt_path)
     cfg = saved_config(ckpt, "ckpt_path", ckpt_path, trusted)
     apply_overrides(cfg, overrides, ckpt[KEY].get("choices", {}))
     check_net_fits(ckpt, cfg, DataShape(**ckpt[KEY]["data"]), ckpt_path, "ckpt_path")
     datamodule = build_datamodule(cfg)
     module = load_weights(ckpt, build_module(cfg, datamodule, trusted), ckpt_path)
+    count, reason = use_threads(cfg.get("threads", "auto"), module, datamodule)  # the training run's rule
+    print(f"threads: {count} ({reason})", flush=True)
     return cfg, datamodule, module, ckpt[KEY].get("choices", {})
 
 

@@ -17,6 +17,7 @@ from callbacks.step import CompressionStep
 from modules.attacks import Attack
 from modules.task import MODES, Task
 from recipes.assembly.prerequisites import pending_configs
+from recipes.assembly.thread_count import check_threads
 from recipes.assembly.tracker_check import check_tracking_server
 from recipes.assembly.trainer_checks import check_trainer_values
 from recipes.errors import RecipeError
@@ -205,6 +206,7 @@ def check_startup(cfg: DictConfig, choices: dict[str, Any]) -> None:
     against each prerequisite model it would train first (the only place a run's strategy is checked:
     the builds that follow, recipes.assembly.training's, do not check it again)."""
     check_seed(cfg.get("seed"))
+    check_threads(cfg.get("threads", "auto"))
     check_budget(cfg)
     check_trainer_values(cfg)
     check_accelerator(cfg)

@@ -22,6 +22,7 @@ from recipes.assembly.divergence import DivergenceGuard
 from recipes.assembly.instantiation import instantiate_part, plain_config
 from recipes.assembly.loggers import continue_history
 from recipes.assembly.tasks import build_datamodule, build_module
+from recipes.assembly.thread_count import ThreadCount
 from recipes.checkpointing.format import RecipeState, load_checkpoint, load_weights, resolve_ckpt_path
 from recipes.checkpointing.resume_paths import ResumePathGuard
 from recipes.errors import RecipeError
@@ -130,6 +131,7 @@ def build_training(
         load_weights(resumed, module, ckpt_path)
     resolved = plain_config(cfg)
     callbacks = [
+        ThreadCount(cfg.get("threads", "auto")),  # first: the thread count holds for every other hook
         *build_callbacks(cfg),
         *compression.values(),
         RecipeState(resolved, choices, data),

@@ -55,6 +55,9 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what rng_states saved. CUDA's states only where both sides have CUDA: a checkpoint saved
+    without a GPU resumes on one (its CUDA RNGs keep their seeded state) and one saved on a GPU resumes
+    without one (its CUDA states are ignored)."""
     torch.set_rng_state(states["torch"])
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -62,7 +65,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np_state["state"] = dict(np_state["state"], key=np.asarray(np_state["state"]["key"], dtype=np.uint32))
     np.random.set_state(np_state)
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        # one state per GPU of the machine that saved it: a machine with fewer GPUs restores those it has
+        torch.cuda.set_rng_state_all(states["cuda"][: torch.cuda.device_count()])
 
 
 class RecipeState(Callback):

@@ -178,14 +178,24 @@ class ImageDataModule(pl.LightningDataModule):
             return IndexedSplit(self._in_memory(split.base))
         return split
 
+    def _served_from_memory(self, split: Split) -> bool:
+        """Whether `split` is (or, decoded once, will be) served from memory: worker processes would
+        only add start-up cost to it, so its loader runs none."""
+        base = split.base if isinstance(split, IndexedSplit) else split
+        return isinstance(base, TensorSplit) or (isinstance(base, ImageSplit) and self.fits_in_memory(len(base)))
+
+    def loader_workers(self) -> int:
+        """The worker processes the training loader runs beside this process (after setup; before it,
+        the configured data.num_workers)."""
+        if self.train_set is None or not self._served_from_memory(self.train_set):
+            return self.num_workers
+        return 0
+
     def _loader(self, dataset: Split | None, sampler: Sampler | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() has not run: call datamodule.setup(stage) first")
         dataset = self._in_memory(dataset)
-        in_memory = isinstance(dataset, TensorSplit) or (
-            isinstance(dataset, IndexedSplit) and isinstance(dataset.base, TensorSplit)
-        )
-        workers = 0 if in_memory else self.num_workers  # worker processes only add start-up cost to in-memory data
+        workers = 0 if self._served_from_memory(dataset) else self.num_workers
         on_gpu = bool(self.trainer and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
         return DataLoader(
             Batches(dataset),

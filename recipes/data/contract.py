@@ -19,7 +19,9 @@ class RecipeData(Protocol):
     builder when the task caches per-sample values (batches then carry each sample's index);
     `training_dataset` is the training split as a dataset, for tasks that pass over it once (a
     teacher's cached logits, a GAN's reference features); `pixel_normalization` is the per-channel
-    (mean, std) the loaders normalize with, or None, which attacks need to measure eps in pixels."""
+    (mean, std) the loaders normalize with, or None, which attacks need to measure eps in pixels;
+    `loader_workers` is the worker processes the training loader runs beside each process, which
+    share its CPUs (recipes.assembly.thread_count)."""
 
     input_shape: tuple[int, ...]
     num_classes: int
@@ -28,6 +30,8 @@ class RecipeData(Protocol):
     def training_dataset(self) -> Dataset: ...
 
     def pixel_normalization(self) -> tuple[list[float], list[float]] | None: ...
+
+    def loader_workers(self) -> int: ...
 
 
 @runtime_checkable

@@ -86,6 +86,10 @@ class TwoDomainDataModule(pl.LightningDataModule):
         )
         return self.target.train_loader(dataset, sampler)
 
+    def loader_workers(self) -> int:
+        """The target's training loader's workers (mixing reads both domains' splits as one, from disk)."""
+        return self.target.loader_workers() if self.mix is None else self.target.num_workers
+
     @override
     def val_dataloader(self) -> DataLoader:
         return self.target.val_dataloader()

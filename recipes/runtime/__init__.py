@@ -9,4 +9,5 @@ __all__ = [
     "resolvers",
     "run_dir_check",
     "run_lock",
+    "threads",
 ]

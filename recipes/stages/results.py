@@ -9,10 +9,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DistributedSampler
 
+from recipes.assembly.thread_count import ThreadCount
 from recipes.strategies.contract import recipe_strategy
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "relative",
     "run_results",
     "strict_json",
+    "threads_used",
     "write_results",
 ]
 
@@ -113,6 +116,7 @@ def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[
         "world_size": trainer.world_size,
         "steps": steps,
         "samples_per_second": round(samples / fit_seconds, 1) if fit_seconds > 0 else None,
+        "threads": threads_used(trainer),
     }
     section["padded_samples_per_epoch"] = padded_samples_per_epoch(trainer)
     section.update(extra)
@@ -121,6 +125,15 @@ def parallel_results(trainer: Any, batch_size: int, fit_seconds: float) -> dict[
     elif strategy.comm_bytes is not None and steps:
         section["comm_bytes_per_step"] = round(strategy.comm_bytes / steps, 1)
     return section
+
+
+def threads_used(trainer: Any) -> int:
+    """The intra-op threads per training process: ThreadCount's count, chosen again here when the fit ran
+    in worker processes (strategy=async); without the callback, this process's."""
+    counter = next((c for c in trainer.callbacks if isinstance(c, ThreadCount)), None)
+    if counter is None:
+        return torch.get_num_threads()
+    return counter.count if counter.count is not None else counter.choose(trainer, trainer.lightning_module)[0]
 
 
 def padded_samples_per_epoch(trainer: Any) -> int:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.helpers import REPO
+from tests.helpers.gpu import skip_without_cuda
 from tests.helpers.runs import QUIET, run_module, train, train_in_process, train_ok
 
 SMALL = ("trainer=ddp_sim", "model.hidden=[64]", "callbacks.model_summary=null", "logger=csv", "data.batch_size=32")
@@ -182,6 +183,7 @@ def test_two_nodes_average_their_hogwild_weights(tmp_path: Path, launcher: str) 
 
 
 @pytest.mark.gpu
+@skip_without_cuda  # without CUDA the run is refused earlier, for the missing GPU
 def test_gpu_is_refused_with_a_pointer_to_the_cross_node_option(tmp_path: Path) -> None:
     proc = train(tmp_path / "run", "trainer=ddp_sim", "strategy=async", "trainer.accelerator=gpu")
     last = proc.stderr.strip().splitlines()[-1]

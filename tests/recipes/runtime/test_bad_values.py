@@ -41,6 +41,8 @@ CASES = {
         ["trainer.log_every_n_steps=0 must be a positive count", "0 never logs it", "trainer.log_every_n_steps=50"],
     ),
     "negative log interval": (["trainer.log_every_n_steps=-5"], ["trainer.log_every_n_steps=-5 must be a positive"]),
+    "no threads": (["threads=0"], ["threads=0 must be auto or a positive integer"]),
+    "threads not a count": (["threads=many"], ["threads=many must be auto or a positive integer"]),
 }
 
 
