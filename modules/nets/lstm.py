@@ -3,16 +3,18 @@ or a classifier over feature vectors per step (logits from the last step)."""
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from modules.nets.projected_lstm import ProjectedLSTM
 from modules.nets.sequence import LastStep, takes_tokens
 from modules.nets.shared_gate_lstm import SharedGateLSTM
 
-__all__ = ["LSTMOutputs", "SequenceLSTM", "SharedGateOutputs"]
+__all__ = ["LSTMOutputs", "ProjectedOutputs", "SequenceLSTM", "SharedGateOutputs", "exportable"]
 
 
 class _OutputsOnly:
@@ -28,6 +30,22 @@ class LSTMOutputs(_OutputsOnly, nn.LSTM):
 
 class SharedGateOutputs(_OutputsOnly, SharedGateLSTM):
     """The gate-shared LSTM (modules/nets/shared_gate_lstm.py) returning its outputs."""
+
+
+class ProjectedOutputs(_OutputsOnly, ProjectedLSTM):
+    """The step-by-step LSTMP (modules/nets/projected_lstm.py) returning its outputs."""
+
+
+def exportable(net: nn.Module) -> nn.Module:
+    """`net`, or a copy of it whose nn.LSTM blocks with `proj_size` are the step-by-step LSTMP with the
+    same weights and names (the only form of LSTMP that exports to ONNX)."""
+    projected = [name for name, child in net.named_children() if isinstance(child, LSTMOutputs) and child.proj_size]
+    if not projected:
+        return net
+    net = copy.deepcopy(net)
+    for name in projected:
+        setattr(net, name, ProjectedOutputs.from_lstm(net.get_submodule(name)))
+    return net
 
 
 class SequenceLSTM(nn.Sequential):
