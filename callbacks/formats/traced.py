@@ -37,6 +37,7 @@ from callbacks.formats.onnx_files import (
 from callbacks.surgery.int8_layers import int8_module
 from callbacks.surgery.int8_ops import onnx_translations
 from callbacks.surgery.quantize import float_copy, is_quantized, quantized_layers
+from modules.nets.lstm import exportable
 
 __all__ = ["DEFAULT_FORMATS", "FILE_NAMES", "FORMATS", "ExportError", "export_and_verify"]
 
@@ -213,7 +214,8 @@ def export_and_verify(
         path = out_dir / FILE_NAMES[fmt]
         int8, static = fmt in INT8_FORMATS, fmt in INT8_FORMATS and fmt not in DYNAMIC
         try:
-            run = WRITERS[fmt](net if static else fp32_net, example, path, opset)
+            # exportable: an LSTM with projections as a step-by-step copy (no exporter takes nn.LSTM's)
+            run = WRITERS[fmt](exportable(net if static else fp32_net), example, path, opset)
             outputs = run(tuple(x.numpy() for x in inputs))
         except Exception as err:  # noqa: BLE001 - any exporter failure is reported the same way
             path.unlink(missing_ok=True)

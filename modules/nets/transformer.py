@@ -104,3 +104,4 @@ class CausalTransformer(nn.Sequential):
         blocks["head"] = nn.Linear(width, num_classes)
         super().__init__(blocks)
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
+        self.max_context = input_shape[0]  # learned positions end here: recipes.generate bounds a prompt by it
