@@ -205,7 +205,10 @@ class TextFileDataModule(TextDataModule):
     @override
     def read_splits(self) -> dict[str, str]:
         text = read_utf8(self.path)
-        ends = [round(len(text) * (1 - self.val_fraction - self.test_fraction)), round(len(text) * (1 - self.test_fraction))]
+        ends = [
+            round(len(text) * (1 - self.val_fraction - self.test_fraction)),
+            round(len(text) * (1 - self.test_fraction)),
+        ]
         slack = max(1, round(len(text) * min(self.val_fraction, self.test_fraction) / 4))
         train_end, val_end = (line_cut(text, end, slack) for end in ends)
         return {"train": text[:train_end], "val": text[train_end:val_end], "test": text[val_end:]}

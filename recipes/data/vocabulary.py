@@ -26,8 +26,15 @@ class Vocabulary:
 
     def __post_init__(self) -> None:
         rest = self.symbols[1:]
-        if not self.symbols or self.symbols[0] != UNK or any(len(s) != 1 for s in rest) or list(rest) != sorted(set(rest)):
-            raise ValueError(f"a vocabulary is {UNK!r} then distinct single characters, sorted; got {self.symbols[:8]!r}...")
+        if (
+            not self.symbols
+            or self.symbols[0] != UNK
+            or any(len(s) != 1 for s in rest)
+            or list(rest) != sorted(set(rest))
+        ):
+            raise ValueError(
+                f"a vocabulary is {UNK!r} then distinct single characters, sorted; got {self.symbols[:8]!r}..."
+            )
         object.__setattr__(self, "_index", {symbol: i for i, symbol in enumerate(self.symbols)})
 
     @classmethod

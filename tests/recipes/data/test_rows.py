@@ -30,7 +30,9 @@ def test_rows_keep_channels_side_by_side_and_follow_augmentation(tmp_path: Path)
     assert rows.shape == (2, 4, 15)
     assert torch.equal(rows[1, 2], torch.cat([images[1, c, 2] for c in range(3)]))
     normalize = {"mean": [0.3, 0.3, 0.3], "std": [0.4, 0.4, 0.4]}
-    dm = DigitsDataModule(as_sequence=True, channels=3, image_size=12, batch_size=8, normalize=normalize, augment=[torch.neg])
+    dm = DigitsDataModule(
+        as_sequence=True, channels=3, image_size=12, batch_size=8, normalize=normalize, augment=[torch.neg]
+    )
     assert dm.input_shape == (12, 36)
     dm.trainer = quiet_trainer(max_epochs=1)
     dm.trainer.training = True

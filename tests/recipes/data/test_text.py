@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import pytest
 import torch
-from pydoc_data.topics import topics
 
 from recipes.assembly.tasks import build_datamodule
 from recipes.data.contract import RecipeData
