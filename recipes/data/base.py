@@ -222,12 +222,13 @@ class ImageDataModule(pl.LightningDataModule):
         (the accelerator), in `augment_draws` groups that each draw their own random parameters; then,
         with `as_sequence`, every split's images as rows (a view, no copy for one channel)."""
         finish = self._training.finish if self._training is not None else None
+        augment = finish is not None and self.trainer is not None and self.trainer.training
+        if not isinstance(batch, (tuple, list)) or not (augment or self.as_sequence):
+            return batch  # as it came (a model summary's example input is a bare tensor, already in shape)
         images = batch[0]
-        if finish is not None and self.trainer is not None and self.trainer.training:
+        if augment:
             images = torch.cat([finish(group) for group in images.tensor_split(min(self.augment_draws, len(images)))])
-        if self.as_sequence:
-            images = as_rows(images)
-        return batch if images is batch[0] else (images, *batch[1:])
+        return (as_rows(images) if self.as_sequence else images, *batch[1:])
 
 
 def as_rows(images: torch.Tensor) -> torch.Tensor:

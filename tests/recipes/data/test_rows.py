@@ -11,6 +11,7 @@ from recipes.assembly.tasks import build_datamodule
 from recipes.data.base import as_rows
 from recipes.data.digits import DigitsDataModule
 from tests.helpers.build import compose_train, quiet_trainer
+from tests.helpers.runs import train_ok_in_process
 
 
 def test_digits_rows_batches_are_rows(tmp_path: Path) -> None:
@@ -47,3 +48,11 @@ def test_images_stay_images_by_default() -> None:
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()))
     assert dm.input_shape == (1, 8, 8) and dm.on_after_batch_transfer(batch, 0) is batch
+
+
+def test_cli_trains_a_net_on_digit_rows(run_dir: Path) -> None:
+    """The whole run on rows: the net is sized from (8, 8), and its checkpoint records that shape."""
+    results = train_ok_in_process(run_dir, "data=digits_rows", "model=mlp", "trainer.max_epochs=1")
+    assert 0.0 <= results["metrics"]["test/acc"] <= 1.0
+    ckpt = torch.load(next(run_dir.rglob("*.ckpt")), map_location="cpu", weights_only=True)
+    assert ckpt["recipe"]["data"]["input_shape"] == [8, 8]
