@@ -22,7 +22,9 @@ class LanguageModel(Task):
     """Wraps a sequence net (modules.nets.lstm, modules.nets.transformer) that maps symbols [B, L] to
     next-symbol logits [B, L, V]. Losses are in nats per symbol; `bpc` is the same divided by ln 2 and
     `ppl` is its exponential. `init` (a net rebuilt from `task.init_ckpt`) starts a fine-tune from its
-    weights; its vocabulary must be the data's (data.vocab_from reads new text with it)."""
+    weights; its vocabulary must be the data's (data.vocab_from reads new text with it). `init_required`
+    (recipe=lm_finetune) refuses a run without one at start-up: a `???` in a recipe cannot do it, since
+    merging `???` over the task group's `init_ckpt: null` leaves the null."""
 
     def __init__(
         self,
@@ -30,6 +32,7 @@ class LanguageModel(Task):
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         init: nn.Module | None = None,
+        init_required: bool = False,
         monitor: str = "val/bpc",
         monitor_mode: str = "min",
     ) -> None:
@@ -51,6 +54,15 @@ class LanguageModel(Task):
     @override
     def shipped_net(self) -> nn.Module:
         return self.net
+
+    @classmethod
+    @override
+    def check_arguments(cls, arguments: dict[str, Any]) -> None:
+        if arguments.get("init_required") and arguments.get("init_ckpt") is None:
+            raise ValueError(
+                "task.init_ckpt is not set, and this recipe fine-tunes a language model: pass "
+                "task.init_ckpt=PATH, the checkpoint of a recipe=lm run"
+            )
 
     @override
     def chance_loss(self) -> float | None:
