@@ -19,7 +19,7 @@ from modules.language_model import LanguageModel
 from recipes.assembly.restore import rebuild
 from recipes.data.text import PyTextDataModule
 from tests.helpers.in_process import run_module_in_process
-from tests.helpers.runs import assert_clean_failure, train_in_process, train_ok_in_process
+from tests.helpers.runs import assert_clean_failure, train_in_process, train_ok, train_ok_in_process
 
 # A 32-wide LSTM on 32-symbol windows: a real run in a few seconds. T_max pinned so that a run cut short
 # and resumed follows the same learning-rate schedule as one straight run.
@@ -279,7 +279,7 @@ def test_an_lstm_classifies_digits_read_row_by_row(run_dir: Path) -> None:
 
 @pytest.mark.slow  # two ranks started as processes: ~20 s on a quiet 2-core machine
 def test_lm_trains_under_ddp_sim(run_dir: Path) -> None:
-    report = train_ok_in_process(run_dir, *TINY, "trainer=ddp_sim", "trainer.max_epochs=1")
+    report = train_ok(run_dir, *TINY, "trainer=ddp_sim", "trainer.max_epochs=1")  # ranks as processes
     assert report["parallel"]["world_size"] == 2 and report["metrics"]["test/bpc"] > 0
     data = torch.load(run_dir / report["checkpoint"], map_location="cpu", weights_only=True)["recipe"]["data"]
     assert data["vocab"] == PyTextDataModule(seq_len=32).vocab.to_list()
