@@ -213,6 +213,16 @@ def test_finetune_without_a_starting_checkpoint_is_refused(run_dir: Path, tmp_pa
     assert_clean_failure(proc, run_dir, "task.init_ckpt is not set", "task.init_ckpt=PATH")
 
 
+def test_finetune_reading_the_text_with_its_own_vocabulary_is_refused(
+    lm_run: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    start = shipped(lm_run)
+    path = text_file(tmp_path, FRENCH)
+    overrides = (f"task.init_ckpt={start}", f"data.path={path}", "data.vocab_from=null", *SHORT, *LSTM)
+    proc = train_in_process(run_dir, "recipe=lm_finetune", *overrides)
+    assert_clean_failure(proc, run_dir, f"task.init_ckpt={start}'s vocabulary", f"data.vocab_from={start}")
+
+
 # --- vocabularies that do not fit -----------------------------------------------------------------
 
 
@@ -302,3 +312,14 @@ def test_a_learning_rate_sweep_runs_each_job(tmp_path: Path) -> None:
     jobs = [json.loads((sweep / str(i) / "results.json").read_text()) for i in (0, 1)]
     assert all(job["task"] == "lm" and job["metrics"]["test/bpc"] > 0 for job in jobs)
     assert jobs[0]["metrics"] != jobs[1]["metrics"]
+
+
+@pytest.mark.slow  # the ONNX exporter unrolls the step-by-step LSTMP: ~30 s under load
+def test_an_lstmp_language_model_exports_with_dynamic_int8(tmp_path: Path) -> None:
+    """export=dynamic on an LSTMP: written through its step-by-step copy, fp32 and int8 checked per step."""
+    run_dir = tmp_path / "run"
+    report = train_ok_in_process(run_dir, *TINY, "model.proj_size=16", "trainer.max_epochs=1", "export=dynamic")
+    export = report["export"]
+    assert (run_dir / export["onnx"]).is_file() and (run_dir / export["onnx_dynamic"]).is_file()
+    assert export["parity_max_abs_diff"] < 1e-4 and export["top1_agreement"] == 1.0
+    assert export["int8"]["top1_agreement"] >= 0.95 and export["bytes"]["onnx_dynamic"] < export["bytes"]["onnx"]
