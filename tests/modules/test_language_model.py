@@ -279,7 +279,13 @@ def test_a_text_file_that_is_not_utf8_is_refused_in_one_line(run_dir: Path, tmp_
 
 def test_an_lstm_classifies_digits_read_row_by_row(run_dir: Path) -> None:
     report = train_ok_in_process(
-        run_dir, "data=digits_rows", "model=lstm", "model.hidden=64", "task=classifier", "task.optimizer.lr=0.01", "trainer.max_epochs=5"
+        run_dir,
+        "data=digits_rows",
+        "model=lstm",
+        "model.hidden=64",
+        "task=classifier",
+        "task.optimizer.lr=0.01",
+        "trainer.max_epochs=5",
     )
     assert report["metrics"]["test/acc"] > 0.6, report["metrics"]  # chance is 0.1
 
