@@ -19,7 +19,15 @@ from torch.nn.utils import parametrize
 
 from callbacks.surgery.folding import ORIG
 
-__all__ = ["LAYERS", "RECURRENT", "refresh_flat_weights", "track_parametrized", "untrack", "weight_targets", "weight_tensors"]
+__all__ = [
+    "LAYERS",
+    "RECURRENT",
+    "refresh_flat_weights",
+    "track_parametrized",
+    "untrack",
+    "weight_targets",
+    "weight_tensors",
+]
 
 LAYERS = (nn.Linear, nn.Conv2d)  # layers whose one `weight` is a target
 RECURRENT = ("weight_ih", "weight_hh", "weight_hr")  # name prefixes of a recurrent layer's matrices
