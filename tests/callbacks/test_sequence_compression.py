@@ -109,3 +109,12 @@ def test_dynamic_int8_export_of_an_lstm_quantizes_the_lstm(tmp_path: Path) -> No
     assert export["int8"]["kernels"].get("DynamicQuantizeLSTM") == 1
     assert export["bytes"]["onnx_dynamic"] <= 0.3 * export["bytes"]["onnx"]
     assert export["int8"]["top1_agreement"] >= 0.95
+
+
+def test_kmeans_on_an_lstm_shares_the_head_and_round_trips_dcz(tmp_path: Path) -> None:
+    """Weight sharing clusters the head; the LSTM matrices ship at fp32 (named in the report); the .dcz
+    file decodes to the trained net (export checks it bit for bit)."""
+    kmeans = ("compress=[kmeans]", "compress.kmeans.start_epoch=1", "trainer.max_epochs=2", "export=dcz")
+    results = train_ok_in_process(tmp_path, *TINY, *kmeans)
+    assert results["compression"]["kmeans_left_unshared"] == ["lstm.weight_hh_l0", "lstm.weight_ih_l0"]
+    assert results["export"]["bytes"]["dcz"] < results["compression"]["dense_bytes"]
