@@ -148,8 +148,8 @@ class MagnitudePruning(CompressionStep):
         unknown = sorted(set(self.layer_sparsity) - set(names))
         if unknown:
             raise ValueError(
-                f"compress.prune.layer_sparsity names {unknown[0]!r}, not a weight of this net: "
-                f"use its names ({', '.join(names)})"
+                f"compress.prune.layer_sparsity names {unknown[0]!r}, not a Linear / Conv2d of this net: "
+                f"use its module names ({', '.join(names)})"
             )
 
     @override
