@@ -7,9 +7,9 @@ the one place that names them, so a new kind of layer is added here once.
   `weight_ih` / `weight_hh`; the step-by-step LSTMP's nn.LSTM names), found by name so the nets of
   modules/nets need not be imported. Biases, embeddings and per-gate scales are left dense.
 
-nn.LSTM computes from a list of its weights (`_flat_weights`) that only `setattr` refreshes: pruning
-sets the masked weight by `setattr` before each forward, but a `torch.nn.utils.parametrize` weight is
-a property, so `track_parametrized` hooks a refresh of that list before each forward.
+nn.LSTM computes from a list of its weights that only `setattr` refreshes: pruning sets the masked
+weight by `setattr` before each forward, so it works; a `torch.nn.utils.parametrize` weight is a
+property, which that list would not follow (why weight sharing leaves LSTM matrices alone for now).
 """
 
 from __future__ import annotations
@@ -19,15 +19,7 @@ from torch.nn.utils import parametrize
 
 from callbacks.surgery.folding import ORIG
 
-__all__ = [
-    "LAYERS",
-    "RECURRENT",
-    "refresh_flat_weights",
-    "track_parametrized",
-    "untrack",
-    "weight_targets",
-    "weight_tensors",
-]
+__all__ = ["LAYERS", "RECURRENT", "weight_targets", "weight_tensors"]
 
 LAYERS = (nn.Linear, nn.Conv2d)  # layers whose one `weight` is a target
 RECURRENT = ("weight_ih", "weight_hh", "weight_hr")  # name prefixes of a recurrent layer's matrices
@@ -52,25 +44,3 @@ def weight_targets(net: nn.Module) -> list[tuple[str, nn.Module, str]]:
         for name, module in net.named_modules()
         for tensor in weight_tensors(module)
     ]
-
-
-def refresh_flat_weights(module: nn.Module, *_: object) -> None:
-    """Point an nn.RNNBase's weight list at its weights as computed now (a forward pre-hook)."""
-    module._init_flat_weights()  # torch's own refresh (RNNBase.__init__ / __setstate__ call it)
-
-
-def track_parametrized(module: nn.Module) -> None:
-    """Make an nn.RNNBase with a parametrized weight compute from it (once per module)."""
-    if isinstance(module, nn.RNNBase) and _HOOK not in vars(module):
-        setattr(module, _HOOK, module.register_forward_pre_hook(refresh_flat_weights))
-
-
-def untrack(module: nn.Module) -> None:
-    """Undo `track_parametrized` once the weights are plain again (a traced export sees no hook)."""
-    handle = vars(module).pop(_HOOK, None)
-    if handle is not None:
-        handle.remove()
-        refresh_flat_weights(module)
-
-
-_HOOK = "_refresh_flat_weights"  # where `track_parametrized` keeps the hook's handle
