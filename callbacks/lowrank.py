@@ -5,12 +5,14 @@ rank-k bottleneck (`k(m+n)` weights instead of `mn`), each Conv2d a kxk conv wit
 The rank is set one of three ways: `rank` (the same k everywhere), `energy` (the smallest k keeping
 that share of the squared singular values) or `param_ratio` (k so the layer keeps that share of its
 weights). Layers where factoring would not save weights are left alone, and so is the classifier
-head unless `include_head`.
+head unless `include_head`. A recurrent layer's matrices (an LSTM's) are left dense: factoring them
+would need a recurrent layer that computes through the factors; the report names them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -20,9 +22,10 @@ from typing_extensions import override
 from callbacks.step import CompressionStep, Stage
 from callbacks.surgery.folding import snapshot
 from callbacks.surgery.structure import applied, factored, rebuild_optimizers, record, set_module
+from callbacks.surgery.weights import LAYERS, weight_targets
 from modules.nets import output_layer
 
-__all__ = ["FACTORABLE", "LowRankFactorization", "energy_rank", "matrix_shape", "max_useful_rank"]
+__all__ = ["FACTORABLE", "LowRankFactorization", "energy_rank", "left_dense", "matrix_shape", "max_useful_rank"]
 
 FACTORABLE = (nn.Linear, nn.Conv2d)
 
@@ -30,6 +33,11 @@ FACTORABLE = (nn.Linear, nn.Conv2d)
 def matrix_shape(layer: nn.Module) -> tuple[int, int]:
     """(m, n) of the weight as a matrix: outputs x (inputs * kernel area)."""
     return layer.weight.shape[0], layer.weight[0].numel()
+
+
+def left_dense(net: nn.Module) -> list[str]:
+    """The recurrent matrices of `net` (e.g. `lstm.weight_hh_l0`), which this step does not factor."""
+    return [label for label, module, _ in weight_targets(net) if not isinstance(module, LAYERS)]
 
 
 def max_useful_rank(layer: nn.Module) -> int:
@@ -108,9 +116,11 @@ class LowRankFactorization(CompressionStep):
             )
         targets = self.targets(net)
         if not targets:
+            dense = left_dense(net)
+            kept = f" (its recurrent matrices {', '.join(dense)} stay dense: svd factors Linear / Conv2d only)"
             raise ValueError(
-                "compress.svd: the net has no Linear / Conv2d layer to factor besides its head; "
-                "set compress.svd.include_head=true"
+                "compress.svd: the net has no Linear / Conv2d layer to factor besides its head"
+                f"{kept if dense else ''}; set compress.svd.include_head=true"
             )
         if self.rank is not None:
             for name, layer in targets.items():
@@ -130,6 +140,12 @@ class LowRankFactorization(CompressionStep):
             return max(1, math.floor(self.param_ratio * m * n / (m + n)))
         singular_values = torch.linalg.svdvals(layer.weight.detach().reshape(m, n))
         return energy_rank(singular_values, self.energy)
+
+    @override
+    def results(self, net: nn.Module, dense_bytes: int) -> dict[str, Any]:
+        """`svd_left_dense`: the recurrent matrices the step left unfactored (none: no key)."""
+        dense = left_dense(net)
+        return {"svd_left_dense": dense} if dense else {}
 
     @override
     def restructure(self, net: nn.Module) -> None:

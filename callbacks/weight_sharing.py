@@ -7,12 +7,14 @@ the assignments fixed and the centroids fine-tuned: a weight is `centroids[index
 gives each centroid the sum of its members' gradients, as in the paper. Zeros (a pruned layer's)
 are not clustered and stay zero (the pruning mask still applies). Layers an earlier binary or
 ternary step owns are left to it: weight sharing then covers the layers they keep at full
-precision. Each layer ships as its codebook and Huffman-coded indices (callbacks/formats/dcz.py).
+precision. An LSTM's matrices are not shared yet (they ship as raw fp32 in the .dcz file); the
+report names them. Each layer ships as its codebook and Huffman-coded indices (callbacks/formats/dcz.py).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from torch import nn
 from typing_extensions import override
 
 from callbacks.parametrized import LatentWeight, LatentWeightStep, layers, parametrization
+from callbacks.surgery.weights import LAYERS, weight_targets
 
 __all__ = ["SharedWeight", "WeightSharing", "cluster", "linear_centroids"]
 
@@ -91,3 +94,9 @@ class WeightSharing(LatentWeightStep):
     @override
     def make(self, module: nn.Module, latent: torch.Tensor) -> LatentWeight:
         return SharedWeight(self.step, latent.shape, self.bits)
+
+    @override
+    def results(self, net: nn.Module, dense_bytes: int) -> dict[str, Any]:
+        """Han's stages, and `kmeans_left_unshared`: the recurrent matrices kept at fp32 (none: no key)."""
+        unshared = [label for label, module, _ in weight_targets(net) if not isinstance(module, LAYERS)]
+        return super().results(net, dense_bytes) | ({"kmeans_left_unshared": unshared} if unshared else {})

@@ -53,8 +53,17 @@ FILE_NAMES = {
 INT8_FORMATS = ("onnx_int8", "onnx_dynamic")
 DYNAMIC = ("onnx_dynamic",)  # int8 formats of a float net: compared with the fp32 net, not a fake-quantized one
 EXACT = ("dcz",)  # formats that must give the trained net's outputs bit for bit
-# onnxruntime ops that compute in int8 (QGemm: its fused Linear; ConvInteger / MatMulInteger: dynamic)
-INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
+# onnxruntime ops that compute in int8 (QGemm: its fused Linear; ConvInteger / MatMulInteger and the
+# fused DynamicQuantizeMatMul / DynamicQuantizeLSTM: dynamic)
+INT8_KERNELS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+)
 
 
 class ExportError(RuntimeError):
@@ -99,17 +108,23 @@ def write_onnx_int8(net: nn.Module, example: Inputs, path: Path, opset: int) -> 
 
 def write_onnx_dynamic(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
     """The fp32 ONNX model with onnxruntime's dynamic quantization: int8 weights on disk, activations
-    quantized at run time from their own range (MatMulInteger / DynamicQuantizeMatMul kernels). No
-    calibration and no training change, which suits sequence nets (an LSTM's or attention's MatMuls),
-    whose activation ranges move with the input."""
+    quantized at run time from their own range (MatMulInteger / DynamicQuantizeMatMul kernels, an ONNX
+    LSTM node as DynamicQuantizeLSTM). No calibration and no training change, which suits sequence nets
+    (an LSTM's or attention's MatMuls), whose activation ranges move with the input. onnxruntime's
+    pre-processing folds constants first: torch.onnx computes an LSTM node's W and R (gates reordered
+    by Slice / Concat), and the quantizer takes only initializer weights."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32 = path.with_name(f"{path.stem}.fp32.onnx")
+    folded = path.with_name(f"{path.stem}.folded.onnx")
     try:
         torch_onnx_export(net, example, fp32, opset)
-        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+        quant_pre_process(str(fp32), str(folded), skip_symbolic_shape=True)
+        quantize_dynamic(str(folded), str(path), weight_type=QuantType.QInt8)
     finally:
         fp32.unlink(missing_ok=True)
+        folded.unlink(missing_ok=True)
     compact(path)
     return onnx_runner(path, example)
 

@@ -1,0 +1,120 @@
+"""Compression steps on sequence nets: pruning of LSTM matrices (the masked weights are the ones
+nn.LSTM computes with; sparsity, resume and evaluate of a mid-pruning checkpoint), SVD of a
+transformer's Linears and the LSTM matrices it leaves dense, dynamic int8 export of an LSTM LM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from callbacks.prune import MagnitudePruning, prunable_names, weight_sparsity
+from callbacks.surgery.folding import fold_masks, remove_masks
+from modules.nets.lstm import SequenceLSTM
+from tests.helpers.in_process import run_module_in_process
+from tests.helpers.runs import train_in_process, train_ok_in_process
+
+TINY = (
+    "recipe=lm",
+    "trainer.limit_train_batches=10",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.enable_model_summary=false",
+    "model.hidden=64",
+)
+TRANSFORMER = (*TINY[:-1], "model=transformer", "model.width=32")
+PRUNE = (
+    "compress=[prune]",
+    "compress.prune.start_epoch=0",
+    "compress.prune.end_epoch=1",
+    "compress.prune.sparsity=0.8",
+    "compress.prune.every_n_steps=3",
+    "trainer.max_epochs=2",
+)
+
+
+@pytest.mark.parametrize("options", [{}, {"proj_size": 16}, {"share_gates": True}])
+def test_pruned_lstm_computes_with_the_masked_matrices(options: dict) -> None:
+    """nn.LSTM runs from a cached list of its weights: after pruning, its output is the output of a
+    plain LSTM holding the masked weights, not of the dense one."""
+    torch.manual_seed(0)
+    net = SequenceLSTM((12,), 20, embed=8, hidden=32, **options).eval()
+    x = torch.randint(0, 20, (3, 12))
+    dense = net(x)
+    MagnitudePruning.ensure_masks(net)
+    names = prunable_names(net)
+    assert {"lstm.weight_ih_l0", "lstm.weight_hh_l0"} <= set(names) or "lstm.layers.0.weight_hh" in names
+    MagnitudePruning(sparsity=0.7).prune_to(net, 1.0)
+    assert weight_sparsity(net) == pytest.approx(0.7, abs=1e-3)
+    pruned = net(x)
+    plain = SequenceLSTM((12,), 20, embed=8, hidden=32, **options).eval()
+    plain.load_state_dict(fold_masks(net.state_dict()))  # orig * mask as plain weights
+    assert not torch.allclose(pruned, dense)
+    assert torch.allclose(pruned, plain(x), atol=1e-6)
+    remove_masks(net)  # made permanent (as at the end of a fit): still the same outputs
+    assert torch.allclose(net(x), pruned, atol=1e-6)
+
+
+def test_prune_lstm_lm_reaches_sparsity_resumes_and_evaluates(tmp_path: Path) -> None:
+    """The LSTM's matrices are pruned with the head; a mid-pruning checkpoint evaluates (masks folded)
+    and resumes to the same weights as a straight run."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = train_ok_in_process(straight, *TINY, *PRUNE)
+    weights = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    folded = fold_masks(weights)  # the checkpoint holds the masks; the net after fit, their product
+    for key in ("net.lstm.weight_ih_l0", "net.lstm.weight_hh_l0", "net.head.weight"):
+        assert float((folded[key] == 0).float().mean()) > 0.5, key
+    matrices = [v for k, v in folded.items() if k.endswith(("weight_ih_l0", "weight_hh_l0", "head.weight"))]
+    zeros = sum(int((w == 0).sum()) for w in matrices) / sum(w.numel() for w in matrices)
+    assert zeros == pytest.approx(0.8, abs=2e-3)
+    assert a["compression"]["nonzero_params"] < 0.35 * a["compression"]["params"]
+    train_ok_in_process(resumed, *TINY, *PRUNE, "trainer.max_steps=10")  # stops after epoch 0, masks mid-ramp
+    mid = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "net.lstm.weight_hh_l0_mask" in mid
+    out = tmp_path / "eval.json"
+    proc = run_module_in_process("recipes.evaluate", f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}", f"out={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["metrics"]["test/bpc"] > 0
+    train_ok_in_process(resumed, *TINY, *PRUNE, "ckpt_path=last")
+    again = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert set(again) == set(weights)
+    for key in weights:
+        assert torch.equal(weights[key], again[key]), key
+
+
+@pytest.mark.slow
+def test_svd_factors_the_transformer_and_names_what_an_lstm_keeps_dense(tmp_path: Path) -> None:
+    """The transformer's attention and MLP Linears are factored (ONNX parity holds); an LSTM has only
+    its head to factor: refused without include_head, and the report names its dense matrices."""
+    svd = ("compress=[svd]", "compress.svd.epoch=1", "trainer.max_epochs=2")
+    results = train_ok_in_process(tmp_path / "t", *TRANSFORMER, *svd, "export=onnx")
+    assert results["compression"]["ratio"] > 1.5
+    assert results["export"]["parity_max_abs_diff"] < 1e-4
+    weights = torch.load(tmp_path / "t" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(".attn.qkv." in k and k.endswith(".1.weight") for k in weights), sorted(weights)[:20]
+    proc = train_in_process(tmp_path / "l", *TINY, *svd)
+    assert proc.returncode == 2 and "lstm.weight_hh_l0" in proc.stderr and "include_head=true" in proc.stderr
+    results = train_ok_in_process(tmp_path / "h", *TINY, *svd, "compress.svd.include_head=true")
+    assert results["compression"]["svd_left_dense"] == ["lstm.weight_hh_l0", "lstm.weight_ih_l0"]
+
+
+@pytest.mark.slow
+def test_dynamic_int8_export_of_an_lstm_quantizes_the_lstm(tmp_path: Path) -> None:
+    """onnxruntime's dynamic quantization runs the LSTM node as DynamicQuantizeLSTM: a file of about a
+    quarter of the fp32 ONNX's bytes that keeps the next-symbol prediction at nearly every step."""
+    results = train_ok_in_process(tmp_path, *TINY, "trainer.max_epochs=1", "model.hidden=128", "export=dynamic")
+    export = results["export"]
+    assert export["int8"]["kernels"].get("DynamicQuantizeLSTM") == 1
+    assert export["bytes"]["onnx_dynamic"] <= 0.3 * export["bytes"]["onnx"]
+    assert export["int8"]["top1_agreement"] >= 0.95
+
+
+def test_kmeans_on_an_lstm_shares_the_head_and_round_trips_dcz(tmp_path: Path) -> None:
+    """Weight sharing clusters the head; the LSTM matrices ship at fp32 (named in the report); the .dcz
+    file decodes to the trained net (export checks it bit for bit)."""
+    kmeans = ("compress=[kmeans]", "compress.kmeans.start_epoch=1", "trainer.max_epochs=2", "export=dcz")
+    results = train_ok_in_process(tmp_path, *TINY, *kmeans)
+    assert results["compression"]["kmeans_left_unshared"] == ["lstm.weight_hh_l0", "lstm.weight_ih_l0"]
+    assert results["export"]["bytes"]["dcz"] < results["compression"]["dense_bytes"]
