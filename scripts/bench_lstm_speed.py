@@ -26,8 +26,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from launch import alternated
 from modules.nets.projected_lstm import ProjectedLSTM
+
+from launch import alternated
 
 VOCAB, EMBED = 100, 64
 
@@ -87,29 +88,31 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    measures, failed = {}, {}
+    measures, failed, first = {}, {}, {}
     for name in args.nets:
         measure = trainer(net_of(name, args.hidden, args.proj), args.batch, args.length, args.steps)
+        start = time.perf_counter()
         try:
             measure()  # compiles where it must, outside the timed rounds
         except Exception as error:  # torch.compile's failures (no compiler, ...) are many kinds
             failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"
             continue
         measures[name] = measure
+        first[name] = time.perf_counter() - start
     medians = {name: statistics.median(v) for name, v in alternated(measures, args.repeats).items()}
     base = medians.get("lstm256")
     print(
         f"\nthreads {args.threads}, batch {args.batch} x {args.length} steps, embed {EMBED}, vocab {VOCAB}, "
         f"LSTMP {args.hidden}/{args.proj}; medians of {args.repeats} alternated measures of {args.steps} steps\n"
     )
-    print("| net | steps/s | vs lstm256 | vs lstmp |")
-    print("|---|---|---|---|")
+    print("| net | steps/s | vs lstm256 | vs lstmp | first measure s (compile included) |")
+    print("|---|---|---|---|---|")
     for name, rate in medians.items():
         ratio = f"{rate / base:.2f}" if base else "-"
         vs_lstmp = f"{rate / medians['lstmp']:.2f}" if "lstmp" in medians else "-"
-        print(f"| {name} | {rate:.2f} | {ratio} | {vs_lstmp} |")
+        print(f"| {name} | {rate:.2f} | {ratio} | {vs_lstmp} | {first[name]:.1f} |")
     for name, reason in failed.items():
-        print(f"| {name} | failed: {reason} | - | - |")
+        print(f"| {name} | failed: {reason} | - | - | - |")
 
 
 if __name__ == "__main__":
