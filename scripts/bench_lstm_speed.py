@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's modules and recipes, not an installed copy
 
 from modules.nets.projected_lstm import ProjectedLSTM
 

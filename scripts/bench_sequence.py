@@ -29,6 +29,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +37,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's modules and recipes, not an installed copy
 
 from modules.nets.lstm import SequenceLSTM
 from modules.nets.transformer import CausalTransformer
