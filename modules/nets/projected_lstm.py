@@ -59,8 +59,8 @@ class ProjectedLSTM(nn.Module):
             x @ getattr(self, f"weight_ih_l{k}").T + getattr(self, f"bias_ih_l{k}") + getattr(self, f"bias_hh_l{k}")
         )
         outputs = []
-        for t in range(x.shape[1]):
-            i, f, g, o = (inputs[:, t] + h @ w_hh.T).chunk(4, dim=1)
+        for step in inputs.unbind(1):  # not inputs[:, t]: its backward writes a zero-filled [B, L, 4H] per step
+            i, f, g, o = (step + h @ w_hh.T).chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = (torch.sigmoid(o) * torch.tanh(c)) @ w_hr.T
             outputs.append(h)

@@ -125,6 +125,18 @@ def test_projected_lstm_equals_nn_lstm_with_the_same_weights() -> None:
     reference.load_state_dict(ProjectedLSTM(6, 16, 2, proj_size=4).state_dict())  # and back
 
 
+def test_projected_lstm_trains_like_nn_lstm() -> None:
+    """The same gradients as nn.LSTM(proj_size) (the loop's backward, not only its forward)."""
+    torch.manual_seed(0)
+    reference = nn.LSTM(6, 16, 2, batch_first=True, proj_size=4)
+    mine = ProjectedLSTM.from_lstm(reference)
+    x = torch.randn(3, 7, 6)
+    for lstm in (reference, mine):
+        lstm(x)[0].square().sum().backward()
+    for (name, a), (_, b) in zip(mine.named_parameters(), reference.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=0, msg=name)
+
+
 def test_exportable_swaps_in_the_step_by_step_lstmp_only() -> None:
     net = small("lstmp")
     x = torch.randint(0, VOCAB, (2, SEQ))
