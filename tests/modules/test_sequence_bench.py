@@ -3,24 +3,15 @@ export=dynamic, int8 bpc in onnxruntime), one row per net, with the targets' rat
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers import REPO
-from tests.helpers.runs import user_env
+from tests.helpers.runs import run_python_script
 
 
 @pytest.mark.slow  # ~4 minutes under load: 4 runs, each exporting ONNX and int8 ONNX
 def test_bench_sequence_smoke_prints_every_row(tmp_path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench_sequence.py", "--smoke", "--seeds", "0", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=user_env(),
+    proc = run_python_script(
+        "scripts/bench_sequence.py", "--smoke", "--seeds", "0", "--out", str(tmp_path), timeout=900
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for row in ("| lstm |", "| lstmp |", "| shared |", "| transformer |"):
