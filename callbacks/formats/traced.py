@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from callbacks.formats.onnx_files import (
+    ORT_QUANTIZATION_LOGGERS,
     Inputs,
     Runner,
     compact,
@@ -31,6 +32,7 @@ from callbacks.formats.onnx_files import (
     initializer_bytes,
     onnx_runner,
     optimize,
+    quiet_onnx_passes,
     runtime_ops,
     torch_onnx_export,
 )
@@ -120,8 +122,9 @@ def write_onnx_dynamic(net: nn.Module, example: Inputs, path: Path, opset: int) 
     folded = path.with_name(f"{path.stem}.folded.onnx")
     try:
         torch_onnx_export(net, example, fp32, opset)
-        quant_pre_process(str(fp32), str(folded), skip_symbolic_shape=True)
-        quantize_dynamic(str(folded), str(path), weight_type=QuantType.QInt8)
+        with quiet_onnx_passes(ORT_QUANTIZATION_LOGGERS):  # an INFO line per tensor otherwise
+            quant_pre_process(str(fp32), str(folded), skip_symbolic_shape=True)
+            quantize_dynamic(str(folded), str(path), weight_type=QuantType.QInt8)
     finally:
         fp32.unlink(missing_ok=True)
         folded.unlink(missing_ok=True)
