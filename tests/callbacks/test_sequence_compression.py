@@ -127,6 +127,8 @@ def test_svd_of_an_lstm_computes_with_the_rank_r_matrices(options: dict) -> None
     rebuilt = replay(SequenceLSTM((12,), 20, embed=16, hidden=32, layers=2, **options), edits(net), {})
     rebuilt.load_state_dict(net.state_dict())  # strict: the same tensors under the same names
     assert torch.equal(rebuilt.eval()(x), net(x))
+    with pytest.raises(ValueError, match=r"rank=15 is too large for layer net.lstm.weight_ih_l0 \(128x16"):
+        LowRankFactorization(rank=15, epoch=1).check(SequenceLSTM((12,), 20, embed=16, hidden=32), max_epochs=2)
     bad = [{"kind": "factor", "step": "svd", "ranks": {"lstm": {"weight_hh_l0": 99}}}]
     with pytest.raises(ValueError, match=r"rank 99, outside 1..\d+"):
         replay(SequenceLSTM((12,), 20, embed=16, hidden=32, **options), bad, {})
