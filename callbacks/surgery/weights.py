@@ -4,8 +4,8 @@ the one place that names them, so a new kind of layer is added here once.
 - an nn.Linear / nn.Conv2d: its `weight`;
 - a recurrent layer: its input, recurrent and projection matrices, named as nn.LSTM names them
   (`weight_ih_l{k}`, `weight_hh_l{k}`, `weight_hr_l{k}`, any `_reverse`; the gate-shared layer's
-  `weight_ih` / `weight_hh`; the step-by-step LSTMP's nn.LSTM names), found by name so the nets of
-  modules/nets need not be imported. Biases, embeddings and per-gate scales are left dense.
+  `weight_ih` / `weight_hh`; the step-by-step LSTMP's nn.LSTM names; the low-rank LSTM's factors
+  `weight_ih_l0_a` / `_b`, ...), found by name so the nets of modules/nets need not be imported. Biases, embeddings and per-gate scales are left dense.
 
 nn.LSTM computes from a list of its weights that only `setattr` refreshes: pruning sets the masked
 weight by `setattr` before each forward, so it works; a `torch.nn.utils.parametrize` weight is a

@@ -1,6 +1,7 @@
 """Compression steps on sequence nets: pruning of LSTM matrices (the masked weights are the ones
 nn.LSTM computes with; sparsity, resume and evaluate of a mid-pruning checkpoint), SVD of a
-transformer's Linears and the LSTM matrices it leaves dense, dynamic int8 export of an LSTM LM."""
+transformer's Linears and of an LSTM's matrices (the low-rank LSTM is nn.LSTM with the rank-r
+matrices; resume, evaluate, ONNX), dynamic int8 export of an LSTM LM."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from callbacks.lowrank import LowRankFactorization
 from callbacks.prune import MagnitudePruning, prunable_names, weight_sparsity
 from callbacks.surgery.folding import fold_masks, remove_masks
-from modules.nets.lstm import SequenceLSTM
+from callbacks.surgery.structure import edits, replay
+from modules.nets.lowrank_lstm import LowRankLSTM
+from modules.nets.lstm import LSTMOutputs, SequenceLSTM
 from tests.helpers.in_process import run_module_in_process
 from tests.helpers.runs import train_in_process, train_ok_in_process
 
@@ -84,20 +88,96 @@ def test_prune_lstm_lm_reaches_sparsity_resumes_and_evaluates(tmp_path: Path) ->
         assert torch.equal(weights[key], again[key]), key
 
 
+@pytest.mark.parametrize("proj_size", [0, 8])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_low_rank_lstm_at_full_rank_is_nn_lstm(proj_size: int, layers: int) -> None:
+    """Every matrix factored at its full rank: the same outputs as nn.LSTM (LSTM and LSTMP, stacked)."""
+    torch.manual_seed(0)
+    lstm = LSTMOutputs(10, 16, layers, batch_first=True, proj_size=proj_size).eval()
+    full = {name: min(w.shape) for name, w in lstm.named_parameters() if name.startswith(("weight_ih", "weight_hh"))}
+    low = LowRankLSTM.from_lstm(lstm, full).eval()
+    assert "weight_hh_l0_a" in dict(low.named_parameters()) and "weight_hh_l0" not in dict(low.named_parameters())
+    x = torch.randn(3, 7, 10)
+    assert torch.allclose(low(x), lstm(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"proj_size": 16}])
+def test_svd_of_an_lstm_computes_with_the_rank_r_matrices(options: dict) -> None:
+    """svd at rank r: the LSTM block is a LowRankLSTM with r-wide factors, whose outputs are those of
+    nn.LSTM holding the rank-r truncated SVD of each input / recurrent matrix; the edit replays."""
+    torch.manual_seed(0)
+    net = SequenceLSTM((12,), 20, embed=16, hidden=32, layers=2, **options).eval()
+    step = LowRankFactorization(rank=4, epoch=1)
+    step.check(net, max_epochs=2)
+    truncated = SequenceLSTM((12,), 20, embed=16, hidden=32, layers=2, **options).eval()
+    state = net.state_dict()
+    for key, weight in list(state.items()):
+        if key.startswith(("lstm.weight_ih", "lstm.weight_hh")):
+            u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+            state[key] = u[:, :4] @ torch.diag(s[:4]) @ vh[:4]
+    truncated.load_state_dict(state)
+    dense_params = sum(p.numel() for p in net.parameters())
+    ranks = step.factor(net)
+    assert ranks["lstm"] == {"weight_ih_l0": 4, "weight_hh_l0": 4, "weight_ih_l1": 4, "weight_hh_l1": 4}
+    assert isinstance(net.lstm, LowRankLSTM) and tuple(net.lstm.weight_hh_l1_a.shape) == (128, 4)
+    assert sum(p.numel() for p in net.parameters()) < 0.5 * dense_params
+    assert step.results(net, 0) == ({"svd_left_dense": ["lstm.weight_hr_l0", "lstm.weight_hr_l1"]} if options else {})
+    x = torch.randint(0, 20, (3, 12))
+    assert torch.allclose(net(x), truncated(x), atol=1e-5)
+    rebuilt = replay(SequenceLSTM((12,), 20, embed=16, hidden=32, layers=2, **options), edits(net), {})
+    rebuilt.load_state_dict(net.state_dict())  # strict: the same tensors under the same names
+    assert torch.equal(rebuilt.eval()(x), net(x))
+    with pytest.raises(ValueError, match=r"rank=15 is too large for layer net.lstm.weight_ih_l0 \(128x16"):
+        LowRankFactorization(rank=15, epoch=1).check(SequenceLSTM((12,), 20, embed=16, hidden=32), max_epochs=2)
+    bad = [{"kind": "factor", "step": "svd", "ranks": {"lstm": {"weight_hh_l0": 99}}}]
+    with pytest.raises(ValueError, match=r"rank 99, outside 1..\d+"):
+        replay(SequenceLSTM((12,), 20, embed=16, hidden=32, **options), bad, {})
+
+
 @pytest.mark.slow
 def test_svd_factors_the_transformer_and_names_what_an_lstm_keeps_dense(tmp_path: Path) -> None:
-    """The transformer's attention and MLP Linears are factored (ONNX parity holds); an LSTM has only
-    its head to factor: refused without include_head, and the report names its dense matrices."""
+    """The transformer's attention and MLP Linears are factored (ONNX parity holds); the gate-shared
+    LSTM has only its head to factor: refused without include_head, and the report names its dense
+    matrices."""
     svd = ("compress=[svd]", "compress.svd.epoch=1", "trainer.max_epochs=2")
     results = train_ok_in_process(tmp_path / "t", *TRANSFORMER, *svd, "export=onnx")
     assert results["compression"]["ratio"] > 1.5
     assert results["export"]["parity_max_abs_diff"] < 1e-4
     weights = torch.load(tmp_path / "t" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(".attn.qkv." in k and k.endswith(".1.weight") for k in weights), sorted(weights)[:20]
-    proc = train_in_process(tmp_path / "l", *TINY, *svd)
-    assert proc.returncode == 2 and "lstm.weight_hh_l0" in proc.stderr and "include_head=true" in proc.stderr
-    results = train_ok_in_process(tmp_path / "h", *TINY, *svd, "compress.svd.include_head=true")
-    assert results["compression"]["svd_left_dense"] == ["lstm.weight_hh_l0", "lstm.weight_ih_l0"]
+    shared = (*TINY, *svd, "model.share_gates=true")
+    proc = train_in_process(tmp_path / "l", *shared)
+    assert proc.returncode == 2 and "lstm.layers.0.weight_hh" in proc.stderr and "include_head=true" in proc.stderr
+    results = train_ok_in_process(tmp_path / "h", *shared, "compress.svd.include_head=true")
+    assert results["compression"]["svd_left_dense"] == ["lstm.layers.0.weight_hh", "lstm.layers.0.weight_ih"]
+
+
+@pytest.mark.slow
+def test_svd_of_an_lstmp_lm_resumes_evaluates_and_exports(tmp_path: Path) -> None:
+    """recipe=lm with svd on an LSTMP: fewer weights, ONNX parity (the loop unrolled); a checkpoint
+    taken after the factoring epoch evaluates (the low-rank LSTM rebuilt) and resumes with
+    ckpt_path=last to the weights of the straight run."""
+    svd = (*TINY, "model.proj_size=16", "compress=[svd]", "compress.svd.epoch=1", "trainer.max_epochs=3")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    results = train_ok_in_process(straight, *svd, "export=onnx")
+    comp = results["compression"]
+    assert comp["params"] < 0.7 * comp["dense_params"] and comp["svd_left_dense"] == ["lstm.weight_hr_l0"]
+    assert comp["bpc_after"] == results["metrics"]["test/bpc"] > 0
+    assert results["export"]["parity_max_abs_diff"] < 1e-4 and results["export"]["top1_agreement"] == 1.0
+    train_ok_in_process(resumed, *svd, "trainer.max_steps=20")  # stops after epoch 1, factored at its start
+    mid = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert mid["recipe"]["structure"][0]["ranks"]["lstm"].keys() == {"weight_ih_l0", "weight_hh_l0"}
+    assert "net.lstm.weight_hh_l0_a" in mid["state_dict"]
+    out = tmp_path / "eval.json"
+    proc = run_module_in_process("recipes.evaluate", f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}", f"out={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["metrics"]["test/bpc"] > 0
+    train_ok_in_process(resumed, *svd, "ckpt_path=last")
+    wa = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    wb = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert set(wa) == set(wb)
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=1e-6), key
 
 
 @pytest.mark.slow
