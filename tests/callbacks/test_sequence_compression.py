@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from callbacks.formats import dcz
 from callbacks.parametrized import latent_weights
 from callbacks.prune import MagnitudePruning, prunable_names, weight_sparsity
 from callbacks.surgery.folding import fold_masks, remove_masks, snapshot
@@ -150,24 +151,34 @@ def test_shared_lstm_computes_with_the_centroids_and_trains_them(options: dict) 
 
 
 KMEANS = ("compress=[kmeans]", "compress.kmeans.start_epoch=0", "trainer.max_epochs=2")
+QUICK_EXPORT = ("export.repeats=1", "export.batch_size=8")  # parity checks only, no latency figures
 
 
-def test_kmeans_lstm_lm_shares_the_matrices_resumes_evaluates_and_round_trips_dcz(tmp_path: Path) -> None:
+def test_kmeans_lstm_lm_ships_shared_matrices_in_the_dcz(tmp_path: Path) -> None:
     """The LSTM's matrices ship as 2^bits shared values (nothing left unshared), counted as such by the
-    report and the .dcz file (export checks it bit for bit); a checkpoint taken with sharing on resumes
-    to the same weights as a straight run, and the final checkpoint evaluates."""
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    results = train_ok_in_process(straight, *TINY, *KMEANS, "export=dcz")
+    report and the .dcz file (export checks it bit for bit, and the ONNX file's parity)."""
+    results = train_ok_in_process(tmp_path, *TINY, *KMEANS, "export=dcz", *QUICK_EXPORT)
     assert "kmeans_left_unshared" not in results["compression"]
-    weights = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    weights = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     folded = fold_masks(weights)
     for key in (*RECURRENT, "head.weight"):
         assert len(folded[f"net.{key}"].unique()) <= 16, key
-    sizes = results["compression"]["stages"]
-    assert sizes["huffman"]["bytes"] == results["export"]["bytes"]["dcz"]
+    assert results["compression"]["stages"]["huffman"]["bytes"] == results["export"]["bytes"]["dcz"]
     lstm = sum(folded[f"net.{key}"].numel() for key in RECURRENT)
     assert results["export"]["bytes"]["dcz"] < results["compression"]["dense_bytes"] - 3.5 * lstm  # 4 bits, not 32
+    assert results["export"]["parity_max_abs_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_kmeans_lstm_lm_resumes_with_sharing_on_and_evaluates(tmp_path: Path) -> None:
+    """A checkpoint taken with sharing on resumes to the same weights as a straight run; the final
+    checkpoint evaluates to the run's own test figure."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    results = train_ok_in_process(straight, *TINY, *KMEANS)
+    weights = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     train_ok_in_process(resumed, *TINY, *KMEANS, "trainer.max_steps=10")  # stops after epoch 0, sharing on
+    mid = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "net.lstm.parametrizations.weight_hh_l0.0.centroids" in mid
     train_ok_in_process(resumed, *TINY, *KMEANS, "ckpt_path=last")
     again = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert set(again) == set(weights)
@@ -177,3 +188,21 @@ def test_kmeans_lstm_lm_shares_the_matrices_resumes_evaluates_and_round_trips_dc
     proc = run_module_in_process("recipes.evaluate", f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}", f"out={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())["metrics"]["test/bpc"] == pytest.approx(results["metrics"]["test/bpc"])
+
+
+@pytest.mark.slow
+def test_deep_compression_of_an_lstmp_lm_prunes_then_shares_and_exports(tmp_path: Path) -> None:
+    """Prune then share an LSTMP's input, recurrent and projection matrices: the zeros stay zero, every
+    matrix holds at most 2^bits nonzero values, the .dcz records decode bit for bit, ONNX parity holds."""
+    plan = ("compress=[prune,kmeans]", *PRUNE[1:], "compress.kmeans.start_epoch=2", "trainer.max_epochs=3")
+    results = train_ok_in_process(tmp_path, *TINY, *plan, "model.proj_size=16", "export=onnx", *QUICK_EXPORT)
+    assert "kmeans_left_unshared" not in results["compression"] and results["export"]["parity_max_abs_diff"] < 1e-4
+    weights = fold_masks(torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    for key in (*RECURRENT, "lstm.weight_hr_l0", "head.weight"):
+        weight = weights[f"net.{key}"]
+        assert float((weight == 0).float().mean()) > 0.3 and len(weight[weight != 0].unique()) <= 16, key
+    net = SequenceLSTM((128,), 104, hidden=64, proj_size=16)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")})
+    data, _, stages = dcz.encode_net(net)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in dcz.decode(data).items())
+    assert stages["huffman"] == results["compression"]["stages"]["huffman"]["bytes"]
