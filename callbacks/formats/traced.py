@@ -232,8 +232,10 @@ def export_and_verify(
         path = out_dir / FILE_NAMES[fmt]
         int8, static = fmt in INT8_FORMATS, fmt in INT8_FORMATS and fmt not in DYNAMIC
         try:
-            # exportable: an LSTM with projections as a step-by-step copy (no exporter takes nn.LSTM's)
-            run = WRITERS[fmt](exportable(net if static else fp32_net), example, path, opset)
+            # exportable: an LSTM with projections as a step-by-step copy (no exporter takes nn.LSTM's); an
+            # exact format stores the net's own weights and must give its outputs back bit for bit
+            written = net if static else fp32_net
+            run = WRITERS[fmt](written if fmt in EXACT else exportable(written), example, path, opset)
             outputs = run(tuple(x.numpy() for x in inputs))
         except Exception as err:  # noqa: BLE001 - any exporter failure is reported the same way
             path.unlink(missing_ok=True)

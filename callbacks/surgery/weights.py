@@ -7,9 +7,9 @@ the one place that names them, so a new kind of layer is added here once.
   `weight_ih` / `weight_hh`; the step-by-step LSTMP's nn.LSTM names; the low-rank LSTM's factors
   `weight_ih_l0_a` / `_b`, ...), found by name so the nets of modules/nets need not be imported. Biases, embeddings and per-gate scales are left dense.
 
-nn.LSTM computes from a list of its weights that only `setattr` refreshes: pruning sets the masked
-weight by `setattr` before each forward, so it works; a `torch.nn.utils.parametrize` weight is a
-property, which that list would not follow (why weight sharing leaves LSTM matrices alone for now).
+nn.LSTM computes from a list of its weights, which `setattr` and its forward refresh (the forward
+whenever an attribute is no longer the tensor listed): it follows a pruned matrix (set by `setattr`
+before each forward) and a `torch.nn.utils.parametrize` one (a new tensor at every read).
 """
 
 from __future__ import annotations

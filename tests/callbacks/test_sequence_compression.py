@@ -1,20 +1,27 @@
 """Compression steps on sequence nets: pruning of LSTM matrices (the masked weights are the ones
-nn.LSTM computes with; sparsity, resume and evaluate of a mid-pruning checkpoint), SVD of a
-transformer's Linears and of an LSTM's matrices (the low-rank LSTM is nn.LSTM with the rank-r
-matrices; resume, evaluate, ONNX), dynamic int8 export of an LSTM LM."""
+nn.LSTM computes with; sparsity, resume and evaluate of a mid-pruning checkpoint), k-means weight
+sharing of LSTM matrices (the shared values are the ones it computes with, centroids trained by the
+sum of their members' gradients; resume, evaluate, .dcz and ONNX), SVD of a transformer's Linears and
+of an LSTM's matrices (the low-rank LSTM is nn.LSTM with the rank-r matrices; resume, evaluate, ONNX),
+dynamic int8 export of an LSTM LM."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from callbacks.formats import dcz
 from callbacks.lowrank import LowRankFactorization
+from callbacks.parametrized import latent_weights
 from callbacks.prune import MagnitudePruning, prunable_names, weight_sparsity
-from callbacks.surgery.folding import fold_masks, remove_masks
+from callbacks.surgery.folding import fold_masks, remove_masks, snapshot
 from callbacks.surgery.structure import edits, replay
+from callbacks.surgery.weights import weight_targets
+from callbacks.weight_sharing import WeightSharing
 from modules.nets.lowrank_lstm import LowRankLSTM
 from modules.nets.lstm import LSTMOutputs, SequenceLSTM
 from tests.helpers.in_process import run_module_in_process
@@ -191,10 +198,91 @@ def test_dynamic_int8_export_of_an_lstm_quantizes_the_lstm(tmp_path: Path) -> No
     assert export["int8"]["top1_agreement"] >= 0.95
 
 
-def test_kmeans_on_an_lstm_shares_the_head_and_round_trips_dcz(tmp_path: Path) -> None:
-    """Weight sharing clusters the head; the LSTM matrices ship at fp32 (named in the report); the .dcz
-    file decodes to the trained net (export checks it bit for bit)."""
-    kmeans = ("compress=[kmeans]", "compress.kmeans.start_epoch=1", "trainer.max_epochs=2", "export=dcz")
-    results = train_ok_in_process(tmp_path, *TINY, *kmeans)
-    assert results["compression"]["kmeans_left_unshared"] == ["lstm.weight_hh_l0", "lstm.weight_ih_l0"]
-    assert results["export"]["bytes"]["dcz"] < results["compression"]["dense_bytes"]
+RECURRENT = {"lstm.weight_ih_l0", "lstm.weight_hh_l0"}
+
+
+@pytest.mark.parametrize("options", [{}, {"proj_size": 16}, {"share_gates": True}])
+def test_shared_lstm_computes_with_the_centroids_and_trains_them(options: dict) -> None:
+    """After clustering, every LSTM matrix holds at most 2^bits values, the net's output is that of a
+    plain copy loaded with them, and each centroid's gradient is the sum of its members' gradients."""
+    torch.manual_seed(0)
+    net = SequenceLSTM((12,), 20, embed=8, hidden=32, **options).eval()
+    x = torch.randint(0, 20, (3, 12))
+    dense = net(x)
+    sharing, module = WeightSharing(bits=2), SimpleNamespace(shipped_net=net)
+    sharing.setup(None, module, "fit")  # type: ignore[arg-type]
+    sharing.on_train_epoch_start(SimpleNamespace(current_epoch=0), module)  # type: ignore[arg-type]
+    shared = {label: getattr(m, tensor) for label, m, tensor in weight_targets(net)}
+    assert len(shared) == 3 + bool(options.get("proj_size")) and len(latent_weights(net, "kmeans")) == len(shared)
+    assert all(len(w.unique()) <= 4 for w in shared.values()), {k: len(w.unique()) for k, w in shared.items()}
+    out = net(x)
+    plain = SequenceLSTM((12,), 20, embed=8, hidden=32, **options).eval()
+    plain.load_state_dict(snapshot(net).state_dict())  # the shared values as plain weights
+    assert not torch.allclose(out, dense, atol=1e-3)
+    assert torch.equal(out, plain(x))
+    out.square().sum().backward()
+    plain(x).square().sum().backward()
+    plain_grads = {label: m.get_parameter(t).grad for label, m, t in weight_targets(plain)}
+    for (m, name, param), label in zip(latent_weights(net, "kmeans"), shared, strict=True):
+        assert m.parametrizations[name].original.grad is None  # the latent weight is not trained
+        members = plain_grads[label][~param.zero]
+        expected = torch.zeros(4).index_add_(0, param.index[~param.zero].long(), members)
+        assert torch.allclose(param.centroids.grad, expected, atol=1e-5), label
+
+
+KMEANS = ("compress=[kmeans]", "compress.kmeans.start_epoch=0", "trainer.max_epochs=2")
+QUICK_EXPORT = ("export.repeats=1", "export.batch_size=8")  # parity checks only, no latency figures
+
+
+def test_kmeans_lstm_lm_ships_shared_matrices_in_the_dcz(tmp_path: Path) -> None:
+    """The LSTM's matrices ship as 2^bits shared values (nothing left unshared), counted as such by the
+    report and the .dcz file (export checks it bit for bit, and the ONNX file's parity)."""
+    results = train_ok_in_process(tmp_path, *TINY, *KMEANS, "export=dcz", *QUICK_EXPORT)
+    assert "kmeans_left_unshared" not in results["compression"]
+    weights = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    folded = fold_masks(weights)
+    for key in (*RECURRENT, "head.weight"):
+        assert len(folded[f"net.{key}"].unique()) <= 16, key
+    assert results["compression"]["stages"]["huffman"]["bytes"] == results["export"]["bytes"]["dcz"]
+    lstm = sum(folded[f"net.{key}"].numel() for key in RECURRENT)
+    assert results["export"]["bytes"]["dcz"] < results["compression"]["dense_bytes"] - 3.5 * lstm  # 4 bits, not 32
+    assert results["export"]["parity_max_abs_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_kmeans_lstm_lm_resumes_with_sharing_on_and_evaluates(tmp_path: Path) -> None:
+    """A checkpoint taken with sharing on resumes to the same weights as a straight run; the final
+    checkpoint evaluates to the run's own test figure."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    results = train_ok_in_process(straight, *TINY, *KMEANS)
+    weights = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    train_ok_in_process(resumed, *TINY, *KMEANS, "trainer.max_steps=10")  # stops after epoch 0, sharing on
+    mid = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "net.lstm.parametrizations.weight_hh_l0.0.centroids" in mid
+    train_ok_in_process(resumed, *TINY, *KMEANS, "ckpt_path=last")
+    again = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert set(again) == set(weights)
+    for key in weights:
+        assert torch.equal(weights[key], again[key]), key
+    out = tmp_path / "eval.json"
+    proc = run_module_in_process("recipes.evaluate", f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}", f"out={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["metrics"]["test/bpc"] == pytest.approx(results["metrics"]["test/bpc"])
+
+
+@pytest.mark.slow
+def test_deep_compression_of_an_lstmp_lm_prunes_then_shares_and_exports(tmp_path: Path) -> None:
+    """Prune then share an LSTMP's input, recurrent and projection matrices: the zeros stay zero, every
+    matrix holds at most 2^bits nonzero values, the .dcz records decode bit for bit, ONNX parity holds."""
+    plan = ("compress=[prune,kmeans]", *PRUNE[1:], "compress.kmeans.start_epoch=2", "trainer.max_epochs=3")
+    results = train_ok_in_process(tmp_path, *TINY, *plan, "model.proj_size=16", "export=onnx", *QUICK_EXPORT)
+    assert "kmeans_left_unshared" not in results["compression"] and results["export"]["parity_max_abs_diff"] < 1e-4
+    weights = fold_masks(torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    for key in (*RECURRENT, "lstm.weight_hr_l0", "head.weight"):
+        weight = weights[f"net.{key}"]
+        assert float((weight == 0).float().mean()) > 0.3 and len(weight[weight != 0].unique()) <= 16, key
+    net = SequenceLSTM((128,), 104, hidden=64, proj_size=16)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")})
+    data, _, stages = dcz.encode_net(net)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in dcz.decode(data).items())
+    assert stages["huffman"] == results["compression"]["stages"]["huffman"]["bytes"]
