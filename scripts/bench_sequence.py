@@ -15,9 +15,10 @@ From each run's results.json: steps/s (fit steps / fit_seconds, validation inclu
 ONNX parity (export.parity_max_abs_diff), int8 file bytes (export.bytes.onnx_dynamic). The int8
 bpc is measured here: the run's onnx and onnx_dynamic files on its test split (the data module
 rebuilt from its checkpoint) in onnxruntime, one thread, over the whole test split (with --smoke the
-runs' test bpc covers one batch only). Then the ratios the issue's targets use.
+runs' test bpc covers one batch only). Then the ratios the issue's targets use, and OUT/table.json and
+OUT/learning_curves.png (val/bpc per epoch of each row, mean over seeds).
 
-    python scripts/bench_sequence.py --parallel 2           # 3 seeds, 10 epochs: about an hour of 2 cores
+    python scripts/bench_sequence.py --parallel 2           # 3 seeds, recipe=lm's budget (25 epochs, batch 32)
     python scripts/bench_sequence.py --smoke                # tiny: a check that the script runs
     python scripts/bench_sequence.py --rows lstm lstmp --seeds 0 --epochs 2 --out outputs/bench_seq
 """
@@ -25,6 +26,7 @@ runs' test bpc covers one batch only). Then the ratios the issue's targets use.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -112,15 +114,39 @@ def spread(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} +- {std:.{digits}f}"
 
 
+def learning_curves(out: Path, rows: list[str], seeds: list[int]) -> Path:
+    """val/bpc per epoch of each row (mean over seeds, from each run's csv/metrics.csv) drawn as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for name in rows:
+        curves = []
+        for seed in seeds:
+            with open(out / name / f"seed{seed}" / "csv" / "metrics.csv", newline="") as f:
+                curves.append([float(r["val/bpc"]) for r in csv.DictReader(f) if r.get("val/bpc")])
+        epochs = min(len(c) for c in curves)
+        axes.plot(range(1, epochs + 1), [statistics.mean(c[i] for c in curves) for i in range(epochs)], marker="o", markersize=3, label=name)
+    axes.set(xlabel="epoch", ylabel="val/bpc (mean over seeds)", title="data=pytext: validation bits per character")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    path = out / "learning_curves.png"
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=ROWS, choices=[*ROWS, "lstmp2"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10, help="the epoch budget of every row")
+    parser.add_argument("--epochs", type=int, default=25, help="the epoch budget of every row (recipe=lm's)")
     parser.add_argument("--hidden", type=int, default=256, help="H: the LSTM's hidden width")
     parser.add_argument("--embed", type=int, default=64, help="symbol embedding width of the LSTM rows")
     parser.add_argument("--seq-len", type=int, default=128, help="data.seq_len of every row")
-    parser.add_argument("--batch-size", type=int, default=64, help="data.batch_size of every row")
+    parser.add_argument("--batch-size", type=int, default=32, help="data.batch_size of every row (recipe=lm's)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (each on one thread)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_sequence"))
     parser.add_argument("--overrides", nargs="*", default=[], help="overrides of every row")
@@ -210,6 +236,7 @@ def main() -> None:
     if len(steps) > 1:
         print(f"\nwarning: the rows took different optimizer steps {sorted(steps)}")
     (args.out / "table.json").write_text(json.dumps(table, indent=1))
+    print(f"learning curves: {learning_curves(args.out, list(table), args.seeds)}")
 
 
 if __name__ == "__main__":
