@@ -128,7 +128,13 @@ def learning_curves(out: Path, rows: list[str], seeds: list[int]) -> Path:
             with open(out / name / f"seed{seed}" / "csv" / "metrics.csv", newline="") as f:
                 curves.append([float(r["val/bpc"]) for r in csv.DictReader(f) if r.get("val/bpc")])
         epochs = min(len(c) for c in curves)
-        axes.plot(range(1, epochs + 1), [statistics.mean(c[i] for c in curves) for i in range(epochs)], marker="o", markersize=3, label=name)
+        axes.plot(
+            range(1, epochs + 1),
+            [statistics.mean(c[i] for c in curves) for i in range(epochs)],
+            marker="o",
+            markersize=3,
+            label=name,
+        )
     axes.set(xlabel="epoch", ylabel="val/bpc (mean over seeds)", title="data=pytext: validation bits per character")
     axes.legend()
     axes.grid(alpha=0.3)
