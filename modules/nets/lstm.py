@@ -9,12 +9,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from typing_extensions import override
 
-from modules.nets.projected_lstm import ProjectedLSTM
+from modules.nets.projected_lstm import ProjectedLSTM, stepwise_lstmp
 from modules.nets.sequence import LastStep, takes_tokens
 from modules.nets.shared_gate_lstm import SharedGateLSTM
 
-__all__ = ["LSTMOutputs", "ProjectedOutputs", "SequenceLSTM", "SharedGateOutputs", "exportable"]
+__all__ = ["LSTMOutputs", "ProjectedOutputs", "SequenceLSTM", "SharedGateOutputs", "compiles_stepwise", "exportable"]
 
 
 class _OutputsOnly:
@@ -25,7 +26,15 @@ class _OutputsOnly:
 
 
 class LSTMOutputs(_OutputsOnly, nn.LSTM):
-    """nn.LSTM (batch first; with `proj_size`, the LSTMP of Sak et al. 2014) returning its outputs."""
+    """nn.LSTM (batch first; with `proj_size`, the LSTMP of Sak et al. 2014) returning its outputs.
+    Compiled (`model.compile=true`), an LSTMP runs the step-by-step loop on the same weights instead:
+    Inductor fuses its gates and beats torch's native LSTMP path, which oneDNN does not cover."""
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.proj_size and torch.compiler.is_compiling():  # traced only where dynamo's allow_rnn is on
+            return stepwise_lstmp(self, x)[0]
+        return super().forward(x)
 
 
 class SharedGateOutputs(_OutputsOnly, SharedGateLSTM):
@@ -34,6 +43,12 @@ class SharedGateOutputs(_OutputsOnly, SharedGateLSTM):
 
 class ProjectedOutputs(_OutputsOnly, ProjectedLSTM):
     """The step-by-step LSTMP (modules/nets/projected_lstm.py) returning its outputs."""
+
+
+def compiles_stepwise(net: nn.Module) -> bool:
+    """Whether `net` has an LSTMP block, which torch.compile should trace step by step: TorchDynamo
+    runs every nn.LSTM eagerly unless `torch._dynamo.config.allow_rnn` is on."""
+    return any(isinstance(m, LSTMOutputs) and m.proj_size for m in net.modules())
 
 
 def exportable(net: nn.Module) -> nn.Module:

@@ -10,8 +10,9 @@ from torch import nn
 
 from modules.classifier import backbone, head
 from modules.nets import head_block
-from modules.nets.lstm import SequenceLSTM, exportable
-from modules.nets.projected_lstm import ProjectedLSTM
+from modules.nets import lstm as lstm_module
+from modules.nets.lstm import SequenceLSTM, compiles_stepwise, exportable
+from modules.nets.projected_lstm import ProjectedLSTM, stepwise_lstmp
 from modules.nets.shared_gate_lstm import SharedGateLSTM
 from modules.nets.transformer import CausalTransformer
 
@@ -135,6 +136,41 @@ def test_projected_lstm_trains_like_nn_lstm() -> None:
         lstm(x)[0].square().sum().backward()
     for (name, a), (_, b) in zip(mine.named_parameters(), reference.named_parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=0, msg=name)
+
+
+def test_compiled_lstmp_runs_the_step_by_step_loop_on_its_own_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.compile=true: the compiled LSTMP traces the step-by-step loop (what Inductor fuses) on the
+    nn.LSTM's own parameters, with nn.LSTM's outputs and gradients; eager stays nn.LSTM's native path.
+    Dynamo's eager backend traces the same graph as Inductor's without needing a C++ compiler."""
+    traced = []
+
+    def recorded(lstm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        traced.append(type(lstm).__name__)
+        return stepwise_lstmp(lstm, x)
+
+    monkeypatch.setattr(lstm_module, "stepwise_lstmp", recorded)
+    torch.manual_seed(0)
+    net = small("lstmp").train()
+    x = torch.randint(0, VOCAB, (3, SEQ))
+    eager = net(x)
+    assert traced == []
+    grads = torch.autograd.grad(eager.square().sum(), list(net.parameters()))
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=False):  # dynamo's default: every nn.LSTM runs eagerly
+        torch.compile(net, backend="eager")(x)
+    assert traced == [] and compiles_stepwise(net) and not compiles_stepwise(small("lstm"))
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=True):  # what CompileNet sets for the fit of an LSTMP
+        compiled = torch.compile(net, backend="eager")(x)
+    assert traced and set(traced) == {"LSTMOutputs"}
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+    for name, a, b in zip(
+        [n for n, _ in net.named_parameters()],
+        torch.autograd.grad(compiled.square().sum(), list(net.parameters())),
+        grads,
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
 
 
 def test_exportable_swaps_in_the_step_by_step_lstmp_only() -> None:
