@@ -13,10 +13,10 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.nn.utils import prune
 from typing_extensions import override
 
 from callbacks.prune import MagnitudePruning, prunable
+from callbacks.surgery.folding import pruned_names
 
 __all__ = ["DenseSparseDense"]
 
@@ -70,7 +70,7 @@ class DenseSparseDense(MagnitudePruning):
         """Lift every mask: pruned weights restart at zero and are free to train again."""
         with torch.no_grad():
             for module, name in prunable(net):
-                if prune.is_pruned(module):
+                if name in pruned_names(module):
                     mask = getattr(module, f"{name}_mask")
                     getattr(module, f"{name}_orig").mul_(mask)
                     mask.fill_(1)

@@ -11,8 +11,13 @@ net computes is also written beside it, as the `folded` buffer, in every checkpo
 (callbacks/surgery/folding.py folds it in). At the end of training the parametrization is removed with the
 computed weight left in place: the net ships plain weights.
 
-A pruned layer's `weight` is computed by pruning from `weight_orig`: there, `weight_orig` is
-parametrized instead, and the pruning mask still multiplies the result, so pruned weights stay zero.
+Parametrizations are per tensor (callbacks/surgery/weights.py names the targets): a Linear / Conv2d's
+`weight`, and each input, recurrent and projection matrix of an LSTM. nn.LSTM computes from a list
+of its weights that its forward refreshes whenever an attribute no longer is the tensor it listed, so
+it follows a parametrized matrix (a new tensor at every read); `settle_recurrent` stores plain values
+in that list where a net is copied. A pruned `<x>` is computed by pruning from `<x>_orig`: there,
+`<x>_orig` is parametrized instead, and the pruning mask still multiplies the result, so pruned
+weights stay zero.
 """
 
 from __future__ import annotations
@@ -23,24 +28,23 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.nn.utils import parametrize, prune
+from torch.nn.utils import parametrize
 from typing_extensions import override
 
 from callbacks.formats import dcz
 from callbacks.prune import PRUNABLE, masked_weight
 from callbacks.step import CompressionStep, Stage
-from callbacks.surgery.folding import FOLDED, snapshot
+from callbacks.surgery.folding import FOLDED, ORIG, pruned_names, settle_recurrent, snapshot
 
 __all__ = [
     "HiddenLayerStep",
     "LatentWeight",
     "LatentWeightStep",
-    "latent",
+    "latent_weights",
     "layers",
     "parametrization",
+    "parametrized_name",
     "unparametrize",
-    "weight_name",
-    "weight_name_of",
 ]
 
 
@@ -70,17 +74,30 @@ class LatentWeight(nn.Module, ABC):
         return self.compute(latent) if bool(self.active) else latent
 
 
-def weight_name(module: nn.Module) -> str:
-    """The tensor to parametrize: `weight_orig` under a pruning mask (the mask still applies), else `weight`."""
-    return "weight_orig" if prune.is_pruned(module) else "weight"
+def parametrized_name(module: nn.Module, tensor: str) -> str:
+    """The tensor to parametrize for `module.<tensor>`: `<tensor>_orig` under a pruning mask (the mask
+    still applies), else `<tensor>`."""
+    return tensor + ORIG if tensor in pruned_names(module) else tensor
 
 
-def parametrization(module: nn.Module) -> LatentWeight | None:
-    """The latent-weight parametrization of `module`, if any."""
-    if not parametrize.is_parametrized(module):
+def parametrization(module: nn.Module, tensor: str = "weight") -> LatentWeight | None:
+    """The latent-weight parametrization of `module.<tensor>` (as a plain net names it), if any."""
+    name = parametrized_name(module, tensor)
+    if not parametrize.is_parametrized(module, name):
         return None
-    found = [p for plist in module.parametrizations.values() for p in plist if isinstance(p, LatentWeight)]
-    return found[0] if found else None
+    return next((p for p in module.parametrizations[name] if isinstance(p, LatentWeight)), None)
+
+
+def latent_weights(net: nn.Module, owner: str | None = None) -> list[tuple[nn.Module, str, LatentWeight]]:
+    """(module, parametrized tensor name, parametrization) for every latent weight of `net` (of step `owner`)."""
+    return [
+        (module, name, p)
+        for module in net.modules()
+        if parametrize.is_parametrized(module)
+        for name, plist in module.parametrizations.items()
+        for p in plist
+        if isinstance(p, LatentWeight) and owner in (None, p.owner)
+    ]
 
 
 def layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -89,7 +106,7 @@ def layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 class LatentWeightStep(CompressionStep):
-    """A PRECISION step that parametrizes its target layers' weights from `start_epoch` to the end."""
+    """A PRECISION step that parametrizes its target tensors from `start_epoch` to the end."""
 
     stage = Stage.PRECISION
     encoding = (
@@ -105,12 +122,12 @@ class LatentWeightStep(CompressionStep):
         self.before: nn.Module | None = None
 
     @abstractmethod
-    def targets(self, net: nn.Module) -> list[tuple[str, nn.Module]]:
-        """The layers this step parametrizes (named as in `net`)."""
+    def targets(self, net: nn.Module) -> list[tuple[nn.Module, str]]:
+        """The tensors this step parametrizes, as (module, tensor name as a plain net names it)."""
 
     @abstractmethod
     def make(self, module: nn.Module, latent: torch.Tensor) -> LatentWeight:
-        """The parametrization of one target layer (`latent`: its weight now)."""
+        """The parametrization of one target tensor of `module` (`latent`: the tensor now)."""
 
     @override
     def epochs(self) -> tuple[int, int]:
@@ -130,9 +147,9 @@ class LatentWeightStep(CompressionStep):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        for _, module in self.targets(pl_module.shipped_net):
-            if parametrization(module) is None:
-                name = weight_name(module)
+        for module, tensor in self.targets(pl_module.shipped_net):
+            if parametrization(module, tensor) is None:
+                name = parametrized_name(module, tensor)
                 parametrize.register_parametrization(module, name, self.make(module, getattr(module, name)))
 
     @override
@@ -149,39 +166,37 @@ class LatentWeightStep(CompressionStep):
             "stages": {name: {"bytes": size, "ratio": round(dense_bytes / size, 3)} for name, size in stages.items()}
         }
 
-    def mine(self, net: nn.Module) -> list[tuple[nn.Module, LatentWeight]]:
-        """The layers of `net` this step parametrized, with their parametrization."""
-        found = [(m, parametrization(m)) for _, m in layers(net)]
-        return [(m, p) for m, p in found if p is not None and p.owner == self.step]
+    def mine(self, net: nn.Module) -> list[tuple[nn.Module, str, LatentWeight]]:
+        """The tensors of `net` this step parametrized: (module, parametrized name, parametrization)."""
+        return latent_weights(net, self.step)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = pl_module.shipped_net
-        pending = [(m, p) for m, p in self.mine(net) if not bool(p.active)]
+        pending = [(m, name, p) for m, name, p in self.mine(net) if not bool(p.active)]
         if trainer.current_epoch < self.start_epoch or not pending:
             return
         if self.before is None:
             self.before = snapshot(net)
         with torch.no_grad():
-            for module, param in pending:
-                param.activate(latent(module), masked_weight(module, "weight").detach())
+            for module, name, param in pending:
+                param.activate(latent(module, name), masked_weight(module, name.removesuffix(ORIG)).detach())
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int
     ) -> None:
         with torch.no_grad():
-            for module, param in self.mine(pl_module.shipped_net):
+            for module, name, param in self.mine(pl_module.shipped_net):
                 if bool(param.active):
-                    param.after_step(latent(module))
+                    param.after_step(latent(module, name))
 
     @override
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         prefix = pl_module.shipped_prefix()
         names = {id(m): name for name, m in pl_module.shipped_net.named_modules()}
         with torch.no_grad():
-            for module, _ in self.mine(pl_module.shipped_net):
-                tensor = weight_name_of(module)
+            for module, tensor, _ in self.mine(pl_module.shipped_net):
                 key = ".".join(filter(None, (prefix, names[id(module)], "parametrizations", tensor, "0", FOLDED)))
                 checkpoint["state_dict"][key] = getattr(module, tensor).detach().clone()
 
@@ -191,24 +206,17 @@ class LatentWeightStep(CompressionStep):
         unparametrize(pl_module.shipped_net, self.step)
 
 
-def latent(module: nn.Module) -> torch.Tensor:
-    """The latent (real-valued, trained) weight of a parametrized `module`."""
-    return module.parametrizations[weight_name_of(module)].original
-
-
-def weight_name_of(module: nn.Module) -> str:
-    """The parametrized tensor's name of a parametrized `module`."""
-    return next(iter(module.parametrizations.keys()))
+def latent(module: nn.Module, name: str) -> torch.Tensor:
+    """The latent (real-valued, trained) tensor under `module`'s parametrized tensor `name`."""
+    return module.parametrizations[name].original
 
 
 def unparametrize(net: nn.Module, owner: str | None = None) -> nn.Module:
     """Remove latent-weight parametrizations (of step `owner`, or all), leaving the computed weights."""
     with torch.no_grad():
-        for _, module in layers(net):
-            param = parametrization(module)
-            if param is not None and (owner is None or param.owner == owner):
-                parametrize.remove_parametrizations(module, weight_name_of(module), leave_parametrized=True)
-    return net
+        for module, name, _ in latent_weights(net, owner):
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return settle_recurrent(net)
 
 
 class HiddenLayerStep(LatentWeightStep):
@@ -220,8 +228,8 @@ class HiddenLayerStep(LatentWeightStep):
         self.skip_first_last = skip_first_last
 
     @override
-    def targets(self, net: nn.Module) -> list[tuple[str, nn.Module]]:
-        found = layers(net)
+    def targets(self, net: nn.Module) -> list[tuple[nn.Module, str]]:
+        found = [(module, "weight") for _, module in layers(net)]
         return found[1:-1] if self.skip_first_last else found
 
     @override

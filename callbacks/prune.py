@@ -2,7 +2,9 @@
 
 Sparsity follows a cubic ramp from 0 at `start_epoch` to `sparsity` at `end_epoch`, pruned every
 `every_n_steps` optimizer steps in between (small steps hurt less than one jump per epoch), then
-training goes on with the masks held. Masks live in the net as
+training goes on with the masks held. Targets: every Linear / Conv2d weight and every recurrent
+layer's input, recurrent and projection matrices (callbacks/surgery/weights.py); nn.LSTM computes
+from the masked matrices, as pruning sets them through its `setattr`. Masks live in the net as
 `weight_orig` / `weight_mask` entries, so they are in every checkpoint; on every fit the targets get
 a (ones) mask in `setup`, before Lightning restores a checkpoint or builds the optimizer, so a
 resumed run finds its masks and its optimizer sees parameters in the same order. At the end of the
@@ -28,7 +30,8 @@ from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
 from callbacks.surgery.dead_units import zero_dead_units
-from callbacks.surgery.folding import snapshot
+from callbacks.surgery.folding import pruned_names, snapshot
+from callbacks.surgery.weights import LAYERS, weight_targets
 
 __all__ = [
     "MagnitudePruning",
@@ -41,17 +44,18 @@ __all__ = [
     "weight_sparsity",
 ]
 
-PRUNABLE = (nn.Linear, nn.Conv2d)
+PRUNABLE = LAYERS  # layers whose `weight` is pruned (recurrent layers: their matrices, callbacks/surgery/weights.py)
 
 
 def prunable(net: nn.Module) -> list[tuple[nn.Module, str]]:
-    """Every Linear / Conv2d weight of `net`."""
-    return [(m, "weight") for m in net.modules() if isinstance(m, PRUNABLE)]
+    """Every Linear / Conv2d weight and recurrent matrix of `net`, as (module, tensor name)."""
+    return [(module, tensor) for _, module, tensor in weight_targets(net)]
 
 
 def prunable_names(net: nn.Module) -> list[str]:
-    """The module names of `net`'s Linear / Conv2d layers (as `layer_sparsity` names them)."""
-    return [name for name, m in net.named_modules() if isinstance(m, PRUNABLE)]
+    """The names `layer_sparsity` uses: a Linear / Conv2d's module name, `<module>.<tensor>` for a
+    recurrent matrix (e.g. `lstm.weight_hh_l0`)."""
+    return [label for label, _, _ in weight_targets(net)]
 
 
 def pruned_count(module: nn.Module, name: str) -> int:
@@ -85,8 +89,8 @@ def cubic_sparsity(epoch: float, final: float, start: int, end: int) -> float:
 
 
 class MagnitudePruning(CompressionStep):
-    """Unstructured L1 pruning of Linear / Conv2d weights, `scope="global"` (one threshold over all
-    layers) or `"layer"` (each layer to its own sparsity: `layer_sparsity[name]`, else `sparsity`),
+    """Unstructured L1 pruning of Linear / Conv2d weights and recurrent (LSTM) matrices, `scope="global"`
+    (one threshold over all layers) or `"layer"` (each layer to its own sparsity: `layer_sparsity[name]`, else `sparsity`),
     on `pl_module.shipped_net`."""
 
     def __init__(
@@ -158,7 +162,7 @@ class MagnitudePruning(CompressionStep):
         """An all-ones mask on every target that has none yet (at setup, and on layers an earlier
         compression step created), so every checkpoint has the same keys whatever the phase."""
         for module, name in prunable(net):
-            if not prune.is_pruned(module):
+            if name not in pruned_names(module):
                 prune.identity(module, name)
 
     @override
@@ -204,17 +208,16 @@ class MagnitudePruning(CompressionStep):
 
     def prune_layers(self, net: nn.Module, progress: float) -> None:
         """Each layer to `progress` x its own final sparsity, counted in weights."""
-        layers, pruned = dict(net.named_modules()), False
-        for layer in prunable_names(net):
-            module = layers[layer]
-            scores = masked_weight(module, "weight").detach()
+        pruned = False
+        for layer, module, name in weight_targets(net):
+            scores = masked_weight(module, name).detach()
             final = self.layer_sparsity.get(layer, self.sparsity)
-            count = round(final * progress * scores.numel()) - pruned_count(module, "weight")
+            count = round(final * progress * scores.numel()) - pruned_count(module, name)
             if count <= 0:
                 continue
             if self.before is None:
                 self.before = snapshot(net)
-            prune.l1_unstructured(module, "weight", amount=count, importance_scores=scores)
+            prune.l1_unstructured(module, name, amount=count, importance_scores=scores)
             pruned = True
         if pruned:
             self.history.append(weight_sparsity(net))
@@ -222,5 +225,5 @@ class MagnitudePruning(CompressionStep):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for module, name in prunable(pl_module.shipped_net):
-            if prune.is_pruned(module):
+            if name in pruned_names(module):
                 prune.remove(module, name)

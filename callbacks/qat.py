@@ -22,8 +22,17 @@ from callbacks.step import CompressionStep, Stage
 from callbacks.surgery.folding import snapshot
 from callbacks.surgery.int8_layers import shipped_bytes
 from callbacks.surgery.quantize import Phase, instrument, links, quantized_layers, set_phase
+from callbacks.surgery.weights import LAYERS, weight_targets
 
-__all__ = ["COUPLING", "QuantizationAwareTraining", "SUPPORTED_BITS", "VALUE_STEPS", "check_bits", "check_quantizable"]
+__all__ = [
+    "COUPLING",
+    "QuantizationAwareTraining",
+    "SUPPORTED_BITS",
+    "VALUE_STEPS",
+    "check_bits",
+    "check_quantizable",
+    "recurrent_layers",
+]
 
 SUPPORTED_BITS = (8,)
 # why a quantization step cannot run on a net cut into stages on different ranks (strategy=pipeline)
@@ -46,8 +55,23 @@ def check_bits(step: str, bits: int) -> None:
         )
 
 
+def recurrent_layers(net: nn.Module) -> list[str]:
+    """Names of `net`'s modules holding recurrent matrices (callbacks/surgery/weights.py names them)."""
+    names = [label.rsplit(".", 1)[0] for label, module, _ in weight_targets(net) if not isinstance(module, LAYERS)]
+    return list(dict.fromkeys(names))
+
+
 def check_quantizable(step: str, net: nn.Module) -> None:
-    """The net has a Linear / Conv2d layer and torch.fx can trace it (to pair layers with BatchNorms)."""
+    """The net has a Linear / Conv2d layer, no recurrent layer (fake quantization covers Linear / Conv2d
+    only: an LSTM would ship in float under an int8 report), and torch.fx can trace it where it has
+    BatchNorms to fold (callbacks/surgery/quantize.py: links)."""
+    recurrent = recurrent_layers(net)
+    if recurrent:
+        raise ValueError(
+            f"compress=[{step}] cannot quantize {type(net).__name__}'s recurrent layer ({', '.join(recurrent)}): "
+            f"{step} fake-quantizes Linear / Conv2d only; drop {step} and use export=dynamic for int8 "
+            "(onnxruntime dynamic quantization)"
+        )
     if not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in net.modules()):
         raise ValueError(f"compress.{step}: {type(net).__name__} has no Linear / Conv2d layer to quantize")
     try:

@@ -1,13 +1,14 @@
 """k-means weight sharing (Han et al., Deep Compression, ICLR 2016).
 
-At `start_epoch` the nonzero weights of each layer are clustered into 2^bits shared values
-(scikit-learn's 1-D k-means from centroids spread linearly between the layer's smallest and largest
-weight, Han's best initialization); every weight then indexes its centroid. Training goes on with
+At `start_epoch` the nonzero weights of each weight tensor (a Linear / Conv2d's weight, an LSTM's
+input, recurrent and projection matrices: callbacks/surgery/weights.py) are clustered into 2^bits
+shared values (scikit-learn's 1-D k-means from centroids spread linearly between the tensor's smallest
+and largest weight, Han's best initialization); every weight then indexes its centroid. Training goes on with
 the assignments fixed and the centroids fine-tuned: a weight is `centroids[index]`, so autograd
 gives each centroid the sum of its members' gradients, as in the paper. Zeros (a pruned layer's)
 are not clustered and stay zero (the pruning mask still applies). Layers an earlier binary or
 ternary step owns are left to it: weight sharing then covers the layers they keep at full
-precision. Each layer ships as its codebook and Huffman-coded indices (callbacks/formats/dcz.py).
+precision. Each tensor ships as its codebook and Huffman-coded indices (callbacks/formats/dcz.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 from typing_extensions import override
 
-from callbacks.parametrized import LatentWeight, LatentWeightStep, layers, parametrization
+from callbacks.parametrized import LatentWeight, LatentWeightStep, parametrization
+from callbacks.surgery.weights import weight_targets
 
 __all__ = ["SharedWeight", "WeightSharing", "cluster", "linear_centroids"]
 
@@ -58,7 +60,7 @@ class SharedWeight(LatentWeight):
     @override
     @torch.no_grad()
     def activate(self, latent: torch.Tensor, weight: torch.Tensor) -> None:
-        """Cluster the nonzeros of `weight` (the layer's weight as the net computes it, masks applied)."""
+        """Cluster the nonzeros of `weight` (the tensor as the net computes it, masks applied)."""
         self.zero.copy_(weight == 0)
         nonzero = weight[~self.zero]
         if nonzero.numel():
@@ -69,7 +71,8 @@ class SharedWeight(LatentWeight):
 
 
 class WeightSharing(LatentWeightStep):
-    """k-means weight sharing with `bits` bits of index per weight, on every Linear / Conv2d."""
+    """k-means weight sharing with `bits` bits of index per weight, on every Linear / Conv2d weight and
+    recurrent matrix."""
 
     step = "kmeans"
     order_in_stage = 1
@@ -84,9 +87,9 @@ class WeightSharing(LatentWeightStep):
         self.bits = bits
 
     @override
-    def targets(self, net: nn.Module) -> list[tuple[str, nn.Module]]:
-        """Every layer that no earlier step (binary, ternary) parametrized."""
-        return [(name, m) for name, m in layers(net) if parametrization(m) is None]
+    def targets(self, net: nn.Module) -> list[tuple[nn.Module, str]]:
+        """Every weight tensor that no earlier step (binary, ternary) parametrized."""
+        return [(m, tensor) for _, m, tensor in weight_targets(net) if parametrization(m, tensor) is None]
 
     @override
     def make(self, module: nn.Module, latent: torch.Tensor) -> LatentWeight:

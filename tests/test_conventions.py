@@ -31,6 +31,7 @@ from modules.adapt import AdaptModule
 from modules.classifier import ClassifierModule
 from modules.distill import DistillModule
 from modules.gan import GanModule
+from modules.language_model import LanguageModel
 from modules.task import Task
 from recipes.assembly.restore import rebuild
 from recipes.assembly.training import build_run
@@ -62,7 +63,7 @@ def tiny_checkpoint(tmp_path: Path, name: str, *overrides: str, choices: dict[st
 
 
 def test_every_task_checkpoint_loads_with_load_from_checkpoint(tmp_path: Path) -> None:
-    """classifier, distill, adapt and gan: `Cls.load_from_checkpoint(path, weights_only=True)` gives the
+    """classifier, distill, adapt, gan and lm: `Cls.load_from_checkpoint(path, weights_only=True)` gives the
     module recipes.evaluate rebuilds (same class, same outputs, same test metrics for a classifier)."""
     classifier = tiny_checkpoint(
         tmp_path, "classifier", "model.hidden=[32]", choices={"recipe": "baseline", "task": "classifier"}
@@ -96,6 +97,14 @@ def test_every_task_checkpoint_loads_with_load_from_checkpoint(tmp_path: Path) -
             "task.fd_samples=64",
             "task.val_samples=64",
             choices={"recipe": "gan", "task": "gan"},
+        ),
+        LanguageModel: tiny_checkpoint(
+            tmp_path,
+            "lm",
+            "recipe=lm",
+            "data.seq_len=16",
+            "model.hidden=16",
+            choices={"recipe": "lm", "task": "lm"},
         ),
     }
     for cls, path in checkpoints.items():

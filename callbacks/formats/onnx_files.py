@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "ORT_QUANTIZATION_LOGGERS",
     "Inputs",
     "Runner",
     "compact",
@@ -32,6 +33,9 @@ __all__ = [
 # Loggers of torch.onnx's dynamo exporter passes: at INFO they report every pass ("No unused functions to
 # remove", "Skipping constant folding ...") on each export, and the run's logging config shows INFO.
 ONNX_PASS_LOGGERS = ("onnxscript", "onnx_ir")
+# Loggers of onnxruntime's quantization tool: its quantizers log through the root logger (`logging.info`, one
+# 'Quantization parameters for tensor ... not specified' line per tensor), its pre-processing through its own.
+ORT_QUANTIZATION_LOGGERS = ("root", "onnxruntime.quantization")
 
 Inputs = tuple[torch.Tensor, ...]  # the net's positional inputs, batch first (one image tensor; z and labels)
 Runner = Callable[[tuple[np.ndarray, ...]], np.ndarray]
@@ -47,9 +51,10 @@ def input_names(example: Inputs) -> list[str]:
 
 
 @contextlib.contextmanager
-def quiet_onnx_passes() -> Iterator[None]:
-    """The exporter's pass loggers at WARNING for the export (their warnings and errors still show)."""
-    loggers = [logging.getLogger(name) for name in ONNX_PASS_LOGGERS]
+def quiet_onnx_passes(names: Sequence[str] = ONNX_PASS_LOGGERS) -> Iterator[None]:
+    """The loggers `names` (the exporter's passes; ORT_QUANTIZATION_LOGGERS around onnxruntime's
+    quantization) at WARNING for the block, their levels restored after (warnings and errors still show)."""
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))

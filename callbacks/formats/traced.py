@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from callbacks.formats.onnx_files import (
+    ORT_QUANTIZATION_LOGGERS,
     Inputs,
     Runner,
     compact,
@@ -31,22 +32,40 @@ from callbacks.formats.onnx_files import (
     initializer_bytes,
     onnx_runner,
     optimize,
+    quiet_onnx_passes,
     runtime_ops,
     torch_onnx_export,
 )
 from callbacks.surgery.int8_layers import int8_module
 from callbacks.surgery.int8_ops import onnx_translations
 from callbacks.surgery.quantize import float_copy, is_quantized, quantized_layers
+from modules.nets.lstm import exportable
 
 __all__ = ["DEFAULT_FORMATS", "FILE_NAMES", "FORMATS", "ExportError", "export_and_verify"]
 
-FORMATS = ("onnx", "program", "onnx_int8", "dcz")
+FORMATS = ("onnx", "program", "onnx_int8", "onnx_dynamic", "dcz")
 DEFAULT_FORMATS = ("onnx", "program")
-FILE_NAMES = {"onnx": "model.onnx", "program": "model.pt2", "onnx_int8": "model_int8.onnx", "dcz": "model.dcz"}
-INT8_FORMATS = ("onnx_int8",)
+FILE_NAMES = {
+    "onnx": "model.onnx",
+    "program": "model.pt2",
+    "onnx_int8": "model_int8.onnx",
+    "onnx_dynamic": "model_dynamic.onnx",
+    "dcz": "model.dcz",
+}
+INT8_FORMATS = ("onnx_int8", "onnx_dynamic")
+DYNAMIC = ("onnx_dynamic",)  # int8 formats of a float net: compared with the fp32 net, not a fake-quantized one
 EXACT = ("dcz",)  # formats that must give the trained net's outputs bit for bit
-# onnxruntime ops that compute in int8 (QGemm: its fused Linear; ConvInteger / MatMulInteger: dynamic)
-INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
+# onnxruntime ops that compute in int8 (QGemm: its fused Linear; ConvInteger / MatMulInteger and the
+# fused DynamicQuantizeMatMul / DynamicQuantizeLSTM: dynamic)
+INT8_KERNELS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+)
 
 
 class ExportError(RuntimeError):
@@ -89,6 +108,30 @@ def write_onnx_int8(net: nn.Module, example: Inputs, path: Path, opset: int) -> 
     return onnx_runner(path, example)
 
 
+def write_onnx_dynamic(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
+    """The fp32 ONNX model with onnxruntime's dynamic quantization: int8 weights on disk, activations
+    quantized at run time from their own range (MatMulInteger / DynamicQuantizeMatMul kernels, an ONNX
+    LSTM node as DynamicQuantizeLSTM). No calibration and no training change, which suits sequence nets
+    (an LSTM's or attention's MatMuls), whose activation ranges move with the input. onnxruntime's
+    pre-processing folds constants first: torch.onnx computes an LSTM node's W and R (gates reordered
+    by Slice / Concat), and the quantizer takes only initializer weights."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32 = path.with_name(f"{path.stem}.fp32.onnx")
+    folded = path.with_name(f"{path.stem}.folded.onnx")
+    try:
+        torch_onnx_export(net, example, fp32, opset)
+        with quiet_onnx_passes(ORT_QUANTIZATION_LOGGERS):  # an INFO line per tensor otherwise
+            quant_pre_process(str(fp32), str(folded), skip_symbolic_shape=True)
+            quantize_dynamic(str(folded), str(path), weight_type=QuantType.QInt8)
+    finally:
+        fp32.unlink(missing_ok=True)
+        folded.unlink(missing_ok=True)
+    compact(path)
+    return onnx_runner(path, example)
+
+
 def write_dcz(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner:
     """Write Deep Compression's file (callbacks/formats/dcz.py) and return a runner of the net decoded from it."""
     from callbacks.formats import dcz
@@ -103,7 +146,13 @@ def write_dcz(net: nn.Module, example: Inputs, path: Path, opset: int) -> Runner
     return run
 
 
-WRITERS = {"onnx": write_onnx, "program": write_program, "onnx_int8": write_onnx_int8, "dcz": write_dcz}
+WRITERS = {
+    "onnx": write_onnx,
+    "program": write_program,
+    "onnx_int8": write_onnx_int8,
+    "onnx_dynamic": write_onnx_dynamic,
+    "dcz": write_dcz,
+}
 
 
 def median_ms(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -161,12 +210,14 @@ def export_and_verify(
     net = copy.deepcopy(net).cpu().eval()
     quantized = is_quantized(net)
     if not quantized:
-        formats = [f for f in formats if not (f in INT8_FORMATS and f in where_applicable)]
-    if not quantized and any(f in INT8_FORMATS for f in formats):
+        formats = [f for f in formats if not (f in INT8_FORMATS and f not in DYNAMIC and f in where_applicable)]
+    if not quantized and "onnx_int8" in formats:
         raise ExportError(
             "export.formats has onnx_int8 but the net is not quantized: add qat or ptq to compress "
-            "(e.g. compress=[qat]), or drop onnx_int8"
+            "(e.g. compress=[qat]), or export onnx_dynamic (onnxruntime's dynamic int8) instead"
         )
+    if quantized and any(f in DYNAMIC for f in formats):
+        raise ExportError("export.formats has onnx_dynamic but the net is quantized already: export onnx_int8")
     fp32_net = float_copy(net) if quantized_layers(net) else net
     example, inputs = as_inputs(example), as_inputs(inputs)
     with torch.no_grad():
@@ -179,18 +230,21 @@ def export_and_verify(
     diffs, agreements = [], []
     for fmt in formats:
         path = out_dir / FILE_NAMES[fmt]
-        int8 = fmt in INT8_FORMATS
+        int8, static = fmt in INT8_FORMATS, fmt in INT8_FORMATS and fmt not in DYNAMIC
         try:
-            run = WRITERS[fmt](net if int8 else fp32_net, example, path, opset)
+            # exportable: an LSTM with projections as a step-by-step copy (no exporter takes nn.LSTM's); an
+            # exact format stores the net's own weights and must give its outputs back bit for bit
+            written = net if static else fp32_net
+            run = WRITERS[fmt](written if fmt in EXACT else exportable(written), example, path, opset)
             outputs = run(tuple(x.numpy() for x in inputs))
         except Exception as err:  # noqa: BLE001 - any exporter failure is reported the same way
             path.unlink(missing_ok=True)
             raise ExportError(
                 f"export to {fmt} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
             ) from err
-        expected = reference["int8" if int8 else "fp32"]
+        expected = reference["int8" if static else "fp32"]
         diff = float(np.abs(outputs - expected).max())
-        agreement = float((outputs.argmax(1) == expected.argmax(1)).mean())
+        agreement = float((outputs.argmax(-1) == expected.argmax(-1)).mean())  # per sample, or per step of a sequence
         if fmt in EXACT and diff != 0:
             path.unlink(missing_ok=True)
             raise ExportError(f"{fmt} export does not give the trained net back bit for bit: max |diff| {diff:.2e}")
@@ -198,7 +252,7 @@ def export_and_verify(
         if diff > limit or agreement < needed:
             path.unlink(missing_ok=True)
             keys = ("export.int8_atol", "export.int8_agreement") if int8 else ("export.atol", "needs")
-            against = "the fake-quantized net" if int8 else "the trained net"
+            against = "the fake-quantized net" if static else "the trained net"
             raise ExportError(
                 f"{fmt} export does not match {against}: max |diff| {diff:.2e} ({keys[0]}={limit}), "
                 f"top-1 agreement {agreement:.4f} ({keys[1]} {needed})"

@@ -3,13 +3,17 @@ stands for: the one place that knows the layouts.
 
 - a `torch.nn.utils.prune` mask: the parameter `<x>_orig` and the buffer `<x>_mask` (prune's
   documented layout), the weight `<x>` their product;
-- a `torch.nn.utils.parametrize` weight (binary, ternary, shared values; callbacks/parametrized.py):
-  its computed value written into every checkpoint as `<layer>.parametrizations.<x>.0.folded`,
+- a `torch.nn.utils.parametrize` weight (binary, ternary, shared values; callbacks/parametrized.py),
+  of a layer or of an LSTM's matrix: its computed value written into every checkpoint as `<layer>.parametrizations.<x>.0.folded`,
   beside the latent weight and the parametrization's own state (scales, centroids), which are
   training state only.
 
 `fold_masks` turns a state dict with either into the one a plain net loads (recipes.evaluate, a
 teacher, a fine-tuning start); `snapshot` does the same to a net.
+
+nn.LSTM keeps a list of its weights, refreshed by its forward; with a parametrized matrix the list
+holds the last forward's computed tensors, which `copy.deepcopy` refuses (they have autograd history):
+`settle_recurrent` stores their values without it (the next forward computes them again).
 """
 
 from __future__ import annotations
@@ -17,10 +21,21 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-__all__ = ["FOLDED", "MASK", "ORIG", "fold_masks", "fold_parametrizations", "pruned_names", "remove_masks", "snapshot"]
+__all__ = [
+    "FOLDED",
+    "MASK",
+    "ORIG",
+    "fold_masks",
+    "fold_parametrizations",
+    "pruned_names",
+    "remove_masks",
+    "settle_recurrent",
+    "snapshot",
+]
 
 MASK, ORIG = "_mask", "_orig"  # prune's suffixes: `<x>_orig * <x>_mask` is `<x>`
 FOLDED = "folded"  # the parametrization buffer that holds the computed weight in a checkpoint
@@ -49,13 +64,22 @@ def remove_masks(net: nn.Module) -> nn.Module:
     return net
 
 
+def settle_recurrent(net: nn.Module) -> nn.Module:
+    """Every nn.LSTM / GRU / RNN of `net` with its weight list read again, without autograd history."""
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.RNNBase):
+                module._init_flat_weights()  # nn.RNNBase's own refresh (as `.to()` does)
+    return net
+
+
 def snapshot(net: nn.Module) -> nn.Module:
     """A detached copy of `net` as a plain net would load it (pruning masks and parametrizations
     folded in): what the compression report tests as the model before a step."""
     for module in net.modules():  # a pruned weight is recomputed by each forward: drop its autograd
         for name in pruned_names(module):  # history so that deepcopy can copy it
             setattr(module, name, getattr(module, name).detach())
-    plain = copy.deepcopy(net)
+    plain = copy.deepcopy(settle_recurrent(net))
     for module in plain.modules():  # a parametrized weight (binary, ternary, shared values) as computed
         if parametrize.is_parametrized(module):
             # deepcopy shares the injected Parametrized<Layer> class, which removal edits: give the copy its own
@@ -63,7 +87,7 @@ def snapshot(net: nn.Module) -> nn.Module:
             module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             for name in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    return remove_masks(plain).requires_grad_(False)
+    return settle_recurrent(remove_masks(plain)).requires_grad_(False)
 
 
 def fold_masks(state_dict: dict[str, Any]) -> dict[str, Any]:

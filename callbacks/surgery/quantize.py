@@ -107,8 +107,17 @@ def links(net: nn.Module) -> Links:
     (or its BatchNorm) and is called nowhere else; and let a layer whose input comes from another
     quantized layer through value-preserving ops only (ReLU, max-pool, flatten, dropout) take that
     layer's output quantization instead of its own, so onnxruntime chains its int8 kernels without
-    requantizing in between (the fusions onnxruntime's and torchao's x86 quantizers make)."""
-    graph = trace(net)
+    requantizing in between (the fusions onnxruntime's and torchao's x86 quantizers make).
+
+    A net torch.fx cannot trace (e.g. attention that reads its input's shape) has no links when it
+    has no BatchNorm: each layer then quantizes its own input and output, which is correct, only
+    requantized more often; with a BatchNorm to fold, the trace is needed and its error is raised."""
+    try:
+        graph = trace(net)
+    except ValueError:
+        if any(isinstance(m, FOLDABLE) for m in net.modules()):
+            raise
+        return Links()
     module = lambda node: net.get_submodule(node.target) if node.op == "call_module" else None  # noqa: E731
     calls: dict[str, int] = {}
     for node in graph.nodes:

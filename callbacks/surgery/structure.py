@@ -27,6 +27,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from modules.nets.lowrank_lstm import MATRICES, LowRankLSTM
+
 __all__ = [
     "ATTR",
     "LateEdits",
@@ -78,10 +80,13 @@ def set_module(net: nn.Module, name: str, module: nn.Module) -> None:
     setattr(net.get_submodule(parent_name) if parent_name else net, child, module)
 
 
-def factored(layer: nn.Module, rank: int) -> nn.Sequential:
+def factored(layer: nn.Module, rank: int | Mapping[str, int]) -> nn.Module:
     """`layer` (Linear or Conv2d) as two layers through a `rank`-wide bottleneck, weights from its
     truncated SVD `W ~ (U_k S_k^1/2)(S_k^1/2 V_k^T)`: Linear(n->k, no bias) -> Linear(k->m); a
-    Conv2d becomes a kxk conv with `rank` filters (same stride/padding) -> 1x1 conv to the outputs."""
+    Conv2d becomes a kxk conv with `rank` filters (same stride/padding) -> 1x1 conv to the outputs.
+    An nn.LSTM (`rank`: a rank per matrix, e.g. `{"weight_hh_l0": 8}`) becomes a LowRankLSTM."""
+    if isinstance(layer, nn.LSTM):
+        return LowRankLSTM.from_lstm(layer, rank)  # type: ignore[arg-type]
     weight = layer.weight.detach()
     matrix = weight.reshape(weight.shape[0], -1)  # (out, in * kh * kw)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
@@ -171,8 +176,8 @@ def replay(net: nn.Module, recorded: list[dict[str, Any]], late: LateEdits) -> n
 def check_edit(net: nn.Module, edit: Any, index: int, late: LateEdits) -> None:
     """ValueError unless `edit` is one the compression steps record (a shape edit or a kind of `late`),
     and fits `net` as the edits before it left it: a factor rank from 1 to the layer's full rank, of a
-    Linear or Conv2d; a resize that names existing tensors of the same number of dims and never grows
-    one (steps only shrink layers)."""
+    Linear or Conv2d (of an LSTM: a rank per input / recurrent matrix); a resize that names existing
+    tensors of the same number of dims and never grows one (steps only shrink layers)."""
     where = f"edit {index}"
     kinds = (*SHAPE_EDITS, *late)
     if not isinstance(edit, dict) or edit.get("kind") not in kinds:
@@ -184,8 +189,11 @@ def check_edit(net: nn.Module, edit: Any, index: int, late: LateEdits) -> None:
             raise ValueError(f"{where} (factor) has no ranks mapping")
         for name, rank in ranks.items():
             layer = _submodule(net, name, where)
+            if isinstance(layer, nn.LSTM):
+                _check_lstm_ranks(layer, rank, f"{where} ({name!r})")
+                continue
             if not isinstance(layer, (nn.Linear, nn.Conv2d)):
-                raise ValueError(f"{where} factors {name!r}, a {type(layer).__name__}, not a Linear or Conv2d")
+                raise ValueError(f"{where} factors {name!r}, a {type(layer).__name__}, not a Linear, Conv2d or LSTM")
             full = min(layer.weight.shape[0], layer.weight[0].numel())
             if type(rank) is not int or not 1 <= rank <= full:
                 raise ValueError(f"{where} gives {name!r} rank {rank!r}, outside 1..{full}")
@@ -203,6 +211,19 @@ def check_edit(net: nn.Module, edit: Any, index: int, late: LateEdits) -> None:
                 or not all(type(n) is int and 0 <= n <= m for n, m in zip(shape, old))
             ):
                 raise ValueError(f"{where} resizes {key!r} from {old} to {shape!r}, which is not a shrink of it")
+
+
+def _check_lstm_ranks(lstm: nn.LSTM, ranks: Any, where: str) -> None:
+    """ValueError unless `ranks` maps some of the LSTM's input / recurrent matrices to ranks in 1..full."""
+    if not isinstance(ranks, dict) or not ranks:
+        raise ValueError(f"{where} factors an LSTM without a mapping of its matrices to ranks")
+    matrices = {f"{matrix}_l{k}" for matrix in MATRICES for k in range(lstm.num_layers)}
+    for name, rank in ranks.items():
+        if name not in matrices:
+            raise ValueError(f"{where} factors {name!r}, not an input or recurrent matrix of the LSTM")
+        full = min(getattr(lstm, name).shape)
+        if type(rank) is not int or not 1 <= rank <= full:
+            raise ValueError(f"{where} gives {name!r} rank {rank!r}, outside 1..{full}")
 
 
 def _submodule(net: nn.Module, name: Any, where: str) -> nn.Module:

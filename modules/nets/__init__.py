@@ -1,11 +1,28 @@
-"""Plain nn.Modules. Every net takes `input_shape` (C, H, W) and `num_classes` from the data module,
-keeps them as attributes, and is an nn.Sequential of blocks (so stages can be cut for pipelining)."""
+"""Plain nn.Modules. Every net takes `input_shape` ((C, H, W) for images; (seq_len,) symbols or (L, F)
+feature vectors for the sequence nets) and `num_classes` from the data module, keeps them as
+attributes, and is an nn.Sequential of blocks (so stages can be cut for pipelining)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["convnet", "dcgan", "gan_mlp", "gan_pair", "lenet", "mlp", "resnet", "output_layer", "head_block"]
+__all__ = [
+    "convnet",
+    "dcgan",
+    "gan_mlp",
+    "gan_pair",
+    "lenet",
+    "lowrank_lstm",
+    "lstm",
+    "mlp",
+    "projected_lstm",
+    "resnet",
+    "sequence",
+    "shared_gate_lstm",
+    "transformer",
+    "output_layer",
+    "head_block",
+]
 
 # Layers whose outputs can be a net's outputs (and that compression steps act on).
 WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)

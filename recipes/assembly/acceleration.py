@@ -5,7 +5,9 @@
   the net); nets without convolutions are unaffected.
 - `model.compile=true`: the net's forward is compiled with `torch.compile` (TorchDynamo + Inductor)
   for the fit, training and validation; the test, export and `recipes.evaluate` run the eager net,
-  so what ships is exactly what the config builds.
+  so what ships is exactly what the config builds. On a CPU, an LSTMP (`model.proj_size`) compiles
+  its step-by-step loop on the same weights (TorchDynamo's `allow_rnn`, on for the fit): faster per
+  step than torch's native LSTMP path, which oneDNN does not cover (docs/sequence.md#speed).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 from typing_extensions import override
 
+from modules.nets.lstm import compiles_stepwise
 from modules.task import Task
 from recipes.errors import RecipeError
 
@@ -63,12 +66,27 @@ class CompileNet(Callback):
     they are, so checkpoints do not change) when the fit starts, and restores the eager forward when
     it ends. A compression step that reshapes the net triggers a recompilation (Dynamo's guards)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._allow_rnn: bool | None = None  # dynamo's setting before the fit, while this callback changed it
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if isinstance(pl_module, Task):
+            if pl_module.device.type == "cpu" and compiles_stepwise(pl_module.shipped_net):  # GPU: cuDNN's LSTMP
+                self._allow_rnn, torch._dynamo.config.allow_rnn = torch._dynamo.config.allow_rnn, True
             pl_module.shipped_net.compile()
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if isinstance(pl_module, Task):
             pl_module.shipped_net._compiled_call_impl = None  # what nn.Module.compile set: eager again
+        self._restore_dynamo()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_dynamo()
+
+    def _restore_dynamo(self) -> None:
+        if self._allow_rnn is not None:
+            torch._dynamo.config.allow_rnn, self._allow_rnn = self._allow_rnn, None

@@ -10,6 +10,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from modules.task import Task
+from recipes.assembly.data_record import check_vocabulary
 from recipes.assembly.signatures import parameter_names
 from recipes.assembly.tasks import DataShape, build_datamodule, build_module, build_sized_task, check_net_fits
 from recipes.assembly.thread_count import use_threads
@@ -78,8 +79,9 @@ def rebuild(
     ckpt = load_checkpoint(ckpt_path)
     cfg = saved_config(ckpt, "ckpt_path", ckpt_path, trusted)
     apply_overrides(cfg, overrides, ckpt[KEY].get("choices", {}))
-    check_net_fits(ckpt, cfg, DataShape(**ckpt[KEY]["data"]), ckpt_path, "ckpt_path")
+    check_net_fits(ckpt, cfg, DataShape.recorded(ckpt[KEY]["data"]), ckpt_path, "ckpt_path")
     datamodule = build_datamodule(cfg)
+    check_vocabulary(ckpt[KEY]["data"], datamodule, "ckpt_path", ckpt_path)
     module = load_weights(ckpt, build_module(cfg, datamodule, trusted), ckpt_path)
     count, reason = use_threads(cfg.get("threads", "auto"), module, datamodule)  # the training run's rule
     print(f"threads: {count} ({reason})", flush=True)
@@ -93,7 +95,7 @@ def load_task(ckpt_path: str, overrides: dict[str, Any] | None = None, trusted: 
     ckpt = load_checkpoint(ckpt_path)
     cfg = saved_config(ckpt, "ckpt_path", ckpt_path, trusted)
     apply_overrides(cfg, overrides, ckpt[KEY].get("choices", {}))
-    data = ckpt[KEY]["data"]
-    check_net_fits(ckpt, cfg, DataShape(tuple(data["input_shape"]), data["num_classes"]), ckpt_path, "ckpt_path")
-    module = build_sized_task(cfg, DataShape(tuple(data["input_shape"]), data["num_classes"]), trusted)
+    shape = DataShape.recorded(ckpt[KEY]["data"])
+    check_net_fits(ckpt, cfg, shape, ckpt_path, "ckpt_path")
+    module = build_sized_task(cfg, shape, trusted)
     return load_weights(ckpt, module, ckpt_path)

@@ -16,6 +16,7 @@ from torch import nn
 
 from modules.task import Task
 from recipes.assembly.acceleration import model_options, to_channels_last
+from recipes.assembly.data_record import data_record
 from recipes.assembly.instantiation import instantiate_part
 from recipes.checkpointing.format import KEY, load_checkpoint, load_weights, restore_structure
 from recipes.checkpointing.trust import saved_config
@@ -53,20 +54,29 @@ def build_datamodule(cfg: DictConfig) -> RecipeData:
     return datamodule
 
 
-def reference_net(path: str, key: str, input_shape: tuple[int, ...], trusted: Iterable[str] = ()) -> nn.Module:
+def reference_net(path: str, key: str, shape: DataShape | tuple[int, ...], trusted: Iterable[str] = ()) -> nn.Module:
     """The frozen shipped net of a recipes checkpoint (a teacher, a source model, a fine-tuning start,
     a feature classifier), rebuilt with its task from the config saved in it (only trusted targets:
-    recipes.checkpointing.trust). Its own reference models are not needed for its net, so they are not loaded."""
+    recipes.checkpointing.trust), for data of `shape` (a bare input shape: any vocabulary). Its own
+    reference models are not needed for its net, so they are not loaded."""
     ckpt = load_checkpoint(path, key)
     entry = ckpt[KEY]
     saved = saved_config(ckpt, key, path, trusted)
+    input_shape = shape.input_shape if isinstance(shape, DataShape) else tuple(shape)
     if tuple(entry["data"]["input_shape"]) != tuple(input_shape):
+        fix = "data.seq_len" if len(input_shape) == 1 else "data.image_size / data.channels"
         raise RecipeError(
             f"{key}={path} was trained on inputs {tuple(entry['data']['input_shape'])} but the data gives "
-            f"{tuple(input_shape)}: set data.image_size / data.channels to match"
+            f"{tuple(input_shape)}: set {fix} to match"
         )
-    check_net_fits(ckpt, saved, DataShape(**entry["data"]), path, key)
-    module = build_task(saved, DataShape(**entry["data"]), references={})
+    theirs = DataShape.recorded(entry["data"]).vocab
+    if isinstance(shape, DataShape) and theirs is not None and shape.vocab != theirs:
+        raise RecipeError(
+            f"{key}={path}'s vocabulary ({len(theirs)} symbols) is not this data's "
+            f"({len(shape.vocab or ())} symbols): pass data.vocab_from={path} to read the text with it"
+        )
+    check_net_fits(ckpt, saved, DataShape.recorded(entry["data"]), path, key)
+    module = build_task(saved, DataShape.recorded(entry["data"]), references={})
     return load_weights(ckpt, module, path, key).shipped_net.eval().requires_grad_(False)
 
 
@@ -76,10 +86,22 @@ class DataShape:
 
     input_shape: tuple[int, ...]
     num_classes: int
+    vocab: tuple[str, ...] | None = None  # text: the symbols in index order (recipes.assembly.data_record)
 
     @classmethod
     def of(cls, datamodule: Any) -> DataShape:
-        return cls(tuple(datamodule.input_shape), datamodule.num_classes)
+        record = data_record(datamodule)
+        return cls(tuple(datamodule.input_shape), datamodule.num_classes, recorded_vocab(record))
+
+    @classmethod
+    def recorded(cls, data: dict[str, Any]) -> DataShape:
+        """The shape a checkpoint's `recipe.data` entry records."""
+        return cls(tuple(data["input_shape"]), data["num_classes"], recorded_vocab(data))
+
+
+def recorded_vocab(data: dict[str, Any]) -> tuple[str, ...] | None:
+    vocab = data.get("vocab")
+    return None if vocab is None else tuple(vocab)
 
 
 # Weights a saved model config may always ask for, whatever the file stores (a task may build its own
@@ -142,7 +164,7 @@ def build_sized_task(cfg: DictConfig, shape: DataShape, trusted: Iterable[str] =
     """build_module's task for a data shape, no data module needed: the reference nets loaded from the
     task's `<name>_ckpt` paths, the optimizer checked."""
     references = {
-        str(k)[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", shape.input_shape, trusted)
+        str(k)[: -len("_ckpt")]: reference_net(cfg.task[k], f"task.{k}", shape, trusted)
         for k in cfg.task
         if str(k).endswith("_ckpt") and cfg.task[k]
     }

@@ -18,12 +18,13 @@ from callbacks.plan import check_compression_plan
 from callbacks.step import CompressionStep
 from modules.task import Task
 from recipes.assembly.acceleration import CompileNet, model_options
+from recipes.assembly.data_record import check_vocabulary, data_record
 from recipes.assembly.divergence import DivergenceGuard
 from recipes.assembly.instantiation import instantiate_part, plain_config
 from recipes.assembly.loggers import continue_history
 from recipes.assembly.tasks import build_datamodule, build_module
 from recipes.assembly.thread_count import ThreadCount
-from recipes.checkpointing.format import RecipeState, load_checkpoint, load_weights, resolve_ckpt_path
+from recipes.checkpointing.format import KEY, RecipeState, load_checkpoint, load_weights, resolve_ckpt_path
 from recipes.checkpointing.resume_paths import ResumePathGuard
 from recipes.errors import RecipeError
 from recipes.runtime.interrupt import SigtermStop
@@ -123,11 +124,12 @@ def build_training(
     `datamodule`: the run's data module when the start-up checks built it already (check_buildable)."""
     datamodule = datamodule if datamodule is not None else build_datamodule(cfg)
     module = build_module(cfg, datamodule, cfg.get("trusted_targets") or ())
-    data = {"input_shape": list(datamodule.input_shape), "num_classes": datamodule.num_classes}
+    data = data_record(datamodule)
     compression = build_compression(cfg, module.shipped_net)
     dense_size = model_size(module.shipped_net)
     resumed = load_checkpoint(ckpt_path) if ckpt_path else None
     if resumed is not None:
+        check_vocabulary(resumed[KEY]["data"], datamodule, "ckpt_path", str(ckpt_path))
         load_weights(resumed, module, ckpt_path)
     resolved = plain_config(cfg)
     callbacks = [

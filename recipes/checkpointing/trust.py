@@ -128,9 +128,13 @@ def saved_config(
         and shape
         and all(type(n) is int for n in shape)
         and type(data.get("num_classes")) is int
+        and (
+            data.get("vocab") is None
+            or (isinstance(data["vocab"], list) and all(type(c) is str for c in data["vocab"]))
+        )
     ):
         raise RecipeError(
-            f"{key}={path}: its '{KEY}.data' entry is not {{input_shape: [C, H, W], num_classes: N}}; "
+            f"{key}={path}: its '{KEY}.data' entry is not {{input_shape: [C, H, W], num_classes: N, vocab: [symbols] (text only)}}; "
             f"it was not written by recipes.train"
         )
     mine = set([trusted] if isinstance(trusted, str) else trusted)

@@ -1,4 +1,5 @@
-"""LightningDataModules. Each exposes `input_shape` and `num_classes` so nets are sized from the data."""
+"""LightningDataModules (images, and character-level text). Each exposes `input_shape` and `num_classes`
+so nets are sized from the data."""
 
 __all__ = [
     "base",
@@ -11,6 +12,8 @@ __all__ = [
     "shift",
     "splits",
     "synthetic_files",
+    "text",
     "transforms",
     "vision",
+    "vocabulary",
 ]

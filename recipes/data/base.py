@@ -24,7 +24,7 @@ from typing_extensions import override
 from recipes.data.splits import Batches, ImageSplit, IndexedSplit, Split, TensorSplit, keep_batch
 from recipes.data.transforms import compose, geometry_and_domain, normalization, to_float_image
 
-__all__ = ["DECODE_CHUNK", "ImageDataModule", "warn_one_step_epochs"]
+__all__ = ["DECODE_CHUNK", "ImageDataModule", "as_rows", "batch_loader", "epoch_sampler", "warn_one_step_epochs"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class ImageDataModule(pl.LightningDataModule):
         train_samples: int | None = None,
         augment_draws: int = 8,
         cache_mb: float = 2048,
+        as_sequence: bool = False,
     ) -> None:
         super().__init__()
         if train_samples is not None and train_samples <= 0:
@@ -79,6 +80,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
         self.image_size, self.channels, self.split_seed = image_size, channels, split_seed
         self.train_samples, self.augment_draws, self.cache_mb = train_samples, augment_draws, cache_mb
+        self.as_sequence = as_sequence
         self.return_index = False  # set by the builder when the task caches per-sample values
         self.augment = list(augment or [])
         self.shift = dict(shift) if shift else None
@@ -89,10 +91,17 @@ class ImageDataModule(pl.LightningDataModule):
         self._training: Split | None = None
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of the images the net receives."""
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the splits hold."""
         side = self.image_size or self.native_size
         return (self.channels, side, side)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """What the net receives: the images, or with `as_sequence` their rows as time steps
+        (height, channels x width)."""
+        channels, height, width = self.image_shape
+        return (height, channels * width) if self.as_sequence else (channels, height, width)
 
     def pixel_normalization(self) -> tuple[list[float], list[float]] | None:
         """Per-channel (mean, std) the loaders' images are normalized with, or None: what maps them
@@ -116,7 +125,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def fits_in_memory(self, count: int) -> bool:
         """Whether `count` decoded images (float32, input_shape) fit in data.cache_mb."""
-        channels, height, width = self.input_shape
+        channels, height, width = self.image_shape
         return count * channels * height * width * 4 <= self.cache_mb * 2**20
 
     def decode(self, images: torch.Tensor, steps: Sequence[Callable] | None = None) -> torch.Tensor:
@@ -155,18 +164,7 @@ class ImageDataModule(pl.LightningDataModule):
         if self.return_index:
             dataset = IndexedSplit(dataset)
         if sampler is None:
-            # Epoch-seeded shuffling that Lightning advances with set_epoch; under DDP each rank gets
-            # its shard (the strategy says how many: a pipeline's ranks all share one). Lightning
-            # leaves a DistributedSampler as it is.
-            strategy_shard = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
-            shard = strategy_shard or {"num_replicas": 1, "rank": 0}
-            sampler = DistributedSampler(
-                dataset,
-                num_replicas=shard["num_replicas"],
-                rank=shard["rank"],
-                shuffle=self.shuffle,
-                seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
-            )
+            sampler = epoch_sampler(dataset, self.shuffle, self.trainer)
         warn_one_step_epochs(self.batch_size, sampler, self.trainer)
         return self._loader(dataset, sampler)
 
@@ -196,16 +194,7 @@ class ImageDataModule(pl.LightningDataModule):
             raise RuntimeError("setup() has not run: call datamodule.setup(stage) first")
         dataset = self._in_memory(dataset)
         workers = 0 if self._served_from_memory(dataset) else self.num_workers
-        on_gpu = bool(self.trainer and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
-        return DataLoader(
-            Batches(dataset),
-            batch_size=self.batch_size,
-            sampler=sampler,
-            collate_fn=keep_batch,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=on_gpu,  # page-locked batches: Lightning then copies them with non_blocking=True
-        )
+        return batch_loader(dataset, self.batch_size, sampler, workers, self.trainer)
 
     def training_dataset(self) -> Split:
         """Exactly what the training loader indexes (sample indices refer to it)."""
@@ -230,12 +219,52 @@ class ImageDataModule(pl.LightningDataModule):
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """The training split's augmentation and normalization, on whole batches where they now are
-        (the accelerator), in `augment_draws` groups that each draw their own random parameters."""
+        (the accelerator), in `augment_draws` groups that each draw their own random parameters; then,
+        with `as_sequence`, every split's images as rows (a view, no copy for one channel)."""
         finish = self._training.finish if self._training is not None else None
-        if finish is None or self.trainer is None or not self.trainer.training:
-            return batch
-        images = torch.cat([finish(group) for group in batch[0].tensor_split(min(self.augment_draws, len(batch[0])))])
-        return (images, *batch[1:])
+        augment = finish is not None and self.trainer is not None and self.trainer.training
+        if not isinstance(batch, (tuple, list)) or not (augment or self.as_sequence):
+            return batch  # as it came (a model summary's example input is a bare tensor, already in shape)
+        images = batch[0]
+        if augment:
+            images = torch.cat([finish(group) for group in images.tensor_split(min(self.augment_draws, len(images)))])
+        return (as_rows(images) if self.as_sequence else images, *batch[1:])
+
+
+def as_rows(images: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] images as [B, H, C*W] sequences: row h is time step h, its channels side by side."""
+    batch, channels, height, width = images.shape
+    return images.transpose(1, 2).reshape(batch, height, channels * width)
+
+
+def epoch_sampler(dataset: Any, shuffle: bool, trainer: pl.Trainer | None) -> DistributedSampler:
+    """Epoch-seeded shuffling that Lightning advances with set_epoch, so a resumed run sees the same
+    batches as an uninterrupted one; under DDP each rank gets its shard (the strategy says how many:
+    a pipeline's ranks all share one). Lightning leaves a DistributedSampler as it is."""
+    shard = (trainer.distributed_sampler_kwargs if trainer is not None else None) or {"num_replicas": 1, "rank": 0}
+    return DistributedSampler(
+        dataset,
+        num_replicas=shard["num_replicas"],
+        rank=shard["rank"],
+        shuffle=shuffle,
+        seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+    )
+
+
+def batch_loader(
+    dataset: Split, batch_size: int, sampler: Sampler | None, workers: int, trainer: pl.Trainer | None
+) -> DataLoader:
+    """A loader of whole batches of `dataset` (one `raw_batch` call each; no sampler: in order)."""
+    on_gpu = bool(trainer and trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+    return DataLoader(
+        Batches(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=keep_batch,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=on_gpu,  # page-locked batches: Lightning then copies them with non_blocking=True
+    )
 
 
 def warn_one_step_epochs(batch_size: int, sampler: Sampler, trainer: pl.Trainer | None) -> None:

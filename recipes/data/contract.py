@@ -5,17 +5,18 @@ share no base beyond Lightning's, and a user's own module need not derive from e
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DomainData", "RecipeData"]
+__all__ = ["DomainData", "RecipeData", "TextData"]
 
 
 @runtime_checkable
 class RecipeData(Protocol):
-    """A data module a recipe can train on. `input_shape` ([C, H, W] of the images the net receives)
-    and `num_classes` size the net and are recorded in every checkpoint; `return_index` is set by the
+    """A data module a recipe can train on. `input_shape` (what one sample the net receives is shaped:
+    [C, H, W] for images, [seq_len] for symbol sequences (TextData), [steps, features] for an image read
+    row by row) and `num_classes` size the net and are recorded in every checkpoint; `return_index` is set by the
     builder when the task caches per-sample values (batches then carry each sample's index);
     `training_dataset` is the training split as a dataset, for tasks that pass over it once (a
     teacher's cached logits, a GAN's reference features); `pixel_normalization` is the per-channel
@@ -42,3 +43,12 @@ class DomainData(Protocol):
     test_domains: tuple[str, ...]
 
     def domain_test_dataloader(self, domain: str) -> DataLoader: ...
+
+
+@runtime_checkable
+class TextData(Protocol):
+    """A data module of symbol sequences (recipes.data.text): `input_shape` is `(seq_len,)`, `num_classes`
+    the vocabulary's size, and `vocab` maps symbols to the indices the net reads (`to_list()`: the symbols
+    in index order, plain data for the checkpoint, which records it: recipes.assembly.data_record)."""
+
+    vocab: Any

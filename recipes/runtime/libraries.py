@@ -71,6 +71,10 @@ def quiet_libraries() -> None:
     # Steps are counted across epochs, so train/loss is logged even when an epoch is shorter than
     # log_every_n_steps (digits: 20 batches); Lightning's warning about that is misleading here.
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    # torch.export traces nn.LSTM's forward, which refreshes its `_flat_weights` list (the cuDNN/oneDNN
+    # weight view) as it runs; torch warns that the attribute was assigned during export, about torch's own
+    # module. The exported program is checked against the net on test data, so the warning says nothing.
+    warnings.filterwarnings("ignore", message=r".*_flat_weights.*were assigned during export.*")
 
 
 def log_libraries_to_file() -> None:

@@ -158,11 +158,12 @@ def test_bad_quantization_settings_are_refused_before_training(
 
 
 class DataDependent(nn.Module):
-    """A net whose forward branches on its input's values: torch.fx cannot trace it."""
+    """A net whose forward branches on its input's values: torch.fx cannot trace it, and its BatchNorm
+    needs the trace to be folded (an untraceable net without BatchNorm quantizes each layer unlinked)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc = nn.Linear(4, 2)
+        self.fc = nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x) if x.sum() > 0 else -self.fc(x)

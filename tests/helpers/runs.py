@@ -64,6 +64,13 @@ def run_module(
     )
 
 
+def run_python_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python SCRIPT ARGS...` from the repository root, as a user runs the project's scripts (text output)."""
+    return subprocess.run(
+        [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=user_env()
+    )
+
+
 def train(run_dir: Path, *overrides: str, quiet: bool = True, **kwargs: Any) -> subprocess.CompletedProcess:
     """`python -m recipes.train hydra.run.dir=RUN_DIR ...`."""
     extra = QUIET if quiet else []

@@ -57,8 +57,14 @@ def test_every_task_under_modules_implements_the_contract(tmp_path: Path, featur
     """Each recipe's task, built as the recipe builds it (reference models unset): the shipped net is
     a submodule, the example input runs through it, the monitor and test metrics are declared."""
     seen = set()
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 200, encoding="utf-8")
+    needs = {  # what a recipe cannot be built without (other reference models: trained first)
+        "gan": [f"task.feature_ckpt={feature_ckpt}"],
+        "lm_finetune": [f"data.path={text}"],
+    }
     for recipe in group_options("recipe"):
-        references = [f"task.feature_ckpt={feature_ckpt}"] if recipe == "gan" else []  # else: trained first
+        references = needs.get(recipe, [])
         cfg = compose_train(tmp_path / recipe, f"recipe={recipe}", *references)
         module = build_module(cfg, build_datamodule(cfg))
         seen.add(type(module))

@@ -20,7 +20,9 @@ from typing_extensions import override
 
 from callbacks.progress import PromptRichProgressBar
 from modules.classifier import ClassifierModule
+from modules.nets import lstm as lstm_module
 from modules.nets.mlp import MLP
+from modules.nets.projected_lstm import stepwise_lstmp
 from recipes.assembly.acceleration import CompileNet
 from recipes.assembly.tasks import build_datamodule, build_module
 from recipes.data.digits import DigitsDataModule
@@ -297,5 +299,29 @@ def test_compile_trains_the_compiled_net_and_ships_the_eager_one(tmp_path: Path)
     keys = set(module.state_dict())
     short_trainer(CompileNet(), probe, batches=3).fit(module, datamodule=datamodule)
     assert probe.compiled == [True, True, True]
+    assert module.net._compiled_call_impl is None and set(module.state_dict()) == keys
+    assert torch.isfinite(torch.stack([p.detach().sum() for p in module.parameters()])).all()
+
+
+@pytest.mark.slow  # Inductor compiles the unrolled loop's C++ kernels: tens of seconds on a CPU
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's Inductor backend needs a C++ compiler (g++)")
+def test_compiled_lstmp_fits_through_the_step_by_step_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.compile=true on an LSTMP: the fit traces the step-by-step loop (TorchDynamo's allow_rnn on
+    for the fit only), the weights keep nn.LSTM's names, and the net ships eager."""
+    traced = []
+
+    def recorded(lstm: torch.nn.Module, x: torch.Tensor):
+        traced.append(x.shape)
+        return stepwise_lstmp(lstm, x)
+
+    monkeypatch.setattr(lstm_module, "stepwise_lstmp", recorded)
+    torch._dynamo.reset()
+    cfg, datamodule, module = built(
+        tmp_path, "task=lm", "data=pytext", "data.seq_len=16", "data.batch_size=4", "model=lstm", "model.hidden=16",
+        "model.embed=8", "model.proj_size=4", "model.compile=true",
+    )  # fmt: skip
+    keys = set(module.state_dict())
+    short_trainer(CompileNet(), batches=3).fit(module, datamodule=datamodule)
+    assert traced and not torch._dynamo.config.allow_rnn
     assert module.net._compiled_call_impl is None and set(module.state_dict()) == keys
     assert torch.isfinite(torch.stack([p.detach().sum() for p in module.parameters()])).all()

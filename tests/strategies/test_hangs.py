@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import REPO
 from tests.helpers.processes import live, session
-from tests.helpers.runs import QUIET, train, train_argv, train_in_process, train_ok, user_env
+from tests.helpers.runs import QUIET, run_python_script, train, train_argv, train_in_process, train_ok, user_env
 from tests.helpers.slow_worker import SLOW_STEPS
 
 TINY = ("trainer.max_epochs=1", "callbacks.model_summary=null", "logger=csv", "model.hidden=[32]")
@@ -109,13 +109,7 @@ def test_two_nodes_of_one_async_worker_each_finish(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_repeated_ddp_sim_runs_do_not_hang() -> None:
     """scripts/soak.py: 3 plain ddp_sim runs, each killed as hung after 150 s."""
-    proc = subprocess.run(
-        [sys.executable, "scripts/soak.py", "--runs", "3", "--timeout", "150", "--strategies", "ddp"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_python_script("scripts/soak.py", "--runs", "3", "--timeout", "150", "--strategies", "ddp")
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "       ddp     3     3       0     0" in proc.stdout, proc.stdout
 

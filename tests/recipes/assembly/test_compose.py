@@ -15,11 +15,18 @@ from tests.helpers.build import compose_train
 
 RECIPES = group_options("recipe")
 GAN_MODELS = ("gan_mlp", "dcgan")  # generator + discriminator pairs: built with task=gan
+SEQUENCE_MODELS = ("lstm", "transformer")  # read sequences: built on images read row by row
 
 
-def reference_overrides(recipe: str, feature_ckpt: str) -> list[str]:
-    """What a recipe's task needs to be built without its prerequisite trained first."""
-    return [f"task.feature_ckpt={feature_ckpt}"] if recipe == "gan" else []
+def reference_overrides(recipe: str, feature_ckpt: str, tmp_path: Path) -> list[str]:
+    """What a recipe needs to be built without its prerequisite trained first, or its data given."""
+    if recipe == "gan":
+        return [f"task.feature_ckpt={feature_ckpt}"]
+    if recipe == "lm_finetune":  # the user's text file (the starting checkpoint is checked at start-up)
+        text = tmp_path / "corpus.txt"
+        text.write_text("The quick brown fox jumps over the lazy dog.\n" * 100, encoding="utf-8")
+        return [f"data.path={text}"]
+    return []
 
 
 def test_recipes_exist() -> None:
@@ -28,7 +35,7 @@ def test_recipes_exist() -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_composes_and_builds(recipe: str, tmp_path: Path, feature_ckpt: str) -> None:
-    cfg = compose_train(tmp_path, f"recipe={recipe}", *reference_overrides(recipe, feature_ckpt))
+    cfg = compose_train(tmp_path, f"recipe={recipe}", *reference_overrides(recipe, feature_ckpt, tmp_path))
     assert cfg.task_name == recipe
     parts = build_training(cfg, dict(HydraConfig.get().runtime.choices))
     assert parts.module.net.num_classes == parts.datamodule.num_classes
@@ -40,8 +47,14 @@ def test_recipe_composes_and_builds(recipe: str, tmp_path: Path, feature_ckpt: s
 def test_every_model_fits_the_data_shape(model: str, size: int | None, tmp_path: Path) -> None:
     """Input shape and class count flow from the datamodule into every net: no config repeats them."""
     task = ["task=gan"] if model in GAN_MODELS else []  # a GAN pair reads its latent size from the task
+    rows = model in SEQUENCE_MODELS
     cfg = compose_train(
-        tmp_path, f"model={model}", f"data.image_size={size if size else 'null'}", "data.channels=3", *task
+        tmp_path,
+        f"model={model}",
+        f"data.image_size={size if size else 'null'}",
+        "data.channels=3",
+        f"data.as_sequence={str(rows).lower()}",
+        *task,
     )
     if task:
         datamodule = instantiate_part(cfg.data, "data")
@@ -51,7 +64,8 @@ def test_every_model_fits_the_data_shape(model: str, size: int | None, tmp_path:
         )
     else:
         net = build_training(cfg, {}).module.net
-    assert net.input_shape == (3, size or 8, size or 8)
+    side = size or 8
+    assert net.input_shape == ((side, 3 * side) if rows else (3, side, side))
 
 
 def test_documented_overrides_compose(tmp_path: Path) -> None:

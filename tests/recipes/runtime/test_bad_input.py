@@ -36,7 +36,7 @@ def _image_folder(root: Path, splits: dict[str, list[str]], images: bool = True)
 
 CASES = {
     "unknown recipe": (["recipe=nope"], ["unknown recipe 'nope'", "baseline"]),
-    "unknown model": (["model=transformer"], ["unknown model 'transformer'", "mlp"]),
+    "unknown model": (["model=vgg"], ["unknown model 'vgg'", "mlp"]),
     "unknown data": (["data=imagenet"], ["unknown data 'imagenet'", "digits"]),
     "zero batch size": (["data.batch_size=0"], ["data.batch_size=0", "positive"]),
     "negative batch size": (["data.batch_size=-3"], ["data.batch_size=-3"]),

@@ -80,7 +80,10 @@ def test_evaluate_names_the_checkpoints_data_for_a_key_it_lacks(two_epoch_run: P
     proc = run_module_in_process("recipes.evaluate", f"ckpt_path={ckpt}", "+overrides.data.root=/x")
     assert proc.returncode == EXIT_BAD_INPUT, proc.stderr[-2000:]
     assert_clean_failure(proc, None, "overrides.data.root=/x", "this checkpoint's data (data=digits) has no root")
-    assert "its keys: augment, augment_draws, batch_size" in proc.stderr and "ImageDataModule" not in proc.stderr
+    assert (
+        "its keys: as_sequence, augment, augment_draws, batch_size" in proc.stderr
+        and "ImageDataModule" not in proc.stderr
+    )
 
 
 def test_evaluate_names_a_nested_key_its_task_lacks(two_epoch_run: Path) -> None:

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from recipes.runtime.run_lock import RunDirLock
-from tests.helpers import REPO
 from tests.helpers.in_process import run_module_in_process
-from tests.helpers.runs import QUIET, copy_run, train, train_in_process, train_ok, train_ok_in_process, user_env
+from tests.helpers.runs import (
+    QUIET,
+    copy_run,
+    run_python_script,
+    train,
+    train_in_process,
+    train_ok,
+    train_ok_in_process,
+)
 
 CONFIGS = ("config.yaml", "hydra.yaml", "overrides.yaml")
 TINY = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
@@ -124,13 +130,6 @@ def test_fault_script_cases_fail_cleanly() -> None:
     """scripts/faults.py runs every case as a user would (fresh processes, a real finished run): the
     refused resume and rerun, the entry points without ckpt_path, submitit_slurm without SLURM, and an
     unreachable MLflow server."""
-    proc = subprocess.run(
-        [sys.executable, "scripts/faults.py"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=user_env(),
-    )
+    proc = run_python_script("scripts/faults.py")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("PASS") == 8 and "FAIL" not in proc.stdout, proc.stdout
