@@ -17,12 +17,12 @@ from omegaconf import DictConfig
 from recipes.assembly.prerequisites import check_buildable, ensure_prerequisites
 from recipes.assembly.startup_checks import check_startup
 from recipes.assembly.training import Parts, build_run
-from recipes.errors import RecipeError
+from recipes.errors import RecipeError, RunStopped
 from recipes.runtime.guard import guarded, run_main
 from recipes.runtime.process_env import launched_externally
 from recipes.runtime.resolvers import register_resolvers
 from recipes.stages.compression_results import compression_results
-from recipes.stages.fit import fit
+from recipes.stages.fit import Fitted, fit
 from recipes.stages.results import print_summary, run_results, write_results
 from recipes.stages.robustness_report import robustness_results
 from recipes.stages.scoring import score_shipped
@@ -75,6 +75,24 @@ def _fit_and_report(
     fitted = fit(parts, run_dir, keep_weights)
     if fitted is None:
         return None
+    try:
+        return _report(cfg, choices, parts, run_dir, fitted)
+    except RecipeError as err:  # the training is done: its checkpoints are the user's, not a half-written run
+        raise RunStopped(f"{err}; {_kept(run_dir, fitted)}") from None
+
+
+def _kept(run_dir: Path, fitted: Fitted) -> str:
+    """How to go on from a trained run whose test, report or export failed: it is kept, with its checkpoint."""
+    ckpt = Path(fitted.shipped) if fitted.shipped else run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        return f"the trained run is kept in {run_dir}"
+    return (
+        f"the trained run is kept in {run_dir}; go on from its checkpoint with `python -m recipes.export "
+        f"ckpt_path={ckpt}` (with the export.* overrides that fit) or `python -m recipes.evaluate ckpt_path={ckpt}`"
+    )
+
+
+def _report(cfg: DictConfig, choices: dict[str, Any], parts: Parts, run_dir: Path, fitted: Fitted) -> dict[str, Any]:
     metrics = score_shipped(
         cfg, parts.module, parts.datamodule, fitted.shipped, parts.loggers, step=parts.trainer.global_step
     )

@@ -62,3 +62,24 @@ def test_an_unreachable_mlflow_server_is_one_quick_line(run_dir: Path) -> None:
     assert proc.returncode == 2
     assert_clean_failure(proc, run_dir, f"logger.mlflow.tracking_uri={uri}", "no MLflow tracking server answers")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_failed_export_after_training_keeps_the_trained_run(run_dir: Path) -> None:
+    """The final export's check fails after the fit (here an int8 tolerance no int8 file meets): one line,
+    exit 1, and the run dir with its checkpoints is kept, with the command that exports it again; that
+    command, with a tolerance that fits, writes the export from the kept checkpoint."""
+    proc = train_in_process(
+        run_dir, "trainer.max_epochs=1", "export=dynamic", "export.int8_atol=0", "export.int8_agreement=0.5"
+    )
+    assert proc.returncode == 1, (proc.stdout[-2000:], proc.stderr[-3000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = errors[0]
+    assert line.startswith("error: onnx_dynamic export does not match the trained net"), line
+    assert f"the trained run is kept in {run_dir}" in line, line
+    ckpt = line.split("ckpt_path=")[1].split("`")[0]
+    assert Path(ckpt).is_file() and Path(ckpt).parent == run_dir / "checkpoints"
+    assert not (run_dir / "results.json").exists()
+    again = run_module_in_process("recipes.export", f"ckpt_path={ckpt}", "export=dynamic", "export.int8_atol=100")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert any(run_dir.rglob("model_dynamic.onnx"))
