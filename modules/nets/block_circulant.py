@@ -1,0 +1,207 @@
+"""Block-circulant layers (CirCNN, Ding et al. 2017): a weight matrix cut into b x b blocks, each block
+circulant, so it is defined by one b-vector and multiplies by FFT in O(b log b) instead of O(b^2).
+
+Block (i, j) is `W_ij[r, s] = c[i, j, (r - s) mod b]`, so `W_ij x_j` is the circular convolution of
+`c[i, j]` and `x_j`: `irfft(rfft(c[i, j]) * rfft(x_j))`, and `y_i = irfft(sum_j rfft(c[i, j]) * rfft(x_j))`
+(one inverse FFT per output block). Sizes that are not multiples of b are zero-padded and cropped.
+No maintained PyTorch library trains these (see docs/compression.md), so they are written here on
+`torch.fft`; autograd derives the backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from typing_extensions import override
+
+__all__ = ["BlockCirculantConv2d", "BlockCirculantLinear", "check_block", "circulant_index", "nearest_vectors"]
+
+
+def check_block(block: int, in_size: int, out_size: int, what: str = "layer") -> None:
+    """A block size must be at least 2 and fit the layer's larger side."""
+    if not 2 <= block <= max(in_size, out_size):
+        raise ValueError(
+            f"circulant block={block} does not fit a {what} of {in_size} -> {out_size}: "
+            f"use a block in [2, {max(in_size, out_size)}]"
+        )
+
+
+def circulant_index(block: int, device: torch.device | None = None) -> torch.Tensor:
+    """[b, b] indices `(r - s) mod b`: a circulant block is `c[circulant_index(b)]`."""
+    r = torch.arange(block, device=device)
+    return (r[:, None] - r[None, :]) % block
+
+
+def expand(vectors: torch.Tensor, out_size: int, in_size: int) -> torch.Tensor:
+    """The dense matrix the vectors [p, q, b, ...] stand for: [out, in, ...] (cropped from [p b, q b, ...])."""
+    p, q, b = vectors.shape[:3]
+    blocks = vectors[:, :, circulant_index(b, vectors.device)]  # [p, q, b, b, ...]
+    dense = blocks.transpose(1, 2).reshape(p * b, q * b, *vectors.shape[3:])
+    return dense[:out_size, :in_size]
+
+
+def nearest_vectors(dense: torch.Tensor, block: int) -> torch.Tensor:
+    """The block-circulant matrix nearest `dense` [out, in, ...] in Frobenius norm, as its vectors
+    [p, q, b, ...]: each block's entries averaged along its circulant diagonals (entries in the zero
+    padding do not count)."""
+    out_size, in_size = dense.shape[:2]
+    p, q = math.ceil(out_size / block), math.ceil(in_size / block)
+    pad = [0, 0] * (dense.dim() - 2) + [0, q * block - in_size, 0, p * block - out_size]
+    padded = F.pad(dense, pad).reshape(p, block, q, block, *dense.shape[2:]).transpose(1, 2)  # [p, q, b, b, ...]
+    real = F.pad(torch.ones(out_size, in_size, device=dense.device), pad[-4:])
+    real = real.reshape(p, block, q, block).transpose(1, 2)  # [p, q, b, b]: 1 where an entry is the layer's
+    index = circulant_index(block, dense.device).flatten()
+    sums = padded.new_zeros(p, q, block, *dense.shape[2:]).index_add_(2, index, padded.flatten(2, 3))
+    counts = real.new_zeros(p, q, block).index_add_(2, index, real.flatten(2, 3))
+    counts = counts.reshape(p, q, block, *([1] * (dense.dim() - 2)))
+    return sums / counts.clamp(min=1)
+
+
+class _BlockCirculant(nn.Module):
+    """The vectors [p, q, b, *taps] of a block-circulant weight, their spectra cached in eval mode."""
+
+    def __init__(self, in_size: int, out_size: int, block: int, taps: tuple[int, ...], bias: bool) -> None:
+        super().__init__()
+        check_block(block, in_size, out_size, type(self).__name__)
+        self.in_size, self.out_size, self.block = in_size, out_size, block
+        p, q = math.ceil(out_size / block), math.ceil(in_size / block)
+        self.weight = nn.Parameter(torch.empty(p, q, block, *taps))
+        self.bias = nn.Parameter(torch.empty(out_size)) if bias else None
+        self._spectrum: tuple[int, torch.Tensor] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The dense layer's init (uniform in +-1/sqrt(fan_in)): each output sums in_size products."""
+        fan_in = self.in_size * math.prod(self.weight.shape[3:])
+        bound = 1 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def spectrum(self) -> torch.Tensor:
+        """rfft of the vectors along b; in eval mode computed once per weight version."""
+        if self.training or torch.is_grad_enabled() and self.weight.requires_grad:
+            return torch.fft.rfft(self.weight, dim=2)
+        version = self.weight._version
+        if self._spectrum is None or self._spectrum[0] != version or self._spectrum[1].device != self.weight.device:
+            self._spectrum = (version, torch.fft.rfft(self.weight.detach(), dim=2))
+        return self._spectrum[1]
+
+    @override
+    def train(self, mode: bool = True) -> _BlockCirculant:
+        self._spectrum = None
+        return super().train(mode)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The dense weight this layer stands for (what a test, an export fallback or a report needs)."""
+        return expand(self.weight, self.out_size, self.in_size)
+
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, in, *rest] -> [N, out, *rest]: each position's channels through the block-circulant matrix,
+        `c` [p, q, b, T] applied to x [N, in, T, L] summed over T (the taps)."""
+        p, q, b = self.weight.shape[:3]
+        n, rest = x.shape[0], x.shape[2:]
+        x = F.pad(x.flatten(2), (0, 0, 0, q * b - self.in_size)).reshape(n, q, b, *rest)
+        spectrum_x = torch.fft.rfft(x, dim=2)
+        spectrum = self.spectrum()
+        if spectrum.dim() == 3:  # a Linear: x [N, q, k, 1], c [p, q, k] summed over q
+            mixed = torch.einsum("nqkl,pqk->npkl", spectrum_x, spectrum)
+        else:  # taps: x [N, q, k, T, L], c [p, q, k, T] summed over q and T
+            mixed = torch.einsum("nqktl,pqkt->npkl", spectrum_x, spectrum.flatten(3))
+        y = torch.fft.irfft(mixed, n=b, dim=2)
+        return y.reshape(n, p * b, *y.shape[3:])[:, : self.out_size]
+
+
+class BlockCirculantLinear(_BlockCirculant):
+    """A Linear layer whose weight is a p x q grid of b x b circulant blocks: (p q b) parameters instead
+    of (out x in), a b-fold compression for sizes that are multiples of b."""
+
+    def __init__(self, in_features: int, out_features: int, block: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, block, (), bias)
+        self.in_features, self.out_features = in_features, out_features
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, block: int) -> BlockCirculantLinear:
+        """The block-circulant layer nearest `linear` in Frobenius norm, with its bias."""
+        layer = cls(linear.in_features, linear.out_features, block, bias=linear.bias is not None)
+        layer.to(linear.weight.device)
+        with torch.no_grad():
+            layer.weight.copy_(nearest_vectors(linear.weight, block))
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self._mix(x.reshape(-1, self.in_features, 1))[..., 0]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    @override
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, block={self.block}"
+
+
+class BlockCirculantConv2d(_BlockCirculant):
+    """A Conv2d whose weight at each kernel tap is block-circulant in the channel dimensions (as CirCNN):
+    the taps' channel mixing by FFT over the input's unfolded patches."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        block: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(in_channels, out_channels, block, (kernel_size, kernel_size), bias)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kernel_size, kernel_size), stride, padding
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, block: int) -> BlockCirculantConv2d:
+        """The block-circulant convolution nearest `conv` (square kernel, no groups or dilation)."""
+        kh, kw = conv.kernel_size
+        if kh != kw or conv.groups != 1 or conv.dilation != (1, 1) or conv.stride[0] != conv.stride[1]:
+            raise ValueError(f"{conv} is not a square, ungrouped, undilated convolution: it has no circulant form here")
+        if isinstance(conv.padding, str) or conv.padding[0] != conv.padding[1]:
+            raise ValueError(f"{conv} has an uneven or named padding: it has no circulant form here")
+        layer = cls(
+            conv.in_channels, conv.out_channels, kh, block, conv.stride[0], conv.padding[0], conv.bias is not None
+        )
+        layer.to(conv.weight.device)
+        with torch.no_grad():
+            layer.weight.copy_(nearest_vectors(conv.weight, block))
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        out_h = (h + 2 * self.padding - kh) // self.stride + 1
+        out_w = (w + 2 * self.padding - kw) // self.stride + 1
+        if (kh, kw) == (1, 1) and self.padding == 0:
+            patches = x[:, :, :: self.stride, :: self.stride].reshape(n, self.in_channels, 1, out_h * out_w)
+        else:
+            patches = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
+            patches = patches.reshape(n, self.in_channels, kh * kw, out_h * out_w)
+        y = self._mix(patches).reshape(n, self.out_channels, out_h, out_w)
+        if self.bias is not None:
+            y = y + self.bias[:, None, None]
+        return y
+
+    @override
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, block={self.block}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
