@@ -17,7 +17,14 @@ from torch import nn
 from torch.nn import functional as F
 from typing_extensions import override
 
-__all__ = ["BlockCirculantConv2d", "BlockCirculantLinear", "check_block", "circulant_index", "nearest_vectors"]
+__all__ = [
+    "BlockCirculantConv2d",
+    "BlockCirculantLinear",
+    "check_block",
+    "circulant_index",
+    "nearest_vectors",
+    "spectral_matrix",
+]
 
 
 def check_block(block: int, in_size: int, out_size: int, what: str = "layer") -> None:
@@ -41,6 +48,16 @@ def expand(vectors: torch.Tensor, out_size: int, in_size: int) -> torch.Tensor:
     blocks = vectors[:, :, circulant_index(b, vectors.device)]  # [p, q, b, b, ...]
     dense = blocks.transpose(1, 2).reshape(p * b, q * b, *vectors.shape[3:])
     return dense[:out_size, :in_size]
+
+
+def spectral_matrix(vectors: torch.Tensor) -> torch.Tensor:
+    """Vectors [p, q, b, *taps] as one real matrix per frequency k, [k, 2 q T, 2 p]: with the input's
+    spectrum as a row `[re | im]` over (q, T), `row @ M_k` is the output's `[re | im]` over p, the complex
+    product `(a + ib)(c + id)` in real arithmetic (ONNX and onnxruntime have no complex tensors)."""
+    p, q, b = vectors.shape[:3]
+    spectrum = torch.view_as_real(torch.fft.rfft(vectors.reshape(p, q, b, -1), dim=2))  # [p, q, k, T, 2]
+    real, imag = (spectrum[..., i].permute(2, 1, 3, 0).reshape(-1, q * spectrum.shape[3], p) for i in (0, 1))
+    return torch.cat([torch.cat([real, imag], 2), torch.cat([-imag, real], 2)], 1)  # [k, 2 q T, 2 p]
 
 
 def nearest_vectors(dense: torch.Tensor, block: int) -> torch.Tensor:
@@ -82,12 +99,13 @@ class _BlockCirculant(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def spectrum(self) -> torch.Tensor:
-        """rfft of the vectors along b; in eval mode computed once per weight version."""
+        """The weights' spectra as one real matrix per frequency, [k, 2 q T, 2 p] (`spectral_matrix`); in
+        eval mode without a graph to build, computed once per weight version."""
         if self.training or torch.is_grad_enabled() and self.weight.requires_grad:
-            return torch.fft.rfft(self.weight, dim=2)
+            return spectral_matrix(self.weight)
         version = self.weight._version
         if self._spectrum is None or self._spectrum[0] != version or self._spectrum[1].device != self.weight.device:
-            self._spectrum = (version, torch.fft.rfft(self.weight.detach(), dim=2))
+            self._spectrum = (version, spectral_matrix(self.weight.detach()))
         return self._spectrum[1]
 
     @override
@@ -100,19 +118,16 @@ class _BlockCirculant(nn.Module):
         return expand(self.weight, self.out_size, self.in_size)
 
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, in, *rest] -> [N, out, *rest]: each position's channels through the block-circulant matrix,
-        `c` [p, q, b, T] applied to x [N, in, T, L] summed over T (the taps)."""
+        """x [N, in, T, L] -> [N, out, L]: each of the L positions' channels through the block-circulant
+        matrix of every tap t, summed over the T taps (a Linear has T = L = 1)."""
         p, q, b = self.weight.shape[:3]
-        n, rest = x.shape[0], x.shape[2:]
-        x = F.pad(x.flatten(2), (0, 0, 0, q * b - self.in_size)).reshape(n, q, b, *rest)
-        spectrum_x = torch.fft.rfft(x, dim=2)
-        spectrum = self.spectrum()
-        if spectrum.dim() == 3:  # a Linear: x [N, q, k, 1], c [p, q, k] summed over q
-            mixed = torch.einsum("nqkl,pqk->npkl", spectrum_x, spectrum)
-        else:  # taps: x [N, q, k, T, L], c [p, q, k, T] summed over q and T
-            mixed = torch.einsum("nqktl,pqkt->npkl", spectrum_x, spectrum.flatten(3))
-        y = torch.fft.irfft(mixed, n=b, dim=2)
-        return y.reshape(n, p * b, *y.shape[3:])[:, : self.out_size]
+        n, taps, positions = x.shape[0], x.shape[2], x.shape[3]
+        x = F.pad(x, (0, 0, 0, 0, 0, q * b - self.in_size)).reshape(n, q, b, taps, positions)
+        spectrum_x = torch.view_as_real(torch.fft.rfft(x, dim=2))  # [N, q, k, T, L, (re, im)]
+        rows = spectrum_x.permute(2, 0, 4, 5, 1, 3).reshape(-1, n * positions, 2 * q * taps)  # [k, N L, 2 q T]
+        mixed = torch.bmm(rows, self.spectrum()).reshape(-1, n, positions, 2, p)  # [k, N, L, (re, im), p]
+        y = torch.fft.irfft(torch.complex(mixed[:, :, :, 0], mixed[:, :, :, 1]), n=b, dim=0)  # [b, N, L, p]
+        return y.permute(1, 3, 0, 2).reshape(n, p * b, positions)[:, : self.out_size]
 
 
 class BlockCirculantLinear(_BlockCirculant):
@@ -137,7 +152,7 @@ class BlockCirculantLinear(_BlockCirculant):
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = self._mix(x.reshape(-1, self.in_features, 1))[..., 0]
+        y = self._mix(x.reshape(-1, self.in_features, 1, 1))[..., 0]
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
