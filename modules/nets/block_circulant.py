@@ -27,12 +27,11 @@ __all__ = [
 ]
 
 
-def check_block(block: int, in_size: int, out_size: int, what: str = "layer") -> None:
-    """A block size must be at least 2 and fit the layer's larger side."""
+def check_block(block: int, in_size: int, out_size: int, name: str = "block") -> None:
+    """A block size must be at least 2 and fit the layer's larger side; `name` is the knob that set it."""
     if not 2 <= block <= max(in_size, out_size):
         raise ValueError(
-            f"circulant block={block} does not fit a {what} of {in_size} -> {out_size}: "
-            f"use a block in [2, {max(in_size, out_size)}]"
+            f"{name}={block} does not fit a {in_size} -> {out_size} layer: use a block in [2, {max(in_size, out_size)}]"
         )
 
 
@@ -82,7 +81,7 @@ class _BlockCirculant(nn.Module):
 
     def __init__(self, in_size: int, out_size: int, block: int, taps: tuple[int, ...], bias: bool) -> None:
         super().__init__()
-        check_block(block, in_size, out_size, type(self).__name__)
+        check_block(block, in_size, out_size)
         self.in_size, self.out_size, self.block = in_size, out_size, block
         p, q = math.ceil(out_size / block), math.ceil(in_size / block)
         self.weight = nn.Parameter(torch.empty(p, q, block, *taps))

@@ -127,10 +127,12 @@ def test_parameters_shrink_by_the_block() -> None:
 
 @pytest.mark.parametrize("block", [1, 0, 600])
 def test_a_block_that_does_not_fit_is_refused(block: int) -> None:
-    with pytest.raises(ValueError, match=rf"circulant block={block} does not fit .* use a block in \[2, 512\]"):
+    with pytest.raises(
+        ValueError, match=rf"^block={block} does not fit a 512 -> 256 layer: use a block in \[2, 512\]$"
+    ):
         BlockCirculantLinear(512, 256, block)
-    with pytest.raises(ValueError, match="does not fit a conv of 3 -> 8"):
-        check_block(9, 3, 8, "conv")
+    with pytest.raises(ValueError, match=r"^model.circulant_block=9 does not fit a 3 -> 8 layer"):
+        check_block(9, 3, 8, "model.circulant_block")
 
 
 def test_a_grouped_conv_has_no_circulant_form() -> None:
