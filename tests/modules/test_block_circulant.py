@@ -13,6 +13,7 @@ from modules.nets.block_circulant import (
     BlockCirculantLinear,
     check_block,
     circulant_index,
+    dft_matrices,
     nearest_vectors,
 )
 
@@ -138,3 +139,45 @@ def test_a_block_that_does_not_fit_is_refused(block: int) -> None:
 def test_a_grouped_conv_has_no_circulant_form() -> None:
     with pytest.raises(ValueError, match="not a square, ungrouped, undilated convolution"):
         BlockCirculantConv2d.from_conv(nn.Conv2d(8, 8, 3, groups=2), 4)
+
+
+@pytest.mark.parametrize("block", [7, 8, 64])
+def test_the_dft_matrices_are_rfft_and_irfft(block: int) -> None:
+    x = torch.randn(5, block, dtype=torch.float64)
+    forward, inverse = (m.double() for m in dft_matrices(block))
+    parts = (x @ forward).unflatten(-1, (2, -1)).transpose(-1, -2)  # [5, k, (re, im)]
+    torch.testing.assert_close(parts, torch.view_as_real(torch.fft.rfft(x, dim=-1)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(parts.transpose(-1, -2).flatten(-2) @ inverse, x, atol=1e-6, rtol=0)
+
+
+def _exported_pair() -> list[tuple[nn.Module, torch.Tensor]]:
+    torch.manual_seed(0)
+    return [
+        (nn.Sequential(BlockCirculantLinear(100, 72, 16)).eval(), torch.randn(3, 100)),
+        (nn.Sequential(BlockCirculantConv2d(12, 20, 3, 8, 2, 1)).eval(), torch.randn(2, 12, 9, 9)),
+    ]
+
+
+def test_the_exported_program_multiplies_by_the_dft_matrices() -> None:
+    """torch.export traces the matmul form (no FFT op in the graph), equal to the eager FFT form."""
+    for net, x in _exported_pair():
+        program = torch.export.export(net, (x,))
+        targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+        assert not any("fft" in target for target in targets), targets
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), net(x), atol=1e-5, rtol=0)
+
+
+def test_the_onnx_file_runs_in_onnxruntime_without_a_dft_op(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from callbacks.formats.onnx_files import torch_onnx_export
+
+    for k, (net, x) in enumerate(_exported_pair()):
+        path = tmp_path / f"net{k}.onnx"
+        torch_onnx_export(net, (x,), path, opset=18)
+        assert "DFT" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            assert abs(y - net(x).numpy()).max() <= 1e-4
