@@ -139,8 +139,9 @@ class _BlockCirculant(nn.Module):
     def spectrum(self) -> torch.Tensor:
         """The weights' spectra as one real matrix per frequency, [k, 2 q T, 2 p] (`spectral_matrix`); in
         eval mode without a graph to build, computed once per weight version."""
-        if self.training or torch.is_grad_enabled() and self.weight.requires_grad:
-            return spectral_matrix(self.weight)
+        weight = self.weight
+        if self.training or not isinstance(weight, nn.Parameter) or torch.is_grad_enabled() and weight.requires_grad:
+            return spectral_matrix(weight)  # a pruned or shared weight is a new tensor at every forward
         version = self.weight._version
         if self._spectrum is None or self._spectrum[0] != version or self._spectrum[1].device != self.weight.device:
             self._spectrum = (version, spectral_matrix(self.weight.detach()))

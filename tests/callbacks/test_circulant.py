@@ -91,3 +91,29 @@ def test_resume_across_the_projection_epoch(tmp_path: Path) -> None:
 )
 def test_a_bad_plan_or_block_is_refused_at_start_up(run_dir: Path, overrides: tuple[str, ...], expected: str) -> None:
     assert_clean_failure(train_in_process(run_dir, *SCHEDULE, *FAST, *overrides), run_dir, expected)
+
+
+def test_prune_after_circulant_zeroes_entries_of_the_vectors(run_dir: Path) -> None:
+    """compress=[circulant,prune]: the vectors are prune targets (an entry is a circulant diagonal of its
+    block), the spectrum follows the masked weights, and the sparsity shows in the final vectors."""
+    results = train_ok_in_process(
+        run_dir, *SCHEDULE, *FAST, "compress=[circulant,prune]", "trainer.max_epochs=5",
+        "compress.prune.start_epoch=3", "compress.prune.end_epoch=4", "compress.prune.sparsity=0.5",
+        "compress.prune.scope=layer",  # global magnitudes would take most of the vectors: averaging shrank them
+    )  # fmt: skip
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    vectors = state["net.3.weight_orig"] * state["net.3.weight_mask"]  # checkpoints keep the mask
+    assert vectors.shape == (32, 32, 16) and (vectors == 0).float().mean() == pytest.approx(0.5, abs=0.01)
+    assert results["compression"]["steps"] == ["circulant", "prune"]
+    assert results["compression"]["nonzero_params"] < results["compression"]["params"]
+    assert results["metrics"]["test/acc"] > 0.5
+
+
+def test_quantizing_a_circulant_net_is_refused(run_dir: Path) -> None:
+    assert_clean_failure(
+        train_in_process(
+            run_dir, *SCHEDULE, *FAST, "compress=[circulant,qat]", "trainer.max_epochs=6", "compress.qat.start_epoch=3"
+        ),
+        run_dir,
+        "compress=[qat] cannot quantize the block-circulant layers (3)",
+    )
