@@ -7,7 +7,7 @@ entry; `replay` applies the same edits to a freshly built net before its weights
 `rebuild_optimizers` gives Lightning fresh optimizers over the new parameters, with the LR
 schedule's progress kept.
 
-This module replays the shape edits it makes (factor, resize, circulant). An edit of another kind builds on
+This module replays the shape edits it makes (factor, resize, circulant, remove). An edit of another kind builds on
 it (int8 quantization, callbacks/surgery/quantize.py, instruments the layers the shape edits
 leave), so this module cannot import it: the caller of `replay` passes the function of each such
 kind (`late`). An explicit argument rather than a registry that the other module fills when it is
@@ -41,6 +41,7 @@ __all__ = [
     "factored",
     "rebuild_optimizers",
     "record",
+    "remove_modules",
     "replay",
     "resize",
     "set_module",
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 ATTR = "structure_edits"
-SHAPE_EDITS = ("factor", "resize", "circulant")
+SHAPE_EDITS = ("factor", "resize", "circulant", "remove")
 # Kind -> the function that applies (and records) an edit of that kind to a net with its shape edits done.
 LateEdits = Mapping[str, Callable[[nn.Module], Any]]
 
@@ -126,6 +127,14 @@ def circulant(layer: nn.Module, block: int) -> nn.Module:
     return BlockCirculantConv2d.from_conv(layer, block)
 
 
+def remove_modules(net: nn.Module, names: list[str]) -> None:
+    """Delete the submodules at the dotted paths `names` from their parents (the other modules keep their
+    names, so a checkpoint's keys still match)."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        delattr(net.get_submodule(parent_name) if parent_name else net, child)
+
+
 # Module attributes that describe a layer's width, by the parameter / buffer dim they follow.
 _WIDTH_ATTRS = {
     nn.Linear: {"out_features": ("weight", 0), "in_features": ("weight", 1)},
@@ -176,6 +185,8 @@ def replay(net: nn.Module, recorded: list[dict[str, Any]], late: LateEdits) -> n
         elif edit["kind"] == "circulant":
             for name, block in edit["blocks"].items():
                 set_module(net, name, circulant(net.get_submodule(name), block))
+        elif edit["kind"] == "remove":
+            remove_modules(net, edit["modules"])
         else:
             current = shapes_of(net)
             resize(net, {k: v for k, v in edit["shapes"].items() if current.get(k) != v})
@@ -222,6 +233,14 @@ def check_edit(net: nn.Module, edit: Any, index: int, late: LateEdits) -> None:
             if type(block) is not int:
                 raise ValueError(f"{where} gives {name!r} block {block!r}, not an integer")
             check_block(block, in_size, out_size, f"{where} ({name!r}) block")
+    elif edit["kind"] == "remove":
+        names = edit.get("modules")
+        if not isinstance(names, list) or not names:
+            raise ValueError(f"{where} (remove) has no list of modules")
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"{where} removes {name!r}, which is not a layer of the net")
+            _submodule(net, name, where)
     elif edit["kind"] == "resize":
         shapes, current = edit.get("shapes"), shapes_of(net)
         if not isinstance(shapes, dict):
