@@ -23,16 +23,21 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.utils import _pair
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
 from callbacks.surgery.folding import snapshot
 from callbacks.surgery.structure import applied, rebuild_optimizers, record, remove_modules
+from modules.nets.block_circulant import BlockCirculantConv2d, BlockCirculantLinear
 from modules.nets.mlp import MLP
 from modules.nets.transformer import PreNormBlock
 
 __all__ = ["BlockPruning", "removable_blocks"]
+
+LINEARS = (nn.Linear, BlockCirculantLinear)  # an MLP's layers, dense or block-circulant
 
 
 def _keeps_shape(block: nn.Module) -> bool | None:
@@ -42,9 +47,11 @@ def _keeps_shape(block: nn.Module) -> bool | None:
     if isinstance(block, PreNormBlock):
         return True
     children = list(block.children()) if isinstance(block, nn.Sequential) else []
-    if children and isinstance(children[0], nn.Conv2d) and any(isinstance(c, nn.BatchNorm2d) for c in children):
+    convs = (nn.Conv2d, BlockCirculantConv2d)
+    if children and isinstance(children[0], convs) and any(isinstance(c, nn.BatchNorm2d) for c in children):
         conv = children[0]
-        return conv.in_channels == conv.out_channels and conv.stride == (1, 1) and conv.padding == (1, 1)
+        same = _pair(conv.stride) == (1, 1) and _pair(conv.padding) == (1, 1)
+        return conv.in_channels == conv.out_channels and same
     return None
 
 
@@ -56,11 +63,11 @@ def _mlp_units(net: nn.Module, head: str) -> tuple[dict[str, list[str]], dict[st
     units, kept = {}, {}
     for i, name in enumerate(names):
         layer = net._modules[name]
-        if not isinstance(layer, nn.Linear) or name == head:
+        if not isinstance(layer, LINEARS) or name == head:
             continue
         tail = []
         for later in names[i + 1 :]:
-            if isinstance(net._modules[later], nn.Linear):
+            if isinstance(net._modules[later], LINEARS):
                 break
             tail.append(later)
         if layer.in_features == layer.out_features:
@@ -83,6 +90,16 @@ def removable_blocks(net: nn.Module) -> tuple[dict[str, list[str]], dict[str, st
     return units, kept
 
 
+def forward_flops(net: nn.Module, sample: torch.Tensor) -> int:
+    """FLOPs of the net's forward on one sample (torch's FLOP counter, eval mode, no gradients)."""
+    training = net.training
+    net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(sample.to(next(net.parameters()).device))
+    net.train(training)
+    return int(counter.get_total_flops())
+
+
 class BlockPruning(CompressionStep):
     """Delete the `amount` least important removable blocks at the start of `epoch`."""
 
@@ -101,6 +118,7 @@ class BlockPruning(CompressionStep):
             raise ValueError(f"compress.block_prune.batches={batches} must be >= 1")
         self.amount, self.epoch, self.batches = amount, epoch, batches
         self.scores: dict[str, float] = {}  # loss increase of each removable block, from the last scoring
+        self.flops: dict[str, int] = {}  # FLOPs of one sample's forward before and after the removal
         self.kept: dict[str, str] = {}
         self.before: nn.Module | None = None
 
@@ -147,15 +165,19 @@ class BlockPruning(CompressionStep):
         remove_modules(net, modules)
         record(net, {"kind": "remove", "step": self.step, "modules": modules})
 
-    def score(self, net: nn.Module, trainer: pl.Trainer) -> dict[str, float]:
-        """Validation-loss increase of each removable block replaced by the identity (mean cross-entropy
-        over `batches` validation batches; for a language model, over every step)."""
+    def validation_batches(self, trainer: pl.Trainer) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first `batches` validation batches, as the training step sees them."""
         datamodule = trainer.datamodule
         batches = []
         for batch in datamodule.val_dataloader():
-            batches.append(datamodule.on_after_batch_transfer(batch, 0) if datamodule is not None else batch)
+            batches.append(datamodule.on_after_batch_transfer(batch, 0))
             if len(batches) == self.batches:
                 break
+        return batches
+
+    def score(self, net: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """Validation-loss increase of each removable block replaced by the identity (mean cross-entropy
+        over the batches; for a language model, over every step)."""
         device = next(net.parameters()).device
         training = net.training
         net.eval()
@@ -172,8 +194,8 @@ class BlockPruning(CompressionStep):
         base = loss()
         scores = {}
         for name, members in removable_blocks(net)[0].items():
-            hooks = [net.get_submodule(members[0]).register_forward_hook(lambda m, args, out: args[0])]
-            hooks += [net.get_submodule(m).register_forward_hook(lambda m, args, out: args[0]) for m in members[1:]]
+            # every member passes its input on: the block (a layer with its activation) is the identity
+            hooks = [net.get_submodule(m).register_forward_hook(lambda m, args, out: args[0]) for m in members]
             scores[name] = loss() - base
             for hook in hooks:
                 hook.remove()
@@ -189,6 +211,7 @@ class BlockPruning(CompressionStep):
         report: dict[str, Any] = {"block_prune_removed": removed}
         if self.scores:
             report["block_prune_loss_increase"] = self.scores
+            report["block_prune_flops"] = self.flops
         if self.kept:
             report["block_prune_kept"] = self.kept
         return report
@@ -200,7 +223,11 @@ class BlockPruning(CompressionStep):
         net = pl_module.shipped_net
         self.before = snapshot(net)
         self.kept = removable_blocks(net)[1]
-        self.scores = self.score(net, trainer)
+        batches = self.validation_batches(trainer)
+        self.scores = self.score(net, batches)
         least = sorted(self.scores, key=self.scores.get)[: self.count(net)]
+        sample = batches[0][0][:1]
+        before = forward_flops(net, sample)
         self.remove(net, least)
+        self.flops = {"before": before, "after": forward_flops(net, sample)}
         rebuild_optimizers(trainer)

@@ -18,16 +18,21 @@ from torch.nn import functional as F
 from typing_extensions import override
 
 __all__ = [
+    "EXPORT_FFT_OPS",
     "BlockCirculantConv2d",
     "BlockCirculantLinear",
     "check_block",
     "circulant_index",
+    "dft_by_matmul",
     "dft_matrices",
     "irfft_parts",
     "nearest_vectors",
     "rfft_parts",
     "spectral_matrix",
 ]
+
+
+EXPORT_FFT_OPS = False  # True: an export writes torch.fft as its own ops (ONNX `DFT`), for comparisons
 
 
 def check_block(block: int, in_size: int, out_size: int, name: str = "block") -> None:
@@ -60,11 +65,16 @@ def dft_matrices(block: int, device: torch.device | None = None) -> tuple[torch.
     return forward.float(), inverse.float()
 
 
+def dft_by_matmul() -> bool:
+    """Exported (torch.export, ONNX), the DFT is a matmul with the DFT matrices unless EXPORT_FFT_OPS:
+    onnxruntime's `DFT` op ran slower than the dense layer it replaces, its MatMul form several times
+    faster (scripts/bench_circulant.py measures both)."""
+    return torch.compiler.is_exporting() and not EXPORT_FFT_OPS
+
+
 def rfft_parts(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """rfft of `x` along `dim` as real numbers, a last dim (re, im). Exported (torch.export, ONNX), a
-    matmul with the DFT matrix: onnxruntime's `DFT` op ran slower than the dense layer it replaces,
-    while its MatMul at b = 64 runs 3.7x faster than it (scripts/bench_circulant.py)."""
-    if not torch.compiler.is_exporting():
+    """rfft of `x` along `dim` as real numbers, a last dim (re, im); exported, see `dft_by_matmul`."""
+    if not dft_by_matmul():
         return torch.view_as_real(torch.fft.rfft(x, dim=dim))
     forward = dft_matrices(x.shape[dim], x.device)[0].to(x.dtype)
     parts = (x.movedim(dim, -1) @ forward).unflatten(-1, (2, -1))  # [..., (re, im), k]
@@ -73,7 +83,7 @@ def rfft_parts(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 def irfft_parts(parts: torch.Tensor, block: int, dim: int) -> torch.Tensor:
     """The inverse of `rfft_parts`: `parts` [..., k at `dim`, ..., (re, im)] -> length `block` at `dim`."""
-    if not torch.compiler.is_exporting():
+    if not dft_by_matmul():
         return torch.fft.irfft(torch.view_as_complex(parts.contiguous()), n=block, dim=dim)
     inverse = dft_matrices(block, parts.device)[1].to(parts.dtype)
     rows = parts.movedim(dim, -2).transpose(-1, -2).flatten(-2)  # [..., (re, im) x k]

@@ -117,3 +117,41 @@ def test_quantizing_a_circulant_net_is_refused(run_dir: Path) -> None:
         run_dir,
         "compress=[qat] cannot quantize the block-circulant layers (3)",
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "first", "inner"),
+    [  # the first layer's weight (dense) and an inner one's vectors [p, q, b, *taps]
+        (("model.hidden=[64,64]", "model.circulant_block=16"), ("net.1.weight", 2), ("net.3.weight", 3)),
+        (
+            ("model=convnet", "model.channels=[16,32]", "model.circulant_block=8"),
+            ("net.0.0.0.weight", 4),
+            ("net.1.0.0.weight", 5),
+        ),
+    ],
+)
+def test_a_net_built_circulant_trains_exports_and_evaluates(
+    run_dir: Path, tmp_path: Path, overrides: tuple[str, ...], first: tuple[str, int], inner: tuple[str, int]
+) -> None:
+    """From scratch (`model.circulant_block`): the inner layers are block-circulant from the start, the
+    first layer and the head dense; the ONNX file matches and evaluate rebuilds the same net."""
+    results = train_ok_in_process(run_dir, *overrides, *FAST, "trainer.max_epochs=2", "export=onnx")
+    assert results["export"]["parity_max_abs_diff"] <= 1e-4 and results["metrics"]["test/acc"] > 0.3
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state[first[0]].dim() == first[1] and state[inner[0]].dim() == inner[1]
+    out = tmp_path / "eval.json"
+    proc = run_module_in_process("recipes.evaluate", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"out={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["metrics"]["test/acc"] == results["metrics"]["test/acc"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (("model.circulant_block=1",), "model.circulant_block=1 does not fit a 300 -> 100 layer"),
+        (("model=convnet", "model.circulant_block=-2"), "model.circulant_block=-2 must be 0 (dense) or a block"),
+        (("model=convnet", "model.circulant_block=512"), "model.circulant_block=512 does not fit a 32 -> 64 layer"),
+    ],
+)
+def test_a_bad_circulant_net_is_refused_at_start_up(run_dir: Path, overrides: tuple[str, ...], expected: str) -> None:
+    assert_clean_failure(train_in_process(run_dir, *overrides, *FAST), run_dir, expected)
