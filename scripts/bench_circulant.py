@@ -26,6 +26,7 @@ mean +- std and the hidden layers' parameters (all but the first layer and the h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -44,8 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's modules, not an installed copy
 
 from callbacks.formats.onnx_files import compact, torch_onnx_export
-from modules.nets import block_circulant
-from modules.nets.block_circulant import BlockCirculantLinear
+from modules.nets.block_circulant import BlockCirculantLinear, fft_ops_in_export
 from modules.nets.mlp import MLP
 
 from launch import alternated, mean_std, train
@@ -105,11 +105,8 @@ def crossover(args: argparse.Namespace) -> None:
 def onnx_file(net: nn.Module, x: torch.Tensor, path: Path, fft_ops: bool = False) -> Path:
     """The net's ONNX file as the project's export writes it (one file, dynamic batch, compacted); with
     `fft_ops`, the DFT as ONNX `DFT` ops instead of MatMuls with the DFT matrices."""
-    block_circulant.EXPORT_FFT_OPS = fft_ops
-    try:
+    with fft_ops_in_export() if fft_ops else contextlib.nullcontext():
         torch_onnx_export(net, (x,), path, opset=18)
-    finally:
-        block_circulant.EXPORT_FFT_OPS = False
     compact(path)
     return path
 

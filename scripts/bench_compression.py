@@ -13,7 +13,7 @@ fixed batch), and reported as a ratio to the dense model's.
 Block pruning (recipe=block_prune, resnet18) against the unpruned resnet18 at its budget, with the
 FLOPs each run's removal saved:
 
-    python scripts/bench_compression.py --recipes baseline block_prune --epochs 20 --overrides model=resnet18 threads=1
+    python scripts/bench_compression.py --recipes baseline block_prune --epochs 20 --overrides model=resnet18
 
 The int8 rows (ptq, qat, prune_qat) export with export=int8 and are timed as their int8 ONNX model
 (onnxruntime's int8 kernels), beside the same run's fp32 ONNX model; `artifact bytes` is the file

@@ -11,6 +11,8 @@ No maintained PyTorch library trains these (see docs/compression.md), so they ar
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -18,13 +20,13 @@ from torch.nn import functional as F
 from typing_extensions import override
 
 __all__ = [
-    "EXPORT_FFT_OPS",
     "BlockCirculantConv2d",
     "BlockCirculantLinear",
     "check_block",
     "circulant_index",
     "dft_by_matmul",
     "dft_matrices",
+    "fft_ops_in_export",
     "irfft_parts",
     "nearest_vectors",
     "rfft_parts",
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-EXPORT_FFT_OPS = False  # True: an export writes torch.fft as its own ops (ONNX `DFT`), for comparisons
+_fft_ops_in_export = False  # see `fft_ops_in_export`
 
 
 def check_block(block: int, in_size: int, out_size: int, name: str = "block") -> None:
@@ -66,10 +68,21 @@ def dft_matrices(block: int, device: torch.device | None = None) -> tuple[torch.
 
 
 def dft_by_matmul() -> bool:
-    """Exported (torch.export, ONNX), the DFT is a matmul with the DFT matrices unless EXPORT_FFT_OPS:
-    onnxruntime's `DFT` op ran slower than the dense layer it replaces, its MatMul form several times
-    faster (scripts/bench_circulant.py measures both)."""
-    return torch.compiler.is_exporting() and not EXPORT_FFT_OPS
+    """Exported (torch.export, ONNX), the DFT is a matmul with the DFT matrices (unless within
+    `fft_ops_in_export`): onnxruntime's `DFT` op ran slower than the dense layer it replaces, the MatMul
+    form faster (scripts/bench_circulant.py measures both)."""
+    return torch.compiler.is_exporting() and not _fft_ops_in_export
+
+
+@contextmanager
+def fft_ops_in_export() -> Iterator[None]:
+    """Within it, an export writes torch.fft as its own ops (ONNX `DFT`) instead of MatMuls: for comparisons."""
+    global _fft_ops_in_export
+    _fft_ops_in_export = True
+    try:
+        yield
+    finally:
+        _fft_ops_in_export = False
 
 
 def rfft_parts(x: torch.Tensor, dim: int) -> torch.Tensor:

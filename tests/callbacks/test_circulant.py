@@ -83,6 +83,7 @@ def test_resume_across_the_projection_epoch(tmp_path: Path) -> None:
         (("compress=[prune,circulant]",), "circulant must come before prune"),
         (("compress=[circulant,svd]",), "both replace the same dense matrices"),
         (("compress=[kmeans,circulant]",), "circulant must come before kmeans"),
+        (("compress=[binary,circulant]",), "circulant must come before binary"),
         (("compress.circulant.block=1",), "compress.circulant.block=1 must be >= 2"),
         (("compress.circulant.block=1024",), "compress.circulant.block=1024 does not fit a 512 -> 512 layer"),
         (("model.hidden=[512]",), "no Linear / Conv2d layer to project besides its first layer and its head"),
