@@ -22,7 +22,7 @@ from callbacks.step import CompressionStep, Stage
 from callbacks.surgery.folding import snapshot
 from callbacks.surgery.int8_layers import shipped_bytes
 from callbacks.surgery.quantize import Phase, instrument, links, quantized_layers, set_phase
-from callbacks.surgery.weights import LAYERS, weight_targets
+from callbacks.surgery.weights import CIRCULANT, LAYERS, weight_targets
 
 __all__ = [
     "COUPLING",
@@ -57,7 +57,11 @@ def check_bits(step: str, bits: int) -> None:
 
 def recurrent_layers(net: nn.Module) -> list[str]:
     """Names of `net`'s modules holding recurrent matrices (callbacks/surgery/weights.py names them)."""
-    names = [label.rsplit(".", 1)[0] for label, module, _ in weight_targets(net) if not isinstance(module, LAYERS)]
+    names = [
+        label.rsplit(".", 1)[0]
+        for label, module, _ in weight_targets(net)
+        if not isinstance(module, (*LAYERS, *CIRCULANT))
+    ]
     return list(dict.fromkeys(names))
 
 
@@ -65,6 +69,12 @@ def check_quantizable(step: str, net: nn.Module) -> None:
     """The net has a Linear / Conv2d layer, no recurrent layer (fake quantization covers Linear / Conv2d
     only: an LSTM would ship in float under an int8 report), and torch.fx can trace it where it has
     BatchNorms to fold (callbacks/surgery/quantize.py: links)."""
+    circulant = [name for name, module in net.named_modules() if isinstance(module, CIRCULANT)]
+    if circulant:
+        raise ValueError(
+            f"compress=[{step}] cannot quantize the block-circulant layers ({', '.join(circulant)}): their FFT "
+            f"products have no int8 kernels; drop {step}, or drop circulant and quantize the dense net"
+        )
     recurrent = recurrent_layers(net)
     if recurrent:
         raise ValueError(

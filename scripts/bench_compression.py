@@ -10,6 +10,11 @@ fixed batch), and reported as a ratio to the dense model's.
     python scripts/bench_compression.py                  # seeds 0 1 2, 40 epochs: about 3 minutes on 2 CPU cores
     python scripts/bench_compression.py --seeds 0 --epochs 20 --batch 256 --out outputs/bench
 
+Block pruning (recipe=block_prune, resnet18) against the unpruned resnet18 at its budget, with the
+FLOPs each run's removal saved:
+
+    python scripts/bench_compression.py --recipes baseline block_prune --epochs 20 --overrides model=resnet18
+
 The int8 rows (ptq, qat, prune_qat) export with export=int8 and are timed as their int8 ONNX model
 (onnxruntime's int8 kernels), beside the same run's fp32 ONNX model; `artifact bytes` is the file
 that ships (int8 for those rows). A convnet at 32 px on 3 channels (digits resized, channel
@@ -179,6 +184,18 @@ def main() -> None:
                 ratio = statistics.mean(r["compression"]["stages"][stage]["ratio"] for r in runs)
                 cells.append(f"{size:,.0f} ({ratio:.1f}x)")
             print(f"| {name} | {' | '.join(cells)} | {mean_std([r['metrics']['test/acc'] for r in runs])} |")
+    shortened = {name: runs for name, runs in results.items() if "block_prune_flops" in runs[0].get("compression", {})}
+    if shortened:
+        print("\nBlock pruning: blocks removed, forward FLOPs per sample before and after (torch's FLOP counter):\n")
+        print("| recipe | removed (seed: modules) | FLOPs before | FLOPs after | after / before |")
+        print("|---|---|---|---|---|")
+        for name, runs in shortened.items():
+            flops = [r["compression"]["block_prune_flops"] for r in runs]
+            removed = "; ".join(
+                f"{seed}: {' '.join(r['compression']['block_prune_removed'])}" for seed, r in zip(args.seeds, runs)
+            )
+            before, after = statistics.mean(f["before"] for f in flops), statistics.mean(f["after"] for f in flops)
+            print(f"| {name} | {removed} | {before:,.0f} | {after:,.0f} | {after / before:.3f} |")
 
 
 if __name__ == "__main__":

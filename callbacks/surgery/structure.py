@@ -7,7 +7,7 @@ entry; `replay` applies the same edits to a freshly built net before its weights
 `rebuild_optimizers` gives Lightning fresh optimizers over the new parameters, with the LR
 schedule's progress kept.
 
-This module replays the shape edits it makes (factor, resize). An edit of another kind builds on
+This module replays the shape edits it makes (factor, resize, circulant, remove). An edit of another kind builds on
 it (int8 quantization, callbacks/surgery/quantize.py, instruments the layers the shape edits
 leave), so this module cannot import it: the caller of `replay` passes the function of each such
 kind (`late`). An explicit argument rather than a registry that the other module fills when it is
@@ -27,6 +27,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from modules.nets.block_circulant import BlockCirculantConv2d, BlockCirculantLinear, check_block
 from modules.nets.lowrank_lstm import MATRICES, LowRankLSTM
 
 __all__ = [
@@ -35,10 +36,12 @@ __all__ = [
     "Restructurable",
     "applied",
     "check_edit",
+    "circulant",
     "edits",
     "factored",
     "rebuild_optimizers",
     "record",
+    "remove_modules",
     "replay",
     "resize",
     "set_module",
@@ -46,7 +49,7 @@ __all__ = [
 ]
 
 ATTR = "structure_edits"
-SHAPE_EDITS = ("factor", "resize")
+SHAPE_EDITS = ("factor", "resize", "circulant", "remove")
 # Kind -> the function that applies (and records) an edit of that kind to a net with its shape edits done.
 LateEdits = Mapping[str, Callable[[nn.Module], Any]]
 
@@ -116,6 +119,22 @@ def factored(layer: nn.Module, rank: int | Mapping[str, int]) -> nn.Module:
     return nn.Sequential(first, second).to(device=weight.device, dtype=weight.dtype)
 
 
+def circulant(layer: nn.Module, block: int) -> nn.Module:
+    """`layer` (Linear, or a square-kernel Conv2d) as the nearest block-circulant layer with `block` x
+    `block` circulant blocks (each block's entries averaged along its circulant diagonals)."""
+    if isinstance(layer, nn.Linear):
+        return BlockCirculantLinear.from_linear(layer, block)
+    return BlockCirculantConv2d.from_conv(layer, block)
+
+
+def remove_modules(net: nn.Module, names: list[str]) -> None:
+    """Delete the submodules at the dotted paths `names` from their parents (the other modules keep their
+    names, so a checkpoint's keys still match)."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        delattr(net.get_submodule(parent_name) if parent_name else net, child)
+
+
 # Module attributes that describe a layer's width, by the parameter / buffer dim they follow.
 _WIDTH_ATTRS = {
     nn.Linear: {"out_features": ("weight", 0), "in_features": ("weight", 1)},
@@ -163,6 +182,11 @@ def replay(net: nn.Module, recorded: list[dict[str, Any]], late: LateEdits) -> n
         if edit["kind"] == "factor":
             for name, rank in edit["ranks"].items():
                 set_module(net, name, factored(net.get_submodule(name), rank))
+        elif edit["kind"] == "circulant":
+            for name, block in edit["blocks"].items():
+                set_module(net, name, circulant(net.get_submodule(name), block))
+        elif edit["kind"] == "remove":
+            remove_modules(net, edit["modules"])
         else:
             current = shapes_of(net)
             resize(net, {k: v for k, v in edit["shapes"].items() if current.get(k) != v})
@@ -197,6 +221,26 @@ def check_edit(net: nn.Module, edit: Any, index: int, late: LateEdits) -> None:
             full = min(layer.weight.shape[0], layer.weight[0].numel())
             if type(rank) is not int or not 1 <= rank <= full:
                 raise ValueError(f"{where} gives {name!r} rank {rank!r}, outside 1..{full}")
+    elif edit["kind"] == "circulant":
+        blocks = edit.get("blocks")
+        if not isinstance(blocks, dict):
+            raise ValueError(f"{where} (circulant) has no blocks mapping")
+        for name, block in blocks.items():
+            layer = _submodule(net, name, where)
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+                raise ValueError(f"{where} makes {name!r}, a {type(layer).__name__}, circulant: not a Linear or Conv2d")
+            out_size, in_size = layer.weight.shape[:2]
+            if type(block) is not int:
+                raise ValueError(f"{where} gives {name!r} block {block!r}, not an integer")
+            check_block(block, in_size, out_size, f"{where} ({name!r}) block")
+    elif edit["kind"] == "remove":
+        names = edit.get("modules")
+        if not isinstance(names, list) or not names:
+            raise ValueError(f"{where} (remove) has no list of modules")
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"{where} removes {name!r}, which is not a layer of the net")
+            _submodule(net, name, where)
     elif edit["kind"] == "resize":
         shapes, current = edit.get("shapes"), shapes_of(net)
         if not isinstance(shapes, dict):
