@@ -16,12 +16,17 @@ from tests.helpers.build import compose_train
 RECIPES = group_options("recipe")
 GAN_MODELS = ("gan_mlp", "dcgan")  # generator + discriminator pairs: built with task=gan
 SEQUENCE_MODELS = ("lstm", "transformer")  # read sequences: built on images read row by row
+GENOTYPE = (
+    "normal:sep_conv_3x3@0+skip@1/dil_conv_3x3@2+sep_conv_5x5@0|reduce:max_pool_3x3@0+skip@1/skip@2+avg_pool_3x3@1"
+)
 
 
 def reference_overrides(recipe: str, feature_ckpt: str, tmp_path: Path) -> list[str]:
     """What a recipe needs to be built without its prerequisite trained first, or its data given."""
     if recipe == "gan":
         return [f"task.feature_ckpt={feature_ckpt}"]
+    if recipe in ("darts", "darts_retrain"):  # the genotype a search derives (recipe=darts: before it runs)
+        return [f"model.genotype={GENOTYPE}"]
     if recipe == "lm_finetune":  # the user's text file (the starting checkpoint is checked at start-up)
         text = tmp_path / "corpus.txt"
         text.write_text("The quick brown fox jumps over the lazy dog.\n" * 100, encoding="utf-8")
@@ -55,6 +60,7 @@ def test_every_model_fits_the_data_shape(model: str, size: int | None, tmp_path:
         "data.channels=3",
         f"data.as_sequence={str(rows).lower()}",
         *task,
+        *([f"model.genotype={GENOTYPE}"] if model == "darts" else []),
     )
     if task:
         datamodule = instantiate_part(cfg.data, "data")
