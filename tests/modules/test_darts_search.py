@@ -38,7 +38,8 @@ def test_a_killed_search_resumes_bit_exactly(tmp_path: Path) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     overrides = (*SEARCH, *FAST, "task.order=2")
     train_ok_in_process(straight, *overrides)
-    train_ok_in_process(resumed, *overrides, "trainer.max_steps=4")  # stops after the first epoch
+    # two optimizer steps per batch (alpha, then the weights): 8 steps = the first epoch's 4 batches
+    train_ok_in_process(resumed, *overrides, "trainer.max_steps=8")
     train_ok_in_process(resumed, *overrides, "ckpt_path=last")
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)

@@ -12,8 +12,7 @@ from modules.nas.cells import DerivedCell, MixedOp
 from modules.nas.genotype import Genotype, derive_cell, edge_count
 from modules.nas.networks import DartsNet, SearchNetwork
 from modules.nas.operations import DEFAULT_OPERATIONS, build_operation
-
-GENOTYPE = "normal:sep_conv_3x3@0+skip@1/dil_conv_3x3@2+sep_conv_5x5@0|reduce:max_pool_3x3@0+avg_pool_3x3@1/skip@2+max_pool_3x3@1"
+from tests.helpers.build import GENOTYPE
 
 
 def test_the_mixed_op_is_the_weighted_sum_of_its_operations() -> None:

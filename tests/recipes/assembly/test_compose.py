@@ -11,14 +11,11 @@ from recipes.assembly.acceleration import model_options
 from recipes.assembly.instantiation import instantiate_part
 from recipes.assembly.training import build_training
 from recipes.runtime.overrides import group_options
-from tests.helpers.build import compose_train
+from tests.helpers.build import GENOTYPE, compose_train
 
 RECIPES = group_options("recipe")
 GAN_MODELS = ("gan_mlp", "dcgan")  # generator + discriminator pairs: built with task=gan
 SEQUENCE_MODELS = ("lstm", "transformer")  # read sequences: built on images read row by row
-GENOTYPE = (
-    "normal:sep_conv_3x3@0+skip@1/dil_conv_3x3@2+sep_conv_5x5@0|reduce:max_pool_3x3@0+skip@1/skip@2+avg_pool_3x3@1"
-)
 
 
 def reference_overrides(recipe: str, feature_ckpt: str, tmp_path: Path) -> list[str]:
