@@ -6,7 +6,8 @@ from `task.arch_optimizer`, as the paper). `order=1` takes alpha's gradient at t
 differences (the paper's eq. 7-8).
 
 The halves are fixed for the whole search: a training sample with an even index (the data module adds
-the indices) trains the weights, an odd one alpha.
+the indices) trains the weights, an odd one alpha. The genotype is derived from the last epoch's
+alphas (as DARTS does); the checkpoint the run ships and tests is the supernet's best by `task.monitor`.
 
 The known failure, cells collapsing onto skip connections (Chen et al., P-DARTS; Chu et al., DARTS-):
 the skips of the normal cell derived at each epoch end are logged (`search/skips`), and the genotype
@@ -152,11 +153,20 @@ class DartsSearchModule(ClassifierModule):
         return [weights, arch], [self.scheduler_factory(weights)]
 
     # --- the result -----------------------------------------------------------------------------
+    def final_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(alpha) at the end of the search: the last epoch's (what DARTS derives from), not the
+        alphas of the checkpoint a run ships and tests (the best supernet by val/acc), when the
+        trajectory has it."""
+        if self.trajectory:
+            return self.trajectory[-1][0], self.trajectory[-1][1]
+        normal, reduce = self.net.arch_weights()
+        return normal.detach().cpu(), reduce.detach().cpu()
+
     def search_result(self) -> dict[str, Any]:
         """The derived genotype (skips capped), the uncapped count, and the final softmax(alpha)."""
-        genotype, replaced = self.net.genotype(self.max_skips)
-        uncapped, _ = self.net.genotype(None)
-        normal, reduce = (w.detach().cpu() for w in self.net.arch_weights())
+        weights = self.final_weights()
+        genotype, replaced = self.net.genotype(self.max_skips, weights)
+        uncapped, _ = self.net.genotype(None, weights)
         return {
             "genotype": str(genotype),
             "skips_uncapped": sum(op == "skip" for node in uncapped.normal for op, _ in node),
@@ -164,7 +174,8 @@ class DartsSearchModule(ClassifierModule):
             "max_skips": self.max_skips,
             "order": self.order,
             "operations": list(self.net.operations),
-            "weights": {"normal": normal.tolist(), "reduce": reduce.tolist()},
+            "epochs": len(self.trajectory),
+            "weights": {"normal": weights[0].tolist(), "reduce": weights[1].tolist()},
         }
 
     @override
@@ -176,7 +187,7 @@ class DartsSearchModule(ClassifierModule):
         if self.global_rank != 0:
             return
         folder = Path(self.trainer.default_root_dir)
-        genotype, _ = self.net.genotype(self.max_skips)
+        genotype, _ = self.net.genotype(self.max_skips, self.final_weights())
         draw_genotype(genotype, folder / "genotype.png")
         if self.trajectory:
             plot_alpha_trajectory(

@@ -151,10 +151,12 @@ class SearchNetwork(nn.Module):
             s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
         return self.head(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
-    def genotype(self, max_skips: int | None = None) -> tuple[Genotype, int]:
+    def genotype(
+        self, max_skips: int | None = None, weights: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[Genotype, int]:
         """The derived genotype (DARTS's top-2 rule, skips capped in the normal cell) and how many
-        skip edges the cap replaced."""
-        normal, reduce = (w.detach().cpu() for w in self.arch_weights())
+        skip edges the cap replaced; from softmax `weights` (normal, reduce), by default the current."""
+        normal, reduce = weights if weights is not None else (w.detach().cpu() for w in self.arch_weights())
         normal_cell, replaced = derive_cell(normal, self.operations, self.nodes, max_skips)
         reduce_cell, _ = derive_cell(reduce, self.operations, self.nodes)
         return Genotype(normal_cell, reduce_cell), replaced

@@ -23,7 +23,7 @@ def test_the_search_derives_records_and_draws_a_genotype(run_dir: Path) -> None:
     results = train_ok_in_process(run_dir, *SEARCH, *FAST)
     darts = results["darts"]
     genotype = Genotype.parse(darts["genotype"], darts["operations"])
-    assert genotype.nodes == 2 and darts["order"] == 1 and darts["max_skips"] == 2
+    assert genotype.nodes == 2 and darts["order"] == 1 and darts["max_skips"] == 2 and darts["epochs"] == 2
     assert sum(op == "skip" for node in genotype.normal for op, _ in node) <= 2
     assert darts["skips_uncapped"] - darts["skips_replaced"] <= 2
     weights = torch.tensor(darts["weights"]["normal"])
