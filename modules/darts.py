@@ -130,9 +130,12 @@ class DartsSearchModule(ClassifierModule):
         with torch.no_grad():
             for w, g in zip(weights, w_grads, strict=True):
                 w.add_(g, alpha=float(eps))
+        distributed = self._trainer is not None and self.trainer.world_size > 1
         for alpha, direct, p, m in zip(alphas, alpha_grads, plus, minus, strict=True):
             if direct is not None:  # None: a cell type the net does not have (e.g. no reduction cell)
-                alpha.grad = direct - xi * (p - m) / (2 * eps)
+                grad = direct - xi * (p - m) / (2 * eps)
+                # autograd.grad bypasses DDP's gradient all-reduce: average over the ranks here
+                alpha.grad = self.trainer.strategy.reduce(grad, reduce_op="mean") if distributed else grad
 
     @override
     def on_train_epoch_end(self) -> None:

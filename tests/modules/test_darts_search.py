@@ -93,3 +93,21 @@ def test_recipe_darts_searches_then_retrains_the_genotype(run_dir: Path, tmp_pat
 )
 def test_a_bad_search_or_genotype_is_refused_at_start_up(run_dir: Path, overrides: tuple[str, ...], expected: str):
     assert_clean_failure(train_in_process(run_dir, *overrides, *FAST), run_dir, expected)
+
+
+@pytest.mark.slow  # two spawned ranks per case: runs in CI's slow pass (python -m pytest -m slow)
+@pytest.mark.parametrize("order", [1, 2])
+def test_ddp_ranks_search_the_same_architecture(tmp_path: Path, order: int) -> None:
+    """Under DDP every rank ends with the same weights and alphas (order=2's hand-made alpha gradient is
+    averaged over the ranks as DDP averages the others)."""
+    from tests.helpers.runs import train_ok
+
+    probe = (
+        "+callbacks.probe._target_=tests.helpers.replica_probe.ReplicaProbe",
+        f"+callbacks.probe.out_dir={tmp_path / 'probe'}",
+        "+callbacks.probe.last_only=true",
+    )
+    results = train_ok(tmp_path / "run", *SEARCH, *FAST, f"task.order={order}", "trainer=ddp_sim", *probe)
+    r0, r1 = (torch.load(tmp_path / "probe" / f"rank{r}.pt") for r in (0, 1))
+    assert torch.allclose(r0["params"], r1["params"], atol=1e-6)
+    assert results["parallel"]["world_size"] == 2 and results["darts"]["order"] == order
