@@ -8,7 +8,8 @@ thread per run, OMP_NUM_THREADS=1):
              each trained for --candidate-epochs with recipe=darts_retrain, until their fit time adds
              up to that seed's DARTS search time (at least two); the best by val/acc is retrained
              for --retrain-epochs (Li and Talwalkar 2019's baseline)
-    convnet  model=convnet with channels [c, 2c, 4c], c the largest whose parameter count does not
+    convnet  recipe=darts_retrain model=convnet (the same optimizer, dropout and budget as the
+             derived nets) with channels [c, 2c, 4c], c the largest whose parameter count does not
              exceed the DARTS net's (mean over seeds), --retrain-epochs
 
 Each row: test accuracy (mean +- std over the seeds), parameters, search and retrain fit seconds.
@@ -143,6 +144,7 @@ def main() -> None:
             pool.map(
                 lambda seed: run(
                     args.out / "convnet" / f"seed{seed}",
+                    "recipe=darts_retrain",  # the same optimizer, dropout and budget as the derived nets
                     "model=convnet",
                     f"model.channels=[{','.join(map(str, channels))}]",
                     f"trainer.max_epochs={args.retrain_epochs}",
