@@ -24,13 +24,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from typing_extensions import override
 
 from callbacks.step import CompressionStep, Stage
 from callbacks.surgery.folding import snapshot
 from callbacks.surgery.structure import applied, rebuild_optimizers, record, remove_modules
+from modules.nets import net_flops
 from modules.nets.block_circulant import BlockCirculantConv2d, BlockCirculantLinear
 from modules.nets.mlp import MLP
 from modules.nets.transformer import PreNormBlock
@@ -88,16 +88,6 @@ def removable_blocks(net: nn.Module) -> tuple[dict[str, list[str]], dict[str, st
         elif keeps is False:
             kept[name] = "it downsamples or changes the channels: the identity cannot stand in for it"
     return units, kept
-
-
-def forward_flops(net: nn.Module, sample: torch.Tensor) -> int:
-    """FLOPs of the net's forward on one sample (torch's FLOP counter, eval mode, no gradients)."""
-    training = net.training
-    net.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(sample.to(next(net.parameters()).device))
-    net.train(training)
-    return int(counter.get_total_flops())
 
 
 class BlockPruning(CompressionStep):
@@ -226,8 +216,8 @@ class BlockPruning(CompressionStep):
         batches = self.validation_batches(trainer)
         self.scores = self.score(net, batches)
         least = sorted(self.scores, key=self.scores.get)[: self.count(net)]
-        sample = batches[0][0][:1]
-        before = forward_flops(net, sample)
+        sample = batches[0][0][:1].to(next(net.parameters()).device)
+        before = net_flops(net, sample)
         self.remove(net, least)
-        self.flops = {"before": before, "after": forward_flops(net, sample)}
+        self.flops = {"before": before, "after": net_flops(net, sample)}
         rebuild_optimizers(trainer)

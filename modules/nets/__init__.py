@@ -4,7 +4,11 @@ attributes, and is an nn.Sequential of blocks (so stages can be cut for pipelini
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "convnet",
@@ -22,6 +26,7 @@ __all__ = [
     "transformer",
     "output_layer",
     "head_block",
+    "net_flops",
 ]
 
 # Layers whose outputs can be a net's outputs (and that compression steps act on).
@@ -42,3 +47,20 @@ def head_block(net: nn.Module) -> str:
     """The name of the top-level block that holds the output layer (e.g. `5`, or a conv net's
     pool-flatten-dropout-Linear block `3`): what fine-tuning keeps, re-initializes or trains alone."""
     return output_layer(net).split(".")[0]
+
+
+def net_flops(net: nn.Module, inputs: Any) -> int:
+    """FLOPs of one forward of `net` on `inputs` (a tuple is positional, a dict keywords, else the one
+    input), by torch's FLOP counter, in eval mode and without gradients so that nothing (BatchNorm
+    statistics) changes. The counter has no formula for FFTs: a block-circulant layer counts its products."""
+    training = net.training
+    try:
+        net.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            if isinstance(inputs, dict):
+                net(**inputs)
+            else:
+                net(*inputs) if isinstance(inputs, tuple) else net(inputs)
+    finally:
+        net.train(training)
+    return int(counter.get_total_flops())

@@ -8,9 +8,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.flop_counter import FlopCounterMode
 from typing_extensions import override
 
+from modules.nets import net_flops
 from recipes.errors import RecipeError
 from recipes.runtime.threads import available_cpus, choose_threads, user_omp_threads
 
@@ -25,23 +25,11 @@ def check_threads(threads: Any) -> None:
 
 def forward_flops(module: pl.LightningModule, batch_size: int) -> float | None:
     """FLOPs of one forward of the shipped net on a batch of `batch_size` (one sample's, times the
-    batch), in eval mode and without gradients so that nothing (BatchNorm statistics) changes; None
-    for a module without the Task contract's net and example input."""
+    batch: modules.nets.net_flops); None for a module without the Task contract's net and example input."""
     net, example = getattr(module, "shipped_net", None), getattr(module, "example_input", None)
     if net is None or example is None:
         return None
-    training = net.training
-    try:
-        net.eval()
-        inputs = example(1)  # as Lightning's example_input_array: a tuple is positional, a dict keywords
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            if isinstance(inputs, dict):
-                net(**inputs)
-            else:
-                net(*inputs) if isinstance(inputs, tuple) else net(inputs)
-    finally:
-        net.train(training)
-    return float(counter.get_total_flops()) * batch_size
+    return float(net_flops(net, example(1))) * batch_size  # as Lightning's example_input_array
 
 
 def thread_choice(
