@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's modules and recipes, not an installed copy
@@ -46,6 +47,13 @@ SMOKE = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+tra
 
 def params(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+def darts_params(genotype: str) -> int:
+    """The parameters of the net `recipe=darts_retrain model.genotype=GENOTYPE` trains on digits."""
+    model = OmegaConf.load(REPO / "conf" / "model" / "darts.yaml")
+    sizes = {key: model[key] for key in ("channels", "cells", "stem_multiplier")}
+    return params(DartsNet((1, 8, 8), 10, genotype, **sizes))
 
 
 def run(folder: Path, *overrides: str, args: argparse.Namespace, seed: int) -> dict:
@@ -137,8 +145,8 @@ def main() -> None:
 
     with ThreadPoolExecutor(args.parallel) as pool:
         rows = dict(zip(args.seeds, pool.map(seed_rows, args.seeds), strict=True))
-    darts_params = [params(DartsNet((1, 8, 8), 10, rows[s]["darts"]["genotype"])) for s in args.seeds]
-    channels = convnet_channels(int(statistics.mean(darts_params)))
+    darts_counts = [darts_params(rows[s]["darts"]["genotype"]) for s in args.seeds]
+    channels = convnet_channels(int(statistics.mean(darts_counts)))
     with ThreadPoolExecutor(args.parallel) as pool:
         convnets = list(
             pool.map(
@@ -155,9 +163,9 @@ def main() -> None:
             )
         )
     table = {
-        "darts": (darts_params, [rows[s]["darts"] for s in args.seeds]),
+        "darts": (darts_counts, [rows[s]["darts"] for s in args.seeds]),
         "random": (
-            [params(DartsNet((1, 8, 8), 10, rows[s]["random"]["genotype"])) for s in args.seeds],
+            [darts_params(rows[s]["random"]["genotype"]) for s in args.seeds],
             [rows[s]["random"] for s in args.seeds],
         ),
         "convnet": (
