@@ -209,12 +209,13 @@ def check_buildable(cfg: DictConfig) -> Built:
     for name in pending:
         sub = prerequisite_config(cfg, name, run_dir / name)
         built.prerequisites[name] = build_datamodule(sub)
+        net = build_task(sub, DataShape.of(built.prerequisites[name]), references={}).shipped_net
         if deliveries(cfg, name):
             with open_dict(checked):
                 for item in deliveries(cfg, name):
                     OmegaConf.update(checked, item.key, item.stand_in, force_add=True)
         else:
-            stand_ins[name] = build_task(sub, DataShape.of(built.prerequisites[name]), references={}).shipped_net
+            stand_ins[name] = net
     module = build_task(checked, DataShape.of(built.datamodule), stand_ins)
     build_compression(checked, module.shipped_net)
     return built

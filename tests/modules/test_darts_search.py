@@ -89,6 +89,7 @@ def test_recipe_darts_searches_then_retrains_the_genotype(run_dir: Path, tmp_pat
         (("recipe=darts_retrain", "model.genotype=normal:skip@0+skip@4|reduce:skip@0+skip@1"), "reads input 4"),
         (("recipe=darts_retrain",), "model.genotype is not set"),
         (("task=darts", "model=mlp"), "task=darts searches a model=darts_search supernet"),
+        (("recipe=darts", "prerequisites.search.model.nodes=0"), "model.nodes=0 must be >= 1"),  # before the search
     ],
 )
 def test_a_bad_search_or_genotype_is_refused_at_start_up(run_dir: Path, overrides: tuple[str, ...], expected: str):
