@@ -1,7 +1,12 @@
 """Recipes that need an earlier model (a distillation teacher, an adaptation source, a fine-tuning
 start) take its checkpoint as `task.<name>_ckpt`. When that is unset, the recipe's
 `prerequisites.<name>` config describes the model, and it is trained first in `<run dir>/<name>/`
-by the same code path as any run, and reused if a finished one is already there."""
+by the same code path as any run, and reused if a finished one is already there.
+
+A prerequisite may instead deliver values of its results.json into the run's config
+(`prerequisites.<name>.deliver`: a list of `{key, result, stand_in}`, e.g. a DARTS search's
+`darts.genotype` into `model.genotype`): it is pending while any of those keys is unset, and
+`stand_in` is the value the start-up checks build the run with before it has trained."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from recipes.assembly.training import build_compression
 from recipes.errors import RecipeError
 
 __all__ = [
+    "DELIVER",
     "Built",
     "DEFAULT_TASK",
     "check_buildable",
@@ -39,6 +45,29 @@ __all__ = [
 _REPLACED = ("model", "task", "data")
 # The task (conf/task/ option) a prerequisite model is trained with when its config names none.
 DEFAULT_TASK = "classifier"
+# The key of a prerequisite's spec that lists the values it delivers (not a key of its own config).
+DELIVER = "deliver"
+
+
+def deliveries(cfg: DictConfig, name: str) -> list[DictConfig]:
+    """`prerequisites.<name>.deliver`: the run's config keys filled from the prerequisite's results."""
+    return list(cfg.prerequisites[name].get(DELIVER) or [])
+
+
+def _pending(cfg: DictConfig, name: str) -> bool:
+    """Whether prerequisite `name` has yet to train: a delivered key or its `task.<name>_ckpt` is unset."""
+    if deliveries(cfg, name):
+        return any(OmegaConf.select(cfg, item.key) in (None, "") for item in deliveries(cfg, name))
+    return not (cfg.get("task") or {}).get(f"{name}_ckpt")
+
+
+def _result(results: dict[str, Any], dotted: str, name: str) -> Any:
+    value: Any = results
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise RecipeError(f"prerequisites.{name}.deliver: the {name} run's results.json has no {dotted}")
+        value = value[part]
+    return value
 
 
 def default_task() -> DictConfig:
@@ -62,6 +91,8 @@ def prerequisite_config(cfg: DictConfig, name: str, run_dir: Path | None) -> Dic
     with open_dict(sub):
         del sub["prerequisites"]
         for key in spec:
+            if key == DELIVER:
+                continue
             try:
                 node = copy.deepcopy(spec[key])  # interpolations such as ${data.source} resolve in cfg first
             except OmegaConfBaseException as err:
@@ -94,24 +125,30 @@ def ensure_prerequisites(
     run: Callable[..., dict[str, Any] | None],
     datamodules: dict[str, pl.LightningDataModule] | None = None,
 ) -> None:
-    """Fill every unset `task.<name>_ckpt` that has a `prerequisites.<name>` by training that model
+    """Fill every unset `task.<name>_ckpt` that has a `prerequisites.<name>` (or every unset key its
+    `deliver` lists, from its results.json) by training that model
     with `run` (recipes.train's pipeline, passed in so this module stays below it), then drop
     `prerequisites` from `cfg` (it may point at config, e.g. ${data.source}, that a user's overrides
     removed, which only matters when the model still has to be trained). `datamodules`: those
     check_buildable built already, by prerequisite name, passed on to `run`."""
     for name in cfg.get("prerequisites") or {}:
         key = f"{name}_ckpt"
-        if key not in cfg.task:
+        delivered = deliveries(cfg, name)
+        if not delivered and key not in cfg.task:
             raise RecipeError(f"prerequisites.{name} needs task.{key}, which task={choices.get('task')} does not have")
-        if cfg.task[key]:
+        if not _pending(cfg, name):
             continue
         sub_dir = run_dir / name
         done = sub_dir / "results.json"
+        what = ", ".join(item.key for item in delivered) or f"task.{key}"
         if done.is_file():
-            path = sub_dir / json.loads(done.read_text())["checkpoint"]
-            rank_zero_info(f"task.{key} is not set: reusing the {name} model trained earlier in this run dir: {path}")
+            results = json.loads(done.read_text())
+            rank_zero_info(
+                f"{what} is not set: reusing the {name} model trained earlier in this run dir: "
+                f"{sub_dir / results['checkpoint']}"
+            )
         else:
-            rank_zero_info(f"task.{key} is not set: training the {name} model first, in {sub_dir}")
+            rank_zero_info(f"{what} is not set: training the {name} model first, in {sub_dir}")
             results = run(
                 prerequisite_config(cfg, name, sub_dir),
                 prerequisite_choices(choices, name),
@@ -120,9 +157,11 @@ def ensure_prerequisites(
             )
             if results is None:  # another DDP rank: rank 0 tests the model and writes results.json
                 results = _wait_for(done)
-            path = sub_dir / results["checkpoint"]
         with open_dict(cfg):
-            cfg.task[key] = str(path)
+            if not delivered:
+                cfg.task[key] = str(sub_dir / results["checkpoint"])
+            for item in delivered:
+                OmegaConf.update(cfg, item.key, _result(results, item.result, name), force_add=True)
     if "prerequisites" in cfg:
         with open_dict(cfg):  # done with: the run's config records the checkpoints instead
             del cfg["prerequisites"]
@@ -130,8 +169,7 @@ def ensure_prerequisites(
 
 def pending_prerequisites(cfg: DictConfig) -> list[str]:
     """The prerequisite models this run would train before its own fit."""
-    task = cfg.get("task") or {}
-    return [name for name in cfg.get("prerequisites") or {} if not task.get(f"{name}_ckpt")]
+    return [name for name in cfg.get("prerequisites") or {} if _pending(cfg, name)]
 
 
 def pending_configs(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, tuple[DictConfig, dict[str, Any]]]:
@@ -167,10 +205,17 @@ def check_buildable(cfg: DictConfig) -> Built:
         return Built()
     run_dir = Path(cfg.paths.run_dir)
     built, stand_ins = Built(build_datamodule(cfg)), {}
+    checked = copy.deepcopy(cfg)  # the run's config with the stand-ins of the values a prerequisite delivers
     for name in pending:
         sub = prerequisite_config(cfg, name, run_dir / name)
         built.prerequisites[name] = build_datamodule(sub)
-        stand_ins[name] = build_task(sub, DataShape.of(built.prerequisites[name]), references={}).shipped_net
-    module = build_task(cfg, DataShape.of(built.datamodule), stand_ins)
-    build_compression(cfg, module.shipped_net)
+        net = build_task(sub, DataShape.of(built.prerequisites[name]), references={}).shipped_net
+        if deliveries(cfg, name):
+            with open_dict(checked):
+                for item in deliveries(cfg, name):
+                    OmegaConf.update(checked, item.key, item.stand_in, force_add=True)
+        else:
+            stand_ins[name] = net
+    module = build_task(checked, DataShape.of(built.datamodule), stand_ins)
+    build_compression(checked, module.shipped_net)
     return built

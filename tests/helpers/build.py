@@ -11,7 +11,12 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-__all__ = ["compose_train", "quiet_trainer", "write_untrained_checkpoint"]
+__all__ = ["GENOTYPE", "compose_train", "quiet_trainer", "write_untrained_checkpoint"]
+
+# A DARTS genotype of two nodes (what a search derives), for the tests that build model=darts
+GENOTYPE = (
+    "normal:sep_conv_3x3@0+skip@1/dil_conv_3x3@2+sep_conv_5x5@0|reduce:max_pool_3x3@0+skip@1/skip@2+avg_pool_3x3@1"
+)
 
 
 def quiet_trainer(**kwargs: Any) -> Any:

@@ -31,7 +31,7 @@ from recipes.assembly.tasks import build_datamodule, build_module
 from recipes.runtime.overrides import group_options
 from recipes.stages.scoring import score
 from recipes.train import run
-from tests.helpers.build import compose_train
+from tests.helpers.build import GENOTYPE, compose_train
 from tests.helpers.runs import train, train_ok
 
 FAST = [
@@ -62,6 +62,8 @@ def test_every_task_under_modules_implements_the_contract(tmp_path: Path, featur
     needs = {  # what a recipe cannot be built without (other reference models: trained first)
         "gan": [f"task.feature_ckpt={feature_ckpt}"],
         "lm_finetune": [f"data.path={text}"],
+        "darts": [f"model.genotype={GENOTYPE}"],  # what the search would deliver
+        "darts_retrain": [f"model.genotype={GENOTYPE}"],
     }
     for recipe in group_options("recipe"):
         references = needs.get(recipe, [])

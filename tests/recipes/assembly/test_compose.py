@@ -11,7 +11,7 @@ from recipes.assembly.acceleration import model_options
 from recipes.assembly.instantiation import instantiate_part
 from recipes.assembly.training import build_training
 from recipes.runtime.overrides import group_options
-from tests.helpers.build import compose_train
+from tests.helpers.build import GENOTYPE, compose_train
 
 RECIPES = group_options("recipe")
 GAN_MODELS = ("gan_mlp", "dcgan")  # generator + discriminator pairs: built with task=gan
@@ -22,6 +22,8 @@ def reference_overrides(recipe: str, feature_ckpt: str, tmp_path: Path) -> list[
     """What a recipe needs to be built without its prerequisite trained first, or its data given."""
     if recipe == "gan":
         return [f"task.feature_ckpt={feature_ckpt}"]
+    if recipe in ("darts", "darts_retrain"):  # the genotype a search derives (recipe=darts: before it runs)
+        return [f"model.genotype={GENOTYPE}"]
     if recipe == "lm_finetune":  # the user's text file (the starting checkpoint is checked at start-up)
         text = tmp_path / "corpus.txt"
         text.write_text("The quick brown fox jumps over the lazy dog.\n" * 100, encoding="utf-8")
@@ -55,6 +57,7 @@ def test_every_model_fits_the_data_shape(model: str, size: int | None, tmp_path:
         "data.channels=3",
         f"data.as_sequence={str(rows).lower()}",
         *task,
+        *([f"model.genotype={GENOTYPE}"] if model == "darts" else []),
     )
     if task:
         datamodule = instantiate_part(cfg.data, "data")
