@@ -13,6 +13,7 @@ import torch
 
 from recipes.runtime.overrides import group_options
 from tests.helpers import REPO
+from tests.helpers.build import GENOTYPE
 from tests.helpers.in_process import run_module_in_process
 from tests.helpers.runs import run_module, train_ok_in_process
 
@@ -36,7 +37,8 @@ def test_main_job_reaches_the_target_accuracy(run_dir: Path) -> None:
 # lm_finetune starts from a trained language model: tests/modules/test_language_model.py runs it from one.
 @pytest.mark.parametrize("recipe", [r for r in group_options("recipe") if r != "lm_finetune"])
 def test_every_recipe_runs_fast_dev_run(recipe: str, run_dir: Path) -> None:
-    results = train_ok_in_process(run_dir, f"recipe={recipe}", "debug=fast_dev_run")
+    needs = {"darts_retrain": (f"model.genotype={GENOTYPE}",)}  # a searched genotype (recipe=darts searches first)
+    results = train_ok_in_process(run_dir, f"recipe={recipe}", "debug=fast_dev_run", *needs.get(recipe, ()))
     assert results["recipe"] == recipe
     assert set(results) >= {"recipe", "task", "run_dir", "seed", "metrics", "fit_seconds"}
     assert "checkpoint" not in results  # fast_dev_run writes none: absent, never faked

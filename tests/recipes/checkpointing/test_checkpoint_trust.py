@@ -245,10 +245,13 @@ def test_a_target_where_no_loader_builds_is_never_imported(
 
 def test_a_trusted_target_is_built_and_nothing_else_is(genuine: dict[str, Any], tmp_path: Path) -> None:
     """trusted_targets (the loading user's own setting) lets a class the YAML does not use through."""
-    sgd = with_node(genuine, "config.task.optimizer", {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
-    with pytest.raises(RecipeError, match=r"_target_='torch.optim.SGD'.*trusted_targets=\[torch.optim.SGD\]"):
-        saved_config(sgd, "ckpt_path", "x.ckpt")
-    assert saved_config(sgd, "ckpt_path", "x.ckpt", ["torch.optim.SGD"]).task.optimizer._target_ == "torch.optim.SGD"
+    # Adagrad: an optimizer no YAML under conf/ names
+    other = {"_target_": "torch.optim.Adagrad", "_partial_": True, "lr": 0.1}
+    adagrad = with_node(genuine, "config.task.optimizer", other)
+    with pytest.raises(RecipeError, match=r"_target_='torch.optim.Adagrad'.*trusted_targets=\[torch.optim.Adagrad\]"):
+        saved_config(adagrad, "ckpt_path", "x.ckpt")
+    trusted = saved_config(adagrad, "ckpt_path", "x.ckpt", ["torch.optim.Adagrad"])
+    assert trusted.task.optimizer._target_ == "torch.optim.Adagrad"
 
 
 def test_a_checkpoint_cannot_trust_targets_itself(genuine: dict[str, Any], tmp_path: Path) -> None:
