@@ -245,7 +245,8 @@ def test_a_target_where_no_loader_builds_is_never_imported(
 
 def test_a_trusted_target_is_built_and_nothing_else_is(genuine: dict[str, Any], tmp_path: Path) -> None:
     """trusted_targets (the loading user's own setting) lets a class the YAML does not use through."""
-    # Adagrad: an optimizer no YAML under conf/ names
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    assert not [p for p in conf.rglob("*.yaml") if "torch.optim.Adagrad" in p.read_text()]  # the test's premise
     other = {"_target_": "torch.optim.Adagrad", "_partial_": True, "lr": 0.1}
     adagrad = with_node(genuine, "config.task.optimizer", other)
     with pytest.raises(RecipeError, match=r"_target_='torch.optim.Adagrad'.*trusted_targets=\[torch.optim.Adagrad\]"):
